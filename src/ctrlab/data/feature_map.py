@@ -1,0 +1,148 @@
+"""The feature map: the one description of encoded inputs shared by training, evaluation,
+prediction and serving.
+
+It is written as readable JSON beside the encoded data. It tells a model which fields exist
+(and their vocabulary sizes), and tells the encoders how to turn raw values into ids
+(``encoders`` holds each fitted vocabulary / normaliser state).
+
+Batches (see :mod:`ctrlab.data.loader`) are dicts of tensors keyed as follows:
+
+* ``"cat"``: int64 ``(B, n_categorical)``, one column per entry of ``categorical`` in order;
+  ids are local to each field: 0 = padding, 1 = out-of-vocabulary, 2.. = known values.
+* ``"num"``: float32 ``(B, n_numeric)``, normalised values in ``numeric`` order.
+* ``"seq:<name>"``: int64 ``(B, max_len)``, ids in the sequence's (possibly shared) vocabulary, 0 = padding.
+* ``"dense:<name>"``: float32 ``(B, dim)``.
+* ``"label"``: float32 ``(B, n_labels)`` in ``labels`` order.
+* ``"group"``: int64 ``(B,)`` group ids for gAUC, present when ``group_field`` is set.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+@dataclass
+class CategoricalField:
+    name: str
+    vocab_size: int
+    """Number of ids including padding (0) and OOV (1)."""
+    embedding_dim: int | None = None
+    origin: str = "categorical"
+    """``categorical`` or ``bucketized`` (a numeric feature cut into buckets)."""
+
+
+@dataclass
+class NumericField:
+    name: str
+    embedding_dim: int | None = None
+
+
+@dataclass
+class SequenceField:
+    name: str
+    max_len: int
+    vocab_size: int
+    shares: str | None = None
+    """Name of the categorical field whose vocabulary and embedding rows this sequence uses."""
+    embedding_dim: int | None = None
+
+
+@dataclass
+class DenseField:
+    name: str
+    dim: int
+
+
+@dataclass
+class FeatureMap:
+    dataset: str = "dataset"
+    categorical: list[CategoricalField] = field(default_factory=list)
+    numeric: list[NumericField] = field(default_factory=list)
+    sequences: list[SequenceField] = field(default_factory=list)
+    dense: list[DenseField] = field(default_factory=list)
+    labels: list[str] = field(default_factory=lambda: ["label"])
+    group_field: str | None = None
+    encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Fitted state per feature name (vocabulary, normaliser statistics, bucket edges)."""
+    version: int = 1
+
+    # ---- lookups -------------------------------------------------------------------------
+    @property
+    def num_fields(self) -> int:
+        """Fields a classic model embeds: categorical + numeric + sequences + dense vectors."""
+        return len(self.categorical) + len(self.numeric) + len(self.sequences) + len(self.dense)
+
+    def categorical_index(self, name: str) -> int:
+        for i, f in enumerate(self.categorical):
+            if f.name == name:
+                return i
+        raise KeyError(f"{name!r} is not a categorical field; fields are {[f.name for f in self.categorical]}")
+
+    def field_names(self) -> list[str]:
+        """All field names in the order a FeatureEmbedding stacks them."""
+        return (
+            [f.name for f in self.categorical]
+            + [f.name for f in self.numeric]
+            + [f.name for f in self.sequences]
+            + [f.name for f in self.dense]
+        )
+
+    # ---- construction for tests and synthetic data ----------------------------------------
+    @classmethod
+    def from_fields(
+        cls,
+        categorical: dict[str, int] | None = None,
+        numeric: list[str] | None = None,
+        sequences: dict[str, tuple[int, int | str]] | None = None,
+        dense: dict[str, int] | None = None,
+        labels: list[str] | None = None,
+        dataset: str = "synthetic",
+    ) -> "FeatureMap":
+        """Build a map by hand. ``categorical``: name -> vocab size (incl. pad/OOV);
+        ``sequences``: name -> (max_len, vocab size or name of a categorical field to share)."""
+        categorical = categorical or {}
+        seqs = []
+        for name, (max_len, vocab) in (sequences or {}).items():
+            if isinstance(vocab, str):
+                seqs.append(SequenceField(name, max_len, categorical[vocab], shares=vocab))
+            else:
+                seqs.append(SequenceField(name, max_len, int(vocab)))
+        return cls(
+            dataset=dataset,
+            categorical=[CategoricalField(n, int(v)) for n, v in categorical.items()],
+            numeric=[NumericField(n) for n in (numeric or [])],
+            sequences=seqs,
+            dense=[DenseField(n, int(d)) for n, d in (dense or {}).items()],
+            labels=list(labels or ["label"]),
+        )
+
+    # ---- JSON I/O ---------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureMap":
+        return cls(
+            dataset=d.get("dataset", "dataset"),
+            categorical=[CategoricalField(**x) for x in d.get("categorical", [])],
+            numeric=[NumericField(**x) for x in d.get("numeric", [])],
+            sequences=[SequenceField(**x) for x in d.get("sequences", [])],
+            dense=[DenseField(**x) for x in d.get("dense", [])],
+            labels=list(d.get("labels", ["label"])),
+            group_field=d.get("group_field"),
+            encoders=d.get("encoders", {}),
+            version=d.get("version", 1),
+        )
+
+    def save(self, path: str | Path) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "FeatureMap":
+        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))

@@ -1,0 +1,227 @@
+"""Dataset schema: what the raw files look like and how each column becomes a feature.
+
+A dataset config is plain YAML::
+
+    name: frappe_x1
+    format: csv                  # csv | tsv | parquet | libsvm | libfm
+    files: {train: train.csv, valid: valid.csv, test: test.csv}
+    labels: [label]
+    features:
+      - {name: user, kind: categorical}
+      - {name: I1, kind: numeric, normalizer: log}
+      - {name: history, kind: sequence, splitter: "^", max_len: 50, share_vocab_with: item}
+      - {name: image_vec, kind: dense_vector, dim: 64}
+
+Each ``kind`` maps to one dataclass below. Every option has a default and a comment.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+from ..config import ConfigError, from_dict, load_yaml, to_dict
+
+# Reserved ids shared by every vocabulary: 0 pads sequences, 1 is out-of-vocabulary.
+PAD_ID = 0
+OOV_ID = 1
+
+
+@dataclass
+class CategoricalSpec:
+    """A single-valued categorical field (one id per row)."""
+
+    name: str
+    kind: Literal["categorical"] = "categorical"
+    source: str | None = None
+    """Raw column to read; defaults to ``name``."""
+    min_count: int = 1
+    """Values seen fewer times than this in train map to the OOV id."""
+    hash_buckets: int | None = None
+    """If set, ids are ``hash(value) % hash_buckets`` (+2 for pad/OOV) instead of a fitted vocabulary."""
+    embedding_dim: int | None = None
+    """Per-field embedding size; None uses the model's ``embedding_dim``."""
+
+    def validate(self, where: str) -> None:
+        if self.min_count < 1:
+            raise ConfigError(f"{where}.min_count: must be >= 1, got {self.min_count}")
+        if self.hash_buckets is not None and self.hash_buckets < 1:
+            raise ConfigError(f"{where}.hash_buckets: must be >= 1, got {self.hash_buckets}")
+
+
+@dataclass
+class NumericSpec:
+    """A real-valued field, optionally normalised or bucketized into a categorical field."""
+
+    name: str
+    kind: Literal["numeric"] = "numeric"
+    source: str | None = None
+    """Raw column to read; defaults to ``name``."""
+    fill_value: float = 0.0
+    """Value used where the raw cell is empty/missing (before normalisation)."""
+    normalizer: Literal["none", "standard", "minmax", "log"] = "none"
+    """none; standard (z-score, train mean/std); minmax (train min/max to [0,1]);
+    log (Criteo-style: ``log(x)^2`` for x > 2, else x, as in the DCN/AutoInt preprocessing)."""
+    bucketize: list[float] | None = None
+    """Explicit bucket boundaries; turns the field into a categorical one."""
+    n_buckets: int | None = None
+    """Quantile buckets fitted on train; turns the field into a categorical one."""
+    embedding_dim: int | None = None
+    """Per-field embedding size; None uses the model's ``embedding_dim``."""
+
+    @property
+    def is_bucketized(self) -> bool:
+        return self.bucketize is not None or self.n_buckets is not None
+
+    def validate(self, where: str) -> None:
+        if self.bucketize is not None and self.n_buckets is not None:
+            raise ConfigError(f"{where}: set either bucketize (boundaries) or n_buckets (quantiles), not both")
+        if self.bucketize is not None and list(self.bucketize) != sorted(self.bucketize):
+            raise ConfigError(f"{where}.bucketize: boundaries must be sorted ascending")
+        if self.n_buckets is not None and self.n_buckets < 2:
+            raise ConfigError(f"{where}.n_buckets: must be >= 2, got {self.n_buckets}")
+
+
+@dataclass
+class SequenceSpec:
+    """A variable-length token list (e.g. user behaviour history), padded to ``max_len``."""
+
+    name: str
+    kind: Literal["sequence"] = "sequence"
+    source: str | None = None
+    """Raw column to read; defaults to ``name``. Parquet list columns are read as-is."""
+    splitter: str = "^"
+    """Token separator inside a text cell."""
+    max_len: int = 50
+    """Sequences are cut or padded to this length."""
+    padding: Literal["pre", "post"] = "pre"
+    """Where pad ids (0) go: ``pre`` puts them first so the latest item is last."""
+    truncating: Literal["pre", "post"] = "pre"
+    """Which end is cut when too long: ``pre`` drops the oldest tokens (keeps the latest)."""
+    share_vocab_with: str | None = None
+    """Name of a categorical feature whose vocabulary (and embedding rows) this sequence uses,
+    e.g. an item history sharing the ``item_id`` vocabulary."""
+    min_count: int = 1
+    """For an own vocabulary: tokens seen fewer times in train map to OOV."""
+    embedding_dim: int | None = None
+    """Own-vocabulary embedding size; None uses the model's ``embedding_dim``."""
+
+    def validate(self, where: str) -> None:
+        if self.max_len < 1:
+            raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
+        if not self.splitter:
+            raise ConfigError(f"{where}.splitter: must be a non-empty string")
+
+
+@dataclass
+class DenseVectorSpec:
+    """A fixed-size float vector per row (pretrained or multimodal embedding)."""
+
+    name: str
+    dim: int
+    """Vector length; every row must have exactly this many values."""
+    kind: Literal["dense_vector"] = "dense_vector"
+    source: str | None = None
+    """Raw column to read; defaults to ``name``. Text cells are split by ``splitter``."""
+    splitter: str = " "
+    """Separator inside a text cell."""
+
+    def validate(self, where: str) -> None:
+        if self.dim < 1:
+            raise ConfigError(f"{where}.dim: must be >= 1, got {self.dim}")
+
+
+FeatureSpec = Union[CategoricalSpec, NumericSpec, SequenceSpec, DenseVectorSpec]
+FEATURE_KINDS: dict[str, type] = {
+    "categorical": CategoricalSpec,
+    "numeric": NumericSpec,
+    "sequence": SequenceSpec,
+    "dense_vector": DenseVectorSpec,
+}
+
+
+def column_of(spec: FeatureSpec) -> str:
+    """The raw column a feature is read from."""
+    return spec.source or spec.name
+
+
+@dataclass
+class DatasetConfig:
+    """Where a dataset's files are, how to parse them, and its features and labels."""
+
+    name: str = "dataset"
+    """Dataset identifier; used in cache keys and run folders."""
+    format: Literal["csv", "tsv", "parquet", "libsvm", "libfm"] = "csv"
+    """File format of every split."""
+    files: dict[str, str] = field(default_factory=dict)
+    """Split name -> path (train, valid, test). Relative paths resolve against ``root``."""
+    root: str | None = None
+    """Directory relative paths resolve against; None: the config file's directory or CTRLAB_DATA_DIR."""
+    header: bool = True
+    """csv/tsv: whether the first line holds column names."""
+    column_names: list[str] | None = None
+    """csv/tsv without header: names of the columns. libsvm/libfm: label then field names."""
+    separator: str | None = None
+    """csv/tsv: field separator (default ``,`` for csv and a tab for tsv)."""
+    labels: list[str] = field(default_factory=lambda: ["label"])
+    """Label columns, each with values in {0, 1} (e.g. click, conversion)."""
+    features: list[Any] = field(default_factory=list)
+    """Feature specs; each item has a ``kind`` (categorical, numeric, sequence, dense_vector)."""
+    group_field: str | None = None
+    """Column used to group rows for gAUC (e.g. user id); kept as raw ids, not a model input."""
+
+    def validate(self, where: str) -> None:
+        parsed = []
+        for i, item in enumerate(self.features):
+            if not isinstance(item, dict):
+                if isinstance(item, tuple(FEATURE_KINDS.values())):
+                    parsed.append(item)
+                    continue
+                raise ConfigError(f"{where}.features[{i}]: expected a mapping, got {item!r}")
+            kind = item.get("kind", "categorical")
+            if kind not in FEATURE_KINDS:
+                raise ConfigError(
+                    f"{where}.features[{i}].kind: {kind!r} is not allowed; choose one of {list(FEATURE_KINDS)}"
+                )
+            parsed.append(from_dict(FEATURE_KINDS[kind], {**item, "kind": kind}, f"{where}.features[{i}]"))
+        self.features = parsed
+        names = [f.name for f in parsed]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ConfigError(f"{where}.features: duplicate feature names {dup}")
+        cats = {f.name for f in parsed if isinstance(f, CategoricalSpec)}
+        for f in parsed:
+            if isinstance(f, SequenceSpec) and f.share_vocab_with is not None and f.share_vocab_with not in cats:
+                raise ConfigError(
+                    f"{where}.features[{f.name}].share_vocab_with: {f.share_vocab_with!r} is not a categorical "
+                    f"feature; choose one of {sorted(cats)}"
+                )
+        if not self.labels:
+            raise ConfigError(f"{where}.labels: at least one label column is required")
+        if self.separator is None:
+            self.separator = "\t" if self.format == "tsv" else ","
+
+    def resolve(self, split: str, base: str | Path | None = None) -> Path:
+        """Absolute path of a split's file."""
+        if split not in self.files:
+            raise ConfigError(f"dataset {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
+        path = Path(self.files[split]).expanduser()
+        if not path.is_absolute():
+            root = self.root if self.root is not None else base
+            if root is not None:
+                path = Path(root).expanduser() / path
+        return path
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+def load_dataset_config(source: str | Path | dict[str, Any]) -> DatasetConfig:
+    """Load a DatasetConfig from a YAML path or a mapping."""
+    if isinstance(source, dict):
+        return from_dict(DatasetConfig, source)
+    data = load_yaml(source)
+    cfg = from_dict(DatasetConfig, data, str(source))
+    if cfg.root is None:
+        cfg.root = str(Path(source).resolve().parent)
+    return cfg
