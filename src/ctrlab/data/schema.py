@@ -60,8 +60,8 @@ class NumericSpec:
     fill_value: float = 0.0
     """Value used where the raw cell is empty/missing (before normalisation)."""
     normalizer: Literal["none", "standard", "minmax", "log"] = "none"
-    """none; standard (z-score, train mean/std); minmax (train min/max to [0,1]);
-    log (Criteo-style: ``log(x)^2`` for x > 2, else x, as in the DCN/AutoInt preprocessing)."""
+    """none; standard (z-score with train mean/std); minmax (train min/max to [0, 1]);
+    log (``sign(x) * log1p(|x|)``, for heavy-tailed counts such as Criteo's I1-I13)."""
     bucketize: list[float] | None = None
     """Explicit bucket boundaries; turns the field into a categorical one."""
     n_buckets: int | None = None

@@ -1,0 +1,280 @@
+"""Encoders turn raw columns into arrays; they are fitted on the train split only.
+
+Each encoder is built from a feature spec, ``fit`` on train, and saved as a plain JSON-able
+``state`` inside the feature map, so the exact same transform runs at evaluation, prediction
+and serving time (``encoder_from_state``).
+
+Conventions: categorical ids are 0 = padding, 1 = out-of-vocabulary, 2.. = values seen in
+train (at least ``min_count`` times) ordered by frequency then value. A missing categorical
+cell is the empty string, an ordinary value.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from .errors import DataError
+from .readers import LINE
+from .schema import OOV_ID, CategoricalSpec, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
+
+FIRST_ID = 2  # ids 0 and 1 are padding and OOV
+
+
+def _bad_row(df: pl.DataFrame, mask: pl.Series, path: Path | None, column: str, problem: str, fix: str) -> None:
+    if mask.any():
+        i = int(mask.arg_max())
+        value = df[column][i]
+        raise DataError(problem.format(value=value), file=path, line=int(df[LINE][i]), column=column, fix=fix)
+
+
+def stable_hash(value: str, buckets: int) -> int:
+    """Process- and version-independent hash (blake2b), so hashed ids survive export/serving."""
+    return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little") % buckets
+
+
+def _map_tokens(tokens: pl.Series, vocab: list[str], hash_buckets: int | None) -> pl.Series:
+    """Map a String series to int32 ids with the vocabulary (or stable hashing)."""
+    if hash_buckets:
+        uniq = tokens.unique().drop_nulls()
+        ids = [FIRST_ID + stable_hash(v, hash_buckets) for v in uniq.to_list()]
+        return tokens.replace_strict(uniq, ids, default=OOV_ID, return_dtype=pl.Int32)
+    return tokens.replace_strict(
+        vocab, list(range(FIRST_ID, FIRST_ID + len(vocab))), default=OOV_ID, return_dtype=pl.Int32
+    )
+
+
+def _fit_vocab(tokens: pl.Series, min_count: int) -> list[str]:
+    counts = tokens.drop_nulls().value_counts(name="n")
+    counts = counts.filter(pl.col("n") >= min_count).sort(["n", counts.columns[0]], descending=[True, False])
+    return counts[counts.columns[0]].to_list()
+
+
+class CategoricalEncoder:
+    kind = "categorical"
+
+    def __init__(self, spec: CategoricalSpec, vocab: list[str] | None = None):
+        self.spec = spec
+        self.column = column_of(spec)
+        self.vocab = vocab or []
+
+    @property
+    def vocab_size(self) -> int:
+        return FIRST_ID + (self.spec.hash_buckets or len(self.vocab))
+
+    def _tokens(self, df: pl.DataFrame) -> pl.Series:
+        return df[self.column].cast(pl.String).fill_null("")
+
+    def fit(self, df: pl.DataFrame, path: Path | None = None) -> "CategoricalEncoder":
+        if not self.spec.hash_buckets:
+            self.vocab = _fit_vocab(self._tokens(df), self.spec.min_count)
+        return self
+
+    def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
+        return _map_tokens(self._tokens(df), self.vocab, self.spec.hash_buckets).to_numpy()
+
+    def state(self) -> dict[str, Any]:
+        return {"spec": _spec_dict(self.spec), "vocab": self.vocab}
+
+
+class NumericEncoder:
+    kind = "numeric"
+
+    def __init__(self, spec: NumericSpec, stats: dict[str, float] | None = None, boundaries: list[float] | None = None):
+        self.spec = spec
+        self.column = column_of(spec)
+        self.stats = stats or {}
+        self.boundaries = boundaries if boundaries is not None else (list(spec.bucketize) if spec.bucketize else None)
+
+    @property
+    def vocab_size(self) -> int:
+        return FIRST_ID + len(self.boundaries or []) + 1
+
+    def values(self, df: pl.DataFrame, path: Path | None) -> np.ndarray:
+        """Parse to float64, failing on text; missing / NaN cells take ``fill_value``."""
+        raw = df[self.column]
+        if raw.dtype == pl.String:
+            text = raw.str.strip_chars()
+            parsed = text.cast(pl.Float64, strict=False)
+            bad = parsed.is_null() & text.is_not_null() & (text != "")
+            _bad_row(
+                df,
+                bad,
+                path,
+                self.column,
+                "value {value!r} is not a number",
+                f"clean the column, or declare {self.spec.name!r} as kind: categorical",
+            )
+        else:
+            parsed = raw.cast(pl.Float64, strict=False)
+        arr = parsed.to_numpy().astype(np.float64, copy=True)
+        arr[~np.isfinite(arr)] = self.spec.fill_value
+        return arr
+
+    def fit(self, df: pl.DataFrame, path: Path | None = None) -> "NumericEncoder":
+        x = self.values(df, path)
+        if self.spec.normalizer == "log":
+            x = np.sign(x) * np.log1p(np.abs(x))
+        self.stats = {
+            "mean": float(x.mean()),
+            "std": float(x.std()),
+            "min": float(x.min()),
+            "max": float(x.max()),
+        }
+        if self.spec.n_buckets:
+            qs = np.quantile(x, np.linspace(0, 1, self.spec.n_buckets + 1)[1:-1])
+            self.boundaries = sorted({float(q) for q in qs})
+        return self
+
+    def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
+        x = self.values(df, path)
+        norm = self.spec.normalizer
+        if norm == "log":
+            x = np.sign(x) * np.log1p(np.abs(x))
+        if self.boundaries is not None:
+            # bucket b in 0..len(boundaries) -> id b + 2
+            return (np.searchsorted(np.asarray(self.boundaries), x, side="right") + FIRST_ID).astype(np.int32)
+        if norm == "standard":
+            x = (x - self.stats["mean"]) / (self.stats["std"] or 1.0)
+        elif norm == "minmax":
+            span = self.stats["max"] - self.stats["min"]
+            x = (x - self.stats["min"]) / (span or 1.0)
+        return x.astype(np.float32)
+
+    def state(self) -> dict[str, Any]:
+        return {"spec": _spec_dict(self.spec), "stats": self.stats, "boundaries": self.boundaries}
+
+
+class SequenceEncoder:
+    kind = "sequence"
+
+    def __init__(self, spec: SequenceSpec, vocab: list[str] | None = None, shared: CategoricalEncoder | None = None):
+        self.spec = spec
+        self.column = column_of(spec)
+        self.vocab = vocab or []
+        self.shared = shared
+
+    @property
+    def vocab_size(self) -> int:
+        return self.shared.vocab_size if self.shared else FIRST_ID + len(self.vocab)
+
+    def _lists(self, df: pl.DataFrame) -> pl.Series:
+        raw = df[self.column]
+        if raw.dtype == pl.String:
+            lists = raw.fill_null("").str.split(self.spec.splitter)
+        elif isinstance(raw.dtype, (pl.List, pl.Array)):
+            lists = raw.cast(pl.List(pl.String)).fill_null([])
+        else:
+            lists = raw.cast(pl.String).fill_null("").str.split(self.spec.splitter)
+        return lists.list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0))
+
+    def fit(self, df: pl.DataFrame, path: Path | None = None) -> "SequenceEncoder":
+        if self.shared is None:
+            self.vocab = _fit_vocab(self._lists(df).explode(), self.spec.min_count)
+        return self
+
+    def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
+        lists = self._lists(df)
+        L = self.spec.max_len
+        lists = lists.list.tail(L) if self.spec.truncating == "pre" else lists.list.head(L)
+        lens = lists.list.len().to_numpy().astype(np.int64)
+        flat = lists.explode().drop_nulls()
+        if self.shared is not None:
+            ids = _map_tokens(flat, self.shared.vocab, self.shared.spec.hash_buckets).to_numpy()
+        else:
+            ids = _map_tokens(flat, self.vocab, None).to_numpy()
+        n = len(lens)
+        out = np.zeros((n, L), dtype=np.int32)
+        rows = np.repeat(np.arange(n), lens)
+        starts = np.cumsum(lens) - lens
+        within = np.arange(len(ids)) - np.repeat(starts, lens)
+        cols = within + (L - lens)[rows] if self.spec.padding == "pre" else within
+        out[rows, cols] = ids
+        return out
+
+    def state(self) -> dict[str, Any]:
+        return {"spec": _spec_dict(self.spec), "vocab": self.vocab}
+
+
+class DenseVectorEncoder:
+    kind = "dense_vector"
+
+    def __init__(self, spec: DenseVectorSpec):
+        self.spec = spec
+        self.column = column_of(spec)
+
+    def fit(self, df: pl.DataFrame, path: Path | None = None) -> "DenseVectorEncoder":
+        return self
+
+    def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
+        raw = df[self.column]
+        if raw.dtype == pl.String:
+            parts = raw.fill_null("").str.strip_chars().str.split(self.spec.splitter)
+            parts = parts.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
+            vals = parts.list.eval(pl.element().cast(pl.Float64, strict=False))
+            bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
+            _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")
+        else:
+            vals = raw.cast(pl.List(pl.Float64))
+        lens = vals.list.len().fill_null(0)
+        _bad_row(
+            df,
+            lens != self.spec.dim,
+            path,
+            self.column,
+            f"vector {{value!r}} does not have dim={self.spec.dim} values",
+            f"give every row exactly {self.spec.dim} values, or fix dim in the config",
+        )
+        return vals.explode().to_numpy().astype(np.float32).reshape(len(df), self.spec.dim)
+
+    def state(self) -> dict[str, Any]:
+        return {"spec": _spec_dict(self.spec)}
+
+
+def encode_labels(df: pl.DataFrame, labels: list[str], path: Path | None) -> np.ndarray:
+    """(N, K) float32 labels, each checked to be 0 or 1."""
+    cols = []
+    for name in labels:
+        raw = df[name]
+        text = raw.cast(pl.String).str.strip_chars()
+        vals = text.cast(pl.Float64, strict=False)
+        bad = vals.is_null() | ~vals.is_in([0.0, 1.0])
+        _bad_row(
+            df.with_columns(text.alias(name)),
+            bad.fill_null(True),
+            path,
+            name,
+            "label {value!r} is not 0 or 1",
+            "binarise the label (e.g. rating >= 4 -> 1) before training, or fix the row",
+        )
+        cols.append(vals.to_numpy())
+    return np.stack(cols, axis=1).astype(np.float32)
+
+
+def _spec_dict(spec) -> dict[str, Any]:
+    from ..config import to_dict
+
+    return to_dict(spec)
+
+
+def encoder_from_state(state: dict[str, Any], encoders: dict[str, Any]):
+    """Rebuild a fitted encoder from its saved state (``encoders`` resolves shared vocabularies)."""
+    from ..config import from_dict
+    from .schema import FEATURE_KINDS
+
+    spec_d = state["spec"]
+    spec = from_dict(FEATURE_KINDS[spec_d["kind"]], spec_d)
+    if isinstance(spec, CategoricalSpec):
+        return CategoricalEncoder(spec, state.get("vocab"))
+    if isinstance(spec, NumericSpec):
+        return NumericEncoder(spec, state.get("stats"), state.get("boundaries"))
+    if isinstance(spec, SequenceSpec):
+        shared = encoders[spec.share_vocab_with] if spec.share_vocab_with else None
+        return SequenceEncoder(spec, state.get("vocab"), shared)
+    return DenseVectorEncoder(spec)
+
+

@@ -1,0 +1,146 @@
+"""Batches as slices of contiguous arrays, chosen by a seeded shuffled index.
+
+There is no per-row Python and no collate function: an :class:`EncodedSplit` holds one
+contiguous array per input group (``cat`` (N, F) int32, ``num`` (N, F) float32, one array
+per sequence / dense vector, ``label`` (N, K) float32), either in memory or memory-mapped
+from ``.npy`` files. A batch is a fancy-index (shuffled) or a slice (ordered) of each array,
+turned into tensors with ``torch.from_numpy``.
+
+The order of epoch ``e`` depends only on ``(seed, e)``, so the same seed gives the same
+batches, and a run resumed at epoch ``e`` sees exactly the batches it would have seen.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+# Arrays whose integer ids become int64 tensors (embedding / gather indices).
+_INDEX_PREFIXES = ("cat", "seq:", "group")
+
+
+@dataclass
+class EncodedSplit:
+    """One encoded split: named arrays with the same first dimension."""
+
+    arrays: dict[str, np.ndarray]
+
+    def __post_init__(self) -> None:
+        lengths = {k: len(v) for k, v in self.arrays.items()}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(f"encoded arrays have different row counts: {lengths}")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.arrays.values()))) if self.arrays else 0
+
+    def save(self, folder: str | Path) -> None:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        for key, arr in self.arrays.items():
+            tmp = folder / (_file_name(key) + ".tmp.npy")
+            np.save(tmp, np.ascontiguousarray(arr))
+            tmp.replace(folder / (_file_name(key) + ".npy"))
+
+    @classmethod
+    def load(cls, folder: str | Path, mmap: bool = False) -> "EncodedSplit":
+        folder = Path(folder)
+        arrays = {}
+        for path in sorted(folder.glob("*.npy")):
+            if path.name.endswith(".tmp.npy"):
+                continue
+            arrays[_key_name(path.stem)] = np.load(path, mmap_mode="r" if mmap else None)
+        if not arrays:
+            raise FileNotFoundError(f"no encoded arrays in {folder}")
+        return cls(arrays)
+
+    def take(self, rows: np.ndarray | slice) -> "EncodedSplit":
+        return EncodedSplit({k: np.asarray(v[rows]) for k, v in self.arrays.items()})
+
+
+def _file_name(key: str) -> str:
+    return key.replace(":", "__")
+
+
+def _key_name(stem: str) -> str:
+    return stem.replace("__", ":", 1)
+
+
+def to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    """numpy arrays -> batch tensors (int ids as int64, everything else float32)."""
+    batch = {}
+    for key, arr in arrays.items():
+        t = torch.from_numpy(np.ascontiguousarray(arr))
+        batch[key] = t.long() if key.startswith(_INDEX_PREFIXES) else t.float()
+    return batch
+
+
+class BatchLoader:
+    """Iterate over an :class:`EncodedSplit` in batches.
+
+    Args:
+        split: the encoded arrays.
+        batch_size: rows per batch (the last batch may be smaller).
+        shuffle: shuffle rows each epoch with a generator seeded by ``(seed, epoch)``.
+        seed: base seed of the shuffle.
+        drop_last: drop a final incomplete batch.
+        shard: ``(rank, world_size)`` to read only this process's share of each epoch's rows.
+    """
+
+    def __init__(
+        self,
+        split: EncodedSplit,
+        batch_size: int = 4096,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.split = split
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last
+        self.rank, self.world_size = shard
+        self.epoch = 0
+
+    @property
+    def num_rows(self) -> int:
+        return len(self.split)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the epoch whose shuffle order the next iteration uses."""
+        self.epoch = epoch
+
+    def _rows(self) -> np.ndarray | None:
+        n = len(self.split)
+        if not self.shuffle and self.world_size == 1:
+            return None  # plain slices: zero-copy views
+        order = (
+            np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
+        )
+        if self.world_size > 1:
+            order = order[self.rank :: self.world_size]
+        return order
+
+    def __len__(self) -> int:
+        n = len(self.split)
+        if self.world_size > 1:
+            n = len(range(self.rank, n, self.world_size))
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        rows = self._rows()
+        n = len(self.split) if rows is None else len(rows)
+        for b in range(len(self)):
+            lo, hi = b * self.batch_size, min((b + 1) * self.batch_size, n)
+            if rows is None:
+                part = {k: v[lo:hi] for k, v in self.split.arrays.items()}
+            else:
+                idx = rows[lo:hi]
+                part = {k: v[idx] for k, v in self.split.arrays.items()}
+            yield to_batch(part)

@@ -1,0 +1,239 @@
+"""From a dataset config to encoded, cached splits and a feature map.
+
+``prepare(cfg)`` reads the train split, fits every encoder on it (vocabularies, normaliser
+statistics, bucket edges), writes the feature map as JSON, encodes every split into
+contiguous ``.npy`` arrays and caches the lot under a folder keyed by a hash of the
+config and of the source files. A later call with the same config and unchanged files
+reuses the cache; a change to either rebuilds it.
+
+Cache layout (``<cache_dir>/encoded/<dataset>-<key>/``)::
+
+    feature_map.json      vocabularies + statistics (readable)
+    dataset_config.json   the config that built it
+    manifest.json         key, sources, row counts
+    train/ valid/ test/   one .npy per input group (cat, num, seq:<name>, dense:<name>, label, group)
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+from ..config import to_dict
+from .encoders import (
+    CategoricalEncoder,
+    DenseVectorEncoder,
+    NumericEncoder,
+    SequenceEncoder,
+    encode_labels,
+    encoder_from_state,
+)
+from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
+from .loader import EncodedSplit
+from .readers import read_split
+from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
+
+CACHE_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    """``CTRLAB_CACHE_DIR`` if set, else ``~/.cache/ctrlab``."""
+    return Path(os.environ.get("CTRLAB_CACHE_DIR", Path.home() / ".cache" / "ctrlab")).expanduser()
+
+
+# ---- fitting --------------------------------------------------------------------------------
+def _make_encoders(cfg: DatasetConfig) -> dict[str, Any]:
+    encoders: dict[str, Any] = {}
+    for spec in cfg.features:  # categorical first so sequences can share their vocabularies
+        if isinstance(spec, CategoricalSpec):
+            encoders[spec.name] = CategoricalEncoder(spec)
+    for spec in cfg.features:
+        if isinstance(spec, NumericSpec):
+            encoders[spec.name] = NumericEncoder(spec)
+        elif isinstance(spec, SequenceSpec):
+            shared = encoders[spec.share_vocab_with] if spec.share_vocab_with else None
+            encoders[spec.name] = SequenceEncoder(spec, shared=shared)
+        elif isinstance(spec, DenseVectorSpec):
+            encoders[spec.name] = DenseVectorEncoder(spec)
+    return encoders
+
+
+def raw_columns(cfg: DatasetConfig, with_labels: bool = True) -> list[str]:
+    cols = [column_of(f) for f in cfg.features]
+    if with_labels:
+        cols += list(cfg.labels)
+    if cfg.group_field:
+        cols.append(cfg.group_field)
+    return list(dict.fromkeys(cols))
+
+
+def fit_feature_map(cfg: DatasetConfig, train: pl.DataFrame, path: Path | None = None) -> FeatureMap:
+    """Fit all encoders on the train frame and describe the encoded inputs."""
+    encoders = _make_encoders(cfg)
+    for enc in encoders.values():
+        enc.fit(train, path)
+    fmap = FeatureMap(dataset=cfg.name, labels=list(cfg.labels), group_field=cfg.group_field)
+    for spec in cfg.features:  # keep the config's order inside each group
+        enc = encoders[spec.name]
+        if isinstance(enc, CategoricalEncoder):
+            fmap.categorical.append(CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim))
+        elif isinstance(enc, NumericEncoder):
+            if enc.boundaries is not None:
+                fmap.categorical.append(
+                    CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim, origin="bucketized")
+                )
+            else:
+                fmap.numeric.append(NumericField(spec.name, spec.embedding_dim))
+        elif isinstance(enc, SequenceEncoder):
+            fmap.sequences.append(
+                SequenceField(spec.name, spec.max_len, enc.vocab_size, spec.share_vocab_with, spec.embedding_dim)
+            )
+        else:
+            fmap.dense.append(DenseField(spec.name, spec.dim))
+    fmap.encoders = {name: enc.state() for name, enc in encoders.items()}
+    return fmap
+
+
+def load_encoders(fmap: FeatureMap) -> dict[str, Any]:
+    encoders: dict[str, Any] = {}
+    states = fmap.encoders
+    order = sorted(states, key=lambda n: states[n]["spec"]["kind"] != "categorical")
+    for name in order:
+        encoders[name] = encoder_from_state(states[name], encoders)
+    return encoders
+
+
+# ---- encoding -------------------------------------------------------------------------------
+def encode_frame(
+    df: pl.DataFrame,
+    fmap: FeatureMap,
+    path: Path | None = None,
+    with_labels: bool = True,
+    encoders: dict[str, Any] | None = None,
+) -> EncodedSplit:
+    """Raw frame -> encoded arrays, with the feature map's fitted encoders."""
+    encoders = encoders or load_encoders(fmap)
+    n = df.height
+    arrays: dict[str, np.ndarray] = {}
+    cat = np.zeros((n, len(fmap.categorical)), dtype=np.int32)
+    for j, f in enumerate(fmap.categorical):
+        cat[:, j] = encoders[f.name].transform(df, path)
+    arrays["cat"] = cat
+    num = np.zeros((n, len(fmap.numeric)), dtype=np.float32)
+    for j, f in enumerate(fmap.numeric):
+        num[:, j] = encoders[f.name].transform(df, path)
+    arrays["num"] = num
+    for f in fmap.sequences:
+        arrays[f"seq:{f.name}"] = encoders[f.name].transform(df, path)
+    for f in fmap.dense:
+        arrays[f"dense:{f.name}"] = encoders[f.name].transform(df, path)
+    if with_labels:
+        arrays["label"] = encode_labels(df, fmap.labels, path)
+    if fmap.group_field and fmap.group_field in df.columns:
+        arrays["group"] = df[fmap.group_field].cast(pl.String).fill_null("").rank("dense").to_numpy().astype(np.int64)
+    return EncodedSplit(arrays)
+
+
+# ---- cache ----------------------------------------------------------------------------------
+def _fingerprint(path: Path) -> dict[str, Any]:
+    """Cheap content fingerprint: size + sha256 of the first and last MiB.
+
+    Hashing whole multi-GB files on every run would cost minutes; size + head/tail digests
+    catch replaced or edited files (an in-place edit that keeps size, head and tail
+    identical is not detected; pass ``rebuild=True`` after such surgery)."""
+    st = path.stat()
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        h.update(fh.read(1 << 20))
+        if st.st_size > (2 << 20):
+            fh.seek(-(1 << 20), os.SEEK_END)
+            h.update(fh.read(1 << 20))
+    return {"path": str(path), "size": st.st_size, "sha256_head_tail": h.hexdigest()}
+
+
+def cache_key(cfg: DatasetConfig, files: dict[str, Path]) -> str:
+    cfg_d = to_dict(cfg)
+    cfg_d.pop("root", None)
+    payload = {
+        "version": CACHE_VERSION,
+        "config": cfg_d,
+        "sources": {split: {k: v for k, v in _fingerprint(p).items() if k != "path"} for split, p in files.items()},
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class PreparedData:
+    """Encoded splits plus the feature map that describes them."""
+
+    feature_map: FeatureMap
+    splits: dict[str, EncodedSplit]
+    path: Path
+    config: DatasetConfig
+    reused: bool = False
+
+
+def prepare(
+    cfg: DatasetConfig,
+    cache_dir: str | Path | None = None,
+    rebuild: bool = False,
+    mmap: bool = False,
+    log=print,
+) -> PreparedData:
+    """Fit on train, encode all splits, cache them; reuse the cache when nothing changed."""
+    if "train" not in cfg.files:
+        raise ValueError(f"dataset {cfg.name!r} has no train split; files are {sorted(cfg.files)}")
+    files = {split: cfg.resolve(split) for split in cfg.files}
+    for split, p in files.items():
+        if not p.exists():
+            from .errors import DataError
+
+            raise DataError(f"the {split} file does not exist", file=p, fix="check files/root in the dataset config")
+    key = cache_key(cfg, files)
+    root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    folder = root / "encoded" / f"{cfg.name}-{key}"
+    if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
+        fmap = FeatureMap.load(folder / "feature_map.json")
+        splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
+        return PreparedData(fmap, splits, folder, cfg, reused=True)
+
+    t0 = time.time()
+    columns = raw_columns(cfg)
+    log(f"[ctrlab] encoding dataset {cfg.name!r} -> {folder}")
+    train_df = read_split(cfg, files["train"], columns)
+    fmap = fit_feature_map(cfg, train_df, files["train"])
+    encoders = load_encoders(fmap)
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    counts = {}
+    for split, p in files.items():
+        df = train_df if split == "train" else read_split(cfg, p, columns)
+        enc = encode_frame(df, fmap, p, encoders=encoders)
+        enc.save(tmp / split)
+        counts[split] = len(enc)
+        log(f"[ctrlab]   {split}: {len(enc):,} rows from {p}")
+        del df
+    fmap.save(tmp / "feature_map.json")
+    (tmp / "dataset_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
+    manifest = {
+        "key": key,
+        "cache_version": CACHE_VERSION,
+        "sources": {s: _fingerprint(p) for s, p in files.items()},
+        "rows": counts,
+        "seconds": round(time.time() - t0, 2),
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if folder.exists():
+        shutil.rmtree(folder)
+    tmp.rename(folder)
+    splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
+    return PreparedData(fmap, splits, folder, cfg, reused=False)

@@ -1,0 +1,183 @@
+"""Field embeddings: one fused table for every categorical field and sequence vocabulary."""
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+from torch import nn
+
+from ..data.feature_map import FeatureMap
+from .mlp import init_linear
+from .sequence import SequencePooling, sequence_mask
+
+EMBEDDING_INIT_STD = 1e-4
+"""FuxiCTR initialises embedding rows from N(0, 1e-4²)."""
+
+
+class FeatureEmbedding(nn.Module):
+    """Embed a batch into ``(B, num_fields, D)``, fields in ``feature_map.field_names()`` order.
+
+    * categorical fields: rows of ONE fused ``nn.Embedding`` (``self.embedding``); field ``f`` owns
+      rows ``[offset_f, offset_f + vocab_f)`` and is looked up as ``cat + offsets`` in one call;
+    * sequences with their own vocabulary get their own block of rows in the same table;
+      a sequence with ``shares=<cat field>`` looks up that field's block (same vectors for the
+      same id); each sequence is pooled to one vector by :class:`SequencePooling` (masked over
+      ids != 0);
+    * numeric field ``f``: ``x_f · v_f`` with one learned vector per field (``self.numeric``,
+      an ``nn.Embedding`` so that the embedding regularizer covers it);
+    * dense vector ``"dense:<name>"``: ``Linear(dim, D, bias=False)``.
+
+    ``fields`` restricts the layer to a subset of field names (output keeps feature-map order);
+    used e.g. for FinalMLP's separate gate-context embedding. A sequence sharing a field that is
+    not selected still gets (its own copy of) that field's rows.
+    Embedding rows and numeric vectors start from N(0, 1e-4²).
+    Per-field ``embedding_dim`` overrides in the feature map are not supported: a field whose
+    override differs from ``embedding_dim`` raises ``ValueError`` (pass
+    ``check_field_dims=False`` to ignore overrides, as :class:`LinearLogit` does).
+    Ids are not range-checked: an id >= the field's vocab size would read another field's row.
+    """
+
+    def __init__(
+        self,
+        feature_map: FeatureMap,
+        embedding_dim: int,
+        fields: Iterable[str] | None = None,
+        pooling: str = "mean",
+        check_field_dims: bool = True,
+    ):
+        super().__init__()
+        fmap = feature_map
+        dim = int(embedding_dim)
+        if dim < 1:
+            raise ValueError(f"embedding_dim must be >= 1, got {embedding_dim}")
+        all_names = fmap.field_names()
+        if fields is None:
+            wanted = set(all_names)
+        else:
+            fields = list(fields)
+            unknown = [f for f in fields if f not in all_names]
+            if unknown:
+                raise ValueError(f"unknown field(s) {unknown}; fields are {all_names}")
+            wanted = set(fields)
+        if not wanted:
+            raise ValueError("FeatureEmbedding needs at least one field")
+        if check_field_dims:
+            for f in [*fmap.categorical, *fmap.numeric, *fmap.sequences]:
+                if f.name in wanted and f.embedding_dim is not None and int(f.embedding_dim) != dim:
+                    raise ValueError(
+                        f"field {f.name!r} asks for embedding_dim={f.embedding_dim} but the model uses "
+                        f"{dim}; per-field embedding sizes are not supported yet"
+                    )
+        self.embedding_dim = dim
+        self.field_names = [n for n in all_names if n in wanted]
+
+        # ---- rows of the fused table -------------------------------------------------------
+        rows = 0
+        block: dict[str, int] = {}  # categorical field name -> its first row
+        cat_cols, cat_offsets = [], []
+        self.cat_names: list[str] = []
+        for i, f in enumerate(fmap.categorical):
+            if f.name in wanted:
+                block[f.name] = rows
+                cat_cols.append(i)
+                cat_offsets.append(rows)
+                self.cat_names.append(f.name)
+                rows += int(f.vocab_size)
+        self.seq_names: list[str] = []
+        self._seq_offset: dict[str, int] = {}
+        for s in fmap.sequences:
+            if s.name not in wanted:
+                continue
+            if s.shares is not None:
+                shared = next((c for c in fmap.categorical if c.name == s.shares), None)
+                if shared is None:
+                    raise ValueError(f"sequence {s.name!r} shares unknown categorical field {s.shares!r}")
+                if int(s.vocab_size) != int(shared.vocab_size):
+                    raise ValueError(
+                        f"sequence {s.name!r} shares {s.shares!r} but vocab sizes differ "
+                        f"({s.vocab_size} vs {shared.vocab_size})"
+                    )
+                if s.shares not in block:
+                    block[s.shares] = rows
+                    rows += int(shared.vocab_size)
+                self._seq_offset[s.name] = block[s.shares]
+            else:
+                self._seq_offset[s.name] = rows
+                rows += int(s.vocab_size)
+            self.seq_names.append(s.name)
+        self._cat_block = block
+        self.num_rows = rows
+        self.embedding = nn.Embedding(rows, dim) if rows > 0 else None
+        self.register_buffer("cat_cols", torch.tensor(cat_cols, dtype=torch.long), persistent=False)
+        self.register_buffer("cat_offsets", torch.tensor(cat_offsets, dtype=torch.long), persistent=False)
+        self._all_cat = cat_cols == list(range(len(fmap.categorical)))
+
+        # ---- numeric and dense -------------------------------------------------------------
+        num_cols = [i for i, f in enumerate(fmap.numeric) if f.name in wanted]
+        self.register_buffer("num_cols", torch.tensor(num_cols, dtype=torch.long), persistent=False)
+        self._all_num = num_cols == list(range(len(fmap.numeric)))
+        self.numeric = nn.Embedding(len(num_cols), dim) if num_cols else None
+        self.dense_names = [d.name for d in fmap.dense if d.name in wanted]
+        self.dense = nn.ModuleList(
+            init_linear(nn.Linear(int(d.dim), dim, bias=False)) for d in fmap.dense if d.name in wanted
+        )
+        self.pooling = SequencePooling(pooling)
+        self.reset_parameters()
+
+    @property
+    def num_fields(self) -> int:
+        return len(self.field_names)
+
+    def reset_parameters(self) -> None:
+        for table in (self.embedding, self.numeric):
+            if table is not None:
+                nn.init.normal_(table.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        for lin in self.dense:
+            init_linear(lin)
+
+    # ---- raw lookups (for target attention etc.) ---------------------------------------------
+    def categorical_embedding(self, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        """``(B, D)`` embedding of one categorical field."""
+        j = self.cat_names.index(name) if name in self.cat_names else None
+        if j is None:
+            raise KeyError(f"{name!r} is not a categorical field of this embedding: {self.cat_names}")
+        col = int(self.cat_cols[j])
+        return self.embedding(batch["cat"][:, col] + self._cat_block[name])
+
+    def sequence_embedding(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """``((B, L, D), mask (B, L))`` for sequence ``name``; padded positions are zero vectors."""
+        if name not in self._seq_offset:
+            raise KeyError(f"{name!r} is not a sequence of this embedding: {self.seq_names}")
+        ids = batch["seq:" + name]
+        mask = sequence_mask(ids)
+        emb = self.embedding(ids + self._seq_offset[name])
+        return emb * mask.unsqueeze(-1).to(emb.dtype), mask
+
+    # ---- forward ------------------------------------------------------------------------------
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        parts = []
+        if self.cat_names:
+            cat = batch["cat"] if self._all_cat else batch["cat"][:, self.cat_cols]
+            parts.append(self.embedding(cat + self.cat_offsets))  # (B, n_cat, D)
+        if self.numeric is not None:
+            num = batch["num"] if self._all_num else batch["num"][:, self.num_cols]
+            parts.append(num.unsqueeze(-1) * self.numeric.weight)  # (B, n_num, D)
+        for name in self.seq_names:
+            emb, mask = self.sequence_embedding(batch, name)
+            parts.append(self.pooling(emb, mask).unsqueeze(1))
+        for name, lin in zip(self.dense_names, self.dense):
+            parts.append(lin(batch["dense:" + name]).unsqueeze(1))
+        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+
+
+class LinearLogit(nn.Module):
+    """First-order term ``b + Σ_f w_f(x_f)`` → ``(B, 1)``: the sum of dimension-1 field embeddings
+    (:class:`FeatureEmbedding` with ``embedding_dim=1``) plus a zero-initialised bias."""
+
+    def __init__(self, feature_map: FeatureMap, fields: Iterable[str] | None = None, pooling: str = "mean"):
+        super().__init__()
+        self.weights = FeatureEmbedding(feature_map, 1, fields=fields, pooling=pooling, check_field_dims=False)
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.weights(batch).sum(dim=1) + self.bias
