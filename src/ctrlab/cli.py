@@ -1,0 +1,123 @@
+"""Command line: a thin layer over :mod:`ctrlab.api`.
+
+    ctrlab train --dataset frappe_x1_subset --model FinalMLP [--config F] [--set key=value ...]
+    ctrlab evaluate RUN
+    ctrlab predict RUN --input raw.csv --output scores.csv
+    ctrlab datasets | ctrlab models
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _fmt(metrics: dict) -> str:
+    return "  ".join(f"{k}={v:.6f}" for k, v in metrics.items() if isinstance(v, float))
+
+
+def cmd_train(args) -> int:
+    from .api import train
+
+    overrides = list(args.set or [])
+    kwargs = {"dataset": args.dataset, "model": args.model, "output": args.output}
+    if args.seed is not None:
+        overrides.append(f"trainer.seed={args.seed}")
+    if args.epochs is not None:
+        overrides.append(f"trainer.epochs={args.epochs}")
+    result = train(args.config, overrides=overrides, resume=args.resume, **kwargs)
+    m = result.metrics
+    print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} epochs, {m['parameters']:,} parameters)")
+    for split in ("valid", "test"):
+        if split in m:
+            print(f"[ctrlab] {split}: {_fmt(m[split])}")
+    print(f"[ctrlab] run folder: {result.run_dir.resolve()}")
+    print(f"[ctrlab] report: {(result.run_dir / 'metrics.json').resolve()}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from .api import evaluate
+
+    res = evaluate(args.run, tuple(args.splits))
+    for split, m in res.items():
+        print(f"[ctrlab] {split}: {_fmt(m)}")
+    if args.json:
+        print(json.dumps(res))
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .api import predict
+
+    probs = predict(args.run, args.input, args.output, input_format=args.format)
+    print(f"[ctrlab] wrote {len(probs):,} probabilities to {args.output}")
+    return 0
+
+
+def cmd_datasets(args) -> int:
+    from .data.datasets import list_datasets
+
+    for name in list_datasets():
+        print(name)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from .models import default_hparams, list_models
+
+    for name in list_models():
+        print(name if not args.verbose else f"{name}: {default_hparams(name)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ctrlab", description="CTR prediction: train, evaluate, predict.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train and evaluate a model on a dataset")
+    t.add_argument("--dataset", help="registered dataset name or dataset YAML (default frappe_x1_subset)")
+    t.add_argument("--model", help="registered model name (default FinalMLP)")
+    t.add_argument("--config", help="run config YAML (dataset, model, model_params, trainer, ...)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. trainer.lr=1e-3")
+    t.add_argument("--output", help="run folder (default runs/<dataset>/<model>-<time>-s<seed>)")
+    t.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
+    t.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N")
+    t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="evaluate a finished run")
+    e.add_argument("run", help="run folder")
+    e.add_argument("--splits", nargs="+", default=["valid", "test"])
+    e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.set_defaults(func=cmd_evaluate)
+
+    pr = sub.add_parser("predict", help="score a raw file through the run's saved preprocessing")
+    pr.add_argument("run", help="run folder")
+    pr.add_argument("--input", required=True, help="raw file in the training data's format")
+    pr.add_argument("--output", required=True, help="CSV to write (column: probability)")
+    pr.add_argument("--format", help="input format if it differs from the training data's (csv, tsv, parquet, ...)")
+    pr.set_defaults(func=cmd_predict)
+
+    d = sub.add_parser("datasets", help="list registered datasets")
+    d.set_defaults(func=cmd_datasets)
+    m = sub.add_parser("models", help="list registered models")
+    m.add_argument("-v", "--verbose", action="store_true", help="show default hyperparameters")
+    m.set_defaults(func=cmd_models)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .config import ConfigError
+    from .data.errors import DataError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        print(f"ctrlab: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
