@@ -138,10 +138,9 @@ class FeatureEmbedding(nn.Module):
     # ---- raw lookups (for target attention etc.) ---------------------------------------------
     def categorical_embedding(self, batch: dict[str, torch.Tensor], name: str) -> torch.Tensor:
         """``(B, D)`` embedding of one categorical field."""
-        j = self.cat_names.index(name) if name in self.cat_names else None
-        if j is None:
+        if name not in self.cat_names:
             raise KeyError(f"{name!r} is not a categorical field of this embedding: {self.cat_names}")
-        col = int(self.cat_cols[j])
+        col = int(self.cat_cols[self.cat_names.index(name)])
         return self.embedding(batch["cat"][:, col] + self._cat_block[name])
 
     def sequence_embedding(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,98 @@
+"""Explicit feature-interaction layers: FM pairwise term, inner products, DCNv2 cross network."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .mlp import init_linear
+
+
+class FactorizationMachine(nn.Module):
+    """FM second-order term ``Σ_{i<j} <e_i, e_j>`` of ``(B, F, D)`` embeddings → ``(B, 1)``,
+    computed in O(F·D) as ``½ Σ_k [(Σ_f e_fk)² − Σ_f e_fk²]``."""
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        square_of_sum = emb.sum(dim=1).pow(2)
+        sum_of_square = emb.pow(2).sum(dim=1)
+        return 0.5 * (square_of_sum - sum_of_square).sum(dim=-1, keepdim=True)
+
+
+class InnerProducts(nn.Module):
+    """All pairwise inner products ``<e_i, e_j>``, ``i < j`` (row-major order) of ``(B, F, D)``
+    embeddings → ``(B, F(F−1)/2)``."""
+
+    def __init__(self, num_fields: int):
+        super().__init__()
+        i, j = torch.triu_indices(num_fields, num_fields, offset=1)
+        self.register_buffer("idx_i", i, persistent=False)
+        self.register_buffer("idx_j", j, persistent=False)
+        self.num_fields = num_fields
+
+    @property
+    def output_dim(self) -> int:
+        return self.num_fields * (self.num_fields - 1) // 2
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        gram = torch.bmm(emb, emb.transpose(1, 2))  # (B, F, F)
+        return gram[:, self.idx_i, self.idx_j]
+
+
+class CrossNetV2(nn.Module):
+    """DCNv2 cross network on ``x0 ∈ R^d`` (``(B, d)`` → ``(B, d)``).
+
+    * ``low_rank=None`` (matrix cross): ``x_{l+1} = x0 ⊙ (W_l x_l + b_l) + x_l``,
+      ``W_l ∈ R^{d×d}``; ``d² + d`` parameters per layer.
+    * ``low_rank=r`` (mixture of ``num_experts`` low-rank experts):
+      ``x_{l+1} = Σ_e g_e(x_l) · [x0 ⊙ (U_e,l tanh(C_e,l tanh(V_e,lᵀ x_l)) + b_l)] + x_l`` with
+      ``U, V ∈ R^{d×r}``, ``C ∈ R^{r×r}``, ``g = softmax_e(w_eᵀ x_l)``. As in FuxiCTR the bias
+      ``b_l`` is per layer and shared by the experts, and the gate vectors ``w_e`` are shared by
+      all layers: ``L·(E·(2dr + r²) + d) + E·d`` parameters.
+    ``num_layers=0`` is the identity.
+    """
+
+    def __init__(self, input_dim: int, num_layers: int, low_rank: int | None = None, num_experts: int = 1):
+        super().__init__()
+        d, self.num_layers = int(input_dim), int(num_layers)
+        self.low_rank = None if low_rank is None else int(low_rank)
+        self.num_experts = int(num_experts)
+        if self.low_rank is None:
+            self.cross = nn.ModuleList(init_linear(nn.Linear(d, d)) for _ in range(self.num_layers))
+        else:
+            if self.low_rank < 1 or self.num_experts < 1:
+                raise ValueError("low_rank and num_experts must be >= 1")
+            E, r = self.num_experts, self.low_rank
+
+            def experts(rows: int, cols: int) -> nn.ParameterList:
+                ps = []
+                for _ in range(self.num_layers):
+                    w = torch.empty(E, rows, cols)
+                    for e in range(E):
+                        nn.init.xavier_normal_(w[e])
+                    ps.append(nn.Parameter(w))
+                return nn.ParameterList(ps)
+
+            self.U = experts(d, r)
+            self.V = experts(d, r)
+            self.C = experts(r, r)
+            self.bias = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(self.num_layers))
+            self.gate = init_linear(nn.Linear(d, E, bias=False))
+        self.input_dim = self.output_dim = d
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        if self.low_rank is None:
+            for layer in self.cross:
+                x = x0 * layer(x) + x
+            return x
+        for l in range(self.num_layers):
+            v = torch.tanh(torch.einsum("bd,edr->ber", x, self.V[l]))      # V_eᵀ x_l
+            v = torch.tanh(torch.einsum("ber,esr->bes", v, self.C[l]))     # C_e v
+            u = torch.einsum("ber,edr->bed", v, self.U[l])                 # U_e v   (B, E, d)
+            experts = x0.unsqueeze(1) * (u + self.bias[l])                 # (B, E, d)
+            g = torch.softmax(self.gate(x), dim=-1)                         # (B, E)
+            x = torch.einsum("be,bed->bd", g, experts) + x
+        return x
+
+    def extra_repr(self) -> str:
+        return (f"input_dim={self.input_dim}, num_layers={self.num_layers}, "
+                f"low_rank={self.low_rank}, num_experts={self.num_experts}")

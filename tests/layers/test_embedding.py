@@ -1,0 +1,135 @@
+import pytest
+import torch
+from torch import nn
+
+from ctrlab.data.feature_map import FeatureMap
+from ctrlab.layers import FeatureEmbedding, LinearLogit
+
+FMAP = FeatureMap.from_fields(
+    {"user": 7, "item": 11, "ctx": 5},
+    numeric=["price", "age"],
+    sequences={"hist": (4, "item"), "tags": (3, 9)},
+    dense={"img": 6},
+)
+
+
+def _batch(n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return {
+        "cat": torch.stack([torch.randint(0, v, (n,), generator=g) for v in (7, 11, 5)], 1),
+        "num": torch.randn(n, 2, generator=g),
+        "seq:hist": torch.randint(0, 11, (n, 4), generator=g),
+        "seq:tags": torch.randint(0, 9, (n, 3), generator=g),
+        "dense:img": torch.randn(n, 6, generator=g),
+    }
+
+
+def test_output_shape_and_field_order():
+    emb = FeatureEmbedding(FMAP, 5)
+    out = emb(_batch())
+    assert out.shape == (6, FMAP.num_fields, 5) == (6, 8, 5)
+    assert emb.field_names == FMAP.field_names() == ["user", "item", "ctx", "price", "age", "hist", "tags", "img"]
+
+
+def test_one_fused_table_with_offsets():
+    emb = FeatureEmbedding(FMAP, 4)
+    tables = [m for m in emb.modules() if isinstance(m, nn.Embedding)]
+    assert tables == [emb.embedding, emb.numeric]
+    # rows: user 7 + item 11 + ctx 5 + tags 9 (hist shares item's rows)
+    assert emb.embedding.num_embeddings == 7 + 11 + 5 + 9
+    assert emb.cat_offsets.tolist() == [0, 7, 18]
+    b = _batch()
+    out = emb(b)
+    for f, off in enumerate([0, 7, 18]):
+        torch.testing.assert_close(out[:, f], emb.embedding.weight[b["cat"][:, f] + off])
+        torch.testing.assert_close(emb.categorical_embedding(b, FMAP.categorical[f].name), out[:, f])
+
+
+def test_init_std():
+    torch.manual_seed(0)
+    w = FeatureEmbedding(FeatureMap.from_fields({"a": 5000}), 20).embedding.weight
+    assert abs(w.std().item() - 1e-4) < 5e-6 and abs(w.mean().item()) < 5e-6
+
+
+def test_shared_sequence_uses_the_field_rows():
+    emb = FeatureEmbedding(FMAP, 4)
+    with torch.no_grad():
+        emb.embedding.weight.normal_()
+    b = _batch()
+    b["seq:hist"] = torch.stack([b["cat"][:, 1], torch.zeros_like(b["cat"][:, 1]),
+                                 b["cat"][:, 1], b["cat"][:, 1]], 1)
+    seq, mask = emb.sequence_embedding(b, "hist")
+    item = emb.categorical_embedding(b, "item")
+    nonpad = b["cat"][:, 1] != 0
+    torch.testing.assert_close(seq[nonpad][:, 0], item[nonpad])
+    assert torch.equal(seq[:, 1], torch.zeros_like(seq[:, 1])) and not mask[:, 1].any()
+    # pooled (mean) history of copies of the item id is the item vector
+    out = emb(b)
+    torch.testing.assert_close(out[nonpad][:, 5], item[nonpad])
+
+
+def test_own_vocab_sequence_mean_pooling_ignores_padding():
+    emb = FeatureEmbedding(FMAP, 3)
+    with torch.no_grad():
+        emb.embedding.weight.normal_()
+    b = _batch(n=2)
+    b["seq:tags"] = torch.tensor([[4, 0, 6], [0, 0, 0]])
+    off = 7 + 11 + 5
+    w = emb.embedding.weight
+    out = emb(b)
+    torch.testing.assert_close(out[0, 6], (w[off + 4] + w[off + 6]) / 2)
+    torch.testing.assert_close(out[1, 6], torch.zeros(3))
+    with torch.no_grad():  # padding rows of every block are never read by pooling
+        w[off] = 99.0
+        w[7] = 99.0
+    torch.testing.assert_close(emb(b)[:, 6], out[:, 6])
+
+
+def test_numeric_and_dense_flow_into_output():
+    emb = FeatureEmbedding(FMAP, 4)
+    b = _batch()
+    out = emb(b)
+    torch.testing.assert_close(out[:, 3], b["num"][:, :1] * emb.numeric.weight[0])
+    torch.testing.assert_close(out[:, 4], b["num"][:, 1:2] * emb.numeric.weight[1])
+    torch.testing.assert_close(out[:, 7], emb.dense[0](b["dense:img"]))
+    full = FeatureEmbedding(FMAP, 4)
+    # gradients reach every kind of parameter
+    full(b).sum().backward()
+    for name, p in full.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+def test_embedding_dim_one_and_linear_logit():
+    emb = FeatureEmbedding(FMAP, 1)
+    assert emb(_batch()).shape == (6, 8, 1)
+    lin = LinearLogit(FMAP)
+    with torch.no_grad():
+        lin.bias.fill_(0.5)
+    b = _batch()
+    out = lin(b)
+    assert out.shape == (6, 1)
+    torch.testing.assert_close(out, lin.weights(b).sum(1) + 0.5)
+
+
+def test_field_subset_and_errors():
+    sub = FeatureEmbedding(FMAP, 2, fields=["price", "item", "hist"])
+    assert sub.field_names == ["item", "price", "hist"]  # feature-map order
+    assert sub.embedding.num_embeddings == 11
+    assert sub(_batch()).shape == (6, 3, 2)
+    only_seq = FeatureEmbedding(FMAP, 2, fields=["hist"])  # shared field not selected: own copy
+    assert only_seq.embedding.num_embeddings == 11 and only_seq(_batch()).shape == (6, 1, 2)
+    with pytest.raises(ValueError, match="nope"):
+        FeatureEmbedding(FMAP, 2, fields=["nope"])
+
+
+def test_per_field_dim_override_is_rejected():
+    fmap = FeatureMap.from_fields({"a": 5, "b": 6})
+    fmap.categorical[1].embedding_dim = 16
+    with pytest.raises(ValueError, match="'b'"):
+        FeatureEmbedding(fmap, 8)
+    FeatureEmbedding(fmap, 16, fields=["b"])  # matching override is fine
+    assert LinearLogit(fmap)(_batch_ab()).shape == (3, 1)  # dim-1 linear part ignores overrides
+
+
+def _batch_ab():
+    return {"cat": torch.tensor([[1, 2], [3, 4], [0, 5]])}

@@ -1,0 +1,67 @@
+import pytest
+import torch
+
+from ctrlab.models import create
+
+from .synthetic import random_batch
+
+
+def _dnn_and_dcn(fmap, structure, D=4, H=(16, 8)):
+    dnn = create("DNN", fmap, embedding_dim=D, hidden_units=list(H))
+    dcn = create("DCNv2", fmap, embedding_dim=D, hidden_units=list(H), num_cross_layers=0,
+                 model_structure=structure)
+    with torch.no_grad():
+        for p in dnn.parameters():
+            p.normal_(std=0.3)
+    dcn.embedding.load_state_dict(dnn.embedding.state_dict())
+    return dnn, dcn
+
+
+def test_zero_cross_layers_stacked_equals_dnn(mixed_map):
+    dnn, dcn = _dnn_and_dcn(mixed_map, "stacked")
+    dcn.stacked_dnn.hidden.load_state_dict(dnn.mlp.hidden.state_dict())
+    dcn.fc.load_state_dict(dnn.mlp.out.state_dict())
+    b = random_batch(mixed_map, batch_size=16)
+    torch.testing.assert_close(dcn(b)["logit"], dnn(b)["logit"])
+
+
+def test_zero_cross_layers_parallel_equals_dnn_when_x0_part_of_fc_is_zero(mixed_map):
+    dnn, dcn = _dnn_and_dcn(mixed_map, "parallel")
+    dcn.parallel_dnn.hidden.load_state_dict(dnn.mlp.hidden.state_dict())
+    d = mixed_map.num_fields * 4
+    with torch.no_grad():
+        dcn.fc.weight.zero_()
+        dcn.fc.weight[:, d:] = dnn.mlp.out.weight
+        dcn.fc.bias.copy_(dnn.mlp.out.bias)
+    b = random_batch(mixed_map, batch_size=16)
+    torch.testing.assert_close(dcn(b)["logit"], dnn(b)["logit"])
+
+
+@pytest.mark.parametrize("structure", ["crossnet_only", "stacked", "parallel", "stacked_parallel"])
+def test_parameter_count(cat_map, structure):
+    D, L, H = 4, 3, [16, 8]
+    m = create("DCNv2", cat_map, embedding_dim=D, num_cross_layers=L, hidden_units=H, model_structure=structure)
+    d = 3 * D
+    emb = 23 * D
+    cross = L * (d * d + d)
+    tower = (d * 16 + 16) + (16 * 8 + 8)
+    towers = tower * (("stacked" in structure) + ("parallel" in structure))
+    final = {"crossnet_only": d, "stacked": 8, "parallel": d + 8, "stacked_parallel": 16}[structure]
+    assert m.count_parameters() == emb + cross + towers + final + 1
+    assert m(random_batch(cat_map))["logit"].shape == (8,)
+
+
+def test_low_rank_mixture_and_tower_overrides(cat_map):
+    D, L, r, E = 4, 2, 3, 2
+    m = create("dcnv2", cat_map, embedding_dim=D, num_cross_layers=L, use_low_rank_mixture=True,
+               low_rank=r, num_experts=E, model_structure="stacked_parallel",
+               stacked_dnn_hidden_units=[5], parallel_dnn_hidden_units=[7])
+    d = 3 * D
+    assert sum(p.numel() for p in m.crossnet.parameters()) == L * (E * (2 * d * r + r * r) + d) + E * d
+    assert m.stacked_dnn.output_dim == 5 and m.parallel_dnn.output_dim == 7 and m.fc.in_features == 12
+    assert m(random_batch(cat_map))["logit"].shape == (8,)
+
+
+def test_bad_structure(cat_map):
+    with pytest.raises(ValueError, match="model_structure"):
+        create("DCNv2", cat_map, model_structure="serial")
