@@ -29,7 +29,12 @@ def _bad_row(df: pl.DataFrame, mask: pl.Series, path: Path | None, column: str, 
     if mask.any():
         i = int(mask.arg_max())
         value = df[column][i]
-        raise DataError(problem.format(value=value), file=path, line=int(df[LINE][i]), column=column, fix=fix)
+        if isinstance(value, pl.Series):  # a list cell (Parquet sequence / vector)
+            value = value.to_list()
+        # Frames from the readers carry their source line; frames built by hand (encode_frame at
+        # serving time) do not, so report the 1-based row number instead.
+        line = int(df[LINE][i]) if LINE in df.columns else i + 1
+        raise DataError(problem.format(value=value), file=path, line=line, column=column, fix=fix)
 
 
 def stable_hash(value: str, buckets: int) -> int:
@@ -216,10 +221,11 @@ class DenseVectorEncoder:
             parts = raw.fill_null("").str.strip_chars().str.split(self.spec.splitter)
             parts = parts.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
             vals = parts.list.eval(pl.element().cast(pl.Float64, strict=False))
-            bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
-            _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")
         else:
             vals = raw.cast(pl.List(pl.Float64))
+        # text that is not a number, or a null inside a Parquet list (would become NaN)
+        bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
+        _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")
         lens = vals.list.len().fill_null(0)
         _bad_row(
             df,
@@ -240,6 +246,8 @@ def encode_labels(df: pl.DataFrame, labels: list[str], path: Path | None) -> np.
     cols = []
     for name in labels:
         raw = df[name]
+        if raw.dtype == pl.Boolean:  # Parquet click flags: true/false -> 1/0
+            raw = raw.cast(pl.Int8)
         text = raw.cast(pl.String).str.strip_chars()
         vals = text.cast(pl.Float64, strict=False)
         bad = vals.is_null() | ~vals.is_in([0.0, 1.0])

@@ -72,8 +72,14 @@ def to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """numpy arrays -> batch tensors (int ids as int64, everything else float32)."""
     batch = {}
     for key, arr in arrays.items():
-        t = torch.from_numpy(np.ascontiguousarray(arr))
-        batch[key] = t.long() if key.startswith(_INDEX_PREFIXES) else t.float()
+        is_index = key.startswith(_INDEX_PREFIXES)
+        arr = np.ascontiguousarray(arr)
+        if not arr.flags.writeable:
+            # An ordered slice of a read-only memory map: torch cannot wrap it safely (writing
+            # to the tensor would fault), so copy this batch's rows, converting on the way.
+            arr = arr.astype(np.int64 if is_index else np.float32)
+        t = torch.from_numpy(arr)
+        batch[key] = t.long() if is_index else t.float()
     return batch
 
 
@@ -100,12 +106,15 @@ class BatchLoader:
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rank, world_size = shard
+        if world_size < 1 or not 0 <= rank < world_size:
+            raise ValueError(f"shard must be (rank, world_size) with 0 <= rank < world_size, got {shard}")
         self.split = split
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self.rank, self.world_size = shard
+        self.rank, self.world_size = rank, world_size
         self.epoch = 0
 
     @property

@@ -153,7 +153,7 @@ def _fingerprint(path: Path) -> dict[str, Any]:
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         h.update(fh.read(1 << 20))
-        if st.st_size > (2 << 20):
+        if st.st_size > (1 << 20):  # the tail MiB overlaps the head for files of 1-2 MiB
             fh.seek(-(1 << 20), os.SEEK_END)
             h.update(fh.read(1 << 20))
     return {"path": str(path), "size": st.st_size, "sha256_head_tail": h.hexdigest()}
@@ -232,8 +232,15 @@ def prepare(
         "seconds": round(time.time() - t0, 2),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    if folder.exists():
-        shutil.rmtree(folder)
-    tmp.rename(folder)
+    if folder.exists() and (rebuild or not (folder / "manifest.json").exists()):
+        shutil.rmtree(folder, ignore_errors=True)  # explicit rebuild, or a half-written folder
+    try:
+        tmp.rename(folder)
+    except OSError:
+        # Another process (e.g. a parallel test worker) finished the same cache first: the
+        # key guarantees identical content, so keep theirs and drop ours.
+        if not (folder / "manifest.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
     splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
     return PreparedData(fmap, splits, folder, cfg, reused=False)

@@ -18,7 +18,13 @@ Formats:
 
 In libSVM/libFM files a label of ``-1`` means 0 (the usual convention of those formats).
 For each field, the column ``<field>`` holds the feature index as text and
-``<field>:value`` holds its value.
+``<field>:value`` holds its value. A libFM line without a token for some field leaves that
+field null (missing); the categorical encoder reads it as the empty string, which maps to
+the OOV id (1) unless train itself had rows missing that field.
+
+Empty files, header-only files, duplicate header names, missing columns and malformed
+libSVM/libFM tokens raise :class:`~ctrlab.data.errors.DataError` naming the file, line and
+column (where there is one) and how to fix it.
 """
 from __future__ import annotations
 
@@ -51,11 +57,16 @@ def first_line(path: Path) -> str | None:
     return line.rstrip("\r\n")
 
 
-def _check_exists(path: Path) -> None:
+def _check_exists(path: Path, text: bool = True) -> None:
     if not path.exists():
         raise DataError(f"file {path} does not exist", file=path, fix="check the path in the dataset config's files")
     if path.stat().st_size == 0:
-        raise DataError(f"file {path} is empty", file=path, fix="point the config at a file with data rows")
+        raise DataError(
+            f"file {path} is empty (0 bytes)",
+            file=path,
+            line=1 if text else None,
+            fix="point the config at a file with data rows",
+        )
 
 
 def read_header(cfg: DatasetConfig, path: Path) -> list[str]:
@@ -130,7 +141,7 @@ def read_csv(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFrame
 
 
 def read_parquet(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFrame:
-    _check_exists(path)
+    _check_exists(path, text=False)
     try:
         schema = pl.read_parquet_schema(path)
     except Exception as exc:  # noqa: BLE001 - pyarrow/polars raise several types
@@ -167,21 +178,23 @@ def _read_lines(path: Path) -> pl.DataFrame:
     return df
 
 
-def _first_bad(df: pl.DataFrame, path: Path, token_re: str, shape: str, fix: str) -> None:
+def _first_bad(df: pl.DataFrame, path: Path, token_re: str, shape: str, fix: str, column_of) -> None:
+    """Raise on the first token not matching ``token_re``; ``column_of(token, position)`` names its column."""
     bad = (
-        df.select(LINE, pl.col("tokens"))
-        .explode("tokens")
+        df.select(LINE, pl.col("tokens"), pl.int_ranges(pl.col("tokens").list.len()).alias("pos"))
+        .explode("tokens", "pos")
         .filter(~pl.col("tokens").str.contains(token_re) | pl.col("tokens").is_null())
         .head(1)
     )
     if bad.height:
-        line, token = bad.row(0)
-        raise DataError(
-            f"malformed token {token!r}: expected {shape}",
-            file=path,
-            line=line,
-            fix=fix,
-        )
+        line, token, pos = bad.row(0)
+        if token is None:
+            problem = f"line has a label but no {shape} tokens"
+            column = None
+        else:
+            problem = f"malformed token {token!r} (token {pos + 1} after the label): expected {shape}"
+            column = column_of(token, pos)
+        raise DataError(problem, file=path, line=line, column=column, fix=fix)
 
 
 def _label_column(df: pl.DataFrame, path: Path, label: str) -> pl.Expr:
@@ -198,12 +211,17 @@ def read_libsvm(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFr
         pl.col("parts").list.slice(1).list.eval(pl.element().filter(pl.element() != "")).alias("tokens"),
     )
     looks_fm = df.head(1)["tokens"].list.first().str.count_matches(":").item() == 2
+
+    def column_of(token: str, pos: int) -> str:  # libSVM is positional: token i is field i
+        return names[1 + pos] if names is not None and 1 + pos < len(names) else f"f{pos}"
+
     _first_bad(
         df,
         path,
         _SVM_TOKEN.pattern,
         "index:value (libSVM)",
         "use format: libfm for field:index:value files, or fix the token" if looks_fm else "fix the token (index:value)",
+        column_of,
     )
     counts = df.select(LINE, pl.col("tokens").list.len().alias("n"))
     n_fields = counts["n"][0]
@@ -241,16 +259,27 @@ def read_libfm(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFra
         pl.col("parts").list.first().alias("label_text"),
         pl.col("parts").list.slice(1).list.eval(pl.element().filter(pl.element() != "")).alias("tokens"),
     )
+    names = cfg.column_names
+
+    def field_name(f: int) -> str:
+        return names[1 + f] if names and 1 + f < len(names) else f"f{f}"
+
+    def column_of(token: str, pos: int) -> str | None:  # libFM: the token's field id names the column
+        m = re.match(r"^(\d+):[^:]*:", token)  # only a three-part token has a field id
+        return field_name(int(m.group(1))) if m else None
+
     _first_bad(
         df,
         path,
         _FM_TOKEN.pattern,
         "field:index:value (libFM)",
         "use format: libsvm for index:value files, or fix the token",
+        column_of,
     )
     long = (
         df.select(LINE, "tokens")
         .explode("tokens")
+        .drop_nulls("tokens")  # a label-only line (all fields missing) explodes to null on some polars versions
         .with_columns(pl.col("tokens").str.split_exact(":", 2).alias("t"))
         .select(
             LINE,
@@ -259,13 +288,9 @@ def read_libfm(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFra
             pl.col("t").struct.field("field_2").alias("value"),
         )
     )
-    names = cfg.column_names
     label = names[0] if names else "label"
     out = df.select(LINE, _label_column(df, path, label))
     fields = sorted(long["field"].unique().to_list())
-
-    def field_name(f: int) -> str:
-        return names[1 + f] if names and 1 + f < len(names) else f"f{f}"
 
     for f in fields:
         name = field_name(f)
@@ -281,7 +306,10 @@ def read_libfm(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFra
                 fix="keep one token per field, or model the field as a sequence in csv/parquet",
             )
         out = out.join(
-            part.select(LINE, pl.col("index").alias(name), pl.col("value").alias(f"{name}:value")), on=LINE, how="left"
+            part.select(LINE, pl.col("index").alias(name), pl.col("value").alias(f"{name}:value")),
+            on=LINE,
+            how="left",
+            maintain_order="left",  # polars does not keep row order in joins unless asked
         )
     _require(path, [c for c in out.columns if c != LINE], columns, None)
     return out.select(columns + [LINE])

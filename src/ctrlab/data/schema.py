@@ -63,7 +63,8 @@ class NumericSpec:
     """none; standard (z-score with train mean/std); minmax (train min/max to [0, 1]);
     log (``sign(x) * log1p(|x|)``, for heavy-tailed counts such as Criteo's I1-I13)."""
     bucketize: list[float] | None = None
-    """Explicit bucket boundaries; turns the field into a categorical one."""
+    """Explicit bucket boundaries; turns the field into a categorical one. With ``normalizer: log``
+    the boundaries are in log units (the value is transformed first)."""
     n_buckets: int | None = None
     """Quantile buckets fitted on train; turns the field into a categorical one."""
     embedding_dim: int | None = None

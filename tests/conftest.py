@@ -1,0 +1,62 @@
+"""Shared test fixtures: import path and the location of the real read-only datasets."""
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "src") not in sys.path:  # run from a checkout without `pip install -e .`
+    sys.path.insert(0, str(REPO / "src"))
+
+
+def data_root() -> Path:
+    """``CTRLAB_DATA_DIR`` if set, else ``<repo>/../shared/datasets``."""
+    return Path(os.environ.get("CTRLAB_DATA_DIR") or REPO.parent / "shared" / "datasets").expanduser()
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The real read-only datasets; also exported as ``CTRLAB_DATA_DIR`` for code (and
+    subprocesses) that look the data up by name. Skips the test where the data is absent."""
+    root = data_root()
+    if not root.is_dir():
+        pytest.skip(f"real datasets not found at {root} (set CTRLAB_DATA_DIR)")
+    os.environ.setdefault("CTRLAB_DATA_DIR", str(root))
+    return root
+
+
+@pytest.fixture
+def write(tmp_path):
+    """``write(name, text)`` -> path of a small hand-written fixture file in tmp_path."""
+
+    def _write(name: str, text: str | bytes) -> Path:
+        path = tmp_path / name
+        if isinstance(text, bytes):
+            path.write_bytes(text)
+        else:
+            path.write_text(text, encoding="utf-8")
+        return path
+
+    return _write
+
+
+@pytest.fixture
+def check_error():
+    """``check_error(exc, path, line, column, fix)``: a DataError names file, line, column and a fix."""
+
+    def _check(exc, path: Path, line: int | None, column: str | None, fix: str):
+        msg = str(exc)
+        assert exc.file == str(path) and str(path) in msg, msg
+        assert exc.line == line, msg
+        if line is not None:
+            assert f"line {line}" in msg, msg
+        assert exc.column == column, msg
+        if column is not None:
+            assert f"column {column!r}" in msg, msg
+        assert "Fix: " in msg and fix in msg.split("Fix: ", 1)[1], msg
+        return msg
+
+    return _check
