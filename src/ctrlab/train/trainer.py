@@ -1,0 +1,897 @@
+"""Epoch-based training with the BARS / FuxiCTR protocol, exact resume and atomic checkpoints.
+
+Protocol (FuxiCTR ``BaseModel.fit`` with ``eval_steps=None``), one epoch at a time:
+
+1. ``train_loader.set_epoch(epoch)``; train over its (shuffled) batches with
+   ``loss = model.loss(batch, model(batch))``, gradient norm clipped to ``max_grad_norm``.
+2. Evaluate on the validation loader; the monitored value is ``sum(w * metric)`` over the
+   ``monitor`` terms (``"AUC"`` = ``{"AUC": 1}``, ``"AUC-logloss"`` = ``{"AUC": 1, "logloss": -1}``).
+3. If it did not improve on the best value by at least ``min_delta`` (in ``monitor_mode``
+   direction; FuxiCTR's ``value < best + min_delta`` test for max): ``stopping_steps += 1`` and, with ``reduce_lr_on_plateau``, every param group's
+   lr becomes ``max(lr * lr_decay_factor, min_lr)``. Otherwise ``stopping_steps = 0``, the best
+   value is recorded and the weights are saved as the best checkpoint.
+4. Stop when ``stopping_steps >= patience`` (and, a non-BARS option, at least ``min_epochs``
+   epochs ran), or after ``epochs`` epochs. Finally the best weights are loaded back.
+
+The model owns its loss (including L2 regularizers); the trainer never looks inside a model.
+Evaluation uses ``torch.sigmoid(outputs["logit"])`` against ``batch["label"][:, 0]``, with
+``batch["group"]`` as group ids for gAUC when present.
+
+Checkpoints (``run_dir/checkpoints/``), written after every epoch:
+
+* ``last.safetensors``: model state (parameters and buffers), via ``safetensors.torch.save_model``.
+* ``last_optimizer.safetensors``: every tensor of the optimizer state, named
+  ``"<parameter name>/<state key>"`` (e.g. ``"fc.weight/exp_avg"``); non-tensor state values,
+  the param groups (with parameter *names* instead of indices) go in ``last_state.json``.
+* ``last_state.json``: completed epochs, best value and epoch, stopping steps, lr, history,
+  the RNG states of python / numpy / torch (/ CUDA) and the config.
+* ``best.safetensors``: model state of the best epoch so far, rewritten when the monitor improves.
+
+Every file is first written as ``<name>.tmp`` and fsynced; then all are renamed into place with
+``last_state.json`` last. The safetensors files carry the epoch in their metadata. On resume, a
+complete ``last_state.json.tmp`` (the commit was under way) is rolled forward; otherwise leftover
+``.tmp`` files are discarded, so a crash at any moment leaves a consistent checkpoint.
+
+``fit(..., resume=True)`` restores weights, optimizer, counters, history and RNG states and goes
+on with the next epoch; because the loader's order depends only on ``(seed, epoch)`` a resumed
+run ends with bit-identical weights and metrics to an uninterrupted one (on the same device and
+thread count).
+"""
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, load_model, save_file, save_model
+from torch import nn
+from tqdm import tqdm
+
+from ..config import ConfigError, from_dict, to_dict
+from .metrics import METRIC_NAMES, evaluate_metrics
+
+__all__ = [
+    "TrainerConfig",
+    "Trainer",
+    "CheckpointError",
+    "seed_everything",
+    "parse_monitor",
+    "TIMING_KEYS",
+]
+
+logger = logging.getLogger("ctrlab.train")
+
+TIMING_KEYS = ("train_seconds", "eval_seconds", "seconds", "samples_per_s")
+"""History keys that hold wall-clock measurements (everything else in a record is deterministic)."""
+
+_STATE_FORMAT = 1
+_LOWER_IS_BETTER = {"logloss"}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, inconsistent, or does not fit the model / optimizer."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Seeding
+# ---------------------------------------------------------------------------------------------
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    """Seed python ``random``, numpy's global RNG and torch (CPU and all CUDA devices).
+
+    Call it before building the model so initial weights are reproducible. With
+    ``deterministic=True`` also ask torch for deterministic kernels
+    (``torch.use_deterministic_algorithms(True, warn_only=True)``, cuDNN deterministic, and
+    ``CUBLAS_WORKSPACE_CONFIG`` when unset); CPU training repeats bit for bit without it.
+    """
+    seed = int(seed)
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    os.environ["PYTHONHASHSEED"] = str(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+# ---------------------------------------------------------------------------------------------
+# Config
+# ---------------------------------------------------------------------------------------------
+_MONITOR_RE = re.compile(r"\s*([+-]?)\s*([A-Za-z][A-Za-z0-9_]*)\s*")
+
+
+def parse_monitor(monitor: str | Mapping[str, float]) -> dict[str, float]:
+    """Monitor spec -> ``{metric: weight}``.
+
+    ``"AUC"`` -> ``{"AUC": 1.0}``; ``"AUC-logloss"`` -> ``{"AUC": 1.0, "logloss": -1.0}``
+    (FuxiCTR's ``{"AUC": 1, "logloss": -1}``); a mapping is taken as the weights themselves.
+    """
+    weights: dict[str, float] = {}
+    if isinstance(monitor, Mapping):
+        items = [(str(k), float(v)) for k, v in monitor.items()]
+    elif isinstance(monitor, str):
+        items = []
+        pos = 0
+        text = monitor.strip()
+        while pos < len(text):
+            m = _MONITOR_RE.match(text, pos)
+            if not m or m.end() == pos or (items and not m.group(1)):
+                raise ConfigError(
+                    f"monitor {monitor!r} is not understood; use a metric name ('AUC'), a signed "
+                    "combination ('AUC-logloss') or a mapping {'AUC': 1, 'logloss': -1}"
+                )
+            items.append((m.group(2), -1.0 if m.group(1) == "-" else 1.0))
+            pos = m.end()
+    else:
+        raise ConfigError(f"monitor must be a string or a mapping, got {monitor!r}")
+    if not items:
+        raise ConfigError("monitor is empty; use e.g. 'AUC'")
+    for name, w in items:
+        if name not in METRIC_NAMES:
+            raise ConfigError(f"monitor uses unknown metric {name!r}; choose from {list(METRIC_NAMES)}")
+        if not math.isfinite(w):
+            raise ConfigError(f"monitor weight of {name} must be finite, got {w}")
+        weights[name] = weights.get(name, 0.0) + w
+    return weights
+
+
+@dataclass
+class TrainerConfig:
+    """Training settings (the ``trainer:`` section of an experiment config).
+
+    Defaults follow the BARS benchmark protocol as implemented by FuxiCTR.
+    """
+
+    epochs: int = 100
+    """Maximum number of training epochs (early stopping usually ends training sooner)."""
+    batch_size: int = 4096
+    """Rows per training batch (used by :meth:`make_train_loader`)."""
+    eval_batch_size: int | None = None
+    """Rows per evaluation / prediction batch; None = ``batch_size``."""
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"
+    """Optimizer: torch's Adam, AdamW (torch default weight_decay 0.01) or plain SGD, all with default options."""
+    lr: float = 1e-3
+    """Initial learning rate."""
+    monitor: str | dict[str, float] = "AUC"
+    """Validation value to track: a metric name, a signed combination like ``"AUC-logloss"``, or weights ``{"AUC": 1, "logloss": -1}``."""
+    monitor_mode: Literal["auto", "max", "min"] = "auto"
+    """Whether larger (max) or smaller (min) monitor values are better; auto = min for a loss-only monitor (``logloss``), max otherwise."""
+    patience: int = 2
+    """Stop after this many consecutive epochs without improvement (FuxiCTR ``early_stop_patience``)."""
+    reduce_lr_on_plateau: bool = True
+    """Multiply the learning rate by ``lr_decay_factor`` after every epoch without improvement."""
+    lr_decay_factor: float = 0.1
+    """Factor applied to the learning rate on a plateau."""
+    min_lr: float = 1e-6
+    """The learning rate never decays below this."""
+    min_delta: float = 1e-6
+    """An epoch improves only if it beats the best monitor value by at least this (FuxiCTR's rule)."""
+    max_grad_norm: float | None = 10.0
+    """Clip the global gradient norm to this value before each step; None = no clipping."""
+    seed: int = 2021
+    """Seed for :func:`seed_everything` (called by the caller before building the model) and the loaders' shuffle."""
+    device: str = "auto"
+    """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
+    num_threads: int | None = None
+    """torch intra-op CPU threads (``torch.set_num_threads``, process-wide); None = leave torch's setting."""
+    restore_best: bool = True
+    """Load the best epoch's weights back into the model when training ends."""
+    metrics: list[str] = field(default_factory=lambda: ["AUC", "logloss"])
+    """Metrics reported on validation / test data (from ``AUC``, ``logloss``, ``gAUC``)."""
+    progress: bool = True
+    """Show tqdm progress bars (samples/s) during training and evaluation."""
+    min_epochs: int = 0
+    """Not BARS: never stop early before this many epochs (lr still decays on plateaus); 0 = BARS protocol exactly."""
+
+    # ---- derived values ------------------------------------------------------------------
+    def monitor_weights(self) -> dict[str, float]:
+        return parse_monitor(self.monitor)
+
+    def resolved_monitor_mode(self) -> str:
+        if self.monitor_mode in ("max", "min"):
+            return self.monitor_mode
+        directions = {
+            (w > 0) != (name in _LOWER_IS_BETTER)  # True: a larger monitor value is better
+            for name, w in self.monitor_weights().items()
+            if w != 0
+        }
+        if directions == {False}:
+            return "min"
+        if directions == {True}:
+            return "max"
+        raise ConfigError(
+            f"monitor {self.monitor!r} mixes terms that improve in opposite directions; "
+            "set monitor_mode to max or min explicitly"
+        )
+
+    @property
+    def resolved_eval_batch_size(self) -> int:
+        return self.eval_batch_size if self.eval_batch_size is not None else self.batch_size
+
+    def resolved_device(self) -> str:
+        if self.device == "auto":
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        return self.device
+
+    def eval_metric_names(self) -> list[str]:
+        """Metrics computed on validation data: ``metrics`` plus any the monitor needs."""
+        names = list(self.metrics)
+        names += [n for n in self.monitor_weights() if n not in names]
+        return names
+
+    def make_train_loader(self, split: Any):
+        """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``)."""
+        from ..data.loader import BatchLoader
+
+        return BatchLoader(split, batch_size=self.batch_size, shuffle=True, seed=self.seed)
+
+    def make_eval_loader(self, split: Any):
+        """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch."""
+        from ..data.loader import BatchLoader
+
+        return BatchLoader(split, batch_size=self.resolved_eval_batch_size, shuffle=False, seed=self.seed)
+
+    # ---- validation --------------------------------------------------------------------------
+    def validate(self, where: str = "trainer") -> None:
+        def bad(key: str, msg: str) -> ConfigError:
+            return ConfigError(f"{where}.{key}: {msg}")
+
+        def need_int(key: str, lo: int, allow_none: bool = False) -> None:
+            v = getattr(self, key)
+            if v is None and allow_none:
+                return
+            if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+                raise bad(key, f"must be an integer >= {lo}, got {v!r}")
+
+        def need_num(key: str, lo: float, strict: bool, hi: float | None = None, allow_none: bool = False) -> None:
+            v = getattr(self, key)
+            if v is None and allow_none:
+                return
+            ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            ok = ok and (v > lo if strict else v >= lo) and (hi is None or v <= hi)
+            if not ok:
+                rng = f"{'>' if strict else '>='} {lo}" + (f" and <= {hi}" if hi is not None else "")
+                raise bad(key, f"must be a number {rng}, got {v!r}")
+
+        need_int("epochs", 1)
+        need_int("batch_size", 1)
+        need_int("eval_batch_size", 1, allow_none=True)
+        need_int("patience", 1)
+        need_int("seed", 0)
+        need_int("num_threads", 1, allow_none=True)
+        need_int("min_epochs", 0)
+        need_num("lr", 0.0, strict=True)
+        need_num("lr_decay_factor", 0.0, strict=True, hi=1.0)
+        need_num("min_lr", 0.0, strict=False)
+        need_num("min_delta", 0.0, strict=False)
+        need_num("max_grad_norm", 0.0, strict=True, allow_none=True)
+        if self.optimizer not in ("adam", "adamw", "sgd"):
+            raise bad("optimizer", f"{self.optimizer!r} is not allowed; choose one of ['adam', 'adamw', 'sgd']")
+        if self.monitor_mode not in ("auto", "max", "min"):
+            raise bad("monitor_mode", f"{self.monitor_mode!r} is not allowed; choose one of ['auto', 'max', 'min']")
+        if not isinstance(self.metrics, (list, tuple)) or not self.metrics:
+            raise bad("metrics", f"must be a non-empty list drawn from {list(METRIC_NAMES)}, got {self.metrics!r}")
+        for m in self.metrics:
+            if m not in METRIC_NAMES:
+                raise bad("metrics", f"unknown metric {m!r}; choose from {list(METRIC_NAMES)}")
+        if len(set(self.metrics)) != len(self.metrics):
+            raise bad("metrics", f"lists a metric twice: {self.metrics!r}")
+        try:
+            self.monitor_weights()
+            self.resolved_monitor_mode()
+        except ConfigError as exc:
+            raise bad("monitor", str(exc)) from None
+        if self.device != "auto":
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as exc:
+                raise bad("device", f"{self.device!r} is not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, where: str = "trainer") -> "TrainerConfig":
+        return from_dict(cls, dict(data or {}), where)
+
+    def to_dict(self) -> dict[str, Any]:
+        return to_dict(self)
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers: optimizer, RNG states, atomic files
+# ---------------------------------------------------------------------------------------------
+def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    raise ConfigError(f"unknown optimizer {name!r}")
+
+
+def _b64(t: torch.Tensor) -> str:
+    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
+
+
+def _unb64(s: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
+
+
+def _rng_state() -> dict[str, Any]:
+    py = random.getstate()
+    npst = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": [py[0], list(py[1]), py[2]],
+        "numpy": [npst[0], np.asarray(npst[1]).tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
+        "torch": _b64(torch.get_rng_state()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    nps = state["numpy"]
+    np.random.set_state((nps[0], np.asarray(nps[1], dtype=np.uint32), nps[2], nps[3], nps[4]))
+    torch.set_rng_state(_unb64(state["torch"]))
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, tuple):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, list):
+        return [_jsonable(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): _jsonable(x) for k, x in v.items()}
+    if isinstance(v, (np.floating, np.integer)):
+        return v.item()
+    return v
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _file_epoch(path: Path) -> int | None:
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+    return int(meta["epoch"]) if "epoch" in meta else None
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.6f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Trainer
+# ---------------------------------------------------------------------------------------------
+Callback = Callable[["Trainer", dict], None]
+
+
+class Trainer:
+    """Train, evaluate and predict with any CTR model (``forward(batch) -> {"logit"}``, ``loss``).
+
+    Args:
+        model: a :class:`~ctrlab.models.base.CTRModel` (anything with that interface). It is
+            moved to the configured device; build it after :func:`seed_everything`.
+        config: a :class:`TrainerConfig`, a plain mapping for it, or None for defaults.
+        run_dir: folder for ``train.log`` and ``checkpoints/``.
+        callbacks: called as ``cb(trainer, record)`` after every epoch, once that epoch's
+            checkpoint is on disk (an exception raised there interrupts training resumably).
+
+    Attributes after / during :meth:`fit`: ``history`` (one dict per epoch), ``best_metric``,
+    ``best_epoch`` (1-based), ``stopping_steps``, ``epochs_done``, ``stopped_early``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: TrainerConfig | Mapping[str, Any] | None = None,
+        run_dir: str | os.PathLike = "runs/default",
+        callbacks: Iterable[Callback] = (),
+    ):
+        if config is None:
+            config = TrainerConfig()
+        elif isinstance(config, Mapping):
+            config = TrainerConfig.from_dict(config)
+        elif isinstance(config, TrainerConfig):
+            config.validate("trainer")
+        else:
+            raise TypeError(f"config must be a TrainerConfig or a mapping, got {type(config).__name__}")
+        self.config: TrainerConfig = config
+        self.run_dir = Path(run_dir)
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.log_path = self.run_dir / "train.log"
+        self.callbacks: list[Callback] = list(callbacks)
+        if config.num_threads is not None:
+            torch.set_num_threads(config.num_threads)
+        self.device = torch.device(config.resolved_device())
+        self.model = model.to(self.device)
+        named = list(self.model.named_parameters())
+        if not named:
+            raise ValueError("the model has no parameters to train")
+        self._param_names = [n for n, _ in named]
+        self._params = [p for _, p in named]
+        self.optimizer = _make_optimizer(config.optimizer, self._params, config.lr)
+        self.monitor = config.monitor_weights()
+        self.monitor_mode = config.resolved_monitor_mode()
+        self._reset_state()
+
+    # ---- public API ----------------------------------------------------------------------------
+    def fit(self, train_loader: Iterable, valid_loader: Iterable, resume: bool = False) -> list[dict]:
+        """Train with early stopping on ``valid_loader``; returns the per-epoch history.
+
+        ``resume=True`` continues from ``run_dir/checkpoints`` when a checkpoint exists (and
+        starts fresh, saying so in the log, when none does); a finished run is not trained
+        further unless ``epochs`` was raised (an early stop stays final). A fresh start trains
+        the model's current weights with a new optimizer and deletes old checkpoints in ``run_dir``.
+        """
+        cfg = self.config
+        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume:
+            self._roll_forward()
+        if resume and (self.ckpt_dir / "last_state.json").exists():
+            self._load_checkpoint()
+            self._log(
+                f"resumed from {self.ckpt_dir} after epoch {self.epochs_done} "
+                f"(best {self._monitor_name()}={self._fmt_best()} at epoch {self.best_epoch}, "
+                f"stopping_steps={self.stopping_steps}, lr={self._current_lr():.3g})"
+            )
+        else:
+            if resume:
+                self._log(f"resume requested but {self.ckpt_dir} holds no checkpoint; starting fresh")
+            # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
+            self.optimizer = _make_optimizer(cfg.optimizer, self._params, cfg.lr)
+            self._reset_state()
+            self._remove_checkpoints()
+            n_params = sum(p.numel() for p in self._params if p.requires_grad)
+            self._log(
+                f"start training {type(self.model).__name__} ({n_params:,} trainable parameters) on "
+                f"{self.device}; {self._batches(train_loader)} batches/epoch; config {json.dumps(cfg.to_dict())}"
+            )
+        eval_names = cfg.eval_metric_names()
+        while not self.stopped_early and self.epochs_done < cfg.epochs:
+            epoch = self.epochs_done  # 0-based index of the epoch about to run
+            lr = self._current_lr()
+            t0 = time.perf_counter()
+            train_loss, rows = self._train_epoch(train_loader, epoch)
+            t1 = time.perf_counter()
+            logs = self._evaluate_names(valid_loader, eval_names, desc=f"valid {epoch + 1}")
+            t2 = time.perf_counter()
+            value = sum(w * logs[k] for k, w in self.monitor.items())
+            improved = self._improves(value)
+            if improved:
+                self.stopping_steps = 0
+                self.best_metric = value
+                self.best_epoch = epoch + 1
+            else:
+                self.stopping_steps += 1
+                if cfg.reduce_lr_on_plateau:
+                    self._decay_lr()
+            self.epochs_done = epoch + 1
+            if self.stopping_steps >= cfg.patience and self.epochs_done >= cfg.min_epochs:
+                self.stopped_early = True
+            record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
+            record.update({f"valid_{k}": v for k, v in logs.items()})
+            record.update(
+                {
+                    "monitor": value,
+                    "improved": improved,
+                    "best_metric": self.best_metric,
+                    "best_epoch": self.best_epoch,
+                    "stopping_steps": self.stopping_steps,
+                    "lr": lr,
+                    "next_lr": self._current_lr(),
+                    "train_seconds": t1 - t0,
+                    "eval_seconds": t2 - t1,
+                    "seconds": t2 - t0,
+                    "samples_per_s": rows / max(t1 - t0, 1e-12),
+                }
+            )
+            self.history.append(record)
+            self._save_checkpoint(save_best=improved)
+            self._log_epoch(record, logs)
+            if self.stopped_early:
+                self._log(f"early stop after epoch {self.epochs_done} (patience {cfg.patience})")
+            for cb in self.callbacks:
+                cb(self, record)
+        self._log(
+            f"training finished after {self.epochs_done} epochs; best {self._monitor_name()}="
+            f"{self._fmt_best()} at epoch {self.best_epoch}"
+        )
+        if cfg.restore_best:
+            self.restore_best()
+        return [dict(r) for r in self.history]
+
+    def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None) -> dict[str, float]:
+        """Metrics (default ``config.metrics``) of the current model on ``loader``."""
+        names = list(metrics) if metrics is not None else list(self.config.metrics)
+        logs = self._evaluate_names(loader, names, desc="evaluate")
+        self._log("[metrics] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
+        return logs
+
+    def predict(self, loader: Iterable) -> np.ndarray:
+        """Predicted click probabilities ``sigmoid(logit)`` (float64, loader order)."""
+        prob, _, _ = self._run_inference(loader, desc="predict", need_labels=False)
+        return prob
+
+    def restore_best(self) -> bool:
+        """Load ``checkpoints/best.safetensors`` into the model; False when there is none."""
+        path = self.ckpt_dir / "best.safetensors"
+        if not path.exists():
+            self._log(f"no best checkpoint at {path}; keeping the current weights", level=logging.WARNING)
+            return False
+        load_model(self.model, str(path), strict=True, device="cpu")  # copied into the device params
+        self._log(f"loaded best weights (epoch {_file_epoch(path)}) from {path}")
+        return True
+
+    # ---- one epoch -------------------------------------------------------------------------------
+    def _train_epoch(self, loader: Iterable, epoch: int) -> tuple[float, int]:
+        cfg = self.config
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        self.model.train()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        n_batches = 0
+        rows = 0
+        bar = self._bar(loader, f"train {epoch + 1}/{cfg.epochs}")
+        try:
+            for batch in loader:
+                n = int(batch["label"].shape[0])
+                batch = self._to_device(batch)
+                self.optimizer.zero_grad(set_to_none=True)
+                outputs = self.model(batch)
+                loss = self.model.loss(batch, outputs)
+                loss.backward()
+                if cfg.max_grad_norm is not None:
+                    nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+                self.optimizer.step()
+                total += loss.detach().to(torch.float64)
+                n_batches += 1
+                rows += n
+                if bar is not None:
+                    bar.update(n)
+        finally:
+            if bar is not None:
+                bar.close()
+        if n_batches == 0:
+            raise ValueError("the training loader produced no batches")
+        train_loss = float((total / n_batches).item())
+        if not math.isfinite(train_loss):
+            raise FloatingPointError(
+                f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate or "
+                f"check the inputs (checkpoint of epoch {self.epochs_done} is kept in {self.ckpt_dir})"
+            )
+        return train_loss, rows
+
+    @torch.no_grad()
+    def _run_inference(
+        self, loader: Iterable, desc: str, need_labels: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        self.model.eval()
+        probs: list[torch.Tensor] = []
+        labels: list[torch.Tensor] = []
+        groups: list[torch.Tensor] = []
+        bar = self._bar(loader, desc)
+        try:
+            for batch in loader:
+                if "label" in batch:
+                    labels.append(batch["label"][:, 0].reshape(-1))
+                elif need_labels:
+                    raise KeyError("evaluation batches need a 'label' tensor")
+                if "group" in batch:
+                    groups.append(batch["group"].reshape(-1))
+                outputs = self.model(self._to_device(batch))
+                p = torch.sigmoid(outputs["logit"].float()).reshape(-1)
+                probs.append(p)
+                if bar is not None:
+                    bar.update(int(p.shape[0]))
+        finally:
+            if bar is not None:
+                bar.close()
+        if not probs:
+            raise ValueError(f"{desc}: the loader produced no batches")
+        prob = torch.cat(probs).cpu().numpy().astype(np.float64)
+        y = torch.cat(labels).cpu().numpy().astype(np.float64) if labels else None
+        g = torch.cat(groups).cpu().numpy() if groups and len(groups) == len(probs) else None
+        return prob, y, g
+
+    def _evaluate_names(self, loader: Iterable, names: Sequence[str], desc: str) -> dict[str, float]:
+        prob, y, group = self._run_inference(loader, desc)
+        if "gAUC" in names and group is None:
+            raise ValueError("gAUC needs a 'group' tensor in every batch (set the dataset's group_field)")
+        return evaluate_metrics(y, prob, names, group)
+
+    # ---- protocol pieces ---------------------------------------------------------------------
+    def _reset_state(self) -> None:
+        self.history: list[dict] = []
+        self.best_metric = -math.inf if self.monitor_mode == "max" else math.inf
+        self.best_epoch: int | None = None
+        self.stopping_steps = 0
+        self.epochs_done = 0
+        self.stopped_early = False
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.config.lr
+
+    def _improves(self, value: float) -> bool:
+        # FuxiCTR's rule: a plateau is ``value < best + min_delta`` (max mode), so reaching
+        # ``best + min_delta`` exactly counts as an improvement (with min_delta=0, a tie does).
+        d = self.config.min_delta
+        if self.monitor_mode == "max":
+            return value >= self.best_metric + d
+        return value <= self.best_metric - d
+
+    def _decay_lr(self) -> None:
+        cfg = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = max(group["lr"] * cfg.lr_decay_factor, cfg.min_lr)
+
+    def _current_lr(self) -> float:
+        return float(self.optimizer.param_groups[0]["lr"])
+
+    def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if self.device.type == "cpu":
+            return dict(batch)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+
+    def _bar(self, loader: Iterable, desc: str):
+        if not self.config.progress:
+            return None
+        return tqdm(
+            total=getattr(loader, "num_rows", None),
+            desc=desc,
+            unit="sample",
+            unit_scale=True,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=0.5,
+            file=sys.stderr,
+        )
+
+    @staticmethod
+    def _batches(loader: Iterable) -> str:
+        try:
+            return str(len(loader))  # type: ignore[arg-type]
+        except TypeError:
+            return "?"
+
+    # ---- logging ---------------------------------------------------------------------------------
+    def _monitor_name(self) -> str:
+        if len(self.monitor) == 1 and next(iter(self.monitor.values())) == 1.0:
+            return next(iter(self.monitor))
+        return "+".join(f"{w:g}*{k}" for k, w in self.monitor.items()).replace("+-", "-")
+
+    def _fmt_best(self) -> str:
+        return _fmt(self.best_metric) if math.isfinite(self.best_metric) else "n/a"
+
+    def _log(self, msg: str, level: int = logging.INFO) -> None:
+        logger.log(level, msg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        prefix = "" if level == logging.INFO else f"{logging.getLevelName(level)}: "
+        with open(self.log_path, "a", encoding="utf-8") as f:
+            f.write(f"{stamp} {prefix}{msg}\n")
+
+    def _log_epoch(self, r: dict, logs: Mapping[str, float]) -> None:
+        cfg = self.config
+        valid = " ".join(f"{k} {_fmt(v)}" for k, v in logs.items())
+        if r["improved"]:
+            status = f"improved -> best {self._monitor_name()}={_fmt(r['monitor'])}, saved best"
+        else:
+            status = f"no improvement ({r['stopping_steps']}/{cfg.patience})"
+            if cfg.reduce_lr_on_plateau:
+                status += f", lr -> {r['next_lr']:.3g}"
+        self._log(
+            f"epoch {r['epoch']}/{cfg.epochs} | lr {r['lr']:.3g} | train_loss {_fmt(r['train_loss'])} | "
+            f"valid {valid} | {status} | {r['seconds']:.1f} s, {r['samples_per_s']:,.0f} samples/s"
+        )
+
+    # ---- checkpoints -----------------------------------------------------------------------------
+    _FILES = ("last_optimizer.safetensors", "best.safetensors", "last.safetensors", "last_state.json")
+    """Checkpoint files in commit (rename) order; ``last_state.json`` is the commit point."""
+
+    def _remove_checkpoints(self) -> None:
+        for name in self._FILES:
+            for path in (self.ckpt_dir / name, self.ckpt_dir / (name + ".tmp")):
+                if path.exists():
+                    path.unlink()
+
+    def _optimizer_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        sd = self.optimizer.state_dict()
+        tensors: dict[str, torch.Tensor] = {}
+        scalars: dict[str, Any] = {}
+        for idx, st in sd["state"].items():
+            name = self._param_names[idx]
+            for key, value in st.items():
+                k = f"{name}/{key}"
+                if isinstance(value, torch.Tensor):
+                    tensors[k] = value.detach().to("cpu").contiguous()
+                else:
+                    scalars[k] = _jsonable(value)
+        groups = []
+        for g in sd["param_groups"]:
+            gg = {k: _jsonable(v) for k, v in g.items() if k != "params"}
+            gg["params"] = [self._param_names[i] for i in g["params"]]
+            groups.append(gg)
+        return tensors, {"class": type(self.optimizer).__name__, "param_groups": groups, "scalars": scalars}
+
+    def _load_optimizer(self, tensors: Mapping[str, torch.Tensor], payload: Mapping[str, Any]) -> None:
+        if payload.get("class") != type(self.optimizer).__name__:
+            raise CheckpointError(
+                f"checkpoint optimizer is {payload.get('class')}, config asks for {type(self.optimizer).__name__}"
+            )
+        index = {n: i for i, n in enumerate(self._param_names)}
+        state: dict[int, dict[str, Any]] = {}
+        entries = list(tensors.items()) + list(payload.get("scalars", {}).items())
+        for key, value in entries:
+            name, _, skey = key.rpartition("/")
+            if name not in index:
+                raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
+            state.setdefault(index[name], {})[skey] = value
+        current = self.optimizer.state_dict()["param_groups"]
+        saved = payload["param_groups"]
+        if len(saved) != len(current):
+            raise CheckpointError(f"checkpoint has {len(saved)} optimizer param groups, the optimizer {len(current)}")
+        groups = []
+        for cur, sav in zip(current, saved):
+            if [self._param_names[i] for i in cur["params"]] != list(sav["params"]):
+                raise CheckpointError("optimizer parameters in the checkpoint do not match the model's")
+            g = dict(cur)
+            for k, v in sav.items():
+                if k == "params":
+                    continue
+                g[k] = tuple(v) if isinstance(cur.get(k), tuple) and isinstance(v, list) else v
+            groups.append(g)
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+
+    def _save_checkpoint(self, save_best: bool) -> None:
+        d = self.ckpt_dir
+        d.mkdir(parents=True, exist_ok=True)
+        for stale in d.glob("*.tmp"):
+            stale.unlink()
+        meta = {"epoch": str(self.epochs_done)}
+        opt_tensors, opt_payload = self._optimizer_payload()
+        tmp = {name: d / (name + ".tmp") for name in self._FILES}
+        save_file(opt_tensors, str(tmp["last_optimizer.safetensors"]), metadata=meta)
+        if save_best:
+            save_model(self.model, str(tmp["best.safetensors"]), metadata=meta)
+        save_model(self.model, str(tmp["last.safetensors"]), metadata=meta)
+        state = {
+            "format": _STATE_FORMAT,
+            "epoch": self.epochs_done,
+            "stopped_early": self.stopped_early,
+            "best_metric": self.best_metric,
+            "best_epoch": self.best_epoch,
+            "stopping_steps": self.stopping_steps,
+            "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
+            "monitor": self.monitor,
+            "monitor_mode": self.monitor_mode,
+            "history": self.history,
+            "optimizer": opt_payload,
+            "rng": _rng_state(),
+            "config": self.config.to_dict(),
+            "model_class": type(self.model).__name__,
+            "saved_at": _dt.datetime.now().isoformat(timespec="seconds"),
+        }
+        tmp_state = tmp["last_state.json"]
+        with open(tmp_state, "w", encoding="utf-8") as f:
+            json.dump(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        for name in self._FILES[:-1]:
+            if tmp[name].exists():
+                _fsync_file(tmp[name])
+        for name in self._FILES:  # the commit: last_state.json is renamed last
+            if tmp[name].exists():
+                os.replace(tmp[name], d / name)
+        _fsync_dir(d)
+
+    def _roll_forward(self) -> None:
+        """Finish a commit that was interrupted between renames; drop an unfinished one."""
+        d = self.ckpt_dir
+        tmp_state = d / "last_state.json.tmp"
+        complete = False
+        if tmp_state.exists():
+            try:
+                json.loads(tmp_state.read_text(encoding="utf-8"))
+                complete = True
+            except (ValueError, UnicodeDecodeError):
+                complete = False
+        if complete:  # the state file is written last, so every other .tmp file is complete
+            for name in self._FILES:
+                t = d / (name + ".tmp")
+                if t.exists():
+                    os.replace(t, d / name)
+            _fsync_dir(d)
+            self._log("completed an interrupted checkpoint commit")
+        for stale in d.glob("*.tmp"):
+            stale.unlink()
+
+    def _load_checkpoint(self) -> None:
+        d = self.ckpt_dir
+        state_path = d / "last_state.json"
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(f"cannot read {state_path}: {exc}") from None
+        if state.get("format") != _STATE_FORMAT:
+            raise CheckpointError(f"{state_path}: unsupported checkpoint format {state.get('format')!r}")
+        epoch = int(state["epoch"])
+        for name in ("last.safetensors", "last_optimizer.safetensors"):
+            path = d / name
+            if not path.exists():
+                raise CheckpointError(f"checkpoint file {path} is missing")
+            if _file_epoch(path) != epoch:
+                raise CheckpointError(
+                    f"{path} is from epoch {_file_epoch(path)} but {state_path} from epoch {epoch}"
+                )
+        if state.get("best_epoch") is not None:
+            best = d / "best.safetensors"
+            if not best.exists() or _file_epoch(best) != state["best_epoch"]:
+                raise CheckpointError(f"{best} is missing or not from the best epoch {state['best_epoch']}")
+        if state.get("monitor") != self.monitor or state.get("monitor_mode") != self.monitor_mode:
+            raise CheckpointError(
+                f"checkpoint monitors {state.get('monitor')} ({state.get('monitor_mode')}), the config "
+                f"{self.monitor} ({self.monitor_mode}); resume with the same monitor"
+            )
+        ignore = {"epochs", "progress", "device", "num_threads", "restore_best", "eval_batch_size", "min_epochs"}
+        old_cfg, new_cfg = state.get("config", {}), self.config.to_dict()
+        changed = sorted(k for k in new_cfg if k not in ignore and old_cfg.get(k) != new_cfg[k])
+        if changed:
+            self._log(
+                "resuming with a changed config ("
+                + ", ".join(f"{k}: {old_cfg.get(k)!r} -> {new_cfg[k]!r}" for k in changed)
+                + "); the run will not match an uninterrupted one",
+                level=logging.WARNING,
+            )
+        try:
+            load_model(self.model, str(d / "last.safetensors"), strict=True, device="cpu")
+        except RuntimeError as exc:
+            raise CheckpointError(f"{d / 'last.safetensors'} does not fit the model: {exc}") from None
+        self._load_optimizer(load_file(str(d / "last_optimizer.safetensors"), device="cpu"), state["optimizer"])
+        for group, lr in zip(self.optimizer.param_groups, state["lr"]):
+            group["lr"] = lr
+        self.history = list(state["history"])
+        self.best_metric = float(state["best_metric"])
+        self.best_epoch = state["best_epoch"]
+        self.stopping_steps = int(state["stopping_steps"])
+        self.epochs_done = epoch
+        self.stopped_early = bool(state["stopped_early"])
+        _set_rng_state(state["rng"])

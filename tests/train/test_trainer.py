@@ -1,0 +1,377 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+import ctrlab
+import _trainkit as K
+from ctrlab.config import ConfigError
+from ctrlab.train import (
+    TIMING_KEYS,
+    CheckpointError,
+    Trainer,
+    TrainerConfig,
+    evaluate_metrics,
+    parse_monitor,
+    seed_everything,
+)
+import ctrlab.train.trainer as trainer_module
+
+
+class _Stop(Exception):
+    pass
+
+
+def _strip(history):
+    return [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+
+
+def _stop_after(epoch):
+    def cb(trainer, record):
+        if record["epoch"] == epoch:
+            raise _Stop(epoch)
+
+    return cb
+
+
+def _assert_same_run(a, b):
+    """a, b: (history, metrics, weights)."""
+    assert _strip(a[0]) == _strip(b[0])
+    assert a[1].keys() == b[1].keys()
+    for k in a[1]:
+        assert abs(a[1][k] - b[1][k]) <= 1e-12, k
+    assert a[2].keys() == b[2].keys()
+    for k in a[2]:
+        assert torch.equal(a[2][k], b[2][k]), f"weights differ: {k}"
+
+
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    """Uninterrupted runs, one per optimizer: (history, test metrics, final weights, run_dir)."""
+    cache = {}
+
+    def get(optimizer="adam"):
+        if optimizer not in cache:
+            run_dir = tmp_path_factory.mktemp(f"baseline_{optimizer}")
+            trainer, history, metrics = K.run(run_dir, K.config(optimizer=optimizer))
+            cache[optimizer] = (history, metrics, K.weights(trainer.model), run_dir)
+        return cache[optimizer]
+
+    return get
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism and resume
+# ---------------------------------------------------------------------------------------------
+def test_same_seed_gives_identical_history_and_weights(baseline, tmp_path):
+    history, metrics, weights, _ = baseline("adam")
+    # the scenario exercises improvements, plateaus with lr decay and an early stop
+    assert any(r["improved"] for r in history) and any(not r["improved"] for r in history)
+    assert len(history) < K.config().epochs
+    trainer, history2, metrics2 = K.run(tmp_path)
+    _assert_same_run((history, metrics, weights), (history2, metrics2, K.weights(trainer.model)))
+
+
+@pytest.mark.parametrize(
+    "optimizer,stop_epoch", [("adam", 1), ("adam", 3), ("adam", 4), ("adamw", 2), ("sgd", 2)]
+)
+def test_resume_after_in_process_interrupt_is_exact(baseline, tmp_path, optimizer, stop_epoch):
+    history, metrics, weights, _ = baseline(optimizer)
+    assert stop_epoch < len(history)
+    cfg = K.config(optimizer=optimizer)
+    with pytest.raises(_Stop):
+        K.run(tmp_path, cfg, callbacks=[_stop_after(stop_epoch)])
+    state = json.loads((tmp_path / "checkpoints" / "last_state.json").read_text())
+    assert state["epoch"] == stop_epoch
+    # a differently initialised model: everything must come from the checkpoint
+    trainer, history2, metrics2 = K.run(tmp_path, cfg, resume=True, init_seed=999)
+    _assert_same_run((history, metrics, weights), (history2, metrics2, K.weights(trainer.model)))
+    assert "resumed from" in (tmp_path / "train.log").read_text()
+
+
+def test_resume_in_new_process_after_sigkill(baseline, tmp_path):
+    history, metrics, weights, _ = baseline("adam")
+    src = Path(ctrlab.__file__).resolve().parents[1]
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(src), str(Path(K.__file__).resolve().parent)])
+    run_dir, out_dir = tmp_path / "run", tmp_path / "out"
+    cmd = [sys.executable, str(Path(K.__file__).resolve()), str(run_dir), str(out_dir)]
+    killed = subprocess.run(cmd + ["2"], env=env, capture_output=True, text=True, timeout=300)
+    assert killed.returncode != 0, killed.stderr
+    assert not (out_dir / "result.json").exists()
+    assert json.loads((run_dir / "checkpoints" / "last_state.json").read_text())["epoch"] == 2
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    result = json.loads((out_dir / "result.json").read_text())
+    final = load_file(str(out_dir / "final.safetensors"))
+    _assert_same_run((history, metrics, weights), (result["history"], result["metrics"], final))
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_commit_interrupted_between_renames_rolls_forward(baseline, tmp_path, monkeypatch):
+    history, metrics, weights, _ = baseline("adam")
+    real_replace = os.replace
+    calls = {"n": 0}
+
+    def flaky_replace(src, dst):
+        if Path(dst).name == "last.safetensors":
+            calls["n"] += 1
+            if calls["n"] == 3:  # epoch 3: optimizer (and best) already renamed, weights not
+                raise _Crash()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(trainer_module.os, "replace", flaky_replace)
+    with pytest.raises(_Crash):
+        K.run(tmp_path)
+    monkeypatch.setattr(trainer_module.os, "replace", real_replace)
+    ckpt = tmp_path / "checkpoints"
+    assert json.loads((ckpt / "last_state.json").read_text())["epoch"] == 2
+    assert (ckpt / "last_state.json.tmp").exists()
+    trainer, history2, metrics2 = K.run(tmp_path, resume=True, init_seed=5)
+    _assert_same_run((history, metrics, weights), (history2, metrics2, K.weights(trainer.model)))
+    assert not list(ckpt.glob("*.tmp"))
+
+
+def test_unfinished_commit_is_discarded(baseline, tmp_path):
+    history, metrics, weights, _ = baseline("adam")
+    with pytest.raises(_Stop):
+        K.run(tmp_path, callbacks=[_stop_after(2)])
+    ckpt = tmp_path / "checkpoints"
+    (ckpt / "last.safetensors.tmp").write_bytes(b"half a file")
+    (ckpt / "last_state.json.tmp").write_text('{"format": 1, "epoch": 3, "hist')
+    trainer, history2, metrics2 = K.run(tmp_path, resume=True, init_seed=5)
+    _assert_same_run((history, metrics, weights), (history2, metrics2, K.weights(trainer.model)))
+    assert not list(ckpt.glob("*.tmp"))
+
+
+def test_inconsistent_or_incompatible_checkpoint_is_refused(tmp_path):
+    with pytest.raises(_Stop):
+        K.run(tmp_path, callbacks=[_stop_after(2)])
+    state_path = tmp_path / "checkpoints" / "last_state.json"
+    good = state_path.read_text()
+    with pytest.raises(CheckpointError, match="monitor"):
+        K.run(tmp_path, K.config(monitor="logloss"), resume=True)
+    state = json.loads(good)
+    state["epoch"] = 1
+    state_path.write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="epoch"):
+        K.run(tmp_path, resume=True)
+
+
+def test_resume_without_checkpoint_starts_fresh_and_finished_run_does_not_train(baseline, tmp_path):
+    history, metrics, weights, _ = baseline("adam")
+    trainer, history2, metrics2 = K.run(tmp_path, resume=True)
+    _assert_same_run((history, metrics, weights), (history2, metrics2, K.weights(trainer.model)))
+    log_before = (tmp_path / "train.log").read_text()
+    assert "starting fresh" in log_before
+    trainer, history3, metrics3 = K.run(tmp_path, resume=True, init_seed=3)
+    _assert_same_run((history, metrics, weights), (history3, metrics3, K.weights(trainer.model)))
+    new_lines = (tmp_path / "train.log").read_text()[len(log_before):]
+    assert "resumed from" in new_lines and " | train_loss " not in new_lines
+
+
+def test_checkpoint_files_and_log(baseline):
+    history, _, weights, run_dir = baseline("adam")
+    ckpt = run_dir / "checkpoints"
+    names = sorted(p.name for p in ckpt.iterdir())
+    assert names == ["best.safetensors", "last.safetensors", "last_optimizer.safetensors", "last_state.json"]
+    state = json.loads((ckpt / "last_state.json").read_text())
+    assert state["epoch"] == len(history) and state["stopped_early"]
+    assert state["history"] == history
+    assert set(state["rng"]) >= {"python", "numpy", "torch"}
+    assert state["config"]["lr"] == K.config().lr
+    best_epoch = max(history, key=lambda r: r["valid_AUC"])["epoch"]
+    assert state["best_epoch"] == best_epoch
+    with safe_open(str(ckpt / "best.safetensors"), framework="pt") as f:
+        assert f.metadata()["epoch"] == str(best_epoch)
+    best = load_file(str(ckpt / "best.safetensors"))
+    assert all(torch.equal(best[k], weights[k]) for k in weights)  # restored = best epoch
+    opt = load_file(str(ckpt / "last_optimizer.safetensors"))
+    assert {"fc.weight/exp_avg", "fc.weight/exp_avg_sq", "fc.weight/step"} <= set(opt)
+    assert state["optimizer"]["param_groups"][0]["params"][0] == "lr.weight"
+    log = (run_dir / "train.log").read_text()
+    assert log.count(" | train_loss ") == len(history)
+    assert "early stop after epoch" in log and "loaded best weights" in log
+
+
+# ---------------------------------------------------------------------------------------------
+# the BARS protocol: plateaus, lr decay, early stop, best weights
+# ---------------------------------------------------------------------------------------------
+def _scripted_run(tmp_path, schedule, **cfg_over):
+    """Train ScriptedModel; validation quality of epoch e is schedule[e - 1]."""
+    seed_everything(0)
+    model = K.ScriptedModel()
+    model.quality = schedule[0]
+    snapshots = {}
+
+    def cb(trainer, record):
+        snapshots[record["epoch"]] = K.weights(trainer.model)
+        model.quality = schedule[min(record["epoch"], len(schedule) - 1)]
+
+    cfg = K.config(**{"epochs": 10, "lr": 0.01, **cfg_over})
+    trainer = Trainer(model, cfg, tmp_path, callbacks=[cb])
+    train, valid, _ = K.loaders(cfg)
+    history = trainer.fit(train, valid)
+    return trainer, history, snapshots
+
+
+def test_plateau_decays_lr_stops_after_patience_and_restores_best(tmp_path):
+    trainer, history, snaps = _scripted_run(tmp_path, [0.5, 1.0, 1.0, 0.8, 3.0, 3.0])
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["improved"] for r in history] == [True, True, False, False]
+    assert [r["stopping_steps"] for r in history] == [0, 0, 1, 2]
+    assert history[2]["valid_AUC"] == history[1]["valid_AUC"]  # equal counts as no improvement
+    assert [r["lr"] for r in history] == pytest.approx([0.01, 0.01, 0.01, 0.001], rel=1e-12)
+    assert [r["next_lr"] for r in history] == pytest.approx([0.01, 0.01, 0.001, 0.0001], rel=1e-12)
+    assert trainer.optimizer.param_groups[0]["lr"] == pytest.approx(1e-4, rel=1e-12)
+    assert trainer.stopped_early and trainer.best_epoch == 2
+    assert trainer.best_metric == history[1]["valid_AUC"]
+    restored = K.weights(trainer.model)
+    assert all(torch.equal(restored[k], snaps[2][k]) for k in restored)
+    assert not all(torch.equal(restored[k], snaps[4][k]) for k in restored)
+
+
+def test_min_epochs_delays_the_stop_and_lr_floors_at_min_lr(tmp_path):
+    schedule = [0.5, 1.0] + [0.9] * 10
+    trainer, history, snaps = _scripted_run(tmp_path, schedule, min_epochs=6, min_lr=1e-5)
+    assert len(history) == 6
+    assert [r["stopping_steps"] for r in history] == [0, 0, 1, 2, 3, 4]
+    assert [r["lr"] for r in history] == pytest.approx([0.01, 0.01, 0.01, 1e-3, 1e-4, 1e-5], rel=1e-12)
+    assert history[-1]["next_lr"] == 1e-5
+    restored = K.weights(trainer.model)
+    assert all(torch.equal(restored[k], snaps[2][k]) for k in restored)
+
+
+def test_improvement_must_exceed_min_delta(tmp_path):
+    trainer, history, _ = _scripted_run(tmp_path, [1.0, 1.1, 1.2], min_delta=0.5)
+    assert history[1]["valid_AUC"] > history[0]["valid_AUC"]
+    assert [r["improved"] for r in history] == [True, False, False]
+    assert trainer.best_epoch == 1 and len(history) == 3
+
+
+def test_tie_counts_as_improvement_when_min_delta_is_zero(tmp_path):
+    # FuxiCTR: plateau iff value < best + min_delta, so with min_delta=0 an equal value improves
+    trainer, history, _ = _scripted_run(tmp_path, [0.5, 1.0, 1.0, 0.8, 0.8], min_delta=0.0)
+    assert history[2]["valid_AUC"] == history[1]["valid_AUC"]
+    assert [r["improved"] for r in history] == [True, True, True, False, False]
+    assert trainer.best_epoch == 3
+
+
+def test_train_loader_gets_each_epoch_index(tmp_path):
+    calls = []
+
+    class Recording(K.BatchLoader):
+        def set_epoch(self, epoch):
+            calls.append(epoch)
+            super().set_epoch(epoch)
+
+    cfg = K.config(epochs=3, patience=5)
+    seed_everything(0)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    _, valid, _ = K.loaders(cfg)
+    train = Recording(K.make_split(300, 1), batch_size=64, shuffle=True, seed=cfg.seed)
+    trainer.fit(train, valid)
+    assert calls == [0, 1, 2]
+
+
+def test_restore_best_false_keeps_last_weights(tmp_path):
+    trainer, history, snaps = _scripted_run(tmp_path, [0.5, 1.0, 1.0, 0.8], restore_best=False)
+    final = K.weights(trainer.model)
+    assert all(torch.equal(final[k], snaps[4][k]) for k in final)
+
+
+def test_combined_monitor(tmp_path):
+    trainer, history, _ = K.run(tmp_path, K.config(monitor="AUC-logloss", epochs=2))
+    for r in history:
+        assert r["monitor"] == pytest.approx(r["valid_AUC"] - r["valid_logloss"], abs=1e-15)
+    assert trainer.monitor_mode == "max"
+
+
+# ---------------------------------------------------------------------------------------------
+# config
+# ---------------------------------------------------------------------------------------------
+def test_config_from_dict_defaults_and_errors():
+    cfg = TrainerConfig.from_dict({"lr": "1e-3", "monitor": {"AUC": 1, "logloss": -1}, "metrics": ["AUC", "gAUC"]})
+    assert cfg.lr == 1e-3 and cfg.monitor_weights() == {"AUC": 1.0, "logloss": -1.0}
+    assert cfg.resolved_monitor_mode() == "max"
+    assert cfg.eval_metric_names() == ["AUC", "gAUC", "logloss"]
+    assert TrainerConfig.from_dict(cfg.to_dict()) == cfg
+    d = TrainerConfig()
+    assert (d.epochs, d.batch_size, d.optimizer, d.lr, d.patience, d.min_epochs) == (100, 4096, "adam", 1e-3, 2, 0)
+    assert (d.lr_decay_factor, d.min_lr, d.min_delta, d.max_grad_norm, d.seed) == (0.1, 1e-6, 1e-6, 10.0, 2021)
+    assert d.resolved_eval_batch_size == 4096 and d.resolved_device() in ("cpu", "cuda")
+    assert TrainerConfig(monitor="logloss").resolved_monitor_mode() == "min"
+    assert TrainerConfig(monitor="-logloss").resolved_monitor_mode() == "max"
+    assert parse_monitor("AUC - logloss") == {"AUC": 1.0, "logloss": -1.0}
+    for bad in (
+        {"patience": 0},
+        {"optimizer": "rmsprop"},
+        {"monitor": "AUC logloss"},
+        {"monitor": "accuracy"},
+        {"monitor": {"AUC": 1, "logloss": 1}},  # auto mode cannot tell the direction
+        {"metrics": ["AUC", "AUC"]},
+        {"lr_decay_factor": 1.5},
+        {"bogus": 1},
+        {"device": "tpu:x"},
+    ):
+        with pytest.raises(ConfigError):
+            TrainerConfig.from_dict(bad)
+    ok = TrainerConfig.from_dict({"monitor": {"AUC": 1, "logloss": 1}, "monitor_mode": "max"})
+    assert ok.resolved_monitor_mode() == "max"
+    with pytest.raises(ConfigError):
+        Trainer(K.TinyModel(), {"patience": -1}, "unused")
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation, prediction, the model's own loss
+# ---------------------------------------------------------------------------------------------
+def test_predict_evaluate_and_gauc(tmp_path, capsys):
+    cfg = K.config(epochs=2, metrics=["AUC", "logloss", "gAUC"], progress=True)
+    seed_everything(0)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    train, valid, test = K.loaders(cfg, n_groups=20)
+    history = trainer.fit(train, valid)
+    assert "valid_gAUC" in history[0]
+    assert "sample" in capsys.readouterr().err  # tqdm bars with samples/s
+    prob = trainer.predict(test)
+    trainer.model.eval()
+    with torch.no_grad():
+        manual = torch.cat([torch.sigmoid(trainer.model(b)["logit"]) for b in test]).numpy()
+    assert prob.dtype == np.float64 and np.array_equal(prob, manual.astype(np.float64))
+    y = np.concatenate([b["label"][:, 0].numpy() for b in test])
+    g = np.concatenate([b["group"].numpy() for b in test])
+    assert trainer.evaluate(test) == evaluate_metrics(y, prob, ["AUC", "logloss", "gAUC"], g)
+    no_group = cfg.make_eval_loader(K.make_split(100, 4))
+    with pytest.raises(ValueError, match="group"):
+        trainer.evaluate(no_group)
+    assert set(trainer.evaluate(no_group, metrics=["AUC"])) == {"AUC"}
+
+
+class _OffsetLoss(K.TinyModel):
+    offset = 100.0
+
+    def loss(self, batch, outputs):
+        return super().loss(batch, outputs) + self.offset
+
+
+def test_trainer_uses_model_loss_and_rejects_non_finite_loss(tmp_path):
+    seed_everything(0)
+    cfg = K.config(epochs=1)
+    trainer = Trainer(_OffsetLoss(), cfg, tmp_path / "a")
+    train, valid, _ = K.loaders(cfg)
+    history = trainer.fit(train, valid)
+    assert 100.0 < history[0]["train_loss"] < 102.0
+    model = _OffsetLoss()
+    model.offset = float("nan")
+    with pytest.raises(FloatingPointError, match="training loss"):
+        Trainer(model, cfg, tmp_path / "b").fit(train, valid)
