@@ -60,6 +60,9 @@ class RunConfig:
     """Run folder; default ``runs/<dataset>/<model>-<time>-s<seed>``."""
     data_dir: str | None = None
     """Where raw datasets live; default ``CTRLAB_DATA_DIR``."""
+    download: bool = False
+    """Fetch a registered public dataset from its published source (checksums verified) when it
+    is not found locally."""
     cache_dir: str | None = None
     """Where encoded splits are cached; default ``CTRLAB_CACHE_DIR`` or ``~/.cache/ctrlab``."""
     mmap: bool = False
@@ -92,7 +95,7 @@ def dataset_config(cfg: RunConfig) -> DatasetConfig:
     path = Path(cfg.dataset).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
         return load_dataset_config(path)
-    return get_dataset(cfg.dataset, data_dir=cfg.data_dir, **cfg.dataset_params)
+    return get_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, **cfg.dataset_params)
 
 
 def _preset_family(dataset: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
@@ -21,6 +22,8 @@ def cmd_train(args) -> int:
 
     overrides = list(args.set or [])
     kwargs = {"dataset": args.dataset, "model": args.model, "output": args.output}
+    if args.download:
+        overrides.append("download=true")
     if args.seed is not None:
         overrides.append(f"trainer.seed={args.seed}")
     if args.epochs is not None:
@@ -84,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
     t.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N")
     t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    t.add_argument("--download", action="store_true",
+                   help="fetch a registered public dataset (checksums verified) when it is not in CTRLAB_DATA_DIR")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="evaluate a finished run")
@@ -115,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+        if os.environ.get("CTRLAB_DEBUG"):
+            raise
         print(f"ctrlab: error: {exc}", file=sys.stderr)
+        print("ctrlab: (set CTRLAB_DEBUG=1 for the full traceback)", file=sys.stderr)
         return 2
 
 
