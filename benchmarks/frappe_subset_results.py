@@ -87,7 +87,7 @@ def main() -> int:
 Regenerate with one command: `make results` (= `python benchmarks/frappe_subset_results.py --output docs/results.md`).
 
 * Data: `frappe_x1_subset` — train/valid = a seeded (2023) 80/20 split of the published BARS Frappe_x1
-  **valid** file (46,177 / 11,545 rows), test = the published Frappe_x1 **test** file (28,860 rows). The BARS
+  **valid** file (46,178 / 11,544 rows), test = the published Frappe_x1 **test** file (28,860 rows). The BARS
   train file (202,027 rows) is not available here, so the models see ~23% of the BARS training data.
 * Hyperparameters: the BARS Frappe_x1 tuned values (`src/ctrlab/configs/presets/frappe_x1/*.yaml`),
   embedding_dim 10, batch 4096, Adam lr 1e-3, embedding L2 0.05.

@@ -16,6 +16,7 @@ Each ``kind`` maps to one dataclass below. Every option has a default and a comm
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
@@ -206,15 +207,24 @@ class DatasetConfig:
         """Absolute path of a split's file."""
         if split not in self.files:
             raise ConfigError(f"dataset {self.name!r} has no {split!r} split; it has {sorted(self.files)}")
-        path = Path(self.files[split]).expanduser()
+        path = Path(_expand(self.files[split], f"files.{split}"))
         if not path.is_absolute():
             root = self.root if self.root is not None else base
             if root is not None:
-                path = Path(root).expanduser() / path
+                path = Path(_expand(str(root), "root")) / path
         return path
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
+
+
+def _expand(text: str, key: str) -> str:
+    """Expand ``~`` and ``$VAR`` / ``${VAR}`` (e.g. ``${CTRLAB_DATA_DIR}``) in a path."""
+    out = os.path.expanduser(os.path.expandvars(text))
+    if "$" in out:
+        var = out[out.index("$"):].split("/")[0]
+        raise ConfigError(f"{key}: environment variable {var} in {text!r} is not set; export it or write the path")
+    return out
 
 
 def load_dataset_config(source: str | Path | dict[str, Any]) -> DatasetConfig:
