@@ -375,3 +375,57 @@ def test_trainer_uses_model_loss_and_rejects_non_finite_loss(tmp_path):
     model.offset = float("nan")
     with pytest.raises(FloatingPointError, match="training loss"):
         Trainer(model, cfg, tmp_path / "b").fit(train, valid)
+
+
+class _BNModel(K.TinyModel):
+    """TinyModel with a BatchNorm over the flattened embeddings (no dropout before it)."""
+
+    def __init__(self):
+        super().__init__(dropout=0.0)
+        self.bn = torch.nn.BatchNorm1d(len(K.FIELDS) * 4)
+
+    def features(self, batch):
+        return self.emb(batch["cat"] + self.offsets).flatten(1)
+
+    def forward(self, batch):
+        idx = batch["cat"] + self.offsets
+        h = self.bn(self.features(batch))
+        return {"logit": self.lr(idx).sum((1, 2)) + self.fc(h).squeeze(1)}
+
+
+@pytest.mark.parametrize("n_batches", [3, 100])
+def test_bn_recalibration_sets_exact_running_statistics(tmp_path, n_batches):
+    """After each epoch the BN running mean/var are the exact average of per-batch statistics over
+    the first ``n_batches`` training batches of that epoch (not the lagging exponential average)."""
+    cfg = K.config(epochs=1, bn_recalibration_batches=n_batches)
+    seed_everything(0)
+    model = _BNModel()
+    trainer = Trainer(model, cfg, tmp_path)
+    train, valid, _ = K.loaders(cfg)
+    trainer.fit(train, valid)
+    train.set_epoch(0)
+    means, vars_ = [], []
+    with torch.no_grad():
+        for i, batch in enumerate(train):
+            if i >= n_batches:
+                break
+            f = model.features(batch)
+            means.append(f.mean(0))
+            vars_.append(f.var(0, unbiased=True))
+    assert len(means) == min(n_batches, len(train))
+    torch.testing.assert_close(model.bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(model.bn.running_var, torch.stack(vars_).mean(0), rtol=1e-5, atol=1e-7)
+    assert model.bn.momentum == 0.1  # restored after recalibration
+
+
+def test_bn_recalibration_off_by_default_keeps_bars_protocol(tmp_path):
+    cfg = K.config(epochs=1)
+    assert cfg.bn_recalibration_batches == 0
+    seed_everything(0)
+    model = _BNModel()
+    Trainer(model, cfg, tmp_path).fit(*K.loaders(cfg)[:2])
+    train, _, _ = K.loaders(cfg)
+    train.set_epoch(0)
+    with torch.no_grad():
+        exact = torch.stack([model.features(b).mean(0) for b in train]).mean(0)
+    assert not torch.allclose(model.bn.running_mean, exact, rtol=1e-3, atol=1e-6)
