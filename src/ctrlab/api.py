@@ -132,14 +132,11 @@ def _default_run_dir(cfg: RunConfig) -> Path:
 
 
 def _loaders(data: PreparedData, tcfg: TrainerConfig) -> dict[str, BatchLoader]:
-    eval_bs = tcfg.eval_batch_size or tcfg.batch_size
-    out = {}
-    for split, enc in data.splits.items():
-        if split == "train":
-            out[split] = BatchLoader(enc, tcfg.batch_size, shuffle=True, seed=tcfg.seed)
-        else:
-            out[split] = BatchLoader(enc, eval_bs, shuffle=False)
-    return out
+    """Shuffled (seeded) loader for train, ordered loaders for the other splits."""
+    return {
+        split: tcfg.make_train_loader(enc) if split == "train" else tcfg.make_eval_loader(enc)
+        for split, enc in data.splits.items()
+    }
 
 
 # ---- train ----------------------------------------------------------------------------------
@@ -264,9 +261,8 @@ def predict(
     model, fmap, dcfg, cfg = load_run(run_dir)
     if input_format:
         dcfg.format = input_format
-    cols = [column_of(f) for f in dcfg.features] + ([dcfg.group_field] if dcfg.group_field else [])
-    df = read_split(dcfg, Path(input_path), list(dict.fromkeys(cols)))
-    fmap.group_field = None
+    cols = list(dict.fromkeys(column_of(f) for f in dcfg.features))
+    df = read_split(dcfg, Path(input_path), cols)
     enc = encode_frame(df, fmap, Path(input_path), with_labels=False)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     probs = trainer.predict(BatchLoader(enc, batch_size, shuffle=False))
