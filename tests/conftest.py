@@ -1,15 +1,25 @@
-"""Shared test fixtures: import path and the location of the real read-only datasets."""
+"""Shared test fixtures: an isolated cache and the location of the real read-only datasets."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-if str(REPO / "src") not in sys.path:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(REPO / "src"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory):
+    """Tests never read or fill the user's cache: CTRLAB_CACHE_DIR points at a session temp dir
+    (inherited by subprocesses started from tests)."""
+    old = os.environ.get("CTRLAB_CACHE_DIR")
+    os.environ["CTRLAB_CACHE_DIR"] = str(tmp_path_factory.mktemp("ctrlab-cache"))
+    yield
+    if old is None:
+        os.environ.pop("CTRLAB_CACHE_DIR", None)
+    else:
+        os.environ["CTRLAB_CACHE_DIR"] = old
 
 
 def data_root() -> Path:

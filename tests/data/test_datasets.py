@@ -9,15 +9,12 @@ import gzip
 import hashlib
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
 
 import polars as pl  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402

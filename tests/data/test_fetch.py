@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
-import sys
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -13,8 +12,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-if str(REPO / "src") not in sys.path:
-    sys.path.insert(0, str(REPO / "src"))
 
 from ctrlab.data.datasets.fetch import ChecksumError, DownloadError, download, extract, verify_file  # noqa: E402
 

@@ -1,15 +1,7 @@
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
-try:  # the package may not be installed in the test environment; fall back to the src layout
-    import ctrlab  # noqa: F401
-except ImportError:  # pragma: no cover
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "src"))
-
-from ctrlab.data.feature_map import FeatureMap  # noqa: E402
+from ctrlab.data.feature_map import FeatureMap
 
 torch.set_num_threads(2)
 
