@@ -21,7 +21,7 @@ def cmd_train(args) -> int:
     from .api import train
 
     overrides = list(args.set or [])
-    kwargs = {"dataset": args.dataset, "model": args.model, "output": args.output}
+    kwargs = {"dataset": args.dataset, "model": args.model, "output": args.output, "preset": args.preset}
     if args.download:
         overrides.append("download=true")
     if args.seed is not None:
@@ -82,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--dataset", help="registered dataset name or dataset YAML (default frappe_x1_subset)")
     t.add_argument("--model", help="registered model name (default FinalMLP)")
     t.add_argument("--config", help="run config YAML (dataset, model, model_params, trainer, ...)")
+    t.add_argument("--preset", help="hyperparameter preset: auto (BARS-tuned when shipped, the default), none, or a YAML")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. trainer.lr=1e-3")
     t.add_argument("--output", help="run folder (default runs/<dataset>/<model>-<time>-s<seed>)")
     t.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
