@@ -107,6 +107,26 @@ def table(results: list[dict], protocol: str, peer: dict[str, list[dict]]) -> st
     return "\n".join(lines)
 
 
+def observations(results: list[dict], peer: dict[str, list[dict]]) -> str:
+    """ctrlab vs FuxiCTR per model, judged against the seed spread (computed, not hand-written)."""
+    lines = ["### ctrlab vs FuxiCTR on the same split (BARS protocol)", "",
+             "Δ = ctrlab mean − FuxiCTR mean; seed std = the larger of the two sample stds.", ""]
+    for model in MODELS:
+        ours = [r["test"]["AUC"] for r in results if r["protocol"] == "bars" and r["model"] == model]
+        theirs = [r["test"]["AUC"] for r in peer.get(model, [])]
+        if len(ours) < 2 or len(theirs) < 2:
+            continue
+        diff = statistics.mean(ours) - statistics.mean(theirs)
+        spread = max(statistics.stdev(ours), statistics.stdev(theirs))
+        worst = min(theirs)
+        verdict = "within one seed std" if abs(diff) <= spread else (
+            "ctrlab higher" if diff > 0 else "ctrlab lower") + f" by {abs(diff) / spread:.1f} seed std"
+        # flag a run that ended far below its siblings (e.g. an early stop after a few epochs)
+        note = f"; FuxiCTR has an outlier seed at {worst:.4f}" if worst < statistics.median(theirs) - 0.01 else ""
+        lines.append(f"* {model}: Δ mean AUC {diff:+.4f}, {verdict}{note}.")
+    return "\n".join(lines)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--output", default="docs/results.md")
@@ -155,6 +175,8 @@ def main() -> int:
             "activations), and no early stop before epoch 10 (patience 2 alone can end a run after 5 epochs on "
             "this small split).\n\n" + table(results, "robust", {})
         )
+    if peer and "bars" in args.protocols:
+        parts.append(observations(results, peer))
     sections = "\n\n".join(parts)
     text = f"""# Results
 
@@ -168,6 +190,8 @@ Regenerate with one command: `make results` (= `python benchmarks/frappe_subset_
 * Hyperparameters: the BARS Frappe_x1 tuned values (`src/ctrlab/configs/presets/frappe_x1/*.yaml`),
   embedding_dim 10, batch 4096, Adam lr 1e-3, embedding L2 0.05.
 * Seeds {", ".join(map(str, args.seeds))}: mean ± sample std over seeds. Each run uses 1 torch thread on CPU.
+* s/epoch is wall time per epoch (training + validation) with {args.jobs} runs sharing the machine (and whatever
+  else ran on it): a rough cost indication, not a speed benchmark (those live in `benchmarks/`).
 * Machine: {platform.machine()} CPU, torch {torch.__version__}, ctrlab {ctrlab.__version__}, {args.jobs} runs in
   parallel; {minutes:.1f} min for everything below.
 {peer_note}
