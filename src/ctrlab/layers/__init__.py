@@ -1,13 +1,16 @@
 """Reusable building blocks of ctrlab models."""
+from .attention import MultiHeadSelfAttention
 from .embedding import EMBEDDING_INIT_STD, FeatureEmbedding, LinearLogit
 from .fusion import MultiHeadBilinearFusion
 from .gating import FeatureGating
-from .interaction import CrossNetV2, FactorizationMachine, InnerProducts
+from .interaction import CIN, CrossNet, CrossNetV2, FactorizationMachine, InnerProducts
 from .mlp import MLPBlock, get_activation, init_linear
 from .sequence import SequencePooling, sequence_mask
 
 __all__ = [
     "EMBEDDING_INIT_STD",
+    "CIN",
+    "CrossNet",
     "CrossNetV2",
     "FactorizationMachine",
     "FeatureEmbedding",
@@ -16,6 +19,7 @@ __all__ = [
     "LinearLogit",
     "MLPBlock",
     "MultiHeadBilinearFusion",
+    "MultiHeadSelfAttention",
     "SequencePooling",
     "get_activation",
     "init_linear",

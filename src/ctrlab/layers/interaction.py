@@ -96,3 +96,70 @@ class CrossNetV2(nn.Module):
     def extra_repr(self) -> str:
         return (f"input_dim={self.input_dim}, num_layers={self.num_layers}, "
                 f"low_rank={self.low_rank}, num_experts={self.num_experts}")
+
+
+class CrossNet(nn.Module):
+    """DCN (v1) cross network on ``x0 ∈ R^d`` (``(B, d)`` → ``(B, d)``):
+    ``x_{l+1} = x0 · (w_lᵀ x_l) + b_l + x_l`` with ``w_l, b_l ∈ R^d`` (``2d`` parameters per layer).
+
+    ``w_lᵀ x_l`` is a scalar per sample that rescales ``x0`` (not ``x0 ⊙ w_l``); the bias is added
+    outside the product. ``w_l`` is a bias-free ``Linear(d, 1)`` (Xavier-normal), ``b_l`` starts at 0,
+    as in FuxiCTR. ``num_layers=0`` is the identity.
+    """
+
+    def __init__(self, input_dim: int, num_layers: int):
+        super().__init__()
+        d, self.num_layers = int(input_dim), int(num_layers)
+        self.w = nn.ModuleList(init_linear(nn.Linear(d, 1, bias=False)) for _ in range(self.num_layers))
+        self.b = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(self.num_layers))
+        self.input_dim = self.output_dim = d
+
+    def forward(self, x0: torch.Tensor) -> torch.Tensor:
+        x = x0
+        for w, b in zip(self.w, self.b):
+            x = x0 * w(x) + b + x
+        return x
+
+    def extra_repr(self) -> str:
+        return f"input_dim={self.input_dim}, num_layers={self.num_layers}"
+
+
+class CIN(nn.Module):
+    """xDeepFM compressed interaction network: ``(B, F, D)`` embeddings → ``(B, Σ_k H_k)``.
+
+    ``X⁰ = E``; layer k has ``H_k`` feature maps
+    ``X^k_h = Σ_i Σ_j W^{k,h}_{ij} (X^{k−1}_i ⊙ X⁰_j) + b^k_h`` (i < H_{k−1}, j < F, H_0 = F),
+    computed as the outer product ``(B, H_{k−1}·F, D)`` (channel ``i·F + j``) followed by a 1×1
+    ``Conv1d(H_{k−1}·F, H_k)``; each layer is sum-pooled over the embedding axis,
+    ``p^k = Σ_D X^k ∈ R^{H_k}``, and the output is ``[p¹; …; p^K]``. As in FuxiCTR: no activation,
+    no split-half (every map feeds the next layer and the output), conv weights Xavier-normal,
+    biases 0. Parameters: ``Σ_k (H_k·H_{k−1}·F + H_k)``. The final ``wᵀ[p¹;…;p^K]`` lives in the model.
+    """
+
+    def __init__(self, num_fields: int, hidden_units: list[int]):
+        super().__init__()
+        self.num_fields = int(num_fields)
+        self.hidden_units = [int(h) for h in hidden_units]
+        if not self.hidden_units or min(self.hidden_units) < 1:
+            raise ValueError(f"CIN needs at least one layer of >= 1 maps, got {hidden_units}")
+        convs, prev = [], self.num_fields
+        for h in self.hidden_units:
+            conv = nn.Conv1d(prev * self.num_fields, h, kernel_size=1)
+            nn.init.xavier_normal_(conv.weight)
+            nn.init.zeros_(conv.bias)
+            convs.append(conv)
+            prev = h
+        self.convs = nn.ModuleList(convs)
+        self.output_dim = sum(self.hidden_units)
+
+    def forward(self, emb: torch.Tensor) -> torch.Tensor:
+        B, F, D = emb.shape
+        x, pooled = emb, []
+        for conv in self.convs:
+            z = torch.einsum("bid,bjd->bijd", x, emb).reshape(B, -1, D)  # X^{k-1}_i ⊙ X⁰_j
+            x = conv(z)                                                   # (B, H_k, D)
+            pooled.append(x.sum(dim=-1))                                  # sum over D
+        return torch.cat(pooled, dim=-1)
+
+    def extra_repr(self) -> str:
+        return f"num_fields={self.num_fields}, hidden_units={self.hidden_units}"
