@@ -20,9 +20,9 @@ venv: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/ctrlab train --dataset frappe_x1_subset --model FinalMLP --output runs/demo/FinalMLP-frappe_x1_subset
 
-## The test suite (what CI runs).
+## The test suite (what CI runs). Passive OpenMP waits: many tiny models, so spinning threads only burn CPU.
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## Regenerate docs/results.md (4 models x 3 seeds on frappe_x1_subset).
 results: $(BIN)/.installed
