@@ -172,15 +172,11 @@ def train(
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
     model = create(cfg.model, data.feature_map, **params)
 
-    resolved = to_dict(cfg)
-    resolved["output"] = str(run_dir)
-    resolved["resolved_model_params"] = {**default_hparams(cfg.model), **params}
-    resolved["preset_source"] = preset_source
-    saved_cfg = {k: v for k, v in resolved.items() if k not in ("resolved_model_params", "preset_source")}
-    saved_cfg["model_params"] = params
-    saved_cfg["preset"] = "none"
+    # The saved config is self-contained: the preset is merged into model_params, so the run can
+    # be resumed/evaluated even if presets change later.
+    saved_cfg = {**to_dict(cfg), "output": str(run_dir), "model_params": params, "preset": "none"}
     (run_dir / "run_config.yaml").write_text(
-        "# Resolved run config (preset already merged into model_params).\n"
+        f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
         + yaml.safe_dump(saved_cfg, sort_keys=False)
     )
     (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
@@ -208,6 +204,8 @@ def train(
         "model": get_model_class(cfg.model).__name__,
         "seed": cfg.trainer.seed,
         "parameters": model.count_parameters(),
+        "model_params": {**default_hparams(cfg.model), **params},
+        "preset": preset_source,
         "epochs": epochs_run,
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
