@@ -1,49 +1,16 @@
 import inspect
 
-import numpy as np
 import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
 import ctrlab.models.widedeep  # noqa: F401
 import ctrlab.models.xdeepfm  # noqa: F401  (registers xDeepFM)
-from ctrlab.data.feature_map import FeatureMap
 from ctrlab.models import create, default_hparams, get_model_class
 
-from .synthetic import auc, fit, planted_pairwise, random_batch, take
+from .synthetic import auc, fit, fit_until, planted_pairwise, planted_third_order, random_batch, take
 
 
-def planted_third_order(n: int = 20_000, n_fields: int = 6, cardinality: int = 10, seed: int = 0):
-    """label ~ Bernoulli(0.9 if (x1 + x2 + x3) mod 2 == 0 else 0.1); pairwise terms carry no signal
-    (same generator as in test_dcn.py)."""
-    rng = np.random.default_rng(seed)
-    x = rng.integers(0, cardinality, size=(n, n_fields))
-    p = np.where((x[:, 0] + x[:, 1] + x[:, 2]) % 2 == 0, 0.9, 0.1)
-    y = (rng.random(n) < p).astype(np.float32)
-    fmap = FeatureMap.from_fields({f"f{i}": cardinality + 2 for i in range(n_fields)})
-    return fmap, {"cat": torch.from_numpy(x + 2).long(), "label": torch.from_numpy(y)[:, None]}
-
-
-def fit_until(model, train, valid, target: float, max_epochs: int, lr: float):
-    """Adam (one optimizer throughout) for up to ``max_epochs``; stops once validation AUC > target."""
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    n = train["label"].shape[0]
-    for _ in range(max_epochs):
-        model.train()
-        perm = torch.randperm(n)
-        for i in range(0, n, 256):
-            mb = take(train, perm[i:i + 256])
-            loss = model.loss(mb, model(mb))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        model.eval()
-        if auc(model, valid) > target:
-            break
-    return model
-
-
-# ---- structure --------------------------------------------------------------------------------
 def test_zero_cin_output_equals_widedeep(mixed_map):
     """logit = LR + CIN + MLP: with the CIN's output weights zeroed it is Wide&Deep."""
     wd = create("WideDeep", mixed_map, embedding_dim=4, hidden_units=[16, 8])
