@@ -36,13 +36,9 @@ BARS_FRAPPE_TEST_MD5 = "3470f6d32713dc5f7715f198ca7c612a"
 BARS_FRAPPE_VALID_MD5 = "88d51bf2173505436d3a8f78f2a59da8"
 
 
-def _shared_root() -> Path:
-    return Path(os.environ.get("CTRLAB_DATA_DIR") or REPO.parent / "shared" / "datasets").expanduser()
-
-
 @pytest.fixture(scope="module")
-def shared() -> Path:
-    root = _shared_root()
+def shared(data_dir) -> Path:
+    root = data_dir
     if not (root / "frappe_x1").is_dir():
         pytest.skip(f"real datasets not found at {root}: set CTRLAB_DATA_DIR to the shared datasets folder")
     return root

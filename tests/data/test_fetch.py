@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import os
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -11,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
 
 from ctrlab.data.datasets.fetch import ChecksumError, DownloadError, download, extract, verify_file  # noqa: E402
 
@@ -230,15 +228,8 @@ def test_verify_file(tmp_path):
 # ---- the registry's download path, end to end, against the local server ---------------------
 
 
-def _shared_dir() -> Path | None:
-    root = Path(os.environ.get("CTRLAB_DATA_DIR") or REPO.parent / "shared" / "datasets")
-    return root if (root / "criteo_kaggle_head10k").is_dir() else None
-
-
-def test_get_dataset_download_true_fetches_verifies_and_prepares(server, tmp_path, monkeypatch):
-    shared = _shared_dir()
-    if shared is None:
-        pytest.skip("real datasets not found (set CTRLAB_DATA_DIR or provide ../shared/datasets)")
+def test_get_dataset_download_true_fetches_verifies_and_prepares(server, tmp_path, monkeypatch, data_dir):
+    shared = data_dir
     import dataclasses
 
     from ctrlab.data.datasets import DatasetNotFoundError, get_dataset, kaggle_heads

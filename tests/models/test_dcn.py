@@ -89,18 +89,6 @@ def test_planted_pairwise_interaction(hp):
     assert model_auc - lr_auc > 0.25
 
 
-@pytest.fixture(scope="module")
-def third_order():
-    fmap, batch = planted_third_order()
-    train = take(batch, slice(0, 16_000))
-    valid, test = take(batch, slice(16_000, 18_000)), take(batch, slice(18_000, None))
-    torch.manual_seed(0)
-    # FM gets the planted-pairwise budget (4 epochs, lr 3e-3); it is degree 2, so more does not
-    # help: 10 epochs at lr 1e-2 stayed at AUC 0.49-0.50 (2 seeds).
-    fm_auc = auc(fit(create("FM", fmap, embedding_dim=8), train), test)
-    return fmap, train, valid, test, fm_auc
-
-
 def test_fm_cannot_learn_third_order(third_order):
     assert third_order[-1] < 0.6
 
