@@ -11,7 +11,6 @@ cell is the empty string, an ordinary value.
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,16 @@ import polars as pl
 
 from .errors import DataError
 from .readers import LINE
-from .schema import OOV_ID, CategoricalSpec, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
+from ..config import from_dict, to_dict
+from .schema import (
+    FEATURE_KINDS,
+    OOV_ID,
+    CategoricalSpec,
+    DenseVectorSpec,
+    NumericSpec,
+    SequenceSpec,
+    column_of,
+)
 
 FIRST_ID = 2  # ids 0 and 1 are padding and OOV
 
@@ -264,16 +272,11 @@ def encode_labels(df: pl.DataFrame, labels: list[str], path: Path | None) -> np.
 
 
 def _spec_dict(spec) -> dict[str, Any]:
-    from ..config import to_dict
-
     return to_dict(spec)
 
 
 def encoder_from_state(state: dict[str, Any], encoders: dict[str, Any]):
     """Rebuild a fitted encoder from its saved state (``encoders`` resolves shared vocabularies)."""
-    from ..config import from_dict
-    from .schema import FEATURE_KINDS
-
     spec_d = state["spec"]
     spec = from_dict(FEATURE_KINDS[spec_d["kind"]], spec_d)
     if isinstance(spec, CategoricalSpec):
