@@ -1,4 +1,3 @@
-import inspect
 
 import pytest
 import torch
@@ -54,16 +53,12 @@ def test_autoint_plus_is_autoint_with_a_dnn(cat_map):
 
 
 @pytest.mark.parametrize("name", ["AutoInt", "AutoIntPlus"])
-def test_hparams_defaults_and_docs(mixed_map, name):
-    cls = get_model_class(name)
+def test_official_defaults(mixed_map, name):
     hp = default_hparams(name)
     assert hp == {"embedding_dim": 10, "attention_layers": 3, "num_heads": 2, "attention_dim": 40,
                   "use_residual": True, "use_scale": False, "layer_norm": False, "use_wide": False,
                   "hidden_units": [] if name == "AutoInt" else [400, 400], "hidden_activations": "relu",
                   "net_dropout": 0.0, "batch_norm": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0}
-    params = [p for k, p in inspect.signature(cls.__init__).parameters.items() if k not in ("self", "feature_map")]
-    assert all(p.default is not inspect.Parameter.empty for p in params)
-    assert all(k in cls.__doc__ for k in hp)
     m = create(name, mixed_map, net_dropout=0.1, layer_norm=True, use_scale=True, use_wide=True).eval()
     assert m(random_batch(mixed_map))["logit"].shape == (8,)
 
