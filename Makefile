@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test results venv clean
+.PHONY: demo test results peers venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,21 @@ demo: $(BIN)/.installed
 test: $(BIN)/.installed
 	OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -p no:cacheprovider
 
-## Regenerate docs/results.md (4 models x 3 seeds on frappe_x1_subset).
+## Regenerate docs/results.md (every zoo model x 3 seeds on frappe_x1_subset and movielens_100k;
+## finished identical runs under runs/results/ are reused).
 results: $(BIN)/.installed
-	$(BIN)/python benchmarks/frappe_subset_results.py --output docs/results.md
+	$(BIN)/python benchmarks/zoo_results.py --output docs/results.md
+
+## FuxiCTR (its own venv; FUXICTR = a checkout of reczoo/FuxiCTR at tag v2.3.9) on the same splits with
+## the same hyperparameters, then docs/results.md with ctrlab and FuxiCTR side by side (also printed).
+FUXICTR ?= .peers/FuxiCTR
+FUXICTR_VENV ?= .peers/fuxictr-venv
+peers: $(BIN)/.installed
+	test -x $(FUXICTR_VENV)/bin/python || benchmarks/peers/setup_fuxictr.sh $(FUXICTR) $(FUXICTR_VENV)
+	for d in frappe_x1_subset movielens_100k; do \
+	  $(FUXICTR_VENV)/bin/python benchmarks/peers/run_fuxictr.py --fuxictr $(FUXICTR) --dataset $$d --skip-done || exit 1; \
+	done
+	$(BIN)/python benchmarks/zoo_results.py --output docs/results.md --print
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -7,7 +7,7 @@
 # (e.g. v2.3.9: `git clone --branch v2.3.9 <FuxiCTR repo>`, or `git archive v2.3.9 | tar -x -C DIR`
 # in an existing clone). Its fuxictr/version.py decides which `fuxictr`
 # release is installed from PyPI; the PyPI wheel lacks model_zoo/ (DNN, DeepFM, ...), so
-# run_fuxictr_frappe_subset.py loads the model classes from the checkout's model_zoo/.
+# run_fuxictr.py loads the model classes from the checkout's model_zoo/.
 # VENV defaults to .peers/fuxictr-venv. Nothing is installed into ctrlab's own venv.
 #
 # Use tag v2.3.9: it is the last release with a tag in the repository (PyPI's 2.3.10 matches no

@@ -1,22 +1,33 @@
-"""Run FuxiCTR's DNN / DeepFM / DCNv2 / FinalMLP on ctrlab's frappe_x1_subset split.
+"""Run FuxiCTR's models on ctrlab's splits, with the hyperparameters of ctrlab's presets.
 
-Peer comparison for docs/results.md: the same train/valid/test CSVs that ctrlab trains on are
-fed through FuxiCTR's own pipeline (FeatureProcessor + build_dataset -> parquet, RankDataLoader,
-BaseModel.fit / evaluate) with the BARS Frappe_x1 tuned hyperparameters (reczoo/BARS
-ranking/ctr/<Model>/<Model>_frappe_x1), on CPU. Nothing here imports ctrlab: this script runs
-with the FuxiCTR venv made by setup_fuxictr.sh, and ctrlab's venv is only called (in a
-subprocess) to locate the prepared split when --data-dir is not given.
+Peer comparison for docs/results.md, for every ctrlab model that FuxiCTR also has: the same
+train/valid/test files that ctrlab trains on are fed through FuxiCTR's own pipeline
+(FeatureProcessor + build_dataset -> parquet, RankDataLoader, BaseModel.fit / evaluate), on CPU.
+
+* ``frappe_x1_subset`` (CSV): the BARS Frappe_x1 tuned hyperparameters (reczoo/BARS
+  ranking/ctr/<Model>/<Model>_frappe_x1) for DNN, WideDeep, DeepFM, DCN, DCNv2,
+  xDeepFM, IPNN, AutoInt, AutoInt+, FGCNN and FinalMLP.
+* ``movielens_100k`` (Parquet, with the ``genres`` and ``history`` sequence fields): DNN and DIN
+  with the values of ctrlab's presets ``configs/presets/movielens_100k/``.
+
+Nothing here imports ctrlab: this script runs with the FuxiCTR venv made by setup_fuxictr.sh,
+and ctrlab's venv is only called (in a subprocess) to locate the prepared split when --data-dir
+is not given.
 
     benchmarks/peers/setup_fuxictr.sh .peers/FuxiCTR
-    .peers/fuxictr-venv/bin/python benchmarks/peers/run_fuxictr_frappe_subset.py \\
-        --fuxictr .peers/FuxiCTR --seeds 2021 2022 2023 \\
-        --models DNN DeepFM DCNv2 FinalMLP --json runs/peers/fuxictr_frappe_subset.json
+    .peers/fuxictr-venv/bin/python benchmarks/peers/run_fuxictr.py --fuxictr .peers/FuxiCTR \\
+        --dataset frappe_x1_subset          # all its models x seeds 2021-2023
+
+Results go to benchmarks/peers/results/fuxictr_<dataset>.json (``--json``), rewritten after
+every run: runs already there for other models/seeds are kept and a re-run (model, seed)
+replaces its old entry, so an interrupted sweep loses at most one run and ``--skip-done``
+continues it.
 
 Protocol (FuxiCTR's BaseModel, unchanged): Adam lr 1e-3, batch 4096, evaluate on valid after
 every epoch, monitor valid AUC (improvement > 1e-6), on a non-improving epoch multiply the LR
 by 0.1, stop after 2 non-improving epochs in a row (max 100 epochs), reload the best
-checkpoint, then evaluate valid and test (AUC, logloss). embedding_regularizer 0.05 is FuxiCTR's
-L2 penalty 0.05/2 * ||E||^2 over every embedding table, added to each batch's loss.
+checkpoint, then evaluate valid and test (AUC, logloss). embedding_regularizer is FuxiCTR's
+L2 penalty reg/2 * ||E||^2 over every embedding table, added to each batch's loss.
 
 The only deviation from BARS' configs is monitor={'AUC': 1, 'logloss': 0} instead of 'AUC':
 the monitored value is identical (AUC + 0 * logloss), but FuxiCTR then also computes and logs
@@ -39,21 +50,34 @@ import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-DEFAULT_MODELS = ["DNN", "DeepFM", "DCNv2", "FinalMLP"]
 DEFAULT_SEEDS = [2021, 2022, 2023]
 FIELDS = ["user", "item", "daytime", "weekday", "isweekend", "homework", "cost", "weather",
           "country", "city"]
 
-# model name -> model_zoo sub-directory that holds its src/ package (FuxiCTR v2.3.x layout)
+# ctrlab model name -> (model_zoo sub-directory holding its src/ package (FuxiCTR v2.3.x layout),
+# FuxiCTR class name in that package)
 MODEL_DIRS = {
-    "DNN": "DNN/DNN_torch",
-    "DeepFM": "DeepFM/DeepFM_torch",
-    "DCNv2": "DCNv2",
-    "FinalMLP": "FinalMLP",
+    "DNN": ("DNN/DNN_torch", "DNN"),
+    "DeepFM": ("DeepFM/DeepFM_torch", "DeepFM"),
+    "DCNv2": ("DCNv2", "DCNv2"),
+    "FinalMLP": ("FinalMLP", "FinalMLP"),
+    "WideDeep": ("WideDeep/WideDeep_torch", "WideDeep"),
+    "DCN": ("DCN/DCN_torch", "DCN"),
+    "xDeepFM": ("xDeepFM", "xDeepFM"),
+    "IPNN": ("PNN", "PNN"),
+    "AutoInt": ("AutoInt", "AutoInt"),
+    "AutoIntPlus": ("AutoInt", "AutoInt"),
+    "FGCNN": ("FGCNN", "FGCNN"),
+    "DIN": ("DIN", "DIN"),
 }
 
-# Shared by all models: BARS Frappe_x1 tuned configs (DNN_frappe_x1_001_ad0f0fce,
-# DeepFM_frappe_x1_001_4ae3a56e, DCNv2_frappe_x1_007_c207b717, FinalMLP_frappe_x1_004_e1ab402f).
+# Shared by all models: the BARS Frappe_x1 protocol. Per model below: the BARS Frappe_x1 tuned
+# configs (DNN_frappe_x1_001_ad0f0fce, DeepFM_frappe_x1_001_4ae3a56e, DCNv2_frappe_x1_007_c207b717,
+# FinalMLP_frappe_x1_004_e1ab402f, WideDeep_frappe_x1_030_af559975, DCN_frappe_x1_013_efa58c31,
+# xDeepFM_frappe_x1_005_447fa536, PNN_frappe_x1_020_f371a3ab, AutoInt_frappe_x1_005_2b296630,
+# AutoInt+ = AutoInt_frappe_x1_006_dba8e61c); FGCNN has no BARS Frappe run: the same values as
+# ctrlab's preset src/ctrlab/configs/presets/frappe_x1/FGCNN.yaml. These must stay equal to
+# ctrlab's presets in that folder (tests/benchmarks/test_peer_presets.py checks it).
 COMMON = {
     "loss": "binary_crossentropy",
     "metrics": ["AUC", "logloss"],
@@ -83,7 +107,7 @@ COMMON = {
     "pickle_feature_encoder": True,
 }
 
-MODEL_PARAMS = {
+FRAPPE_MODEL_PARAMS = {
     "DNN": {
         "hidden_units": [400, 400, 400],
         "hidden_activations": "relu",
@@ -123,14 +147,139 @@ MODEL_PARAMS = {
         "fs2_context": ["item"],
         "num_heads": 5,
     },
+    "WideDeep": {
+        "hidden_units": [400, 400, 400],
+        "hidden_activations": "relu",
+        "net_dropout": 0.6,
+        "batch_norm": True,
+        "embedding_regularizer": 0.1,
+    },
+    "DCN": {
+        "dnn_hidden_units": [400, 400, 400],
+        "dnn_activations": "relu",
+        "num_cross_layers": 3,
+        "net_dropout": 0.2,
+        "batch_norm": True,
+    },
+    "xDeepFM": {
+        "dnn_hidden_units": [400, 400, 400],
+        "dnn_activations": "relu",
+        "cin_hidden_units": [64],
+        "net_dropout": 0.2,
+        "batch_norm": True,
+        "embedding_regularizer": 0.1,
+    },
+    "IPNN": {
+        "hidden_units": [400, 400, 400],
+        "hidden_activations": "relu",
+        "net_dropout": 0.3,
+        "batch_norm": False,
+        "product_type": "inner",
+    },
+    "AutoInt": {
+        "dnn_hidden_units": [],
+        "dnn_activations": "relu",
+        "attention_layers": 6,
+        "num_heads": 4,
+        "attention_dim": 128,
+        "net_dropout": 0.0,
+        "batch_norm": False,
+        "layer_norm": False,
+        "use_scale": False,
+        "use_wide": False,
+        "use_residual": True,
+    },
+    "AutoIntPlus": {
+        "dnn_hidden_units": [400, 400, 400],
+        "dnn_activations": "relu",
+        "attention_layers": 5,
+        "num_heads": 4,
+        "attention_dim": 128,
+        "net_dropout": 0.1,
+        "batch_norm": True,
+        "layer_norm": True,
+        "use_scale": True,
+        "use_wide": False,
+        "use_residual": True,
+        "embedding_regularizer": 0.1,
+    },
+    "FGCNN": {
+        "share_embedding": False,
+        "channels": [14, 16, 18, 20],
+        "kernel_heights": [7, 7, 7, 7],
+        "pooling_sizes": [2, 2, 2, 2],
+        "recombined_channels": [3, 3, 3, 3],
+        "conv_activation": "Tanh",
+        "conv_batch_norm": True,
+        "dnn_hidden_units": [400, 400, 400],
+        "dnn_activations": "ReLU",
+        "dnn_batch_norm": True,
+        "net_dropout": 0.2,
+    },
 }
 
 
-def ctrlab_split_files(ctrlab_python: str, data_dir_env: str) -> dict[str, str]:
-    """Ask ctrlab (its own venv, a subprocess) where its prepared frappe_x1_subset CSVs are."""
+# movielens_100k is not a BARS dataset: one hand-picked setting (not tuned), equal to ctrlab's
+# presets src/ctrlab/configs/presets/movielens_100k/{DNN,DIN}.yaml (same check as above).
+MOVIELENS_COMMON = {"embedding_dim": 16, "embedding_regularizer": 0.01}
+MOVIELENS_MODEL_PARAMS = {
+    "DNN": {
+        "hidden_units": [256, 128],
+        "hidden_activations": "relu",
+        "net_dropout": 0.1,
+        "batch_norm": False,
+    },
+    "DIN": {
+        "din_target_field": "item_id",
+        "din_sequence_field": "history",
+        "attention_hidden_units": [64],
+        "attention_hidden_activations": "Dice",
+        "attention_output_activation": None,
+        "attention_dropout": 0.0,
+        "din_use_softmax": False,
+        "dnn_hidden_units": [256, 128],
+        "dnn_activations": "ReLU",
+        "net_dropout": 0.1,
+        "batch_norm": False,
+    },
+}
+# FuxiCTR keeps a sequence field's (batch, length, dim) embedding unless a feature_encoder pools
+# it; ctrlab mean-pools every sequence over its real (non-padding) positions, which is
+# MaskedAveragePooling. DIN pools `history` itself (target attention), so only DNN pools it here.
+MASKED_MEAN = "layers.MaskedAveragePooling()"
+MOVIELENS_FEATURES = [
+    {"name": ["user_id", "item_id", "age", "gender", "occupation", "zip_prefix", "release_year"],
+     "active": True, "dtype": "str", "type": "categorical"},
+    {"name": "genres", "active": True, "dtype": "str", "type": "sequence", "splitter": "^",
+     "max_len": 6, "padding": "post", "feature_encoder": MASKED_MEAN},
+    {"name": "history", "active": True, "dtype": "str", "type": "sequence", "splitter": "^",
+     "max_len": 20, "padding": "post", "share_embedding": "item_id"},
+]
+
+# dataset -> how FuxiCTR reads ctrlab's split files and which models / parameters run on it
+DATASETS = {
+    "frappe_x1_subset": {
+        "data_format": "csv",
+        "feature_cols": [{"name": FIELDS, "active": True, "dtype": "str", "type": "categorical"}],
+        "common": {},
+        "model_params": FRAPPE_MODEL_PARAMS,
+        "feature_specs": {},
+    },
+    "movielens_100k": {
+        "data_format": "parquet",
+        "feature_cols": MOVIELENS_FEATURES,
+        "common": MOVIELENS_COMMON,
+        "model_params": MOVIELENS_MODEL_PARAMS,
+        "feature_specs": {"DNN": [{"name": "history", "feature_encoder": MASKED_MEAN}]},
+    },
+}
+
+
+def ctrlab_split_files(ctrlab_python: str, data_dir_env: str, dataset: str) -> dict[str, str]:
+    """Ask ctrlab (its own venv, a subprocess) where its prepared split files are."""
     code = (
         "import json; from ctrlab.data.datasets import get_dataset; "
-        "c = get_dataset('frappe_x1_subset'); print(json.dumps(c.files))"
+        f"c = get_dataset({dataset!r}); print(json.dumps(c.files))"
     )
     env = dict(os.environ, CTRLAB_DATA_DIR=data_dir_env)
     out = subprocess.run([ctrlab_python, "-c", code], env=env, check=True,
@@ -151,15 +300,16 @@ def load_model_class(fuxictr_root: Path, model: str):
 
     Every model_zoo entry calls its package `src`, so each gets its own module name here.
     """
-    src = fuxictr_root / "model_zoo" / MODEL_DIRS[model] / "src"
-    name = f"fuxictr_model_zoo_{model}"
+    zoo_dir, class_name = MODEL_DIRS[model]
+    src = fuxictr_root / "model_zoo" / zoo_dir / "src"
+    name = f"fuxictr_model_zoo_{zoo_dir.replace('/', '_')}"
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(
             name, src / "__init__.py", submodule_search_locations=[str(src)])
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
-    return getattr(sys.modules[name], model)
+    return getattr(sys.modules[name], class_name)
 
 
 def quiet_console(verbose: bool) -> None:
@@ -168,6 +318,14 @@ def quiet_console(verbose: bool) -> None:
         for h in logging.root.handlers:
             if type(h) is logging.StreamHandler:
                 h.setLevel(logging.WARNING)
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write atomically (a killed run never leaves a truncated results file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    tmp.replace(path)
 
 
 def mean_std(xs: list[float]) -> str:
@@ -181,26 +339,40 @@ def main() -> int:
                                  epilog="\n".join(__doc__.splitlines()[1:]))
     ap.add_argument("--fuxictr", required=True, type=Path,
                     help="FuxiCTR source checkout (for model_zoo/) at the installed version's tag")
+    ap.add_argument("--dataset", choices=list(DATASETS), default="frappe_x1_subset")
     ap.add_argument("--data-dir", type=Path, default=None,
-                    help="folder with train.csv/valid.csv/test.csv (default: ask ctrlab for its "
-                         "prepared frappe_x1_subset split)")
+                    help="folder with train/valid/test.<csv|parquet> (default: ask ctrlab for its "
+                         "prepared split of --dataset)")
     ap.add_argument("--ctrlab-python", default=str(REPO / ".venv" / "bin" / "python"),
                     help="python of ctrlab's venv, used only to locate the split")
     ap.add_argument("--ctrlab-data-dir",
                     default=os.environ.get("CTRLAB_DATA_DIR", "/work/shared/datasets"),
                     help="CTRLAB_DATA_DIR for that lookup")
-    ap.add_argument("--models", nargs="+", default=DEFAULT_MODELS, choices=DEFAULT_MODELS)
+    ap.add_argument("--models", nargs="+", default=None, choices=list(MODEL_DIRS),
+                    help="default: every model configured for --dataset")
     ap.add_argument("--seeds", nargs="+", type=int, default=DEFAULT_SEEDS)
     ap.add_argument("--embedding-regularizer", type=float, default=None,
-                    help="override BARS' embedding_regularizer (0.05), e.g. 0 for the ablation")
+                    help="override the configured embedding_regularizer, e.g. 0 for the ablation")
     ap.add_argument("--work-dir", type=Path, default=REPO / "runs" / "peers" / "fuxictr",
                     help="FuxiCTR's parquet data, checkpoints and per-run logs go here")
-    ap.add_argument("--json", type=Path, default=None, help="write all results as JSON here")
+    ap.add_argument("--json", type=Path, default=None,
+                    help="results JSON (default benchmarks/peers/results/fuxictr_<dataset>.json); "
+                         "its runs of other models/seeds are kept")
+    ap.add_argument("--skip-done", action="store_true",
+                    help="skip (model, seed) runs already in the JSON with the same parameters")
     ap.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (default 1)")
     ap.add_argument("--num-workers", type=int, default=0,
                     help="DataLoader worker processes (BARS used 3; batch collation only)")
     ap.add_argument("--verbose", action="store_true", help="echo FuxiCTR's log to stderr")
     args = ap.parse_args()
+    spec = DATASETS[args.dataset]
+    if args.models is None:
+        args.models = list(spec["model_params"])
+    unknown = [m for m in args.models if m not in spec["model_params"]]
+    if unknown:
+        ap.error(f"no {args.dataset} configuration for {unknown}; configured: {list(spec['model_params'])}")
+    if args.json is None:
+        args.json = REPO / "benchmarks" / "peers" / "results" / f"fuxictr_{args.dataset}.json"
 
     fuxictr_root = args.fuxictr.resolve()
     if not (fuxictr_root / "model_zoo").is_dir():
@@ -225,29 +397,30 @@ def main() -> int:
     torch.set_num_threads(args.threads)
 
     if args.data_dir is not None:
-        files = {s: str((args.data_dir / f"{s}.csv").resolve()) for s in ("train", "valid", "test")}
+        files = {s: str((args.data_dir / f"{s}.{spec['data_format']}").resolve())
+                 for s in ("train", "valid", "test")}
     else:
-        files = ctrlab_split_files(args.ctrlab_python, args.ctrlab_data_dir)
+        files = ctrlab_split_files(args.ctrlab_python, args.ctrlab_data_dir, args.dataset)
     for split, path in files.items():
         if not Path(path).is_file():
             ap.error(f"missing {split} split: {path}")
 
-    # ---- FuxiCTR dataset: all 10 fields categorical, min_categr_count 1, label 'label' ----
-    dataset_id = f"frappe_x1_subset_{files_digest(files)}"
+    # ---- FuxiCTR dataset: ctrlab's fields and types, min_categr_count 1, label 'label' ----
+    dataset_id = f"{args.dataset}_{files_digest(files)}"
     data_root = args.work_dir / "data"
     dataset_params = {
         "dataset_id": dataset_id,
         "data_root": str(data_root),
-        "data_format": "csv",
+        "data_format": spec["data_format"],
         "train_data": files["train"],
         "valid_data": files["valid"],
         "test_data": files["test"],
         "min_categr_count": 1,
-        "feature_cols": [{"name": FIELDS, "active": True, "dtype": "str", "type": "categorical"}],
+        "feature_cols": spec["feature_cols"],
         "label_col": {"name": "label", "dtype": "float"},
     }
     data_dir = data_root / dataset_id
-    # build_dataset skips the work when feature_map.json exists (same CSV bytes -> same id)
+    # build_dataset skips the work when feature_map.json exists (same file bytes -> same id)
     set_logger({"dataset_id": dataset_id, "model_id": "build_dataset",
                 "model_root": str(args.work_dir / "checkpoints")})
     quiet_console(args.verbose)
@@ -259,21 +432,34 @@ def main() -> int:
           f"{args.threads} thread(s); data {dataset_id}: {files['train']} (+ valid/test)",
           flush=True)
 
-    runs = []
+    old = json.loads(args.json.read_text()) if args.json.is_file() else {}
+    if old and old.get("dataset_id") != dataset_id:
+        ap.error(f"{args.json} holds runs on other data ({old.get('dataset_id')} != {dataset_id}); "
+                 "pass another --json or remove it")
+    runs = old.get("runs", [])
     t_all = time.time()
     for model_name in args.models:
         model_class = load_model_class(fuxictr_root, model_name)
         for seed in args.seeds:
             params = dict(COMMON)
-            params.update(MODEL_PARAMS[model_name])
-            params.update(dataset_params)
-            params.update(split_paths)
+            params.update(spec["common"])
+            params.update(spec["model_params"][model_name])
+            params["feature_specs"] = spec["feature_specs"].get(model_name)
             if args.embedding_regularizer is not None:
                 params["embedding_regularizer"] = args.embedding_regularizer
+            model_params = {k: params[k] for k in sorted(params)}  # what defines the run
+            key = (model_name, seed, params["embedding_regularizer"])
+            previous = [r for r in runs if (r["model"], r["seed"], r["embedding_regularizer"]) == key]
+            if args.skip_done and previous and previous[0].get("params") == json.loads(
+                    json.dumps(model_params, default=str)):
+                print(f"{model_name:9s} seed {seed}: already in {args.json}, skipped", flush=True)
+                continue
+            params.update(dataset_params)
+            params.update(split_paths)
             tag = ("" if args.embedding_regularizer is None
                    else f"_embreg{args.embedding_regularizer:g}")
             params.update({
-                "model": model_name,
+                "model": MODEL_DIRS[model_name][1],
                 "model_id": f"{model_name}{tag}_s{seed}",
                 "model_root": str(args.work_dir / "checkpoints"),
                 "seed": seed,
@@ -330,48 +516,37 @@ def main() -> int:
                 "history": history,
                 "log": str(Path(params["model_root"]) / dataset_id / (params["model_id"] + ".log")),
             }
-            runs.append(run)
+            run["params"] = json.loads(json.dumps(model_params, default=str))
+            runs = [r for r in runs if (r["model"], r["seed"], r["embedding_regularizer"]) != key] + [run]
+            write_json(args.json, {
+                "fuxictr_version": fuxictr.__version__,
+                "fuxictr_checkout": str(fuxictr_root),
+                "torch": torch.__version__,
+                "python": platform.python_version(),
+                "threads": args.threads,
+                "dataset": args.dataset,
+                "data": files,
+                "dataset_id": dataset_id,
+                "runs": runs,
+            })
             print(f"{model_name:9s} seed {seed}: epochs {run['epochs']:3d} "
                   f"(best {run['best_epoch']}) "
                   f"valid AUC {run['valid']['AUC']:.6f} logloss {run['valid']['logloss']:.6f} | "
                   f"test AUC {run['test']['AUC']:.6f} logloss {run['test']['logloss']:.6f} | "
                   f"{seconds:.0f} s", flush=True)
 
-    # ---- summary ----
+    # ---- summary (every model in the JSON) ----
     print("\n| model | emb reg | seeds | test AUC | test logloss | valid AUC | epochs | s/epoch |")
     print("|---|---|---|---|---|---|---|---|")
-    summary = {}
-    for model_name in args.models:
+    for model_name in dict.fromkeys(r["model"] for r in runs):
         rs = [r for r in runs if r["model"] == model_name]
-        summary[model_name] = {
-            "test_AUC": [r["test"]["AUC"] for r in rs],
-            "test_logloss": [r["test"]["logloss"] for r in rs],
-        }
         print(f"| {model_name} | {rs[0]['embedding_regularizer']:g} | {len(rs)} | "
               f"{mean_std([r['test']['AUC'] for r in rs])} | "
               f"{mean_std([r['test']['logloss'] for r in rs])} | "
               f"{mean_std([r['valid']['AUC'] for r in rs])} | "
               f"{statistics.mean(r['epochs'] for r in rs):.1f} | "
               f"{statistics.mean(r['seconds_per_epoch'] for r in rs):.2f} |")
-    print(f"\ntotal {time.time() - t_all:.0f} s", flush=True)
-
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "fuxictr_version": fuxictr.__version__,
-            "fuxictr_checkout": str(fuxictr_root),
-            "torch": torch.__version__,
-            "python": platform.python_version(),
-            "threads": args.threads,
-            "data": files,
-            "dataset_id": dataset_id,
-            "common_params": COMMON,
-            "model_params": {m: MODEL_PARAMS[m] for m in args.models},
-            "embedding_regularizer_override": args.embedding_regularizer,
-            "runs": runs,
-            "summary": summary,
-        }, indent=2, default=str) + "\n")
-        print(f"wrote {args.json}")
+    print(f"\ntotal {time.time() - t_all:.0f} s; results in {args.json}", flush=True)
     return 0
 
 
