@@ -253,7 +253,8 @@ MOVIELENS_FEATURES = [
     {"name": "genres", "active": True, "dtype": "str", "type": "sequence", "splitter": "^",
      "max_len": 6, "padding": "post", "feature_encoder": MASKED_MEAN},
     {"name": "history", "active": True, "dtype": "str", "type": "sequence", "splitter": "^",
-     "max_len": 20, "padding": "post", "share_embedding": "item_id"},
+     "max_len": 20, "padding": "post", "share_embedding": "item_id",
+     "feature_encoder": None},  # FuxiCTR's default for sequences is MaskedAveragePooling
 ]
 
 # dataset -> how FuxiCTR reads ctrlab's split files and which models / parameters run on it
@@ -288,10 +289,13 @@ def ctrlab_split_files(ctrlab_python: str, data_dir_env: str, dataset: str) -> d
     return {k: files[k] for k in ("train", "valid", "test")}
 
 
-def files_digest(files: dict[str, str]) -> str:
+def data_digest(files: dict[str, str], feature_cols: list[dict]) -> str:
+    """Names FuxiCTR's encoded copy: changes with the file bytes or the feature definitions
+    (build_dataset reuses an existing feature_map.json of the same dataset_id)."""
     h = hashlib.sha1()
     for split in ("train", "valid", "test"):
         h.update(Path(files[split]).read_bytes())
+    h.update(json.dumps(feature_cols, sort_keys=True).encode())
     return h.hexdigest()[:8]
 
 
@@ -371,8 +375,9 @@ def main() -> int:
     unknown = [m for m in args.models if m not in spec["model_params"]]
     if unknown:
         ap.error(f"no {args.dataset} configuration for {unknown}; configured: {list(spec['model_params'])}")
-    if args.json is None:
-        args.json = REPO / "benchmarks" / "peers" / "results" / f"fuxictr_{args.dataset}.json"
+    if args.json is None:  # ablations (another embedding_regularizer) never mix into the main file
+        tag = "" if args.embedding_regularizer is None else f"_embreg{args.embedding_regularizer:g}"
+        args.json = REPO / "benchmarks" / "peers" / "results" / f"fuxictr_{args.dataset}{tag}.json"
 
     fuxictr_root = args.fuxictr.resolve()
     if not (fuxictr_root / "model_zoo").is_dir():
@@ -406,7 +411,7 @@ def main() -> int:
             ap.error(f"missing {split} split: {path}")
 
     # ---- FuxiCTR dataset: ctrlab's fields and types, min_categr_count 1, label 'label' ----
-    dataset_id = f"{args.dataset}_{files_digest(files)}"
+    dataset_id = f"{args.dataset}_{data_digest(files, spec['feature_cols'])}"
     data_root = args.work_dir / "data"
     dataset_params = {
         "dataset_id": dataset_id,

@@ -1,0 +1,47 @@
+"""docs/results.md's verdicts are computed from the runs: check the arithmetic on small hand-made runs."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+spec = importlib.util.spec_from_file_location("zoo_results", REPO / "benchmarks" / "zoo_results.py")
+zoo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(zoo)
+
+
+def runs(model, aucs, epochs, first_seed=2021):
+    return [{"model": model, "seed": first_seed + i, "epochs": e, "test": {"AUC": a, "logloss": 0.3}}
+            for i, (a, e) in enumerate(zip(aucs, epochs))]
+
+
+@pytest.mark.parametrize("ours,verdict", [([0.9490, 0.9500, 0.9510], "meets the bar"),   # Δ = -0.0005
+                                          ([0.9470, 0.9480, 0.9490], "**below the bar**")])  # Δ = -0.0025
+def test_observation_verdict_against_the_bar(ours, verdict):
+    peer = {"M": runs("M", [0.9495, 0.9505, 0.9515], [20, 20, 20])}
+    text = zoo.observations(runs("M", ours, [20, 20, 20]), ["M"], peer)
+    assert verdict in text
+    assert f"Δ {sum(ours) / 3 - 0.9505:+.4f}" in text
+
+
+def test_stalled_runs_are_counted_against_the_median_epoch():
+    peer = {"M": runs("M", [0.95, 0.95, 0.93], [30, 28, 9])}
+    text = zoo.observations(runs("M", [0.93, 0.93, 0.95], [8, 10, 31]), ["M"], peer)
+    assert "stalled runs: ctrlab 2/3, FuxiCTR 1/3" in text  # median 19.5: stalled = at most 14.5 epochs
+
+
+def test_more_seeds_section_uses_all_seeds_of_both_libraries(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "MORE_SEEDS", [2024])
+    monkeypatch.setattr(zoo, "MORE_SEEDS_MODELS", {"d": ["M"]})
+    peer_file = tmp_path / "peer.json"
+    peer_file.write_text(json.dumps({"runs": runs("M", [0.94, 0.95, 0.96, 0.95], [20] * 4)
+                                     + runs("M", [0.5], [1], first_seed=2099)}))  # seed outside: ignored
+    ours = runs("M", [0.95, 0.95, 0.95, 0.95], [20] * 4)
+    text = zoo.more_seeds_section("d", ours, peer_file, [2021, 2022, 2023])
+    row = next(line for line in text.splitlines() if line.startswith("| M |"))
+    assert "(n=4)" in row and row.count("(n=4)") == 2
+    # ctrlab's sample variance is 0; FuxiCTR's (0.94, 0.95, 0.96, 0.95) is 2e-4 / 3: SE = sqrt(2e-4 / 12)
+    assert row.endswith(f"| +0.0000 ± {(2e-4 / 12) ** 0.5:.4f} |")
