@@ -219,7 +219,7 @@ FRAPPE_INTRO = """* Data: `frappe_x1_subset`: train/valid = a seeded (2023) 80/2
   train file (202,027 rows) is not available here, so the models see 23% of the BARS training data.
 * Hyperparameters: the shipped presets `src/ctrlab/configs/presets/frappe_x1/*.yaml`: the BARS Frappe_x1
   tuned values (run ids in each file) for every model BARS has, embedding_dim 10, batch 4096, Adam lr 1e-3;
-  FGCNN, FCN/ECN/LCN: see their preset files; LR and FM: class defaults.
+  FGCNN and FCN/ECN/LCN have no BARS run: their preset files say where their values come from.
 * The BARS column is the published leaderboard number on the full Frappe_x1 train split: **not comparable**
   (4.4× more training rows); it is shown for orientation only."""
 
@@ -259,14 +259,19 @@ def main() -> int:
 
     import ctrlab
 
-    jobs = [(d, p, m, s, args.runs, args.fresh, args.finished_only)
-            for d in args.datasets for p in args.protocols
-            for m in DATASETS[d]["protocols"].get(p, []) if args.models is None or m in args.models
+    # order: the BARS tables of every dataset, then the extra seeds, then the robust-protocol runs
+    jobs = [(d, "bars", m, s, args.runs, args.fresh, args.finished_only)
+            for d in args.datasets if "bars" in args.protocols
+            for m in DATASETS[d]["protocols"]["bars"] if args.models is None or m in args.models
             for s in args.seeds]
     if not args.no_more_seeds and "bars" in args.protocols:
         jobs += [(d, "bars", m, s, args.runs, args.fresh, args.finished_only) for d in args.datasets
                  for m in MORE_SEEDS_MODELS.get(d, []) if args.models is None or m in args.models
                  for s in MORE_SEEDS if s not in args.seeds]
+    jobs += [(d, p, m, s, args.runs, args.fresh, args.finished_only)
+             for d in args.datasets for p in args.protocols if p != "bars"
+             for m in DATASETS[d]["protocols"].get(p, []) if args.models is None or m in args.models
+             for s in args.seeds]
     t0 = time.time()
     results = []
     partial = Path(args.output).with_suffix(".partial.json")
