@@ -276,13 +276,13 @@ DATASETS = {
 }
 
 
-def ctrlab_split_files(ctrlab_python: str, data_dir_env: str, dataset: str) -> dict[str, str]:
+def ctrlab_split_files(ctrlab_python: str, data_dir_env: str | None, dataset: str) -> dict[str, str]:
     """Ask ctrlab (its own venv, a subprocess) where its prepared split files are."""
     code = (
         "import json; from ctrlab.data.datasets import get_dataset; "
         f"c = get_dataset({dataset!r}); print(json.dumps(c.files))"
     )
-    env = dict(os.environ, CTRLAB_DATA_DIR=data_dir_env)
+    env = dict(os.environ, **({"CTRLAB_DATA_DIR": data_dir_env} if data_dir_env else {}))
     out = subprocess.run([ctrlab_python, "-c", code], env=env, check=True,
                          capture_output=True, text=True).stdout
     files = json.loads(out.strip().splitlines()[-1])
@@ -350,7 +350,7 @@ def main() -> int:
     ap.add_argument("--ctrlab-python", default=str(REPO / ".venv" / "bin" / "python"),
                     help="python of ctrlab's venv, used only to locate the split")
     ap.add_argument("--ctrlab-data-dir",
-                    default=os.environ.get("CTRLAB_DATA_DIR", "/work/shared/datasets"),
+                    default=os.environ.get("CTRLAB_DATA_DIR"),
                     help="CTRLAB_DATA_DIR for that lookup")
     ap.add_argument("--models", nargs="+", default=None, choices=list(MODEL_DIRS),
                     help="default: every model configured for --dataset")
