@@ -67,7 +67,7 @@ DATASETS = {
 # has one such run more than the other. The models whose 3-seed mean fell below FuxiCTR's - 0.001
 # therefore get these extra seeds in both libraries (same seeds, all runs reported).
 MORE_SEEDS = [2024, 2025, 2026, 2027, 2028, 2029, 2030]
-MORE_SEEDS_MODELS = {"frappe_x1_subset": ["WideDeep", "xDeepFM"]}
+MORE_SEEDS_MODELS = {"frappe_x1_subset": ["WideDeep", "DeepFM", "xDeepFM", "FinalMLP"]}
 # Models where the peer library has no counterpart: checked against their spec sheet instead.
 SHEET_CHECKED = {"FCN": "tests/models/test_fcn.py", "ECN": "tests/models/test_fcn.py",
                  "LCN": "tests/models/test_fcn.py"}
