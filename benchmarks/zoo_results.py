@@ -107,7 +107,8 @@ def run_one(job: tuple[str, str, str, int, str, bool, bool]) -> dict | None:
         f"logloss {m['test']['logloss']:.6f} epochs {m['epochs']} ({m['seconds_per_epoch']:.1f} s/epoch, {how})",
         flush=True,
     )
-    return {"dataset": dataset, "protocol": protocol, "model": model, "seed": seed, **m}
+    curve = [round(h["valid_AUC"], 6) for h in json.loads((out / "history.json").read_text())]
+    return {"dataset": dataset, "protocol": protocol, "model": model, "seed": seed, **m, "valid_AUC_by_epoch": curve}
 
 
 def mean_std(xs: list[float], digits: int = 4) -> str:
@@ -162,7 +163,9 @@ def table(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]], pu
 def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]]) -> str:
     """ctrlab vs FuxiCTR per model against the acceptance bar and the seed spread (computed)."""
     lines = ["Δ = ctrlab mean − FuxiCTR mean; bar: Δ ≥ −0.001; seed std = the larger of the two sample stds; "
-             "a run counts as stalled when it stopped at least 5 epochs before the median run of its model.", ""]
+             "a run counts as stalled when it stopped at least 5 epochs before the median run of its model; "
+             "k = the last epoch every run of the model trained (valid AUC there: the learning curves compared "
+             "before any early stop).", ""]
     for model in models:
         ours = [r for r in rs_all if r["model"] == model]
         theirs = peer.get(model, [])
@@ -175,6 +178,7 @@ def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dic
         where = "within one seed std" if abs(diff) <= spread else (
             ("ctrlab higher" if diff > 0 else "ctrlab lower") + f" by {abs(diff) / spread:.1f} seed std")
         both = ours + theirs
+        k = min(r["epochs"] for r in both)
         median_epochs = statistics.median(r["epochs"] for r in both)
 
         def stalled(runs):
@@ -183,7 +187,9 @@ def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dic
         lines.append(
             f"* {model}: Δ {diff:+.4f}, {verdict}, {where}; stalled runs: ctrlab {stalled(ours)}/{len(ours)}, "
             f"FuxiCTR {stalled(theirs)}/{len(theirs)}; AUC range ctrlab {min(a):.4f}–{max(a):.4f}, "
-            f"FuxiCTR {min(b):.4f}–{max(b):.4f}."
+            f"FuxiCTR {min(b):.4f}–{max(b):.4f}; valid AUC at k = {k}: ctrlab "
+            f"{statistics.mean(r['valid_AUC_by_epoch'][k - 1] for r in ours):.4f}, "
+            f"FuxiCTR {statistics.mean(r['history'][k - 1]['AUC'] for r in theirs):.4f}."
         )
     return "\n".join(lines)
 
@@ -196,9 +202,12 @@ def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: l
     lines = [f"### More seeds: {', '.join(models)}", "",
              f"Seeds {seeds_all[0]}–{seeds_all[-1]} in both libraries for the models below the bar at 3 seeds "
              "(rule and reason: `MORE_SEEDS` in `benchmarks/zoo_results.py`). SE = standard error of Δ "
-             "(Welch). Stalled = stopped ≥ 5 epochs before the model's median run.", "",
-             "| model | ctrlab test AUC | ctrlab stalled | FuxiCTR test AUC | FuxiCTR stalled | Δ ± SE |",
-             "|---|---|---|---|---|---|"]
+             "(Welch). Stalled = stopped ≥ 5 epochs before the model's median run. Epoch k = the last epoch that "
+             "every run of the model (both libraries) trained: the mean validation AUC there compares the learning "
+             "curves before any early stop could cut a run short.", "",
+             "| model | ctrlab test AUC | ctrlab stalled | FuxiCTR test AUC | FuxiCTR stalled | Δ ± SE "
+             "| k | valid AUC at k: ctrlab / FuxiCTR |",
+             "|---|---|---|---|---|---|---|---|"]
     for model in models:
         ours = [r for r in bars if r["model"] == model and r["seed"] in seeds_all]
         theirs = peer.get(model, [])
@@ -207,10 +216,13 @@ def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: l
         a, b = [r["test"]["AUC"] for r in ours], [r["test"]["AUC"] for r in theirs]
         median_epochs = statistics.median(r["epochs"] for r in ours + theirs)
         se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
+        k = min(r["epochs"] for r in ours + theirs)
         lines.append(
             f"| {model} | {mean_std(a)} (n={len(a)}) | {sum(r['epochs'] <= median_epochs - 5 for r in ours)} | "
             f"{mean_std(b)} (n={len(b)}) | {sum(r['epochs'] <= median_epochs - 5 for r in theirs)} | "
-            f"{statistics.mean(a) - statistics.mean(b):+.4f} ± {se:.4f} |")
+            f"{statistics.mean(a) - statistics.mean(b):+.4f} ± {se:.4f} | {k} | "
+            f"{mean_std([r['valid_AUC_by_epoch'][k - 1] for r in ours])} / "
+            f"{mean_std([r['history'][k - 1]['AUC'] for r in theirs])} |")
     return "\n".join(lines) if len(lines) > 5 else ""
 
 

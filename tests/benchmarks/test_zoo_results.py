@@ -14,7 +14,11 @@ spec.loader.exec_module(zoo)
 
 
 def runs(model, aucs, epochs, first_seed=2021):
-    return [{"model": model, "seed": first_seed + i, "epochs": e, "test": {"AUC": a, "logloss": 0.3}}
+    """Runs as both libraries record them: ctrlab's valid_AUC_by_epoch, FuxiCTR's history (here
+    valid AUC 0.9 + epoch/1000, so the value at the shared last epoch k is known)."""
+    return [{"model": model, "seed": first_seed + i, "epochs": e, "test": {"AUC": a, "logloss": 0.3},
+             "valid_AUC_by_epoch": [0.9 + j / 1000 for j in range(1, e + 1)],
+             "history": [{"AUC": 0.9 + j / 1000} for j in range(1, e + 1)]}
             for i, (a, e) in enumerate(zip(aucs, epochs))]
 
 
@@ -39,9 +43,9 @@ def test_more_seeds_section_uses_all_seeds_of_both_libraries(tmp_path, monkeypat
     peer_file = tmp_path / "peer.json"
     peer_file.write_text(json.dumps({"runs": runs("M", [0.94, 0.95, 0.96, 0.95], [20] * 4)
                                      + runs("M", [0.5], [1], first_seed=2099)}))  # seed outside: ignored
-    ours = runs("M", [0.95, 0.95, 0.95, 0.95], [20] * 4)
+    ours = runs("M", [0.95, 0.95, 0.95, 0.95], [20, 20, 12, 20])  # k = 12: every run trained 12 epochs
     text = zoo.more_seeds_section("d", ours, peer_file, [2021, 2022, 2023])
     row = next(line for line in text.splitlines() if line.startswith("| M |"))
     assert "(n=4)" in row and row.count("(n=4)") == 2
     # ctrlab's sample variance is 0; FuxiCTR's (0.94, 0.95, 0.96, 0.95) is 2e-4 / 3: SE = sqrt(2e-4 / 12)
-    assert row.endswith(f"| +0.0000 ± {(2e-4 / 12) ** 0.5:.4f} |")
+    assert f"| +0.0000 ± {(2e-4 / 12) ** 0.5:.4f} | 12 | 0.9120 ± 0.0000 / 0.9120 ± 0.0000 |" in row
