@@ -197,6 +197,8 @@ def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dic
 def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: list[int]) -> str:
     """Both libraries over the main seeds plus MORE_SEEDS, for the models listed for ``dataset``."""
     models = MORE_SEEDS_MODELS.get(dataset, [])
+    if not models:
+        return ""
     seeds_all = list(dict.fromkeys([*seeds, *MORE_SEEDS]))
     peer = load_peer(peer_file, seeds_all)
     lines = [f"### More seeds: {', '.join(models)}", "",
@@ -223,7 +225,7 @@ def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: l
             f"{statistics.mean(a) - statistics.mean(b):+.4f} ± {se:.4f} | {k} | "
             f"{mean_std([r['valid_AUC_by_epoch'][k - 1] for r in ours])} / "
             f"{mean_std([r['history'][k - 1]['AUC'] for r in theirs])} |")
-    return "\n".join(lines) if len(lines) > 5 else ""
+    return "\n".join(lines) if not lines[-1].startswith("|---") else ""  # "" when no model had runs
 
 
 FRAPPE_INTRO = """* Data: `frappe_x1_subset`: train/valid = a seeded (2023) 80/20 split of the published BARS Frappe_x1

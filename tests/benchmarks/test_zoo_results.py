@@ -49,3 +49,9 @@ def test_more_seeds_section_uses_all_seeds_of_both_libraries(tmp_path, monkeypat
     assert "(n=4)" in row and row.count("(n=4)") == 2
     # ctrlab's sample variance is 0; FuxiCTR's (0.94, 0.95, 0.96, 0.95) is 2e-4 / 3: SE = sqrt(2e-4 / 12)
     assert f"| +0.0000 ± {(2e-4 / 12) ** 0.5:.4f} | 12 | 0.9120 ± 0.0000 / 0.9120 ± 0.0000 |" in row
+
+
+def test_more_seeds_section_is_empty_without_models_or_runs(tmp_path, monkeypatch):
+    monkeypatch.setattr(zoo, "MORE_SEEDS_MODELS", {"d": ["M"]})
+    assert zoo.more_seeds_section("other", [], tmp_path / "none.json", [2021]) == ""   # no models listed
+    assert zoo.more_seeds_section("d", [], tmp_path / "none.json", [2021]) == ""       # listed, no runs
