@@ -93,7 +93,6 @@ def run_one(job: tuple[str, str, str, int, str, bool, bool]) -> dict | None:
     wanted = {**to_dict(cfg), "output": str(out), "model_params": params, "preset": "none"}
     saved_cfg = out / "run_config.yaml"
     same = saved_cfg.is_file() and yaml.safe_load(saved_cfg.read_text()) == json.loads(json.dumps(wanted))
-    how = "trained"
     if same and not fresh and (out / "metrics.json").is_file():
         m, how = json.loads((out / "metrics.json").read_text()), "reused"
     elif finished_only:
@@ -160,6 +159,22 @@ def table(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]], pu
     return "\n".join(lines)
 
 
+def head_to_head(ours: list[dict], theirs: list[dict]) -> dict:
+    """What both comparison sections report for one model: test AUCs, Δ of the means, stalled runs
+    (stopped at least 5 epochs before the median run of both libraries), and the validation AUCs at
+    k, the last epoch every run of both libraries trained."""
+    epochs = [r["epochs"] for r in ours + theirs]
+    k, median_epochs = min(epochs), statistics.median(epochs)
+    a, b = [r["test"]["AUC"] for r in ours], [r["test"]["AUC"] for r in theirs]
+    return {
+        "ours": a, "theirs": b, "diff": statistics.mean(a) - statistics.mean(b), "k": k,
+        "stalled_ours": sum(r["epochs"] <= median_epochs - 5 for r in ours),
+        "stalled_theirs": sum(r["epochs"] <= median_epochs - 5 for r in theirs),
+        "valid_at_k_ours": [r["valid_AUC_by_epoch"][k - 1] for r in ours],
+        "valid_at_k_theirs": [r["history"][k - 1]["AUC"] for r in theirs],
+    }
+
+
 def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]]) -> str:
     """ctrlab vs FuxiCTR per model against the acceptance bar and the seed spread (computed)."""
     lines = ["Δ = ctrlab mean − FuxiCTR mean; bar: Δ ≥ −0.001; seed std = the larger of the two sample stds; "
@@ -171,25 +186,17 @@ def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dic
         theirs = peer.get(model, [])
         if len(ours) < 2 or len(theirs) < 2:
             continue
-        a, b = [r["test"]["AUC"] for r in ours], [r["test"]["AUC"] for r in theirs]
-        diff = statistics.mean(a) - statistics.mean(b)
+        h = head_to_head(ours, theirs)
+        a, b, diff = h["ours"], h["theirs"], h["diff"]
         spread = max(statistics.stdev(a), statistics.stdev(b))
         verdict = "meets the bar" if diff >= -0.001 else "**below the bar**"
         where = "within one seed std" if abs(diff) <= spread else (
             ("ctrlab higher" if diff > 0 else "ctrlab lower") + f" by {abs(diff) / spread:.1f} seed std")
-        both = ours + theirs
-        k = min(r["epochs"] for r in both)
-        median_epochs = statistics.median(r["epochs"] for r in both)
-
-        def stalled(runs):
-            return sum(r["epochs"] <= median_epochs - 5 for r in runs)
-
         lines.append(
-            f"* {model}: Δ {diff:+.4f}, {verdict}, {where}; stalled runs: ctrlab {stalled(ours)}/{len(ours)}, "
-            f"FuxiCTR {stalled(theirs)}/{len(theirs)}; AUC range ctrlab {min(a):.4f}–{max(a):.4f}, "
-            f"FuxiCTR {min(b):.4f}–{max(b):.4f}; valid AUC at k = {k}: ctrlab "
-            f"{statistics.mean(r['valid_AUC_by_epoch'][k - 1] for r in ours):.4f}, "
-            f"FuxiCTR {statistics.mean(r['history'][k - 1]['AUC'] for r in theirs):.4f}."
+            f"* {model}: Δ {diff:+.4f}, {verdict}, {where}; stalled runs: ctrlab {h['stalled_ours']}/{len(a)}, "
+            f"FuxiCTR {h['stalled_theirs']}/{len(b)}; AUC range ctrlab {min(a):.4f}–{max(a):.4f}, "
+            f"FuxiCTR {min(b):.4f}–{max(b):.4f}; valid AUC at k = {h['k']}: ctrlab "
+            f"{statistics.mean(h['valid_at_k_ours']):.4f}, FuxiCTR {statistics.mean(h['valid_at_k_theirs']):.4f}."
         )
     return "\n".join(lines)
 
@@ -215,16 +222,13 @@ def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: l
         theirs = peer.get(model, [])
         if len(ours) < 2 or len(theirs) < 2:
             continue
-        a, b = [r["test"]["AUC"] for r in ours], [r["test"]["AUC"] for r in theirs]
-        median_epochs = statistics.median(r["epochs"] for r in ours + theirs)
+        h = head_to_head(ours, theirs)
+        a, b = h["ours"], h["theirs"]
         se = (statistics.variance(a) / len(a) + statistics.variance(b) / len(b)) ** 0.5
-        k = min(r["epochs"] for r in ours + theirs)
         lines.append(
-            f"| {model} | {mean_std(a)} (n={len(a)}) | {sum(r['epochs'] <= median_epochs - 5 for r in ours)} | "
-            f"{mean_std(b)} (n={len(b)}) | {sum(r['epochs'] <= median_epochs - 5 for r in theirs)} | "
-            f"{statistics.mean(a) - statistics.mean(b):+.4f} ± {se:.4f} | {k} | "
-            f"{mean_std([r['valid_AUC_by_epoch'][k - 1] for r in ours])} / "
-            f"{mean_std([r['history'][k - 1]['AUC'] for r in theirs])} |")
+            f"| {model} | {mean_std(a)} (n={len(a)}) | {h['stalled_ours']} | {mean_std(b)} (n={len(b)}) | "
+            f"{h['stalled_theirs']} | {h['diff']:+.4f} ± {se:.4f} | {h['k']} | "
+            f"{mean_std(h['valid_at_k_ours'])} / {mean_std(h['valid_at_k_theirs'])} |")
     return "\n".join(lines) if not lines[-1].startswith("|---") else ""  # "" when no model had runs
 
 
@@ -243,6 +247,8 @@ MOVIELENS_INTRO = """* Data: `movielens_100k`: the GroupLens ml-100k ratings as 
 * Hyperparameters: `src/ctrlab/configs/presets/movielens_100k/{DNN,DIN}.yaml`, one hand-picked setting
   (not tuned) shared by both models: they differ only in how `history` is pooled (mean vs target
   attention of the candidate `item_id`)."""
+
+INTROS = {"frappe_x1_subset": FRAPPE_INTRO, "movielens_100k": MOVIELENS_INTRO}
 
 
 def main() -> int:
@@ -305,7 +311,7 @@ def main() -> int:
         peer_file = Path(args.peer_dir) / f"fuxictr_{dataset}.json"
         peer = load_peer(peer_file, args.seeds)
         rs = [r for r in results if r["dataset"] == dataset]
-        intro = FRAPPE_INTRO if dataset == "frappe_x1_subset" else MOVIELENS_INTRO
+        intro = INTROS[dataset]
         peer_note = (f"* FuxiCTR column: `{peer_file}` (FuxiCTR's own pipeline and training loop, the same split "
                      f"files, hyperparameters and protocol; `benchmarks/peers/run_fuxictr.py --dataset {dataset}`)."
                      if peer else "* FuxiCTR column: not shown (no peer results file; see `benchmarks/peers/`).")

@@ -452,11 +452,11 @@ def main() -> int:
             params["feature_specs"] = spec["feature_specs"].get(model_name)
             if args.embedding_regularizer is not None:
                 params["embedding_regularizer"] = args.embedding_regularizer
-            model_params = {k: params[k] for k in sorted(params)}  # what defines the run
+            # what defines the run, as it reads back from the JSON
+            run_params = json.loads(json.dumps({k: params[k] for k in sorted(params)}, default=str))
             key = (model_name, seed, params["embedding_regularizer"])
             previous = [r for r in runs if (r["model"], r["seed"], r["embedding_regularizer"]) == key]
-            if args.skip_done and previous and previous[0].get("params") == json.loads(
-                    json.dumps(model_params, default=str)):
+            if args.skip_done and previous and previous[0].get("params") == run_params:
                 print(f"{model_name:9s} seed {seed}: already in {args.json}, skipped", flush=True)
                 continue
             params.update(dataset_params)
@@ -521,7 +521,7 @@ def main() -> int:
                 "history": history,
                 "log": str(Path(params["model_root"]) / dataset_id / (params["model_id"] + ".log")),
             }
-            run["params"] = json.loads(json.dumps(model_params, default=str))
+            run["params"] = run_params
             runs = [r for r in runs if (r["model"], r["seed"], r["embedding_regularizer"]) != key] + [run]
             write_json(args.json, {
                 "fuxictr_version": fuxictr.__version__,
