@@ -15,7 +15,8 @@ and parameters; beside it FuxiCTR's numbers on the same split with the same hype
 
 Finished runs are reused: a run folder under ``--runs`` whose saved, resolved config equals the
 job's (same preset values, seed and trainer options) and that has its metrics.json is read back
-instead of retrained, and an interrupted run is resumed from its last checkpoint. ``--fresh``
+instead of retrained (unless the model built from that config now has a different number of
+parameters: the model's code changed), and an interrupted run is resumed from its last checkpoint. ``--fresh``
 retrains everything. Results are also written after every run to ``<output>.partial.json``.
 """
 from __future__ import annotations
@@ -93,6 +94,14 @@ def run_one(job: tuple[str, str, str, int, str, bool, bool]) -> dict | None:
     wanted = {**to_dict(cfg), "output": str(out), "model_params": params, "preset": "none"}
     saved_cfg = out / "run_config.yaml"
     same = saved_cfg.is_file() and yaml.safe_load(saved_cfg.read_text()) == json.loads(json.dumps(wanted))
+    if same and (out / "metrics.json").is_file():
+        # the config alone does not see a change of the model's code: a run whose model now has a
+        # different number of parameters is stale and is retrained
+        from ctrlab.data.feature_map import FeatureMap
+        from ctrlab.models import create
+
+        built = create(model, FeatureMap.load(out / "feature_map.json"), **params).count_parameters()
+        same = built == json.loads((out / "metrics.json").read_text())["parameters"]
     if same and not fresh and (out / "metrics.json").is_file():
         m, how = json.loads((out / "metrics.json").read_text()), "reused"
     elif finished_only:
@@ -129,6 +138,13 @@ def load_peer(path: Path, seeds: list[int]) -> dict[str, list[dict]]:
     return out
 
 
+def peer_parameters_note(ours: int, theirs: list[dict]) -> str:
+    """`` (FuxiCTR: N)`` when the peer's model has a different number of parameters: the same
+    hyperparameters should build the same network, so a difference is a structural one to explain."""
+    counts = {r["parameters"] for r in theirs if "parameters" in r}
+    return "" if not counts or counts == {ours} else f" (FuxiCTR: {', '.join(f'{c:,}' for c in sorted(counts))})"
+
+
 def table(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]], published: dict) -> str:
     head = "| model | test AUC | test logloss | epochs | s/epoch | parameters |"
     sep = "|---|---|---|---|---|---|"
@@ -147,7 +163,7 @@ def table(rs_all: list[dict], models: list[str], peer: dict[str, list[dict]], pu
         row = (
             f"| {model} | {mean_std(aucs)} | {mean_std([r['test']['logloss'] for r in rs])} | "
             f"{mean_std([r['epochs'] for r in rs], 1)} | {statistics.mean(r['seconds_per_epoch'] for r in rs):.2f} | "
-            f"{rs[0]['parameters']:,} |"
+            f"{rs[0]['parameters']:,}{peer_parameters_note(rs[0]['parameters'], peer.get(model, []))} |"
         )
         if peer:
             p = [r["test"]["AUC"] for r in peer.get(model, [])]
@@ -238,6 +254,8 @@ FRAPPE_INTRO = """* Data: `frappe_x1_subset`: train/valid = a seeded (2023) 80/2
 * Hyperparameters: the shipped presets `src/ctrlab/configs/presets/frappe_x1/*.yaml`: the BARS Frappe_x1
   tuned values (run ids in each file) for every model BARS has, embedding_dim 10, batch 4096, Adam lr 1e-3;
   FGCNN and FCN/ECN/LCN have no BARS run: their preset files say where their values come from.
+* Parameters: ctrlab's count; FuxiCTR's is shown beside it where the two differ (FGCNN: ctrlab's one
+  extra parameter is the gate α on the generated features, see `src/ctrlab/models/fgcnn.py`).
 * The BARS column is the published leaderboard number on the full Frappe_x1 train split: **not comparable**
   (4.4× more training rows); it is shown for orientation only."""
 

@@ -55,3 +55,13 @@ def test_more_seeds_section_is_empty_without_models_or_runs(tmp_path, monkeypatc
     monkeypatch.setattr(zoo, "MORE_SEEDS_MODELS", {"d": ["M"]})
     assert zoo.more_seeds_section("other", [], tmp_path / "none.json", [2021]) == ""   # no models listed
     assert zoo.more_seeds_section("d", [], tmp_path / "none.json", [2021]) == ""       # listed, no runs
+
+
+def test_parameter_count_differing_from_the_peer_is_shown():
+    """Same hyperparameters should build the same network in both libraries: a count that differs
+    is printed beside ctrlab's (this is how a redundant bias in three models was found)."""
+    ours = [{**r, "parameters": 101, "seconds_per_epoch": 1.0} for r in runs("M", [0.95, 0.95], [20, 20])]
+    same = {"M": [{**r, "parameters": 101} for r in runs("M", [0.95, 0.95], [20, 20])]}
+    other = {"M": [{**r, "parameters": 100} for r in runs("M", [0.95, 0.95], [20, 20])]}
+    assert "| 101 |" in zoo.table(ours, ["M"], same, {})
+    assert "| 101 (FuxiCTR: 100) |" in zoo.table(ours, ["M"], other, {})

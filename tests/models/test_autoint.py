@@ -20,7 +20,7 @@ def test_parameter_count(cat_map, ln, res, H, wide):
     attn += L * 2 * A if ln else 0
     fc = F * A + 1
     dnn = (F * D * 16 + 16) + (16 + 1) if H else 0
-    lr = V + 1 if wide else 0
+    lr = V if wide else 0                           # the wide LR term has no bias (fc has one)
     assert m.count_parameters() == V * D + attn + fc + dnn + lr
     assert m(random_batch(cat_map))["logit"].shape == (8,)
 

@@ -9,18 +9,22 @@ from .synthetic import auc, fit, planted_pairwise, random_batch, take
 
 
 def test_zero_mlp_output_equals_lr(mixed_map):
+    """With the MLP's output weights zeroed, Wide&Deep is LR; the MLP's output bias plays LR's bias
+    (the wide part has none, as in FuxiCTR)."""
     lr = create("LR", mixed_map)
     wd = create("WideDeep", mixed_map, embedding_dim=4, hidden_units=[16, 8])
     with torch.no_grad():
         for p in lr.parameters():
             p.normal_()
-    missing, unexpected = wd.load_state_dict(lr.state_dict(), strict=False)
+    state = {k: v for k, v in lr.state_dict().items() if k != "linear.bias"}
+    missing, unexpected = wd.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith(("mlp.", "embedding.")) for k in missing)
+    assert wd.linear.bias is None
     b = random_batch(mixed_map, batch_size=16)
     assert not torch.allclose(wd(b)["logit"], lr(b)["logit"])
     with torch.no_grad():
         wd.mlp.out.weight.zero_()
-        wd.mlp.out.bias.zero_()
+        wd.mlp.out.bias.copy_(lr.linear.bias)
     torch.testing.assert_close(wd(b)["logit"], lr(b)["logit"])
 
 
@@ -28,7 +32,7 @@ def test_parameter_count(cat_map):
     D, F, V = 4, 3, 23           # cat_map: vocab 7 + 11 + 5
     m = create("WideDeep", cat_map, embedding_dim=D, hidden_units=[16, 8])
     d = F * D
-    lr = V + 1
+    lr = V                       # no wide bias: the MLP's output layer has it
     mlp = (d * 16 + 16) + (16 * 8 + 8) + (8 + 1)
     assert m.count_parameters() == V * D + lr + mlp
     assert m(random_batch(cat_map))["logit"].shape == (8,)

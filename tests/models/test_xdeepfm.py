@@ -44,7 +44,7 @@ def test_parameter_count(cat_map, H):
     dims = [F] + C
     cin = sum(dims[k] * dims[k - 1] * F + dims[k] for k in range(1, len(dims)))  # Σ H_k H_{k-1} F + biases
     cin_out = sum(C) + 1
-    lr = V + 1
+    lr = V                       # the LR term has no bias (cin_out carries it)
     mlp = (d * 16 + 16) + (16 * 8 + 8) + (8 + 1) if H else 0
     assert m.count_parameters() == V * D + lr + cin + cin_out + mlp
     assert (m.mlp is None) == (not H)

@@ -170,13 +170,24 @@ class FeatureEmbedding(nn.Module):
 
 
 class LinearLogit(nn.Module):
-    """First-order term ``b + Σ_f w_f(x_f)`` → ``(B, 1)``: the sum of dimension-1 field embeddings
-    (:class:`FeatureEmbedding` with ``embedding_dim=1``) plus a zero-initialised bias."""
+    """First-order term ``[b +] Σ_f w_f(x_f)`` → ``(B, 1)``: the sum of dimension-1 field embeddings
+    (:class:`FeatureEmbedding` with ``embedding_dim=1``) plus, with ``bias=True``, a
+    zero-initialised bias.
 
-    def __init__(self, feature_map: FeatureMap, fields: Iterable[str] | None = None, pooling: str = "mean"):
+    Models that add this term to another one that already ends in a biased ``Linear`` (Wide&Deep,
+    xDeepFM, AutoInt's ``use_wide``) pass ``bias=False``, as FuxiCTR does: a second bias would not
+    add capacity, but under Adam each bias moves by about ``lr`` per step, so two of them move the
+    output offset twice as fast as the reference model does early in training."""
+
+    def __init__(self, feature_map: FeatureMap, fields: Iterable[str] | None = None, pooling: str = "mean",
+                 bias: bool = True):
         super().__init__()
         self.weights = FeatureEmbedding(feature_map, 1, fields=fields, pooling=pooling, check_field_dims=False)
-        self.bias = nn.Parameter(torch.zeros(1))
+        if bias:
+            self.bias = nn.Parameter(torch.zeros(1))
+        else:
+            self.register_parameter("bias", None)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.weights(batch).sum(dim=1) + self.bias
+        out = self.weights(batch).sum(dim=1)
+        return out if self.bias is None else out + self.bias

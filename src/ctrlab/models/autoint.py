@@ -14,7 +14,7 @@ class AutoInt(CTRModel):
     """``O⁰ = E``; ``O^l = ReLU([LN](MHSA(O^{l−1}) + O^{l−1} W_res))`` for ``l = 1..attention_layers``
     (see :class:`~ctrlab.layers.MultiHeadSelfAttention`); ``logit = wᵀ flatten(O^L) + b``
     (``w ∈ R^{F·A}``), ``+ MLP(flatten(E))`` when ``hidden_units`` is non-empty (the DNN reads the
-    raw embeddings, in parallel: AutoInt+), ``+ LR(x)`` when ``use_wide``.
+    raw embeddings, in parallel: AutoInt+), ``+ LR(x)`` (no bias of its own) when ``use_wide``.
 
     ``AutoInt`` defaults to no DNN (the paper's AutoInt); :class:`AutoIntPlus` is the same model
     with ``hidden_units=[400, 400]``. ``net_dropout`` applies to the attention weights and to the
@@ -45,7 +45,7 @@ class AutoInt(CTRModel):
         self.fc = init_linear(nn.Linear(F * (attention_dim if attention_layers > 0 else embedding_dim), 1))
         self.mlp = MLPBlock(F * embedding_dim, hidden_units, activation=hidden_activations,
                             dropout=net_dropout, batch_norm=batch_norm, output_dim=1) if hidden_units else None
-        self.linear = LinearLogit(feature_map) if use_wide else None
+        self.linear = LinearLogit(feature_map, bias=False) if use_wide else None  # fc has the bias
 
     def forward(self, batch):
         emb = self.embedding(batch)

@@ -13,7 +13,8 @@ from .registry import register
 class xDeepFM(CTRModel):
     """``logit = LR(x) + wᵀ[p¹; …; p^K] + MLP(flatten(E))``, with ``p^k = Σ_D X^k`` the sum-pooled
     maps of the CIN layers ``X^k_h = Σ_i Σ_j W^{k,h}_{ij} (X^{k−1}_i ⊙ X⁰_j)``, ``X⁰ = E``
-    (FuxiCTR: no activation, no split-half). ``w`` is one Linear(Σ_k H_k, 1).
+    (FuxiCTR: no activation, no split-half). ``w`` is one Linear(Σ_k H_k, 1) and carries the
+    model's only output bias (the LR term has none, as in FuxiCTR).
     With ``hidden_units=[]`` there is no MLP term (LR + CIN, as in FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template): ``embedding_dim=10``,
@@ -29,7 +30,7 @@ class xDeepFM(CTRModel):
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
-        self.linear = LinearLogit(feature_map)
+        self.linear = LinearLogit(feature_map, bias=False)  # cin_fc has the bias
         self.cin = CIN(self.embedding.num_fields, cin_hidden_units)
         self.cin_fc = init_linear(nn.Linear(self.cin.output_dim, 1))
         self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, hidden_units,
