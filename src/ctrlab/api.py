@@ -126,6 +126,14 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
     return params, source
 
 
+def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
+    """The run config as a run folder saves it (``run_config.yaml``): self-contained, with the
+    preset merged into ``model_params``, so the run can be resumed or evaluated even if presets
+    change later. Two runs with equal resolved configs are the same experiment."""
+    params, _ = resolve_model_params(cfg)
+    return {**to_dict(cfg), "output": str(run_dir), "model_params": params, "preset": "none"}
+
+
 def _default_run_dir(cfg: RunConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / Path(cfg.dataset).stem / f"{get_model_class(cfg.model).__name__}-{stamp}-s{cfg.trainer.seed}"
@@ -145,12 +153,15 @@ def train(
     overrides: list[str] | None = None,
     resume: bool = False,
     log=print,
+    callbacks=(),
     **kwargs,
 ) -> RunResult:
     """Train and evaluate one model on one dataset; returns the run folder and metrics.
 
     With ``resume=True`` and an existing ``output`` folder, continues that run from its last
     checkpoint, with the run's saved config (the final numbers equal an uninterrupted run's).
+    ``callbacks`` are passed to the :class:`~ctrlab.train.Trainer` (``cb(trainer, record)`` after
+    every epoch; the results store and Optuna's pruning use them).
     """
     if isinstance(config, RunConfig):
         cfg = config
@@ -172,9 +183,7 @@ def train(
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
     model = create(cfg.model, data.feature_map, **params)
 
-    # The saved config is self-contained: the preset is merged into model_params, so the run can
-    # be resumed/evaluated even if presets change later.
-    saved_cfg = {**to_dict(cfg), "output": str(run_dir), "model_params": params, "preset": "none"}
+    saved_cfg = resolved_config(cfg, run_dir)
     (run_dir / "run_config.yaml").write_text(
         f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
         + yaml.safe_dump(saved_cfg, sort_keys=False)
@@ -183,7 +192,7 @@ def train(
     data.feature_map.save(run_dir / "feature_map.json")
 
     loaders = _loaders(data, cfg.trainer)
-    trainer = Trainer(model, cfg.trainer, run_dir)
+    trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks)
     log(
         f"[ctrlab] {get_model_class(cfg.model).__name__} on {dcfg.name}: {model.count_parameters():,} parameters, "
         f"train {loaders['train'].num_rows:,} rows" + (f", preset {preset_source}" if preset_source else "")

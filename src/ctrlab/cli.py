@@ -3,6 +3,9 @@
     ctrlab train --dataset frappe_x1_subset --model FinalMLP [--config F] [--set key=value ...]
     ctrlab evaluate RUN
     ctrlab predict RUN --input raw.csv --output scores.csv
+    ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
+    ctrlab tune SEARCH.yaml [--trials N] [--minutes M]
+    ctrlab report [--db F] [--output DIR]
     ctrlab datasets | ctrlab models
 """
 from __future__ import annotations
@@ -58,6 +61,31 @@ def cmd_predict(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from .bench import load_plan, run_plan
+
+    if args.from_fuxictr:
+        from .bench.fuxictr import plan_from_fuxictr
+
+        if args.plan:
+            raise ValueError("give either PLAN.yaml or --from-fuxictr, not both")
+        plan = plan_from_fuxictr(args.from_fuxictr, args.expid, dataset_config=args.dataset_config,
+                                 dataset=args.dataset, seeds=args.seeds, db=args.db, jobs=args.jobs)
+    elif args.plan:
+        plan = load_plan(args.plan, jobs=args.jobs, db=args.db)
+    else:
+        raise ValueError("give a plan YAML (see benchmarks/plans/) or --from-fuxictr MODEL_CONFIG --expid ID")
+    if args.dry_run:
+        from .bench import expand
+
+        for job in expand(plan):
+            print(f"{job.key}  {job.dataset} {job.protocol} {job.model} [{job.hparam_set}] seed {job.seed} -> {job.run_dir}")
+        return 0
+    outcomes = run_plan(plan, fresh=args.fresh)
+    print(f"[ctrlab] results store: {plan.db}  (report: ctrlab report --db {plan.db})")
+    return 1 if any(o.how == "failed" for o in outcomes) else 0
+
+
 def cmd_datasets(args) -> int:
     from .data.datasets import list_datasets
 
@@ -104,6 +132,20 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--output", required=True, help="CSV to write (column: probability)")
     pr.add_argument("--format", help="input format if it differs from the training data's (csv, tsv, parquet, ...)")
     pr.set_defaults(func=cmd_predict)
+
+    b = sub.add_parser("bench", help="run a plan of models x datasets x seeds (resumable), results into SQLite")
+    b.add_argument("plan", nargs="?", help="plan YAML (see benchmarks/plans/)")
+    b.add_argument("--jobs", type=int, help="parallel worker processes (overrides the plan's)")
+    b.add_argument("--db", help="results store path (overrides the plan's)")
+    b.add_argument("--fresh", action="store_true", help="retrain runs that are already finished")
+    b.add_argument("--dry-run", action="store_true", help="list the runs and exit")
+    b.add_argument("--from-fuxictr", metavar="MODEL_CONFIG",
+                   help="a FuxiCTR/BARS model_config.yaml (or its folder) to rerun in ctrlab")
+    b.add_argument("--expid", help="experiment id in the FuxiCTR model config")
+    b.add_argument("--dataset-config", help="FuxiCTR dataset_config.yaml (default: beside the model config)")
+    b.add_argument("--dataset", help="run on this ctrlab dataset instead of the config's dataset_id")
+    b.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's seed)")
+    b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.set_defaults(func=cmd_datasets)
