@@ -86,6 +86,16 @@ def cmd_bench(args) -> int:
     return 1 if any(o.how == "failed" for o in outcomes) else 0
 
 
+def cmd_tune(args) -> int:
+    from .bench.tune import load_tune_config, tune
+
+    cfg = load_tune_config(args.config, trials=args.trials, minutes=args.minutes, db=args.db)
+    res = tune(cfg)
+    print(f"[ctrlab] best {cfg.model} on {cfg.dataset}: mean valid AUC {res.best_value:.6f}; {res.best_params}")
+    print(f"[ctrlab] study {cfg.name!r} in {cfg.db} (rerun the same command to continue it)")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data.datasets import list_datasets
 
@@ -146,6 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--dataset", help="run on this ctrlab dataset instead of the config's dataset_id")
     b.add_argument("--seeds", type=int, nargs="+", help="seeds (default: the config's seed)")
     b.set_defaults(func=cmd_bench)
+
+    tu = sub.add_parser("tune", help="hyperparameter search with Optuna (TPE + median pruning), resumable")
+    tu.add_argument("config", help="search YAML: dataset, model, space, budget (see benchmarks/plans/)")
+    tu.add_argument("--trials", type=int, help="budget: finished trials in the study (overrides the YAML)")
+    tu.add_argument("--minutes", type=float, help="budget: minutes for this invocation (overrides the YAML)")
+    tu.add_argument("--db", help="results store path (overrides the YAML)")
+    tu.set_defaults(func=cmd_tune)
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.set_defaults(func=cmd_datasets)

@@ -132,11 +132,28 @@ def run_key(resolved: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def expand(plan: BenchPlan) -> list[Job]:
-    """The plan's jobs in order (grid by grid; dataset, protocol, set, model, seed), duplicates once."""
+def make_job(plan: str, runs_dir: str, dataset: str, model: str, seed: int, protocol: str = "bars",
+             hparam_set: HparamSet | None = None, trainer: dict[str, Any] | None = None,
+             dataset_params: dict[str, Any] | None = None, threads: int = 1) -> Job:
+    """One run: its config, resolved config (presets merged), identity and run folder."""
     from ..api import load_run_config, resolved_config
     from ..models import get_model_class
 
+    hset = hparam_set or HparamSet()
+    name = get_model_class(model).__name__
+    folder = name if hset.name == "preset" else f"{name}-{hset.name}"
+    run_dir = str(Path(runs_dir) / Path(dataset).stem / protocol / f"{folder}-s{seed}")
+    trainer = {**PROTOCOLS[protocol], **(trainer or {}), "seed": seed, "num_threads": threads, "progress": False}
+    config = {"dataset": dataset, "model": name, "preset": hset.preset, "model_params": dict(hset.params),
+              "trainer": trainer, "output": run_dir}
+    if dataset_params:
+        config["dataset_params"] = dict(dataset_params)
+    resolved = resolved_config(load_run_config(config), run_dir)
+    return Job(run_key(resolved), plan, Path(dataset).stem, name, seed, protocol, hset.name, run_dir, config, resolved)
+
+
+def expand(plan: BenchPlan) -> list[Job]:
+    """The plan's jobs in order (grid by grid; dataset, protocol, set, model, seed), duplicates once."""
     jobs: dict[str, Job] = {}
     for g in plan.grids:
         for dataset in g.datasets:
@@ -145,19 +162,8 @@ def expand(plan: BenchPlan) -> list[Job]:
                     for model in g.models:
                         if hset.models is not None and model not in hset.models:
                             continue
-                        name = get_model_class(model).__name__
                         for seed in g.seeds:
-                            folder = name if hset.name == "preset" else f"{name}-{hset.name}"
-                            run_dir = str(Path(plan.runs_dir) / Path(dataset).stem / protocol / f"{folder}-s{seed}")
-                            trainer = {**PROTOCOLS[protocol], **g.trainer, "seed": seed,
-                                       "num_threads": plan.threads_per_job, "progress": False}
-                            config = {"dataset": dataset, "model": name, "preset": hset.preset,
-                                      "model_params": dict(hset.params), "trainer": trainer, "output": run_dir}
-                            if dataset in g.dataset_params:
-                                config["dataset_params"] = dict(g.dataset_params[dataset])
-                            cfg = load_run_config(config)
-                            resolved = resolved_config(cfg, run_dir)
-                            key = run_key(resolved)
-                            jobs.setdefault(key, Job(key, plan.name, Path(dataset).stem, name, seed, protocol,
-                                                     hset.name, run_dir, config, resolved))
+                            job = make_job(plan.name, plan.runs_dir, dataset, model, seed, protocol, hset, g.trainer,
+                                           g.dataset_params.get(dataset), plan.threads_per_job)
+                            jobs.setdefault(job.key, job)
     return list(jobs.values())

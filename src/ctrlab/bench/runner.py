@@ -58,11 +58,15 @@ def environment() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(), "git_commit": commit}
 
 
+class RunPruned(Exception):
+    """Raised by an epoch callback to stop a run on purpose (a tuner's pruning decision)."""
+
+
 @dataclass
 class JobOutcome:
     key: str
     label: str
-    how: str  # skipped | busy | adopted | resumed | trained | failed
+    how: str  # skipped | busy | adopted | resumed | trained | failed | pruned
     test_auc: float | None = None
     epochs: int | None = None
     error: str | None = None
@@ -94,8 +98,12 @@ def _finished_run_folder(job: Job) -> tuple[bool, bool]:
     return False, any((out / "checkpoints").glob("*"))
 
 
-def run_job(job: Job, db: str, fresh: bool = False) -> JobOutcome:
-    """Run (or skip, adopt, resume) one job, recording it in the store at ``db``."""
+def run_job(job: Job, db: str, fresh: bool = False, callbacks=()) -> JobOutcome:
+    """Run (or skip, adopt, resume) one job, recording it in the store at ``db``.
+
+    ``callbacks`` run after every epoch, after the store has the epoch; one that raises
+    :class:`RunPruned` stops the run, which is then recorded as ``pruned`` (resumable later).
+    """
     from ..api import load_run_config, train
 
     label = _label(job)
@@ -118,10 +126,13 @@ def run_job(job: Job, db: str, fresh: bool = False) -> JobOutcome:
             else:
                 cfg = load_run_config(job.config)
                 res = train(cfg, resume=resumable, log=lambda *a: None,
-                            callbacks=[lambda trainer, record: store.record_epoch(job.key, record)])
+                            callbacks=[lambda trainer, record: store.record_epoch(job.key, record), *callbacks])
                 metrics, history = res.metrics, res.history
                 how = "resumed" if resumable else "trained"
             store.finish_run(job.key, metrics, history)
+        except RunPruned as exc:
+            store.fail_run(job.key, str(exc) or "pruned", status="pruned")
+            return JobOutcome(job.key, label, "pruned", error=str(exc) or "pruned")
         except Exception as exc:  # recorded, reported, and the bench goes on with the next job
             store.fail_run(job.key, "".join(traceback.format_exception(exc)))
             return JobOutcome(job.key, label, "failed", error=f"{type(exc).__name__}: {exc}")

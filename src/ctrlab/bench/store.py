@@ -7,7 +7,7 @@ Schema (version 1; created on first open, documented in docs/benchmark.md):
     ``plan``         the plan or tuning study that asked for it
     ``dataset``, ``model``, ``seed``, ``hparam_set``, ``protocol``
     ``config``       the resolved run config (JSON: dataset, model_params with presets merged, trainer)
-    ``status``       ``running`` | ``finished`` | ``failed``
+    ``status``       ``running`` | ``finished`` | ``failed`` | ``pruned`` (stopped by the tuner's pruner)
     ``run_dir``      the run folder (checkpoints, weights, logs)
     ``pid``, ``host`` the process that owns a ``running`` row (a crashed owner is detected by pid)
     ``started_at``, ``finished_at``  Unix seconds
@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS runs (
     hparam_set TEXT NOT NULL,
     protocol TEXT NOT NULL,
     config TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed')),
+    status TEXT NOT NULL CHECK (status IN ('running', 'finished', 'failed', 'pruned')),
     run_dir TEXT NOT NULL,
     pid INTEGER,
     host TEXT,
@@ -185,9 +185,10 @@ class ResultsStore:
                  json.dumps(metrics), key),
             )
 
-    def fail_run(self, key: str, error: str) -> None:
-        self.conn.execute("UPDATE runs SET status='failed', finished_at=?, error=? WHERE key=?",
-                          (time.time(), error, key))
+    def fail_run(self, key: str, error: str, status: str = "failed") -> None:
+        """Mark ``key`` failed (``error``: the traceback) or ``pruned`` (stopped on purpose by a tuner)."""
+        self.conn.execute("UPDATE runs SET status=?, finished_at=?, error=? WHERE key=?",
+                          (status, time.time(), error, key))
 
     # ---- reading ---------------------------------------------------------------------------
     @staticmethod
