@@ -96,6 +96,15 @@ def cmd_tune(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from .bench.report import build_report
+
+    files = build_report(args.db, args.output, plan=args.plan, title=args.title)
+    print(f"[ctrlab] report: {files.html.resolve()}")
+    print(f"[ctrlab] summary: {files.markdown.resolve()} ({len(files.plots)} plots in {files.html.parent / 'plots'})")
+    return 0
+
+
 def cmd_datasets(args) -> int:
     from .data.datasets import list_datasets
 
@@ -163,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
     tu.add_argument("--minutes", type=float, help="budget: minutes for this invocation (overrides the YAML)")
     tu.add_argument("--db", help="results store path (overrides the YAML)")
     tu.set_defaults(func=cmd_tune)
+
+    rp = sub.add_parser("report", help="HTML + Markdown report (leaderboards, BARS numbers, plots) from the results store")
+    rp.add_argument("--db", default="runs/bench/results.sqlite", help="results store (default %(default)s)")
+    rp.add_argument("--output", default="runs/bench/report", help="folder for report.html, report.md, plots/")
+    rp.add_argument("--plan", help="only the runs of this plan (default: every finished run, tuning trials aside)")
+    rp.add_argument("--title", default="ctrlab benchmark report")
+    rp.set_defaults(func=cmd_report)
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.set_defaults(func=cmd_datasets)

@@ -29,7 +29,8 @@ model hyperparameters             ``model_params`` by name (``default_hparams(mo
 ``batch_size``, ``epochs``        ``trainer.batch_size``, ``trainer.epochs``
 ``early_stop_patience``           ``trainer.patience`` (FuxiCTR 1.x calls it ``patience``)
 ``monitor``, ``monitor_mode``     ``trainer.monitor`` (name or ``{AUC: 1, logloss: -1}``),
-                                  ``trainer.monitor_mode``
+                                  ``trainer.monitor_mode`` (left ``auto`` where ctrlab infers
+                                  the same direction, so the run key matches a native run)
 ``optimizer``                     ``trainer.optimizer`` (adam, adamw, sgd; any case)
 ``metrics``                       ``trainer.metrics``: those ctrlab computes (AUC, logloss,
                                   gAUC; ``binary_crossentropy`` = logloss), in ctrlab's order;
@@ -90,8 +91,8 @@ import yaml
 from ..config import ConfigError, load_yaml
 from .plan import BenchPlan, Grid, HparamSet
 
-__all__ = ["plan_from_fuxictr", "RUNTIME_KEYS", "NEUTRAL_KEYS", "TRAINER_KEYS", "MODEL_RENAMES",
-           "MODEL_ALIASES", "BARS_SPLITS"]
+__all__ = ["plan_from_fuxictr", "parse_regularizer", "RUNTIME_KEYS", "NEUTRAL_KEYS", "TRAINER_KEYS",
+           "MODEL_RENAMES", "MODEL_ALIASES", "BARS_SPLITS"]
 
 RUNTIME_KEYS: frozenset[str] = frozenset({
     "model_root", "model_id", "num_workers", "workers", "verbose", "pickle_feature_encoder",
@@ -214,19 +215,20 @@ def _load_experiment(model_config: Path, expid: str) -> tuple[dict[str, Any], Pa
     raise ConfigError(f"{where}: no experiment {expid!r}; available experiment ids: {available}")
 
 
-def _default_dataset_config(model_config: Path, source_file: Path) -> Path:
-    folder = model_config if model_config.is_dir() else source_file.parent
-    found = _config_files(folder, "dataset_config")
-    return found[0] if len(found) == 1 else folder / "dataset_config.yaml"
-
-
 def _load_dataset_section(dataset_config: Path, dataset_id: str) -> dict[str, Any]:
-    files = _config_files(dataset_config, "dataset_config") if dataset_config.is_dir() else [dataset_config]
+    """The ``dataset_id`` section of a dataset_config.yaml, or of the dataset config files in a folder
+    (a FuxiCTR --config folder, or its ``dataset_config/`` folder)."""
+    if dataset_config.is_dir():
+        files = _config_files(dataset_config, "dataset_config")
+        if not files and dataset_config.name == "dataset_config":
+            files = sorted(dataset_config.glob("*.yaml"))
+    else:
+        files = [dataset_config] if dataset_config.is_file() else []
+    if not files:
+        raise ConfigError(f"no FuxiCTR dataset config at {dataset_config} (dataset_config.yaml); pass "
+                          "--dataset-config, or --dataset to run on a ctrlab dataset")
     available: list[str] = []
     for path in files:
-        if not path.is_file():
-            raise ConfigError(f"dataset config {path} does not exist; pass --dataset-config, or --dataset "
-                              "to run on a ctrlab dataset")
         sections = _read_sections(path)
         if dataset_id in sections:
             return sections[dataset_id]
@@ -530,6 +532,12 @@ def plan_from_fuxictr(
     from ..config import from_dict
 
     from_dict(TrainerConfig, dict(trainer), where=f"{where} (trainer)")
+    if "monitor_mode" in trainer:
+        # FuxiCTR always spells the direction out; where ctrlab's `auto` infers the same one, keep
+        # auto, so the run has the same resolved config (run key) as a native ctrlab run
+        inferred = from_dict(TrainerConfig, {k: v for k, v in trainer.items() if k != "monitor_mode"})
+        if inferred.resolved_monitor_mode() == trainer["monitor_mode"]:
+            del trainer["monitor_mode"]
 
     if seeds:
         seed_list = [int(s) for s in seeds]
@@ -550,7 +558,9 @@ def plan_from_fuxictr(
         dataset_id = config.get("dataset_id")
         if not dataset_id:
             raise ConfigError(f"{where}: no dataset_id; pass --dataset to run on a ctrlab dataset")
-        dcfg = Path(dataset_config).expanduser() if dataset_config else _default_dataset_config(model_config, source)
+        # FuxiCTR's layout: dataset_config.yaml (or dataset_config/*.yaml) beside the model config
+        dcfg = (Path(dataset_config).expanduser() if dataset_config
+                else model_config if model_config.is_dir() else source.parent)
         section = _load_dataset_section(dcfg, str(dataset_id))
         ds = _map_dataset(str(dataset_id), section, f"{dcfg}: dataset {dataset_id!r}",
                           Path(plan.db).parent / "fuxictr_datasets")
