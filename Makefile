@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test results peers venv clean
+.PHONY: demo test browser results peers venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +20,17 @@ venv: $(BIN)/.installed
 demo: $(BIN)/.installed
 	$(BIN)/ctrlab train --dataset frappe_x1_subset --model FinalMLP --output runs/demo/FinalMLP-frappe_x1_subset
 
+## Debian's chromium + chromedriver for the report's browser test: installed once when run as root
+## (CI, dev machines); elsewhere the browser test is skipped with a note (and fails under CI=true).
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's chromium and chromium-driver for the report's browser test"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "note: chromium/chromedriver missing and not root: the browser test will be skipped"; fi; }
+
 ## The test suite (what CI runs). Passive OpenMP waits: many tiny models, so spinning threads only burn CPU.
-test: $(BIN)/.installed
+test: $(BIN)/.installed browser
 	OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -p no:cacheprovider
 
 ## Regenerate docs/results.md (every zoo model x 3 seeds on frappe_x1_subset and movielens_100k;
