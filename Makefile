@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser results peers venv clean
+.PHONY: demo test browser bench report results peers venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,10 +33,19 @@ browser:
 test: $(BIN)/.installed browser
 	OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -p no:cacheprovider
 
-## Regenerate docs/results.md (every zoo model x 3 seeds on frappe_x1_subset and movielens_100k;
-## finished identical runs under runs/results/ are reused).
-results: $(BIN)/.installed
-	$(BIN)/python benchmarks/zoo_results.py --output docs/results.md
+## Run the zoo plan (benchmarks/plans/zoo.yaml: every zoo model x seeds on the real datasets) into the
+## results store runs/results/results.sqlite. Resumable: finished runs are skipped, a killed bench continues.
+bench: $(BIN)/.installed
+	$(BIN)/ctrlab bench benchmarks/plans/zoo.yaml
+
+## From the results store: docs/results.md (ctrlab beside FuxiCTR and BARS) and the HTML report docs/report/.
+report: $(BIN)/.installed
+	$(BIN)/python benchmarks/zoo_results.py --finished-only --output docs/results.md
+	$(BIN)/ctrlab report --db runs/results/results.sqlite --plan zoo --output docs/report \
+	  --title "ctrlab model zoo on the real datasets"
+
+## Both: run what is missing, then regenerate docs/results.md and docs/report/.
+results: bench report
 
 ## FuxiCTR (its own venv; FUXICTR = a checkout of reczoo/FuxiCTR at tag v2.3.9) on the same splits with
 ## the same hyperparameters, then docs/results.md with ctrlab and FuxiCTR side by side (also printed).

@@ -1,122 +1,79 @@
-"""Regenerate docs/results.md: every model of the zoo on the real datasets, 3 seeds each.
+"""Regenerate docs/results.md from the zoo plan's runs in the results store.
+
+The runs are those of ``benchmarks/plans/zoo.yaml`` (``ctrlab bench benchmarks/plans/zoo.yaml`` runs
+them: resumable, finished runs skipped, run folders made before the store existed adopted):
 
 * ``frappe_x1_subset``: all feature-interaction models with their shipped presets (the BARS
-  Frappe_x1 tuned hyperparameters where BARS has the model), under the BARS protocol; DNN,
-  DeepFM, DCNv2 and FinalMLP also under the ``robust`` protocol (ctrlab's documented non-BARS
-  options for small data: ``trainer.bn_recalibration_batches`` and ``trainer.min_epochs``).
+  Frappe_x1 tuned hyperparameters where BARS has the model), under the BARS protocol (grid
+  ``main``); extra seeds for the models below FuxiCTR's bar at 3 seeds (grid ``more-seeds``); DNN,
+  DeepFM, DCNv2 and FinalMLP also under the ``robust`` protocol (grid ``robust``: ctrlab's
+  documented non-BARS options for small data).
 * ``movielens_100k``: DNN (history mean-pooled) vs DIN (target attention over the history).
 
 Each table has mean ± sample std over seeds of test AUC and logloss, epochs, seconds per epoch
 and parameters; beside it FuxiCTR's numbers on the same split with the same hyperparameters
 (``benchmarks/peers/results/fuxictr_<dataset>.json``, written by
-``benchmarks/peers/run_fuxictr.py``) and, for frappe, the published BARS numbers.
+``benchmarks/peers/run_fuxictr.py``) and, for frappe, the published BARS numbers (shipped in
+``ctrlab/bench/published/bars.csv``).
 
-    make results   # = python benchmarks/zoo_results.py --output docs/results.md
-
-Finished runs are reused: a run folder under ``--runs`` whose saved, resolved config equals the
-job's (same preset values, seed and trainer options) and that has its metrics.json is read back
-instead of retrained (unless the model built from that config now has a different number of
-parameters: the model's code changed), and an interrupted run is resumed from its last checkpoint. ``--fresh``
-retrains everything. Results are also written after every run to ``<output>.partial.json``.
+    make results   # = ctrlab bench benchmarks/plans/zoo.yaml, then this script --finished-only
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-SEEDS = [2021, 2022, 2023]
-PROTOCOLS = {
-    "bars": [],
-    "robust": ["trainer.bn_recalibration_batches=64", "trainer.min_epochs=10"],
-}
-FRAPPE_MODELS = ["LR", "FM", "DNN", "WideDeep", "DeepFM", "DCN", "DCNv2", "xDeepFM", "IPNN", "AutoInt",
-                 "AutoIntPlus", "FGCNN", "FinalMLP", "FCN", "ECN", "LCN"]
-# dataset -> models per protocol, and the published numbers shown for orientation
-DATASETS = {
-    "frappe_x1_subset": {
-        "protocols": {"bars": FRAPPE_MODELS, "robust": ["DNN", "DeepFM", "DCNv2", "FinalMLP"]},
-        # Published BARS Frappe_x1 test AUC / logloss (reczoo/BARS leaderboard; full 202,027-row train split).
-        "published": {
-            "LR": (0.9356, 0.3076),
-            "FM": (0.9671, 0.2065),
-            "DNN": (0.9833, 0.1622),
-            "WideDeep": (0.9841, 0.1490),
-            "DeepFM": (0.9842, 0.1482),
-            "DCN": (0.9839, 0.1527),
-            "DCNv2": (0.9845, 0.1491),
-            "xDeepFM": (0.9845, 0.1466),
-            "IPNN": (0.9841, 0.1540),
-            "AutoInt": (0.9831, 0.1637),
-            "AutoIntPlus": (0.9848, 0.1490),
-            "FinalMLP": (0.9861, 0.1484),
-        },
-    },
-    "movielens_100k": {
-        "protocols": {"bars": ["DNN", "DIN"]},
-        "published": {},
-    },
-}
-# Under the BARS protocol one plateau epoch early in training (LR x0.1, then patience 2) can end
-# a run at a much lower AUC, in FuxiCTR as in ctrlab, so 3 seeds decide little when a library
-# has one such run more than the other. The models whose 3-seed mean fell below FuxiCTR's - 0.001
-# therefore get these extra seeds in both libraries (same seeds, all runs reported).
-MORE_SEEDS = [2024, 2025, 2026, 2027, 2028, 2029, 2030]
-MORE_SEEDS_MODELS = {"frappe_x1_subset": ["WideDeep", "DeepFM", "xDeepFM", "FinalMLP"]}
+REPO = Path(__file__).resolve().parents[1]
+PLAN = REPO / "benchmarks" / "plans" / "zoo.yaml"
 # Models where the peer library has no counterpart: checked against their spec sheet instead.
 SHEET_CHECKED = {"FCN": "tests/models/test_fcn.py", "ECN": "tests/models/test_fcn.py",
                  "LCN": "tests/models/test_fcn.py"}
 
 
-def run_dir(runs: str, dataset: str, protocol: str, model: str, seed: int) -> Path:
-    return Path(runs) / dataset / protocol / f"{model}-s{seed}"
+def plan_layout(plan) -> dict[str, dict]:
+    """Per dataset, from the plan's named grids: main seeds and model order per protocol, and the
+    extra seeds and their models (grid ``more-seeds``)."""
+    out: dict[str, dict] = {}
+    for g in plan.grids:
+        for dataset in g.datasets:
+            d = out.setdefault(dataset, {"seeds": [], "protocols": {}, "more_seeds": [], "more_models": []})
+            if g.name == "more-seeds":
+                d["more_seeds"] += [s for s in g.seeds if s not in d["more_seeds"]]
+                d["more_models"] += [m for m in g.models if m not in d["more_models"]]
+                continue
+            if g.name == "main":
+                d["seeds"] += [s for s in g.seeds if s not in d["seeds"]]
+            for protocol in g.protocols:
+                models = d["protocols"].setdefault(protocol, [])
+                models += [m for m in g.models if m not in models]
+    return out
 
 
-def run_one(job: tuple[str, str, str, int, str, bool, bool]) -> dict | None:
-    """One training run in a worker process (1 torch thread), or a finished one read back
-    (``None`` when ``finished_only`` and the run is not finished)."""
-    dataset, protocol, model, seed, runs, fresh, finished_only = job
-    import yaml
+def store_results(plan, store) -> list[dict]:
+    """Finished runs of the plan, in plan order, as flat records (metrics + validation AUC curve)."""
+    from ctrlab.bench import expand
 
-    from ctrlab.api import load_run_config, resolve_model_params, train
-    from ctrlab.config import to_dict
+    results = []
+    for job in expand(plan):
+        row = store.get(job.key)
+        if row is None or row["status"] != "finished":
+            continue
+        curve = [round(e["valid_auc"], 6) for e in store.epochs(job.key)]
+        results.append({"dataset": job.dataset, "protocol": job.protocol, "model": job.model, "seed": job.seed,
+                        **row["metrics"], "valid_AUC_by_epoch": curve})
+    return results
 
-    out = run_dir(runs, dataset, protocol, model, seed)
-    overrides = [f"trainer.seed={seed}", "trainer.progress=false", "trainer.num_threads=1", *PROTOCOLS[protocol]]
-    cfg = load_run_config(None, overrides, dataset=dataset, model=model, output=str(out))
-    params, _ = resolve_model_params(cfg)
-    wanted = {**to_dict(cfg), "output": str(out), "model_params": params, "preset": "none"}
-    saved_cfg = out / "run_config.yaml"
-    same = saved_cfg.is_file() and yaml.safe_load(saved_cfg.read_text()) == json.loads(json.dumps(wanted))
-    if same and (out / "metrics.json").is_file():
-        # the config alone does not see a change of the model's code: a run whose model now has a
-        # different number of parameters is stale and is retrained
-        from ctrlab.data.feature_map import FeatureMap
-        from ctrlab.models import create
 
-        built = create(model, FeatureMap.load(out / "feature_map.json"), **params).count_parameters()
-        same = built == json.loads((out / "metrics.json").read_text())["parameters"]
-    if same and not fresh and (out / "metrics.json").is_file():
-        m, how = json.loads((out / "metrics.json").read_text()), "reused"
-    elif finished_only:
-        return None
-    else:
-        resume = same and not fresh and any((out / "checkpoints").glob("*"))
-        res = train(cfg, resume=resume, log=lambda *a: None)
-        m, how = res.metrics, "resumed" if resume else "trained"
-    print(
-        f"{dataset:16s} {protocol:6s} {model:11s} seed {seed}: test AUC {m['test']['AUC']:.6f} "
-        f"logloss {m['test']['logloss']:.6f} epochs {m['epochs']} ({m['seconds_per_epoch']:.1f} s/epoch, {how})",
-        flush=True,
-    )
-    curve = [round(h["valid_AUC"], 6) for h in json.loads((out / "history.json").read_text())]
-    return {"dataset": dataset, "protocol": protocol, "model": model, "seed": seed, **m, "valid_AUC_by_epoch": curve}
+def published_numbers(dataset: str) -> dict[str, tuple[float, float]]:
+    from ctrlab.bench.report import PUBLISHED_SPLITS, load_published
+
+    split = PUBLISHED_SPLITS.get(dataset, (None, False))[0]
+    return {m: (v["auc"], v["logloss"]) for m, v in load_published().get(split, {}).items()}
 
 
 def mean_std(xs: list[float], digits: int = 4) -> str:
@@ -217,16 +174,16 @@ def observations(rs_all: list[dict], models: list[str], peer: dict[str, list[dic
     return "\n".join(lines)
 
 
-def more_seeds_section(dataset: str, bars: list[dict], peer_file: Path, seeds: list[int]) -> str:
-    """Both libraries over the main seeds plus MORE_SEEDS, for the models listed for ``dataset``."""
-    models = MORE_SEEDS_MODELS.get(dataset, [])
+def more_seeds_section(models: list[str], more_seeds: list[int], bars: list[dict], peer_file: Path,
+                       seeds: list[int]) -> str:
+    """Both libraries over the main seeds plus ``more_seeds``, for ``models`` (grid ``more-seeds``)."""
     if not models:
         return ""
-    seeds_all = list(dict.fromkeys([*seeds, *MORE_SEEDS]))
+    seeds_all = list(dict.fromkeys([*seeds, *more_seeds]))
     peer = load_peer(peer_file, seeds_all)
     lines = [f"### More seeds: {', '.join(models)}", "",
              f"Seeds {seeds_all[0]}–{seeds_all[-1]} in both libraries for the models below the bar at 3 seeds "
-             "(rule and reason: `MORE_SEEDS` in `benchmarks/zoo_results.py`). SE = standard error of Δ "
+             "(rule and reason: grid `more-seeds` in `benchmarks/plans/zoo.yaml`). SE = standard error of Δ "
              "(Welch). Stalled = stopped ≥ 5 epochs before the model's median run. Epoch k = the last epoch that "
              "every run of the model (both libraries) trained: the mean validation AUC there compares the learning "
              "curves before any early stop could cut a run short.", "",
@@ -271,78 +228,66 @@ INTROS = {"frappe_x1_subset": FRAPPE_INTRO, "movielens_100k": MOVIELENS_INTRO}
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--plan", default=str(PLAN), help="the bench plan whose runs are rendered (default %(default)s)")
     ap.add_argument("--output", default="docs/results.md")
-    ap.add_argument("--runs", default="runs/results", help="run folders go to RUNS/<dataset>/<protocol>/<model>-s<seed>")
-    ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
-    ap.add_argument("--models", nargs="+", default=None, help="only these models (default: all configured)")
-    ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
-    ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="parallel runs (1 thread each)")
-    ap.add_argument("--fresh", action="store_true", help="retrain even when a finished identical run exists")
+    ap.add_argument("--db", help="results store (default: the plan's)")
+    ap.add_argument("--jobs", type=int, help="parallel runs (default: the plan's)")
     ap.add_argument("--peer-dir", default="benchmarks/peers/results",
                     help="folder of fuxictr_<dataset>.json (benchmarks/peers/run_fuxictr.py)")
     ap.add_argument("--finished-only", action="store_true",
-                    help="train nothing: render the tables from the finished runs found under --runs")
-    ap.add_argument("--no-more-seeds", action="store_true", help="skip the MORE_SEEDS runs")
+                    help="train nothing: render the finished runs in the store (after `ctrlab bench PLAN`)")
     ap.add_argument("--peer-args", metavar="DATASET",
                     help="print run_fuxictr.py's --models/--seeds for DATASET's extra seeds and exit")
     ap.add_argument("--print", action="store_true", help="also print the tables (ctrlab beside FuxiCTR)")
     args = ap.parse_args()
+
+    from ctrlab.bench import ResultsStore, load_plan, run_plan
+
+    plan = load_plan(args.plan, db=args.db, jobs=args.jobs)
+    layout = plan_layout(plan)
     if args.peer_args:  # used by `make peers`
-        models = MORE_SEEDS_MODELS.get(args.peer_args, [])
-        print(f"--models {' '.join(models)} --seeds {' '.join(map(str, MORE_SEEDS))}" if models else "")
+        d = layout.get(args.peer_args, {})
+        models, seeds = d.get("more_models", []), d.get("more_seeds", [])
+        print(f"--models {' '.join(models)} --seeds {' '.join(map(str, seeds))}" if models else "")
         return 0
 
     import torch
 
     import ctrlab
 
-    # order: the BARS tables of every dataset, then the extra seeds, then the robust-protocol runs
-    jobs = [(d, "bars", m, s, args.runs, args.fresh, args.finished_only)
-            for d in args.datasets if "bars" in args.protocols
-            for m in DATASETS[d]["protocols"]["bars"] if args.models is None or m in args.models
-            for s in args.seeds]
-    if not args.no_more_seeds and "bars" in args.protocols:
-        jobs += [(d, "bars", m, s, args.runs, args.fresh, args.finished_only) for d in args.datasets
-                 for m in MORE_SEEDS_MODELS.get(d, []) if args.models is None or m in args.models
-                 for s in MORE_SEEDS if s not in args.seeds]
-    jobs += [(d, p, m, s, args.runs, args.fresh, args.finished_only)
-             for d in args.datasets for p in args.protocols if p != "bars"
-             for m in DATASETS[d]["protocols"].get(p, []) if args.models is None or m in args.models
-             for s in args.seeds]
     t0 = time.time()
-    results = []
-    partial = Path(args.output).with_suffix(".partial.json")
-    with ProcessPoolExecutor(max_workers=args.jobs) as pool:
-        for fut in as_completed([pool.submit(run_one, j) for j in jobs]):
-            if (r := fut.result()) is not None:
-                results.append(r)
-            partial.write_text(json.dumps({"runs": results}, indent=1))
+    if not args.finished_only:
+        if any(o.how == "failed" for o in run_plan(plan)):
+            print("some runs failed (see above); rendering the finished ones", file=sys.stderr)
     minutes = (time.time() - t0) / 60
-    order = {j[:4]: i for i, j in enumerate(jobs)}
-    results.sort(key=lambda r: order[(r["dataset"], r["protocol"], r["model"], r["seed"])])
+    with ResultsStore(plan.db) as store:
+        results = store_results(plan, store)
 
-    robust = " ".join(f"`{o}`" for o in PROTOCOLS["robust"])
+    from ctrlab.bench import PROTOCOLS
+
+    robust = " ".join(f"`trainer.{k}={v}`" for k, v in PROTOCOLS["robust"].items())
     sections = []
-    for dataset in args.datasets:
-        spec = DATASETS[dataset]
+    for dataset, spec in layout.items():
+        seeds = spec["seeds"]
+        published = published_numbers(dataset)
         peer_file = Path(args.peer_dir) / f"fuxictr_{dataset}.json"
-        peer = load_peer(peer_file, args.seeds)
+        peer = load_peer(peer_file, seeds)
         rs = [r for r in results if r["dataset"] == dataset]
         intro = INTROS[dataset]
         peer_note = (f"* FuxiCTR column: `{peer_file}` (FuxiCTR's own pipeline and training loop, the same split "
                      f"files, hyperparameters and protocol; `benchmarks/peers/run_fuxictr.py --dataset {dataset}`)."
                      if peer else "* FuxiCTR column: not shown (no peer results file; see `benchmarks/peers/`).")
         parts = [f"## {dataset} (real data)\n\n{intro}\n{peer_note}"]
-        bars = [r for r in rs if r["protocol"] == "bars" and r["seed"] in args.seeds]
+        bars = [r for r in rs if r["protocol"] == "bars" and r["seed"] in seeds]
         if bars:
             parts.append("### BARS protocol (default)\n\nEarly stop on validation AUC with patience 2, LR ×0.1 on each "
                          "plateau epoch, best weights restored, then test.\n\n"
-                         + table(bars, spec["protocols"]["bars"], peer, spec["published"]))
+                         + table(bars, spec["protocols"]["bars"], peer, published))
             if peer:
                 parts.append("### ctrlab vs FuxiCTR (BARS protocol)\n\n"
                              + observations(bars, spec["protocols"]["bars"], peer))
-            more = more_seeds_section(dataset, [r for r in rs if r["protocol"] == "bars"], peer_file, args.seeds)
+            more = more_seeds_section(spec["more_models"], spec["more_seeds"],
+                                      [r for r in rs if r["protocol"] == "bars"], peer_file, seeds)
             if more:
                 parts.append(more)
         robust_rs = [r for r in rs if r["protocol"] == "robust"]
@@ -352,15 +297,16 @@ def main() -> int:
                 f"The same plus {robust}: BatchNorm statistics re-estimated exactly after every epoch (with only "
                 "12 batches per epoch the running averages lag the weights, so validation sees miscalibrated "
                 "activations), and no early stop before epoch 10 (patience 2 alone can end a run after 5 epochs "
-                "on this small split).\n\n" + table(robust_rs, spec["protocols"]["robust"], {}, spec["published"]))
+                "on this small split).\n\n" + table(robust_rs, spec["protocols"]["robust"], {}, published))
         sections.append("\n\n".join(parts))
     body = "\n\n".join(sections)
     text = f"""# Results
 
-Regenerate with one command: `make results` (= `python benchmarks/zoo_results.py --output docs/results.md`);
-finished identical runs under `runs/results/` are reused, `--fresh` retrains all.
+Regenerate with one command: `make results` (= `ctrlab bench benchmarks/plans/zoo.yaml`, which runs
+what is missing (finished runs are skipped), then `python benchmarks/zoo_results.py --finished-only`);
+`make report` also writes the HTML report of the same runs (`docs/report/`). Results store: `{plan.db}`.
 
-* Seeds {", ".join(map(str, args.seeds))}: mean ± sample std over seeds. Each run uses 1 torch thread on CPU.
+* Seeds {", ".join(map(str, sorted({s for d in layout.values() for s in d["seeds"]})))} (main tables): mean ± sample std over seeds. Each run uses 1 torch thread on CPU.
 * s/epoch is wall time per epoch (training + validation) as measured in each run, often with another run
   sharing the machine: a rough cost indication, not a speed benchmark (those live in `benchmarks/`).
 * Machine: {platform.machine()} CPU, torch {torch.__version__}, ctrlab {ctrlab.__version__}; {len(results)} runs,
@@ -368,12 +314,12 @@ finished identical runs under `runs/results/` are reused, `--fresh` retrains all
 
 {body}
 
-Per-run numbers: `docs/results.json`; per-epoch histories: `history.json` in each run folder.
+Per-run numbers: `docs/results.json`; per-epoch curves: the results store (`epochs` table) and
+`history.json` in each run folder.
 """
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(text)
     Path(args.output).with_suffix(".json").write_text(json.dumps({"minutes": minutes, "runs": results}, indent=1))
-    partial.unlink(missing_ok=True)
     if args.print:
         print(body)
     print(f"wrote {args.output}")

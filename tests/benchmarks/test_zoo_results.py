@@ -37,24 +37,35 @@ def test_stalled_runs_are_counted_against_the_median_epoch():
     assert "stalled runs: ctrlab 2/3, FuxiCTR 1/3" in text  # median 19.5: stalled = at most 14.5 epochs
 
 
-def test_more_seeds_section_uses_all_seeds_of_both_libraries(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "MORE_SEEDS", [2024])
-    monkeypatch.setattr(zoo, "MORE_SEEDS_MODELS", {"d": ["M"]})
+def test_more_seeds_section_uses_all_seeds_of_both_libraries(tmp_path):
     peer_file = tmp_path / "peer.json"
     peer_file.write_text(json.dumps({"runs": runs("M", [0.94, 0.95, 0.96, 0.95], [20] * 4)
                                      + runs("M", [0.5], [1], first_seed=2099)}))  # seed outside: ignored
     ours = runs("M", [0.95, 0.95, 0.95, 0.95], [20, 20, 12, 20])  # k = 12: every run trained 12 epochs
-    text = zoo.more_seeds_section("d", ours, peer_file, [2021, 2022, 2023])
+    text = zoo.more_seeds_section(["M"], [2024], ours, peer_file, [2021, 2022, 2023])
     row = next(line for line in text.splitlines() if line.startswith("| M |"))
     assert "(n=4)" in row and row.count("(n=4)") == 2
     # ctrlab's sample variance is 0; FuxiCTR's (0.94, 0.95, 0.96, 0.95) is 2e-4 / 3: SE = sqrt(2e-4 / 12)
     assert f"| +0.0000 ± {(2e-4 / 12) ** 0.5:.4f} | 12 | 0.9120 ± 0.0000 / 0.9120 ± 0.0000 |" in row
 
 
-def test_more_seeds_section_is_empty_without_models_or_runs(tmp_path, monkeypatch):
-    monkeypatch.setattr(zoo, "MORE_SEEDS_MODELS", {"d": ["M"]})
-    assert zoo.more_seeds_section("other", [], tmp_path / "none.json", [2021]) == ""   # no models listed
-    assert zoo.more_seeds_section("d", [], tmp_path / "none.json", [2021]) == ""       # listed, no runs
+def test_more_seeds_section_is_empty_without_models_or_runs(tmp_path):
+    assert zoo.more_seeds_section([], [2024], [], tmp_path / "none.json", [2021]) == ""     # no models listed
+    assert zoo.more_seeds_section(["M"], [2024], [], tmp_path / "none.json", [2021]) == ""  # listed, no runs
+
+
+def test_layout_of_the_zoo_plan():
+    """docs/results.md's structure comes from the named grids of benchmarks/plans/zoo.yaml."""
+    from ctrlab.bench import load_plan
+
+    layout = zoo.plan_layout(load_plan(zoo.PLAN))
+    frappe = layout["frappe_x1_subset"]
+    assert frappe["seeds"] == [2021, 2022, 2023]
+    assert frappe["protocols"]["bars"][:3] == ["LR", "FM", "DNN"] and "FinalMLP" in frappe["protocols"]["bars"]
+    assert frappe["protocols"]["robust"] == ["DNN", "DeepFM", "DCNv2", "FinalMLP"]
+    assert frappe["more_models"] == ["WideDeep", "DeepFM", "xDeepFM", "FinalMLP"]
+    assert frappe["more_seeds"] == list(range(2024, 2031))
+    assert layout["movielens_100k"]["protocols"] == {"bars": ["DNN", "DIN"]}
 
 
 def test_parameter_count_differing_from_the_peer_is_shown():

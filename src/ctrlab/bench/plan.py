@@ -55,6 +55,8 @@ class HparamSet:
 class Grid:
     """The cross product of its lists; a plan is a list of grids."""
 
+    name: str = ""
+    """Optional label of the grid (renderers such as benchmarks/zoo_results.py select grids by it)."""
     datasets: list[str] = field(default_factory=lambda: ["frappe_x1_subset"])
     """Registered dataset names or dataset YAML paths."""
     models: list[str] = field(default_factory=lambda: ["DNN"])
