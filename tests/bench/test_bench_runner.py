@@ -122,3 +122,19 @@ def test_failed_run_is_recorded_and_the_bench_goes_on(data_dir, tmp_path):
     assert "nope" in failed.error
     with ResultsStore(d["db"]) as s:
         assert "unknown activation" in s.get(failed.key)["error"]
+
+
+def test_shipped_plans_load():
+    """Every file in benchmarks/plans/ is a valid bench plan or search config."""
+    from pathlib import Path
+
+    from ctrlab.bench.tune import load_tune_config
+
+    plans = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "plans").glob("*.yaml"))
+    assert plans
+    for path in plans:
+        if "space" in yaml.safe_load(path.read_text()):
+            cfg = load_tune_config(path)
+            assert cfg.space and (cfg.trials or cfg.minutes)
+        else:
+            assert expand(load_plan(path))
