@@ -41,7 +41,7 @@ bench: $(BIN)/.installed
 ## From the results store: docs/results.md (ctrlab beside FuxiCTR and BARS) and the HTML report docs/report/.
 report: $(BIN)/.installed
 	$(BIN)/python benchmarks/zoo_results.py --finished-only --output docs/results.md
-	$(BIN)/ctrlab report --db runs/results/results.sqlite --plan zoo --output docs/report \
+	$(BIN)/ctrlab report --db runs/results/results.sqlite --plan benchmarks/plans/zoo.yaml --output docs/report \
 	  --title "ctrlab model zoo on the real datasets"
 
 ## Both: run what is missing, then regenerate docs/results.md and docs/report/.

@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="HTML + Markdown report (leaderboards, BARS numbers, plots) from the results store")
     rp.add_argument("--db", default="runs/bench/results.sqlite", help="results store (default %(default)s)")
     rp.add_argument("--output", default="runs/bench/report", help="folder for report.html, report.md, plots/")
-    rp.add_argument("--plan", help="only the runs of this plan (default: every finished run, tuning trials aside)")
+    rp.add_argument("--plan", help="only the runs of this plan: a plan YAML (exactly its runs) or a plan name "
+                    "(default: every finished run, tuning trials aside)")
     rp.add_argument("--title", default="ctrlab benchmark report")
     rp.set_defaults(func=cmd_report)
 

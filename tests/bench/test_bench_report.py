@@ -136,3 +136,21 @@ def test_the_console_check_catches_a_broken_page(tmp_path, browser):
     browser.get(page.resolve().as_uri())
     errors = console_errors(browser)
     assert any("undefinedFunction" in e for e in errors)
+
+
+def test_a_plan_file_selects_exactly_its_runs(tmp_path):
+    """--plan PLAN.yaml reports the plan's runs by key, whichever plan label they were stored under."""
+    import yaml
+
+    from ctrlab.bench import expand, load_plan
+    from ctrlab.bench.report import select_runs
+
+    plan_file = tmp_path / "plan.yaml"
+    plan_file.write_text(yaml.safe_dump({"name": "mine", "grids": [{"datasets": ["frappe_x1_subset"],
+                                                                     "models": ["LR"], "seeds": [7]}]}))
+    (job,) = expand(load_plan(plan_file))
+    with ResultsStore(tmp_path / "r.sqlite") as s:
+        add_run(s, job.key, "LR", 7, 0.93)   # stored with plan label "p", not "mine"
+        add_run(s, "unrelated", "DNN", 1, 0.95)
+        assert [r["key"] for r in select_runs(s, str(plan_file))] == [job.key]
+        assert select_runs(s, "mine") == [] and len(select_runs(s, "p")) == 2

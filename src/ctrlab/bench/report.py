@@ -92,10 +92,21 @@ class Row:
         return sorted(r["seed"] for r in self.runs)
 
 
+def select_runs(store: ResultsStore, plan: str | None = None) -> list[dict[str, Any]]:
+    """Finished runs: all of them; those of a plan YAML (exactly its runs, by key, whichever plan
+    first trained them); or those labelled with a plan name."""
+    if plan and plan.endswith((".yaml", ".yml")) and Path(plan).is_file():
+        from .plan import expand, load_plan
+
+        keys = {job.key for job in expand(load_plan(plan))}
+        return [r for r in store.runs() if r["key"] in keys]
+    return store.runs(plan=plan)
+
+
 def leaderboard(store: ResultsStore, plan: str | None = None, include_tuning: bool = False) -> dict[str, list[Row]]:
-    """Finished runs grouped into rows, per dataset, best mean test AUC first."""
+    """Finished runs (see :func:`select_runs`) grouped into rows, per dataset, best mean test AUC first."""
     groups: dict[tuple, Row] = {}
-    for r in store.runs(plan=plan):
+    for r in select_runs(store, plan):
         if r["plan"].startswith("tune:") and not include_tuning:
             continue
         key = (r["dataset"], _group_key(r))
@@ -235,7 +246,7 @@ def _tuning(store: ResultsStore) -> list[dict[str, Any]]:
 
 def _environments(store: ResultsStore, plan: str | None) -> list[tuple[str, int]]:
     envs: dict[str, int] = {}
-    for r in store.runs(plan=plan):
+    for r in select_runs(store, plan):
         e = r.get("environment") or {}
         text = (f"ctrlab {e.get('ctrlab')} (commit {e.get('git_commit') or 'unknown'}), torch {e.get('torch')}, "
                 f"Python {e.get('python')}, {e.get('cpu')} ({e.get('cores')} cores), CUDA {e.get('cuda')}")
