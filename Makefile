@@ -55,9 +55,9 @@ peers: $(BIN)/.installed
 	test -x $(FUXICTR_VENV)/bin/python || benchmarks/peers/setup_fuxictr.sh $(FUXICTR) $(FUXICTR_VENV)
 	for d in frappe_x1_subset movielens_100k; do \
 	  $(FUXICTR_VENV)/bin/python benchmarks/peers/run_fuxictr.py --fuxictr $(FUXICTR) --dataset $$d --skip-done || exit 1; \
-	  more=$$($(BIN)/python benchmarks/zoo_results.py --peer-args $$d); \
-	  if [ -n "$$more" ]; then $(FUXICTR_VENV)/bin/python benchmarks/peers/run_fuxictr.py --fuxictr $(FUXICTR) \
-	    --dataset $$d --skip-done $$more || exit 1; fi; \
+	  $(BIN)/python benchmarks/zoo_results.py --peer-args $$d | while read -r more; do \
+	    $(FUXICTR_VENV)/bin/python benchmarks/peers/run_fuxictr.py --fuxictr $(FUXICTR) \
+	      --dataset $$d --skip-done $$more || exit 1; done || exit 1; \
 	done
 	$(BIN)/python benchmarks/zoo_results.py --output docs/results.md --print
 

@@ -182,8 +182,9 @@ def more_seeds_section(models: list[str], more_seeds: list[int], bars: list[dict
     seeds_all = list(dict.fromkeys([*seeds, *more_seeds]))
     peer = load_peer(peer_file, seeds_all)
     lines = [f"### More seeds: {', '.join(models)}", "",
-             f"Seeds {seeds_all[0]}–{seeds_all[-1]} in both libraries for the models below the bar at 3 seeds "
-             "(rule and reason: grid `more-seeds` in `benchmarks/plans/zoo.yaml`). SE = standard error of Δ "
+             f"Up to seeds {seeds_all[0]}–{seeds_all[-1]}, the same in both libraries: 10 seeds for the models below "
+             "the bar at 3 seeds, 20 for those still below it at 10 (rule and reason: the `more-seeds` grids of "
+             "`benchmarks/plans/zoo.yaml`; n = runs per library). SE = standard error of Δ "
              "(Welch). Stalled = stopped ≥ 5 epochs before the model's median run. Epoch k = the last epoch that "
              "every run of the model (both libraries) trained: the mean validation AUC there compares the learning "
              "curves before any early stop could cut a run short.", "",
@@ -237,7 +238,8 @@ def main() -> int:
     ap.add_argument("--finished-only", action="store_true",
                     help="train nothing: render the finished runs in the store (after `ctrlab bench PLAN`)")
     ap.add_argument("--peer-args", metavar="DATASET",
-                    help="print run_fuxictr.py's --models/--seeds for DATASET's extra seeds and exit")
+                    help="print run_fuxictr.py's --models/--seeds for DATASET's extra seeds (a line per "
+                         "more-seeds grid) and exit")
     ap.add_argument("--print", action="store_true", help="also print the tables (ctrlab beside FuxiCTR)")
     args = ap.parse_args()
 
@@ -245,10 +247,10 @@ def main() -> int:
 
     plan = load_plan(args.plan, db=args.db, jobs=args.jobs)
     layout = plan_layout(plan)
-    if args.peer_args:  # used by `make peers`
-        d = layout.get(args.peer_args, {})
-        models, seeds = d.get("more_models", []), d.get("more_seeds", [])
-        print(f"--models {' '.join(models)} --seeds {' '.join(map(str, seeds))}" if models else "")
+    if args.peer_args:  # used by `make peers`: one line per more-seeds grid
+        for g in plan.grids:
+            if g.name == "more-seeds" and args.peer_args in g.datasets:
+                print(f"--models {' '.join(g.models)} --seeds {' '.join(map(str, g.seeds))}")
         return 0
 
     import torch
