@@ -61,7 +61,11 @@ def test_report_files_tables_and_published_numbers(store_path, tmp_path):
     pub = load_published()["Frappe_x1"]
     assert f"{pub['FinalMLP']['auc']:.4f} / {pub['FinalMLP']['logloss']:.4f}" in md  # beside the FinalMLP row
     assert "not comparable" in md and "docs/CTR/leaderboard/frappe_x1.csv" in md
-    assert "| 1 | FinalMLP | 2 | 0.9720 ± 0.0028 |" in md
+    assert "| 1 | FinalMLP | 2 | 0.9720 ± 0.0028 | – |" in md
+    from scipy.stats import ttest_ind
+
+    p = ttest_ind([0.960, 0.962, 0.964], [0.970, 0.974], equal_var=False).pvalue
+    assert "| 2 | DNN [preset#" in md and f"| 0.9620 ± 0.0020 | -0.0100 ({p:.2g}) |" in md  # gap and Welch p to #1
     assert "BARS" not in md.split("## movielens_100k")[1].split("##")[0]  # no published split for it
     assert "best trial = the completed trial with the highest mean validation AUC" in page  # the rule
     assert "abc1234" in page and "test cpu" in page  # environment

@@ -40,7 +40,9 @@ PUBLISHED_SPLITS: dict[str, tuple[str, bool]] = {
     "avazu_x1": ("Avazu_x1", True),
 }
 LEADERBOARD_RULE = ("rows ranked by mean test AUC over seeds; a row is one resolved config repeated over "
-                    "seeds; ± is the sample standard deviation over seeds")
+                    "seeds; ± is the sample standard deviation over seeds; Δ vs #1 (p): the gap to the top row "
+                    "and Welch's t-test p-value over the seeds (p > 0.05: not distinguishable from the top row "
+                    "with these seeds)")
 
 
 def load_published() -> dict[str, dict[str, dict[str, Any]]]:
@@ -179,19 +181,36 @@ def _fmt(stat: tuple[float, float] | None, digits: int = 4) -> str:
     return "–" if stat is None else f"{stat[0]:.{digits}f} ± {stat[1]:.{digits}f}"
 
 
+def _versus_best(row: Row, best: Row) -> str:
+    """Δ mean test AUC to the top row and Welch's t-test p-value over the two rows' seeds: whether
+    the gap is larger than the seed noise (BARS ranks single runs, whose spread can exceed the gaps)."""
+    if row is best:
+        return "–"
+    a = [r["test_auc"] for r in row.runs if r.get("test_auc") is not None]
+    b = [r["test_auc"] for r in best.runs if r.get("test_auc") is not None]
+    diff = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or len(b) < 2:
+        return f"{diff:+.4f}"
+    from scipy.stats import ttest_ind
+
+    p = ttest_ind(a, b, equal_var=False).pvalue
+    return f"{diff:+.4f} ({p:.2g})" if p == p else f"{diff:+.4f}"  # NaN when both spreads are 0
+
+
 def table_rows(dataset: str, rows: list[Row], published: dict) -> tuple[list[str], list[list[str]], str | None]:
     """(header, cells, note) of one dataset's leaderboard."""
     split, comparable = PUBLISHED_SPLITS.get(dataset, (None, False))
     pub = published.get(split, {}) if split else {}
-    header = ["#", "model", "seeds", "test AUC", "test logloss", "valid AUC", "epochs", "parameters", "s/epoch",
-              "samples/s"]
+    header = ["#", "model", "seeds", "test AUC", "Δ vs #1 (p)", "test logloss", "valid AUC", "epochs", "parameters",
+              "s/epoch", "samples/s"]
     if pub:
         header.append(f"BARS {split} AUC / logloss" + ("" if comparable else " (full train, not comparable)"))
     cells = []
     for i, row in enumerate(rows, 1):
         params = row.stat("parameters")
         spe, sps = row.stat("seconds_per_epoch"), row.stat("samples_per_s")
-        c = [str(i), row.label, str(len(row.runs)), _fmt(row.stat("test_auc")), _fmt(row.stat("test_logloss")),
+        c = [str(i), row.label, str(len(row.runs)), _fmt(row.stat("test_auc")), _versus_best(row, rows[0]),
+             _fmt(row.stat("test_logloss")),
              _fmt(row.stat("valid_auc")), _fmt(row.stat("epochs"), 1), f"{params[0]:,.0f}" if params else "–",
              f"{spe[0]:.2f}" if spe else "–", f"{sps[0]:,.0f}" if sps else "–"]
         if pub:
