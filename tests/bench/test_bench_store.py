@@ -90,3 +90,40 @@ def test_parallel_writers_lose_nothing(tmp_path):
     with ResultsStore(db) as s:
         assert len(s.runs()) == 120
         assert s.conn.execute("SELECT COUNT(*) FROM epochs").fetchone()[0] == 120
+
+
+def test_claim_outcomes(tmp_path):
+    with ResultsStore(tmp_path / "r.sqlite") as s:
+        assert s.claim_run("k", **META) == "claimed" and s.get("k")["status"] == "running"
+        assert s.claim_run("k", **META) == "claimed"  # our own row: taken again
+        s.conn.execute("UPDATE runs SET pid=1 WHERE key='k'")  # a live process that is not us
+        assert s.claim_run("k", **META) == "busy"
+        s.conn.execute("UPDATE runs SET pid=?, status='failed' WHERE key='k'", (2**22 + 12345,))
+        assert s.claim_run("k", **META) == "claimed"  # failed runs are retried
+        s.finish_run("k", {"parameters": 1, "epochs": 1, "valid": {}, "test": {}}, [])
+        assert s.claim_run("k", **META) == "finished"
+        assert s.claim_run("k", fresh=True, **META) == "claimed"
+
+
+def _claimer(db, barrier):
+    import os
+    import time
+
+    with ResultsStore(db) as s:
+        barrier.wait()
+        got = s.claim_run("contested", **META)
+        time.sleep(2.0)  # stay alive, owning the run, while the others try
+    os._exit(0 if got == "claimed" else 3)
+
+
+def test_only_one_of_racing_processes_claims_a_run(tmp_path):
+    db = tmp_path / "r.sqlite"
+    ResultsStore(db).close()
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    procs = [ctx.Process(target=_claimer, args=(str(db), barrier)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert sorted(p.exitcode for p in procs) == [0, 3, 3, 3]

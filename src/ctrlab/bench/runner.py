@@ -108,16 +108,16 @@ def run_job(job: Job, db: str, fresh: bool = False, callbacks=()) -> JobOutcome:
 
     label = _label(job)
     with ResultsStore(db) as store:
-        if not fresh and store.is_finished(job.key):
+        claim = store.claim_run(job.key, fresh=fresh, plan=job.plan, dataset=job.dataset, model=job.model,
+                                seed=job.seed, hparam_set=job.hparam_set, protocol=job.protocol, config=job.resolved,
+                                run_dir=job.run_dir, environment=environment())
+        if claim == "finished":
             row = store.get(job.key)
             return JobOutcome(job.key, label, "skipped", row["test_auc"], row["epochs"])
-        if store.owned_by_live_process(job.key):
+        if claim == "busy":
             return JobOutcome(job.key, label, "busy")
-        finished, resumable = (False, False) if fresh else _finished_run_folder(job)
-        store.start_run(job.key, plan=job.plan, dataset=job.dataset, model=job.model, seed=job.seed,
-                        hparam_set=job.hparam_set, protocol=job.protocol, config=job.resolved,
-                        run_dir=job.run_dir, environment=environment())
         try:
+            finished, resumable = (False, False) if fresh else _finished_run_folder(job)
             if finished:
                 out = Path(job.run_dir)
                 metrics = json.loads((out / "metrics.json").read_text())

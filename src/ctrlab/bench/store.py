@@ -156,6 +156,28 @@ class ResultsStore:
              socket.gethostname(), time.time(), json.dumps(environment)),
         )
 
+    def claim_run(self, key: str, *, fresh: bool = False, **meta: Any) -> str:
+        """Atomically take ``key`` for this process: ``"finished"`` (nothing to do unless
+        ``fresh``), ``"busy"`` (a live process on this host owns it) or ``"claimed"`` (now
+        ``running`` here; ``meta`` as for :meth:`start_run`). The check and the write happen in one
+        write transaction, so two benches never train the same run at once."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = self.conn.execute("SELECT status, pid, host FROM runs WHERE key=?", (key,)).fetchone()
+            if row is not None and row["status"] == "finished" and not fresh:
+                outcome = "finished"
+            elif (row is not None and row["status"] == "running" and row["host"] == socket.gethostname()
+                  and row["pid"] != os.getpid() and _pid_alive(row["pid"])):
+                outcome = "busy"
+            else:
+                self.start_run(key, **meta)
+                outcome = "claimed"
+            self.conn.execute("COMMIT")
+            return outcome
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+
     def record_epoch(self, key: str, record: Mapping[str, Any]) -> None:
         """One finished epoch (the trainer's record); replaces the same epoch of an earlier attempt."""
         self.conn.execute(
