@@ -145,7 +145,10 @@ def _suggest(trial, name: str, spec: ParamSpace) -> Any:
         return spec.choices[labels.index(trial.suggest_categorical(name, labels))]
     if spec.type == "int":
         return trial.suggest_int(name, int(spec.low), int(spec.high), step=int(spec.step or 1), log=spec.log)
-    return trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)
+    value = trial.suggest_float(name, float(spec.low), float(spec.high), step=spec.step, log=spec.log)
+    # Optuna's stepped floats carry binary noise (0.30000000000000004): round it off, so configs,
+    # run keys and folder contents read as written
+    return round(value, 12) if spec.step else value
 
 
 def _decode(cfg: TuneConfig, params: dict[str, Any]) -> dict[str, Any]:
