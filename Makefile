@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser bench report results peers venv clean
+.PHONY: demo test browser bench report results peers bench-peers venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,13 @@ peers: $(BIN)/.installed
 	      --dataset $$d --skip-done $$more || exit 1; done || exit 1; \
 	done
 	$(BIN)/python benchmarks/zoo_results.py --output docs/results.md --print
+
+## Speed and memory side by side with FuxiCTR and DeepCTR-Torch (same data, same hyperparameters, interleaved
+## runs in fresh processes), written to docs/performance.md. Needs the peers venv (see `make peers`).
+bench-peers: $(BIN)/.installed
+	test -x $(FUXICTR_VENV)/bin/python || benchmarks/peers/setup_fuxictr.sh $(FUXICTR) $(FUXICTR_VENV)
+	$(BIN)/python benchmarks/peers/bench_peers.py --peers-python $(FUXICTR_VENV)/bin/python --fuxictr $(FUXICTR) \
+	  --rows 1000000 --repeats 3 --output docs/performance.md --json docs/performance.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

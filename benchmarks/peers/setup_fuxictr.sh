@@ -56,6 +56,11 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
     "tqdm==4.67.1" \
     "Keras-Preprocessing==1.1.2"
 
+# DeepCTR-Torch for the performance harness (benchmarks/peers/bench_peers.py, issue 5), in the same
+# peers venv: 0.3.0 is its latest release; it imports `requests` without declaring it (and queries
+# PyPI for updates on import: the harness's workers block that).
+"${PIP[@]}" install "deepctr-torch==0.3.0" "requests==2.32.3"
+
 # The installed package must be the code of the checkout (same tag), otherwise the
 # model_zoo classes could be run against a different library version.
 "$VENV/bin/python" - "$CHECKOUT" <<'EOF'

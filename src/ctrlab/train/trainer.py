@@ -549,6 +549,11 @@ class Trainer:
             self.restore_best()
         return [dict(r) for r in self.history]
 
+    def train_epoch(self, loader: Iterable, epoch: int = 0) -> tuple[float, int]:
+        """One pass of the training step over ``loader`` (no validation, checkpoint or early
+        stopping): ``(mean loss, rows)``. For benchmarks and custom loops; :meth:`fit` uses it."""
+        return self._train_epoch(loader, epoch)
+
     def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None) -> dict[str, float]:
         """Metrics (default ``config.metrics``) of the current model on ``loader``."""
         names = list(metrics) if metrics is not None else list(self.config.metrics)
