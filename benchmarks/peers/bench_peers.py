@@ -131,8 +131,23 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="raw results JSON")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     ap.add_argument("--smoke", action="store_true", help="a few hundred rows, batch 64: proves the harness works")
+    ap.add_argument("--from-json", nargs="+", help="re-render the report from earlier runs' --json files, their "
+                    "results pooled (measures nothing)")
     args = ap.parse_args()
     log = lambda msg: print(msg, flush=True)  # noqa: E731
+    if args.from_json:
+        saved = [json.loads(Path(f).read_text()) for f in args.from_json]
+        for k, v in saved[0].get("args", {}).items():
+            setattr(args, k, v)
+        results = [r for s in saved for r in s["results"]]
+        libraries = list(dict.fromkeys(r["library"] for r in results))
+        perf = json.loads((HERE / "perf_config.json").read_text())
+        roof = next((s["roofline"] for s in saved if s.get("roofline")), None)
+        report = render(results, libraries, args, perf, roof, saved[0]["machine"])
+        print(report)
+        if args.output:
+            Path(args.output).write_text(report)
+        return 0
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-peers-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -154,12 +169,19 @@ def main() -> int:
     jobs: list[tuple[str, str | None, dict]] = []
     if "preprocess" in args.tasks:
         jobs.append(("preprocess", None, {"tsv": str(tsv)}))
+    frappe = {}
+    if "auc" in args.tasks:  # the real split every library trains on for the accuracy check
+        from ctrlab.data.datasets import get_dataset
+
+        fcfg = get_dataset("frappe_x1_subset")
+        frappe = {"train_csv": fcfg.files["train"], "valid_csv": fcfg.files["valid"], "test_csv": fcfg.files["test"],
+                  "categorical": [f.name for f in fcfg.features], "numeric": [], "label": fcfg.labels[0]}
     for task in ("train", "infer", "auc"):
         if task in args.tasks:
             for model in args.models:
                 cfg = {"model": model, "train_parquet": str(parquet), "timed_batches": args.timed_batches,
                        "epochs": args.auc_epochs, "rows": min(65536, args.rows), "single_rows": 200}
-                jobs.append((task, model, cfg))
+                jobs.append((task, model, {**cfg, **frappe} if task == "auc" else cfg))
     results: list[dict] = []
     for task, model, cfg in jobs:
         for r in range(args.repeats):
@@ -182,7 +204,10 @@ def main() -> int:
         Path(args.output).write_text(report)
         log(f"[bench-peers] wrote {args.output}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"machine": machine, "roofline": roof, "results": results}, indent=1))
+        run_args = {k: getattr(args, k) for k in ("rows", "repeats", "models", "smoke", "threads", "timed_batches",
+                                                  "auc_epochs")}
+        Path(args.json).write_text(json.dumps({"machine": machine, "roofline": roof, "args": run_args,
+                                               "results": results}, indent=1))
     failed = [r for r in results if "error" in r]
     return 1 if failed and args.smoke else 0
 
@@ -204,6 +229,43 @@ FIGURES = {  # task -> (metric, label, higher is better)
               ("single_row_ms_p99", "1-row p99 ms", False)],
     "auc": [("test_auc", "test AUC", True)],
 }
+
+
+def targets(results: list[dict], libraries: list[str], models: list[str]) -> list[str]:
+    """Issue 5's targets, each checked on the medians of this run: met, or by how much it is missed."""
+    def med(lib, task, model, key):
+        return median([r.get(key) for r in results if r["library"] == lib and r["task"] == task
+                       and r["model"] == model])
+
+    rows = []
+    def check(what, ok, detail):
+        rows.append(f"| {what} | {'met' if ok else '**not met**'} | {detail} |")
+
+    for peer, need in (("fuxictr", 5.0), ("deepctr", 2.0)):
+        if peer not in libraries:
+            continue
+        for model in models:
+            a, b = med("ctrlab", "train", model, "samples_per_s"), med(peer, "train", model, "samples_per_s")
+            if a and b:
+                check(f"train {model}: ≥ {need:g}× {LABELS[peer]}", a / b >= need, f"{a / b:.2f}×")
+    if "fuxictr" in libraries:
+        a, b = med("ctrlab", "preprocess", None, "rows_per_s"), med("fuxictr", "preprocess", None, "rows_per_s")
+        if a and b:
+            check("preprocess rows/s ≥ 10× FuxiCTR", a / b >= 10, f"{a / b:.2f}×")
+        a, b = med("ctrlab", "preprocess", None, "peak_rss_mb"), med("fuxictr", "preprocess", None, "peak_rss_mb")
+        if a and b:
+            check("preprocess peak RSS ≤ 0.5× FuxiCTR", a / b <= 0.5, f"{a / b:.2f}×")
+    for peer in [lib for lib in libraries if lib != "ctrlab"]:
+        for model in models:
+            a, b = med("ctrlab", "auc", model, "test_auc"), med(peer, "auc", model, "test_auc")
+            if a and b:
+                check(f"test AUC {model} ≥ {LABELS[peer]} − 0.001", a >= b - 0.001, f"{a - b:+.4f}")
+    a = med("ctrlab", "train", "DeepFM", "samples_per_s")
+    if a:
+        check("ctrlab DeepFM training ≥ 100k samples/s", a >= 100_000, f"{a:,.0f} samples/s")
+    if not rows:
+        return []
+    return ["## Targets (issue 5)", "", "| target | status | this run |", "|---|---|---|", *rows, ""]
 
 
 def _num(v: float) -> str:
@@ -228,7 +290,10 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
                     cells.append(_num(med[lib]) if med[lib] is not None else ("n/a" if any(errs) else "–"))
                 for p in peers:
                     ok = med["ctrlab"] is not None and med[p]
-                    cells.append(f"{med['ctrlab'] / med[p]:.2f}×" if ok else "–")
+                    if task == "auc":  # a ratio of AUCs says nothing: the difference
+                        cells.append(f"Δ {med['ctrlab'] - med[p]:+.4f}" if ok else "–")
+                    else:
+                        cells.append(f"{med['ctrlab'] / med[p]:.2f}×" if ok else "–")
                 lines.append("| " + " | ".join(cells) + " |")
     errors = sorted({f"{r['library']} {r['task']} {r['model'] or ''}: {r.get('error') or r.get('unsupported')}"
                      for r in results if r.get("error") or r.get("unsupported")})
@@ -242,6 +307,7 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
             f"{machine['platform']}, Python {machine['python']}.", "", *lines, ""]
     if errors:
         text += ["Not measured:", "", *[f"* {e}" for e in errors], ""]
+    text += targets(results, libraries, args.models)
     if roof:
         flops = deepfm_flops_per_sample(perf)
         ours = median([r.get("samples_per_s") for r in results
@@ -253,6 +319,9 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
                  f"forward), so fp32 caps DeepFM at {roof['float32'] * 1e9 / flops:,.0f} samples/s"
                  + (f"; ctrlab's DeepFM step reaches {ours:,.0f} samples/s = "
                     f"{ours / (roof['float32'] * 1e9 / flops):.0%} of that cap." if ours else "."), ""]
+    notes = HERE / "performance_notes.md"  # the hand-written analysis (profiles, levers), kept beside the harness
+    if notes.is_file() and not args.smoke:
+        text += [notes.read_text().strip(), ""]
     return "\n".join(text)
 
 

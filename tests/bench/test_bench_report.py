@@ -74,7 +74,11 @@ def test_report_files_tables_and_published_numbers(store_path, tmp_path):
     assert page.count("<svg") == 6
 
 
-def test_empty_store_is_a_clear_error(tmp_path):
+def test_missing_or_empty_store_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no results store"):
+        build_report(tmp_path / "missing.sqlite", tmp_path / "rep")
+    assert not (tmp_path / "missing.sqlite").exists()  # not created as a side effect
+    ResultsStore(tmp_path / "empty.sqlite").close()
     with pytest.raises(ValueError, match="no finished runs"):
         build_report(tmp_path / "empty.sqlite", tmp_path / "rep")
 

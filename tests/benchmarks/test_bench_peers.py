@@ -27,4 +27,4 @@ def test_harness_smoke_run(data_dir, tmp_path):
         assert 0.5 < ours[("auc", model)]["test_auc"] <= 1.0
     assert not [r for r in results if "error" in r]
     text = out.read_text()
-    assert "| train | DeepFM | samples/s |" in text and "## Roofline" in text
+    assert "| train | DeepFM | samples/s |" in text and "## Roofline" in text and "## Targets (issue 5)" in text

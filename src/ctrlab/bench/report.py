@@ -294,6 +294,8 @@ def build_report(db: str | Path, output: str | Path, plan: str | None = None,
     """Write report.html, report.md and the plots for the finished runs in ``db`` (one plan or all)."""
     from jinja2 import Environment, PackageLoader, select_autoescape
 
+    if not Path(db).is_file():
+        raise FileNotFoundError(f"{db}: no results store here (run `ctrlab bench PLAN.yaml` first, or pass --db)")
     output = Path(output)
     (output / "plots").mkdir(parents=True, exist_ok=True)
     published = load_published()
