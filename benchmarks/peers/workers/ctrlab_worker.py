@@ -19,6 +19,9 @@ Tasks and what is timed:
   warm-up pass) and single-row latency p50/p99 (forward on one encoded row, after 10 warm-ups).
 * ``auc`` [model, epochs]: ``epochs`` epochs on ``frappe_x1_subset`` with the same
   hyperparameters as the peers (no early stop), test AUC.
+
+Config key ``precision`` (``fp32`` default, ``bf16``) selects ``trainer.precision`` for every task:
+the harness's ``ctrlab-bf16`` column.
 """
 from __future__ import annotations
 
@@ -109,7 +112,7 @@ def _build(cfg: dict, data):
     seed_everything(2023)
     model = create(cfg["model"], data.feature_map, **model_params(cfg["model"], perf))
     tcfg = TrainerConfig(batch_size=perf["batch_size"], lr=perf["lr"], progress=False, device="cpu",
-                         num_threads=int(cfg.get("threads", 2)))
+                         num_threads=int(cfg.get("threads", 2)), precision=cfg.get("precision", "fp32"))
     return model, Trainer(model, tcfg, run_dir=Path(cfg.get("work_dir") or tempfile.mkdtemp()) / "run")
 
 
@@ -154,7 +157,7 @@ def task_infer(cfg: dict, perf: dict) -> dict:
     with torch.inference_mode():
         for i in range(10 + int(cfg.get("single_rows", 200))):
             t = time.perf_counter()
-            torch.sigmoid(model(one)["logit"])
+            torch.sigmoid(trainer._forward(one)["logit"])  # the trainer's forward: honours precision
             if i >= 10:
                 times.append(time.perf_counter() - t)
     ms = np.array(times) * 1e3
@@ -168,6 +171,7 @@ def task_auc(cfg: dict, perf: dict) -> dict:
     name = cfg["model"]
     params = {k: v for k, v in model_params(name, perf).items()}
     overrides = [f"trainer.epochs={int(cfg.get('epochs', 1))}", "trainer.patience=1000", "trainer.progress=false",
+                 f"trainer.precision={cfg.get('precision', 'fp32')}",
                  f"trainer.num_threads={int(cfg.get('threads', 2))}", "preset=none"]
     res = train(dataset="frappe_x1_subset", model=name, output=str(Path(cfg.get("work_dir") or tempfile.mkdtemp()) / "auc"),
                 overrides=overrides + [f"model_params.{k}={json.dumps(v)}" for k, v in params.items()],
@@ -188,7 +192,8 @@ def main() -> int:
     cfg["_perf"] = perf
     os.environ.setdefault("OMP_WAIT_POLICY", "passive")
     result = TASKS[args.task](cfg, perf)
-    print("RESULT " + json.dumps({"library": "ctrlab", "task": args.task, **result}))
+    print("RESULT " + json.dumps({"library": "ctrlab", "task": args.task, "precision": cfg.get("precision", "fp32"),
+                                  **result}))
     return 0
 
 

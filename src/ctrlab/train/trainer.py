@@ -196,6 +196,10 @@ class TrainerConfig:
     """Show tqdm progress bars (samples/s) during training and evaluation."""
     min_epochs: int = 0
     """Not BARS: never stop early before this many epochs (lr still decays on plateaus); 0 = BARS protocol exactly."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Non-BARS speed option. ``bf16``: forward passes run under ``torch.autocast`` with bfloat16
+    (matmuls on AMX units / tensor cores); the loss, regularizers, gradients' accumulation into the
+    weights, the optimizer state and the weights stay float32. ``fp32`` (default): float32 throughout."""
     bn_recalibration_batches: int = 0
     """Non-BARS option (0 = off, the BARS protocol). After each training epoch, re-estimate every
     BatchNorm layer's running mean/variance as an exact average over this many training batches
@@ -591,7 +595,7 @@ class Trainer:
                 n = int(batch["label"].shape[0])
                 batch = self._to_device(batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                outputs = self.model(batch)
+                outputs = self._forward(batch)
                 loss = self.model.loss(batch, outputs)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
@@ -630,7 +634,7 @@ class Trainer:
         for i, batch in enumerate(loader):
             if i >= max_batches:
                 break
-            self.model(self._to_device(batch))
+            self._forward(self._to_device(batch))
         for m, momentum in zip(bns, saved):
             m.momentum = momentum
 
@@ -651,7 +655,7 @@ class Trainer:
                     raise KeyError("evaluation batches need a 'label' tensor")
                 if "group" in batch:
                     groups.append(batch["group"].reshape(-1))
-                outputs = self.model(self._to_device(batch))
+                outputs = self._forward(self._to_device(batch))
                 p = torch.sigmoid(outputs["logit"].float()).reshape(-1)
                 probs.append(p)
                 if bar is not None:
@@ -698,6 +702,15 @@ class Trainer:
 
     def _current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
+
+    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The model's forward pass in the configured precision; floating outputs come back as
+        float32, so losses and metrics are computed in full precision."""
+        if self.config.precision == "fp32":
+            return self.model(batch)
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+            outputs = self.model(batch)
+        return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
 
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
