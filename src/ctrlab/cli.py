@@ -191,12 +191,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .bench.store import StoreError
     from .config import ConfigError
     from .data.errors import DataError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, StoreError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("CTRLAB_DEBUG"):
             raise
         print(f"ctrlab: error: {exc}", file=sys.stderr)

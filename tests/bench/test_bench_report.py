@@ -162,3 +162,10 @@ def test_a_plan_file_selects_exactly_its_runs(tmp_path):
         add_run(s, "unrelated", "DNN", 1, 0.95)
         assert [r["key"] for r in select_runs(s, str(plan_file))] == [job.key]
         assert select_runs(s, "mine") == [] and len(select_runs(s, "p")) == 2
+
+
+def test_cli_report_without_a_store_is_a_clean_error(tmp_path, capsys):
+    from ctrlab.cli import main
+
+    assert main(["report", "--db", str(tmp_path / "none.sqlite"), "--output", str(tmp_path / "rep")]) == 2
+    assert "no results store" in capsys.readouterr().err

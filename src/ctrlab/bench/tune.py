@@ -230,7 +230,8 @@ def tune(cfg: TuneConfig, log: Callable[[str], None] = print) -> TuneResult:
     store.close()
     complete = [t for t in trials if t["state"] == "COMPLETE" and t["value"] is not None and not math.isnan(t["value"])]
     if not complete:
-        raise RuntimeError(f"study {cfg.name!r}: no completed trial yet (see the failed/pruned runs in {cfg.db})")
+        raise ValueError(f"study {cfg.name!r}: no completed trial yet (see the failed/pruned runs in {cfg.db}); "
+                         "rerun with a larger budget")
     best = max(complete, key=lambda t: t["value"])
     log(f"[tune] best: trial {best['number']} mean valid AUC {best['value']:.6f}"
         + (f" (test AUC {best['test_auc']:.6f}, not used for selection)" if best["test_auc"] is not None else "")
