@@ -204,9 +204,10 @@ def main() -> int:
                     f"{k}={v:.4g}" for k, v in res.items() if isinstance(v, float))
                 log(f"[bench-peers] {task:10s} {model or '':8s} {lib:8s} #{r}: {what}")
     roof = roofline(args.threads) if "roofline" in args.tasks else None
+    from ctrlab.bench.runner import cpu_name
 
     machine = {"platform": platform.platform(), "python": platform.python_version(), "cores": os.cpu_count(),
-               "threads": args.threads, "cpu": _cpu()}
+               "threads": args.threads, "cpu": cpu_name()}
     report = render(results, libraries, args, perf, roof, machine)
     print(report)
     if args.output:
@@ -219,16 +220,6 @@ def main() -> int:
                                                "results": results}, indent=1))
     failed = [r for r in results if "error" in r]
     return 1 if failed and args.smoke else 0
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 FIGURES = {  # task -> (metric, label, higher is better)
@@ -314,7 +305,7 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
                 lines.append("| " + " | ".join(cells) + " |")
     errors = sorted({f"{r['library']} {r['task']} {r['model'] or ''}: {r.get('error') or r.get('unsupported')}"
                      for r in results if r.get("error") or r.get("unsupported")})
-    text = [f"# Performance: ctrlab vs FuxiCTR vs DeepCTR-Torch", "",
+    text = ["# Performance: ctrlab vs FuxiCTR vs DeepCTR-Torch", "",
             f"Command: `python benchmarks/peers/bench_peers.py --rows {args.rows} --repeats {args.repeats}"
             f"{' --smoke' if args.smoke else ''}` (`make bench-peers`). Medians over {args.repeats} repeats, each in a "
             "fresh process, libraries interleaved (A B C, C B A, ...). Same data (synthetic Criteo-shaped, "

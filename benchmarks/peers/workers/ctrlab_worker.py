@@ -60,6 +60,12 @@ def model_params(name: str, perf: dict) -> dict:
     raise SystemExit(f"unknown model {name!r}; perf_config has {sorted(perf['models'])}")
 
 
+def features(perf: dict) -> list[dict]:
+    """The harness's fields as ctrlab features: numerics log-normalised, categoricals min count 1."""
+    return ([{"name": c, "kind": "numeric", "normalizer": "log", "fill_value": 0.0} for c in perf["numeric"]]
+            + [{"name": c, "kind": "categorical", "min_count": 1} for c in perf["categorical"]])
+
+
 def criteo_tsv_config(tsv: Path, perf: dict):
     """A ctrlab dataset config for a headerless Criteo TSV (the same file as train, valid, test:
     the task times fitting and encoding once; valid/test reuse is cached by path)."""
@@ -69,8 +75,7 @@ def criteo_tsv_config(tsv: Path, perf: dict):
         "name": "criteo_tsv", "format": "tsv", "header": False,
         "column_names": [perf["label"], *perf["numeric"], *perf["categorical"]],
         "files": {"train": str(tsv)}, "labels": [perf["label"]],
-        "features": [{"name": c, "kind": "numeric", "normalizer": "log", "fill_value": 0.0} for c in perf["numeric"]]
-        + [{"name": c, "kind": "categorical", "min_count": 1} for c in perf["categorical"]],
+        "features": features(perf),
     })
 
 
@@ -93,8 +98,7 @@ def _prepared(cfg: dict):
     parquet = Path(cfg["train_parquet"])
     dcfg = load_dataset_config({
         "name": "perf_parquet", "format": "parquet", "files": {"train": str(parquet)}, "labels": [perf["label"]],
-        "features": [{"name": c, "kind": "numeric", "normalizer": "log", "fill_value": 0.0} for c in perf["numeric"]]
-        + [{"name": c, "kind": "categorical", "min_count": 1} for c in perf["categorical"]],
+        "features": features(perf),
     })
     t0 = time.perf_counter()
     data = prepare(dcfg, cache_dir=Path(cfg.get("work_dir") or tempfile.mkdtemp()) / "cache", log=lambda *a: None)

@@ -109,6 +109,12 @@ def _pid_alive(pid: int | None) -> bool:
     return True
 
 
+def _owned_by_another_live_process(row: sqlite3.Row | None) -> bool:
+    """A ``running`` row of a process on this host that is alive and is not this one."""
+    return (row is not None and row["status"] == "running" and row["host"] == socket.gethostname()
+            and row["pid"] != os.getpid() and _pid_alive(row["pid"]))
+
+
 class ResultsStore:
     """A connection to the results database at ``path`` (created with its parents if missing)."""
 
@@ -166,8 +172,7 @@ class ResultsStore:
             row = self.conn.execute("SELECT status, pid, host FROM runs WHERE key=?", (key,)).fetchone()
             if row is not None and row["status"] == "finished" and not fresh:
                 outcome = "finished"
-            elif (row is not None and row["status"] == "running" and row["host"] == socket.gethostname()
-                  and row["pid"] != os.getpid() and _pid_alive(row["pid"])):
+            elif _owned_by_another_live_process(row):
                 outcome = "busy"
             else:
                 self.start_run(key, **meta)
@@ -233,8 +238,7 @@ class ResultsStore:
         """True when ``key`` is ``running`` in a process on this host that is still alive (another
         worker or bench is training it right now)."""
         row = self.conn.execute("SELECT status, pid, host FROM runs WHERE key=?", (key,)).fetchone()
-        return (row is not None and row["status"] == "running" and row["host"] == socket.gethostname()
-                and row["pid"] != os.getpid() and _pid_alive(row["pid"]))
+        return _owned_by_another_live_process(row)
 
     def runs(self, *, plan: str | None = None, dataset: str | None = None, status: str | None = "finished") -> list[dict]:
         """Runs, optionally filtered, oldest first."""
