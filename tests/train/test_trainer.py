@@ -452,3 +452,70 @@ def test_bf16_precision_runs_the_forward_in_bfloat16_and_learns_like_fp32(tmp_pa
         assert all(p.dtype == torch.float32 for p in model.parameters())
         assert trainer.predict(BatchLoader(valid, 1024)).dtype == np.float64
     assert aucs["fp32"] > 0.75 and abs(aucs["bf16"] - aucs["fp32"]) < 0.01, aucs
+
+
+# ---- sparse embedding gradients -----------------------------------------------------------------
+def _deepfm(seed=0, **kw):
+    from ctrlab.models import create
+
+    seed_everything(seed)
+    return create("DeepFM", K.feature_map(), embedding_dim=4, hidden_units=[16], **kw)
+
+
+def _fit(model, cfg, run_dir, callbacks=(), resume=False):
+    from ctrlab.data.loader import BatchLoader
+
+    trainer = Trainer(model, cfg, run_dir, callbacks=callbacks)
+    trainer.fit(BatchLoader(K.make_split(3000, 1), 256, shuffle=True, seed=cfg.seed),
+                BatchLoader(K.make_split(1500, 2), 1024), resume=resume)
+    return trainer
+
+
+def test_sparse_embeddings_with_sgd_match_dense_sgd_including_clipping(tmp_path):
+    """SGD's sparse update equals the dense one, so any difference would come from the sparse
+    gradients or the clip over them (max_grad_norm small enough to clip every step)."""
+    weights = {}
+    for sparse in (False, True):
+        cfg = TrainerConfig(epochs=2, optimizer="sgd", lr=0.5, max_grad_norm=0.05, progress=False,
+                            sparse_embeddings=sparse, restore_best=False)
+        trainer = _fit(_deepfm(), cfg, tmp_path / str(sparse))
+        tables = [m for m in trainer.model.modules() if isinstance(m, torch.nn.Embedding) and m.sparse]
+        assert len(tables) == (2 if sparse else 0)  # the FM/DNN table and the linear term's table
+        weights[sparse] = K.weights(trainer.model)
+    for k, v in weights[False].items():
+        assert torch.allclose(v, weights[True][k], atol=1e-6), k
+    assert not torch.allclose(weights[False]["embedding.embedding.weight"],
+                              _deepfm().state_dict()["embedding.embedding.weight"])  # it trained
+
+
+def test_sparse_embeddings_with_adam_learn_like_dense_adam_and_resume_exactly(tmp_path):
+    """SparseAdam (lazy Adam) on the tables is a different update from dense Adam, so the bar is
+    learning as well; resume after an interrupt is bit-exact as with every other optimizer."""
+    from ctrlab.data.loader import BatchLoader
+    from ctrlab.train.optim import SparseDenseOptimizer
+
+    aucs = {}
+    for sparse in (False, True):
+        cfg = TrainerConfig(epochs=4, lr=1e-2, progress=False, sparse_embeddings=sparse)
+        trainer = _fit(_deepfm(), cfg, tmp_path / f"adam_{sparse}")
+        aucs[sparse] = trainer.evaluate(BatchLoader(K.make_split(1500, 3), 1024))["AUC"]
+        assert isinstance(trainer.optimizer, SparseDenseOptimizer) == sparse
+    assert aucs[False] > 0.75 and abs(aucs[True] - aucs[False]) < 0.01, aucs
+
+    cfg = TrainerConfig(epochs=4, lr=1e-2, progress=False, sparse_embeddings=True, patience=10)
+    whole = _fit(_deepfm(), cfg, tmp_path / "whole")
+    with pytest.raises(_Stop):
+        _fit(_deepfm(), cfg, tmp_path / "resumed", callbacks=[_stop_after(2)])
+    resumed = _fit(_deepfm(seed=5), cfg, tmp_path / "resumed", resume=True)
+    assert _strip(whole.history) == _strip(resumed.history)
+    for k, v in K.weights(whole.model).items():
+        assert torch.equal(v, K.weights(resumed.model)[k]), k
+
+
+def test_sparse_embeddings_refuse_a_whole_table_regularizer_and_adamw(tmp_path):
+    with pytest.raises(ConfigError, match="embedding_regularizer"):
+        Trainer(_deepfm(embedding_regularizer=0.01), TrainerConfig(sparse_embeddings=True), tmp_path)
+    with pytest.raises(ConfigError, match="adamw"):
+        TrainerConfig.from_dict({"sparse_embeddings": True, "optimizer": "adamw"})
+    with pytest.raises(ConfigError, match="sparse_embeddings"):
+        TrainerConfig.from_dict({"sparse_embeddings": "yes"})

@@ -169,6 +169,21 @@ class FeatureEmbedding(nn.Module):
         return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
 
 
+def enable_sparse_gradients(module: nn.Module) -> list[nn.Parameter]:
+    """Switch every fused categorical/sequence table of the :class:`FeatureEmbedding` layers inside
+    ``module`` to sparse gradients (``nn.Embedding(sparse=True)``: a backward pass yields only the
+    looked-up rows) and return those tables' weights, for a sparse-aware optimizer.
+
+    Only these tables are switched: they are read solely through lookups. Numeric-field vectors
+    are used as a whole (``x_f · v_f``) and keep dense gradients."""
+    tables = []
+    for m in module.modules():
+        if isinstance(m, FeatureEmbedding) and m.embedding is not None and m.embedding.weight.requires_grad:
+            m.embedding.sparse = True
+            tables.append(m.embedding.weight)
+    return tables
+
+
 class LinearLogit(nn.Module):
     """First-order term ``[b +] Σ_f w_f(x_f)`` → ``(B, 1)``: the sum of dimension-1 field embeddings
     (:class:`FeatureEmbedding` with ``embedding_dim=1``) plus, with ``bias=True``, a

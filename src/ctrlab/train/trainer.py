@@ -61,7 +61,9 @@ from torch import nn
 from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, to_dict
+from ..layers.embedding import enable_sparse_gradients
 from .metrics import METRIC_NAMES, evaluate_metrics
+from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
 __all__ = [
     "TrainerConfig",
@@ -200,6 +202,14 @@ class TrainerConfig:
     """Non-BARS speed option. ``bf16``: forward passes run under ``torch.autocast`` with bfloat16
     (matmuls on AMX units / tensor cores); the loss, regularizers, gradients' accumulation into the
     weights, the optimizer state and the weights stay float32. ``fp32`` (default): float32 throughout."""
+    sparse_embeddings: bool = False
+    """Non-BARS speed option for large vocabularies. The fused embedding tables get sparse
+    gradients (only the rows a batch looked up) and ``torch.optim.SparseAdam`` ("lazy Adam": a
+    row's moments move only when the row is in the batch) while every other parameter keeps
+    ``Adam``; with ``sgd`` the update is exactly the dense one. Dense Adam reads and writes every
+    table row at every step, so its cost grows with the vocabulary, SparseAdam's with the batch.
+    Needs ``optimizer`` adam or sgd and ``embedding_regularizer: 0`` (an L2 term over whole
+    tables has a dense gradient). Gradient clipping still uses the global norm over all parameters."""
     bn_recalibration_batches: int = 0
     """Non-BARS option (0 = off, the BARS protocol). After each training epoch, re-estimate every
     BatchNorm layer's running mean/variance as an exact average over this many training batches
@@ -290,8 +300,14 @@ class TrainerConfig:
         need_num("min_lr", 0.0, strict=False)
         need_num("min_delta", 0.0, strict=False)
         need_num("max_grad_norm", 0.0, strict=True, allow_none=True)
-        if self.optimizer not in ("adam", "adamw", "sgd"):
-            raise bad("optimizer", f"{self.optimizer!r} is not allowed; choose one of ['adam', 'adamw', 'sgd']")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"{self.optimizer!r} is not allowed; choose one of {list(OPTIMIZERS)}")
+        for key in ("sparse_embeddings", "restore_best", "progress", "reduce_lr_on_plateau"):
+            if not isinstance(getattr(self, key), bool):
+                raise bad(key, f"must be true or false, got {getattr(self, key)!r}")
+        if self.sparse_embeddings and self.optimizer == "adamw":
+            raise bad("sparse_embeddings", "works with optimizer adam (SparseAdam for the tables) or sgd, "
+                      "not adamw; set trainer.optimizer=adam or trainer.sparse_embeddings=false")
         if self.monitor_mode not in ("auto", "max", "min"):
             raise bad("monitor_mode", f"{self.monitor_mode!r} is not allowed; choose one of ['auto', 'max', 'min']")
         if not isinstance(self.metrics, (list, tuple)) or not self.metrics:
@@ -323,16 +339,6 @@ class TrainerConfig:
 # ---------------------------------------------------------------------------------------------
 # Helpers: optimizer, RNG states, atomic files
 # ---------------------------------------------------------------------------------------------
-def _make_optimizer(name: str, params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr)
-    raise ConfigError(f"unknown optimizer {name!r}")
-
-
 def _b64(t: torch.Tensor) -> str:
     return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
 
@@ -460,7 +466,19 @@ class Trainer:
             raise ValueError("the model has no parameters to train")
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
-        self.optimizer = _make_optimizer(config.optimizer, self._params, config.lr)
+        self._sparse_tables: list[nn.Parameter] = []
+        if config.sparse_embeddings:
+            if float(getattr(self.model, "embedding_regularizer", 0.0) or 0.0) > 0:
+                raise ConfigError(
+                    "trainer.sparse_embeddings: the model's embedding_regularizer "
+                    f"({self.model.embedding_regularizer}) is an L2 term over whole tables, whose gradient "
+                    "is dense; set model_params.embedding_regularizer=0 or trainer.sparse_embeddings=false"
+                )
+            self._sparse_tables = enable_sparse_gradients(self.model)
+            if not self._sparse_tables:
+                self._log("trainer.sparse_embeddings: the model has no embedding tables; nothing to make sparse",
+                          level=logging.WARNING)
+        self.optimizer = make_optimizer(config.optimizer, self._params, config.lr, self._sparse_tables)
         self.monitor = config.monitor_weights()
         self.monitor_mode = config.resolved_monitor_mode()
         self._reset_state()
@@ -489,7 +507,7 @@ class Trainer:
             if resume:
                 self._log(f"resume requested but {self.ckpt_dir} holds no checkpoint; starting fresh")
             # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
-            self.optimizer = _make_optimizer(cfg.optimizer, self._params, cfg.lr)
+            self.optimizer = make_optimizer(cfg.optimizer, self._params, cfg.lr, self._sparse_tables)
             self._reset_state()
             self._remove_checkpoints()
             n_params = sum(p.numel() for p in self._params if p.requires_grad)
@@ -599,7 +617,7 @@ class Trainer:
                 loss = self.model.loss(batch, outputs)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
-                    nn.utils.clip_grad_norm_(self._params, cfg.max_grad_norm)
+                    clip_grad_norm(self._params, cfg.max_grad_norm)
                 self.optimizer.step()
                 total += loss.detach().to(torch.float64)
                 n_batches += 1
