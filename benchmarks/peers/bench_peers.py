@@ -43,8 +43,11 @@ WORKERS = {"ctrlab": HERE / "workers" / "ctrlab_worker.py", "fuxictr": HERE / "w
            "deepctr": HERE / "workers" / "deepctr_worker.py"}
 # ctrlab's speed options as extra columns: (worker, extra config). The plain `ctrlab` column is the
 # default configuration, the one the targets are judged on; variants show what each lever adds.
-VARIANTS = {"ctrlab-bf16": ("ctrlab", {"precision": "bf16"})}
-LABELS = {"ctrlab": "ctrlab", "ctrlab-bf16": "ctrlab bf16", "fuxictr": "FuxiCTR 2.3.9", "deepctr": "DeepCTR-Torch 0.3.0"}
+VARIANTS = {"ctrlab-bf16": ("ctrlab", {"precision": "bf16"}),
+            "ctrlab-sparse": ("ctrlab", {"sparse_embeddings": True}),
+            "ctrlab-fast": ("ctrlab", {"precision": "bf16", "sparse_embeddings": True})}
+LABELS = {"ctrlab": "ctrlab", "ctrlab-bf16": "ctrlab bf16", "ctrlab-sparse": "ctrlab sparse",
+          "ctrlab-fast": "ctrlab bf16+sparse", "fuxictr": "FuxiCTR 2.3.9", "deepctr": "DeepCTR-Torch 0.3.0"}
 MODELS = ["DeepFM", "DCNv2", "FinalMLP"]
 
 
@@ -125,7 +128,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=1_000_000, help="synthetic training rows")
     ap.add_argument("--tasks", nargs="+", default=["preprocess", "train", "infer", "auc", "roofline"])
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    ap.add_argument("--libraries", nargs="+", default=["ctrlab", "ctrlab-bf16", "fuxictr", "deepctr"],
+    ap.add_argument("--libraries", nargs="+",
+                    default=["ctrlab", "ctrlab-bf16", "ctrlab-sparse", "ctrlab-fast", "fuxictr", "deepctr"],
                     choices=[*WORKERS, *VARIANTS])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -164,14 +168,17 @@ def main() -> int:
         perf["batch_size"] = 64
         perf_path = work / "perf_config_smoke.json"
         perf_path.write_text(json.dumps(perf))
-    pythons = {"ctrlab": sys.executable, "ctrlab-bf16": sys.executable, "fuxictr": args.peers_python,
+    pythons = {**{lib: sys.executable for lib in ("ctrlab", *VARIANTS)}, "fuxictr": args.peers_python,
                "deepctr": args.peers_python}
     libraries = [lib for lib in args.libraries if lib.startswith("ctrlab") or Path(pythons[lib]).exists()]
     if len(libraries) < len(args.libraries):
         log(f"[bench-peers] peers venv {args.peers_python} missing: running {libraries} only "
             "(create it with benchmarks/peers/setup_fuxictr.sh)")
     parquet, tsv = make_data(args.rows, work, log)
-    base = {"perf_config": str(perf_path), "threads": args.threads, "fuxictr": args.fuxictr}
+    # shared_dir: each library's encoded copy of the train Parquet, built by its first train/infer
+    # worker and reused by the others (not timed there; the preprocess task always starts from scratch)
+    base = {"perf_config": str(perf_path), "threads": args.threads, "fuxictr": args.fuxictr,
+            "shared_dir": str(work / "shared")}
 
     jobs: list[tuple[str, str | None, dict]] = []
     if "preprocess" in args.tasks:
@@ -196,6 +203,8 @@ def main() -> int:
             for lib in order:
                 if task == "preprocess" and lib in VARIANTS:
                     continue  # speed options act on training and inference, not on preprocessing
+                if task == "infer" and VARIANTS.get(lib, ("", {}))[1].get("sparse_embeddings"):
+                    continue  # sparse gradients change training only; inference is the fp32/bf16 column's
                 wd = work / "runs" / f"{lib}-{task}-{model}-{r}"
                 res = run_worker(lib, pythons[lib], task, {**base, **cfg, "work_dir": str(wd)}, args.timeout)
                 res.update({"library": lib, "task": task, "model": model, "repeat": r})

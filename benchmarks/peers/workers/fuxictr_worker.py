@@ -277,10 +277,21 @@ def _prepare_parquet(env: Env, test: str | None = None) -> tuple[dict, Path, flo
     parquet = str(Path(env.cfg["train_parquet"]).resolve())
     if not parquet.endswith("parquet"):
         raise SystemExit(f"train_parquet must be a *.parquet file (FuxiCTR's reader): {parquet}")
-    dparams = env.dataset_params("perf_parquet", "parquet", env.criteo_feature_cols("int"), parquet,
-                                 test=test)
+    dparams = env.dataset_params("perf_parquet" + ("_test" if test else ""), "parquet",
+                                 env.criteo_feature_cols("int"), parquet, test=test)
     t0 = time.perf_counter()
-    splits, data_dir = env.build(dparams)
+    shared = env.cfg.get("shared_dir")
+    if shared:  # built once by the first train/infer worker, reused by the next (not timed)
+        dparams["data_root"] = str(Path(shared) / "fuxictr_data")
+        data_dir = Path(dparams["data_root"]) / dparams["dataset_id"]
+        done = data_dir / "splits.json"
+        if done.is_file():
+            splits = json.loads(done.read_text())
+        else:
+            splits, data_dir = env.build(dparams)
+            done.write_text(json.dumps(splits))
+    else:
+        splits, data_dir = env.build(dparams)
     prep = time.perf_counter() - t0
     log(f"prepared {parquet} with FuxiCTR in {prep:.2f} s -> {data_dir}")
     return {**dparams, **splits}, data_dir, prep

@@ -18,7 +18,7 @@ Batches (see :mod:`ctrlab.data.loader`) are dicts of tensors keyed as follows:
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +120,10 @@ class FeatureMap:
 
     # ---- JSON I/O ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """A JSON-ready dict. The encoder states are shared with the map, not deep-copied: a
+        vocabulary can hold millions of entries, and copying them dominated saving."""
+        head = {k: v for k, v in asdict(replace(self, encoders={})).items() if k != "encoders"}
+        return {**head, "encoders": {k: dict(v) for k, v in self.encoders.items()}}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FeatureMap":
@@ -140,7 +143,15 @@ class FeatureMap:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1, ensure_ascii=False), encoding="utf-8")
+        d = self.to_dict()
+        encoders = d.pop("encoders")
+        # Readable layout (indented fields, one line per encoder), but each encoder state is dumped
+        # compactly: json's C encoder only runs without `indent`, and vocabularies are long lists.
+        lines = [f"  {json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}"
+                 for k, v in encoders.items()]
+        text = json.dumps(d, indent=1, ensure_ascii=False)[:-2]  # strip the closing "\n}"
+        text += ',\n "encoders": {\n' + ",\n".join(lines) + ("\n" if lines else "") + " }\n}\n"
+        tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
 
     @classmethod
