@@ -11,7 +11,9 @@ turns (A B C, then C B A, ...) so that machine drift cancels; each figure is the
 Tasks:
 
 * ``preprocess``: a raw Criteo-format TSV (13 numeric + 26 categorical, no header) into each
-  library's model-ready data: rows/s and peak RSS of the worker.
+  library's model-ready data: rows/s and peak RSS of the worker. Run on the synthetic TSV (model
+  column ``–``) and on the real Criteo sample ``criteo_head10k`` (7,200 raw Kaggle lines; at that
+  size fixed start-up costs dominate, so it shows format handling more than throughput).
 * ``train``: steady-state training samples/s of DeepFM, DCNv2, FinalMLP, each library with its
   own data loader and training step.
 * ``infer``: batch-4096 prediction rows/s and single-row latency (p50, p99).
@@ -21,7 +23,8 @@ Tasks:
   (fp32 and bf16) and what fraction of it ctrlab's DeepFM step reaches.
 
 Data: the ``synthetic`` Criteo-shaped generator (``--rows``, default 1M, with fields of up to 1M
-distinct ids) as Parquet for ``train``/``infer`` and as a raw TSV for ``preprocess``. ``--smoke``
+distinct ids) as Parquet for ``train``/``infer`` and as a raw TSV for ``preprocess``, plus the real
+``criteo_head10k`` sample for ``preprocess`` when ``CTRLAB_DATA_DIR`` has it. ``--smoke``
 runs everything on a few hundred rows with batch 64 (the CI test; peers only if their venv exists).
 """
 from __future__ import annotations
@@ -87,6 +90,23 @@ def make_data(rows: int, work: Path, log) -> tuple[Path, Path]:
         df.collect().write_csv(tsv, separator="\t", include_header=False, null_value="")
         log(f"[bench-peers] wrote {tsv} ({rows:,} rows) in {time.perf_counter() - t0:.1f} s")
     return parquet, tsv
+
+
+REAL_CRITEO = "criteo_head10k"
+"""Model-column tag of the preprocess task on the real Criteo sample (ctrlab's ``criteo_head10k``)."""
+
+
+def criteo_head(log) -> Path | None:
+    """The train file of ``criteo_head10k`` (7,200 raw Kaggle Criteo lines, headerless TSV, the
+    harness's format), or None with a note when the dataset is not in ``CTRLAB_DATA_DIR``."""
+    from ctrlab.data.datasets import get_dataset
+    from ctrlab.data.datasets.registry import DatasetNotFoundError
+
+    try:
+        return Path(get_dataset(REAL_CRITEO).files["train"])
+    except DatasetNotFoundError as exc:
+        log(f"[bench-peers] skipping preprocess on the real Criteo sample: {str(exc).splitlines()[0]}")
+        return None
 
 
 def roofline(threads: int) -> dict:
@@ -183,6 +203,9 @@ def main() -> int:
     jobs: list[tuple[str, str | None, dict]] = []
     if "preprocess" in args.tasks:
         jobs.append(("preprocess", None, {"tsv": str(tsv)}))
+        real = criteo_head(log)
+        if real is not None:  # the same task on real Criteo lines: hex ids, empty cells, real skew
+            jobs.append(("preprocess", REAL_CRITEO, {"tsv": str(real)}))
     frappe = {}
     if "auc" in args.tasks:  # the real split every library trains on for the accuracy check
         from ctrlab.data.datasets import get_dataset
@@ -294,7 +317,7 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
     head = ["task", "model", "figure", *[LABELS[lib] for lib in libraries], *[f"ctrlab / {LABELS[p]}" for p in peers]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for task, figures in FIGURES.items():
-        models = [None] if task == "preprocess" else args.models
+        models = [None, REAL_CRITEO] if task == "preprocess" else args.models
         for model in models:
             rs = [r for r in results if r["task"] == task and r["model"] == model]
             if not rs:

@@ -50,15 +50,33 @@ def stable_hash(value: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little") % buckets
 
 
+def _vocab_series(vocab: list[str]) -> tuple[pl.Series, pl.Series]:
+    """The vocabulary and its ids as Polars series (what ``replace_strict`` maps with), built once
+    per vocabulary list: converting a million-entry Python list on every call cost more than the
+    mapping itself."""
+    key = (id(vocab), len(vocab))
+    hit = _VOCAB_SERIES.get(key)
+    if hit is None or hit[0] is not vocab:
+        ids = pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
+        hit = (vocab, pl.Series(vocab, dtype=pl.String), ids)
+        if len(_VOCAB_SERIES) > 256:
+            _VOCAB_SERIES.clear()
+        _VOCAB_SERIES[key] = hit
+    return hit[1], hit[2]
+
+
+_VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], pl.Series, pl.Series]] = {}
+"""Cache of :func:`_vocab_series`; entries hold their list, so an id is never reused while cached."""
+
+
 def _map_tokens(tokens: pl.Series, vocab: list[str], hash_buckets: int | None) -> pl.Series:
     """Map a String series to int32 ids with the vocabulary (or stable hashing)."""
     if hash_buckets:
         uniq = tokens.unique().drop_nulls()
         ids = [FIRST_ID + stable_hash(v, hash_buckets) for v in uniq.to_list()]
         return tokens.replace_strict(uniq, ids, default=OOV_ID, return_dtype=pl.Int32)
-    return tokens.replace_strict(
-        vocab, list(range(FIRST_ID, FIRST_ID + len(vocab))), default=OOV_ID, return_dtype=pl.Int32
-    )
+    keys, ids = _vocab_series(vocab)
+    return tokens.replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
 
 
 def _fit_vocab(tokens: pl.Series, min_count: int) -> list[str]:

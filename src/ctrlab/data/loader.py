@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 # Arrays whose integer ids become int64 tensors (embedding / gather indices).
 _INDEX_PREFIXES = ("cat", "seq:", "group")
@@ -70,6 +72,8 @@ def _key_name(stem: str) -> str:
 
 def to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     """numpy arrays -> batch tensors (int ids as int64, everything else float32)."""
+    import torch  # here, not at module level: preprocessing (encode + cache) never needs torch (~190 MB)
+
     batch = {}
     for key, arr in arrays.items():
         is_index = key.startswith(_INDEX_PREFIXES)

