@@ -33,8 +33,9 @@ def test_csv_with_header_gz_real_criteo(data_dir):
     df = read_split(cfg, path, ["C1", "I3", "label"])
     assert df.columns == ["C1", "I3", "label", LINE]
     assert df.height == 200
-    assert df.dtypes[:3] == [pl.String] * 3  # cells stay text; the encoders convert them
-    assert df.row(0) == ("05db9164", "260.0", "0", 2)  # first data row is line 2 (after the header)
+    # numeric features are parsed by the reader; other cells stay text (the encoders convert them)
+    assert df.dtypes[:3] == [pl.String, pl.Float64, pl.String]
+    assert df.row(0) == ("05db9164", 260.0, "0", 2)  # first data row is line 2 (after the header)
     assert df[LINE].to_list() == list(range(2, 202))
     assert df.row(199)[2:] == ("0", 201)
 
@@ -301,3 +302,15 @@ def test_bad_line_with_label_only(write, check_error):
         read_split(cfg_of(format="libsvm"), path, ["f0", "label"])
     msg = check_error(ei.value, path, 2, None, "use format: libfm")
     assert "line has 0 index:value tokens but line 1 has 2" in msg
+
+
+def test_headerless_tsv_numeric_columns_parsed_by_the_reader(tmp_path):
+    """Headerless files get Polars' column_<i> names internally: the Float64 override must still
+    land on the numeric features (and only them), requested out of file order."""
+    path = tmp_path / "t.tsv"
+    path.write_text("1\t3\tab\t\n0\t-2.5\tcd\t7\n")
+    cfg = cfg_of(format="tsv", header=False, column_names=["label", "x", "c", "y"],
+                 features=[{"name": "c"}, {"name": "y", "kind": "numeric"}, {"name": "x", "kind": "numeric"}])
+    df = read_split(cfg, path, ["y", "c", "x", "label"])
+    assert df.dtypes[:4] == [pl.Float64, pl.String, pl.Float64, pl.String]
+    assert df["y"].to_list() == [None, 7.0] and df["x"].to_list() == [3.0, -2.5]

@@ -23,7 +23,8 @@ Tasks and what is timed:
 Config keys ``precision`` (``fp32`` default, ``bf16``) and ``sparse_embeddings`` (false default)
 select ``trainer.precision`` / ``trainer.sparse_embeddings`` for every task: the harness's
 ``ctrlab-bf16``, ``ctrlab-sparse`` and ``ctrlab-fast`` (both) columns. ``shared_dir``: encoded
-data cache reused across workers (train/infer prepare the Parquet once, untimed).
+data cache reused across workers (train/infer prepare the Parquet once, untimed). ``compile``:
+``nn.Module.compile()`` (TorchInductor) on the model, the ``ctrlab-compile`` lever.
 """
 from __future__ import annotations
 
@@ -118,6 +119,8 @@ def _build(cfg: dict, data):
     torch.set_num_threads(int(cfg.get("threads", 2)))
     seed_everything(2023)
     model = create(cfg["model"], data.feature_map, **model_params(cfg["model"], perf))
+    if cfg.get("compile"):  # the harness's ctrlab-compile lever: TorchInductor on the whole model
+        model.compile()
     tcfg = TrainerConfig(batch_size=perf["batch_size"], lr=perf["lr"], progress=False, device="cpu",
                          num_threads=int(cfg.get("threads", 2)), precision=cfg.get("precision", "fp32"),
                          sparse_embeddings=bool(cfg.get("sparse_embeddings", False)))

@@ -66,7 +66,16 @@ def _vocab_series(vocab: list[str]) -> tuple[pl.Series, pl.Series]:
 
 
 _VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], pl.Series, pl.Series]] = {}
-"""Cache of :func:`_vocab_series`; entries hold their list, so an id is never reused while cached."""
+"""Cache of :func:`_vocab_series`; entries hold their list, so an id is never reused while cached.
+Vocabulary lists are never changed in place (encoders assign new lists)."""
+
+
+def _remember_vocab_series(vocab: list[str], series: pl.Series) -> None:
+    """Seed the cache with a Series the vocabulary was just built from (saves converting it back)."""
+    if len(_VOCAB_SERIES) > 256:
+        _VOCAB_SERIES.clear()
+    ids = pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
+    _VOCAB_SERIES[(id(vocab), len(vocab))] = (vocab, series.cast(pl.String).rename(""), ids)
 
 
 def _map_tokens(tokens: pl.Series, vocab: list[str], hash_buckets: int | None) -> pl.Series:
@@ -100,6 +109,18 @@ class CategoricalEncoder:
     def _tokens(self, df: pl.DataFrame) -> pl.Series:
         return df[self.column].cast(pl.String).fill_null("")
 
+    def tokens_expr(self) -> pl.Expr:
+        """The column as tokens (strings; a missing cell is ``""``), as a Polars expression."""
+        return pl.col(self.column).cast(pl.String).fill_null("")
+
+    def transform_expr(self) -> pl.Expr:
+        """:meth:`transform` as a Polars expression (vocabulary encoders only, not hashing), so that
+        many columns are encoded by one parallel ``select``."""
+        if self.spec.hash_buckets:
+            raise ValueError(f"{self.spec.name!r} hashes its values; use transform()")
+        keys, ids = _vocab_series(self.vocab)
+        return self.tokens_expr().replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
+
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "CategoricalEncoder":
         if not self.spec.hash_buckets:
             self.vocab = _fit_vocab(self._tokens(df), self.spec.min_count)
@@ -110,6 +131,25 @@ class CategoricalEncoder:
 
     def state(self) -> dict[str, Any]:
         return {"spec": _spec_dict(self.spec), "vocab": self.vocab}
+
+
+def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> None:
+    """Fit the vocabularies of many categorical encoders at once, with the same result as their
+    ``fit``: one Polars query per column (token counts, ``min_count`` filter, order by count then
+    value), all collected together so that Polars runs them in parallel."""
+    queries = [
+        df.lazy()
+        .select(enc.tokens_expr().alias("token"))
+        .group_by("token")
+        .agg(pl.len().alias("n"))
+        .filter(pl.col("n") >= enc.spec.min_count)
+        .sort(["n", "token"], descending=[True, False])
+        for enc in encoders
+    ]
+    for enc, counts in zip(encoders, pl.collect_all(queries)):
+        tokens = counts["token"]
+        enc.vocab = tokens.to_list()
+        _remember_vocab_series(enc.vocab, tokens)
 
 
 class NumericEncoder:

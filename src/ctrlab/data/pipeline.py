@@ -35,6 +35,7 @@ from .encoders import (
     SequenceEncoder,
     encode_labels,
     encoder_from_state,
+    fit_vocabularies,
 )
 from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
 from .loader import EncodedSplit
@@ -42,6 +43,8 @@ from .readers import read_split
 from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
 
 CACHE_VERSION = 1
+ENCODE_BLOCK_ROWS = 1 << 18
+"""Rows per block when encoding vocabulary columns (bounds the temporaries, not the result)."""
 
 
 def default_cache_dir() -> Path:
@@ -78,8 +81,11 @@ def raw_columns(cfg: DatasetConfig, with_labels: bool = True) -> list[str]:
 def fit_feature_map(cfg: DatasetConfig, train: pl.DataFrame, path: Path | None = None) -> FeatureMap:
     """Fit all encoders on the train frame and describe the encoded inputs."""
     encoders = _make_encoders(cfg)
+    by_vocab = [e for e in encoders.values() if isinstance(e, CategoricalEncoder) and not e.spec.hash_buckets]
+    fit_vocabularies(train, by_vocab)  # all vocabulary columns in one parallel pass
     for enc in encoders.values():
-        enc.fit(train, path)
+        if not any(enc is e for e in by_vocab):
+            enc.fit(train, path)
     fmap = FeatureMap(dataset=cfg.name, labels=list(cfg.labels), group_field=cfg.group_field)
     for spec in cfg.features:  # keep the config's order inside each group
         enc = encoders[spec.name]
@@ -124,8 +130,19 @@ def encode_frame(
     n = df.height
     arrays: dict[str, np.ndarray] = {}
     cat = np.zeros((n, len(fmap.categorical)), dtype=np.int32)
+    by_vocab = [j for j, f in enumerate(fmap.categorical)
+                if isinstance(encoders[f.name], CategoricalEncoder) and not encoders[f.name].spec.hash_buckets]
+    if by_vocab:
+        # One select over every vocabulary column (Polars runs the columns in parallel), a block
+        # of rows at a time so that the temporaries stay small next to the frame itself.
+        exprs = [encoders[fmap.categorical[j].name].transform_expr().alias(str(j)) for j in by_vocab]
+        for start in range(0, n, ENCODE_BLOCK_ROWS):
+            ids = df.slice(start, ENCODE_BLOCK_ROWS).select(exprs)
+            cat[start:start + ids.height, by_vocab] = ids.to_numpy()
+            del ids
     for j, f in enumerate(fmap.categorical):
-        cat[:, j] = encoders[f.name].transform(df, path)
+        if j not in by_vocab:
+            cat[:, j] = encoders[f.name].transform(df, path)
     arrays["cat"] = cat
     num = np.zeros((n, len(fmap.numeric)), dtype=np.float32)
     for j, f in enumerate(fmap.numeric):
@@ -215,13 +232,18 @@ def prepare(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = {}
+    encoded: dict[str, EncodedSplit] = {}
     for split, p in files.items():
         df = train_df if split == "train" else read_split(cfg, p, columns)
+        train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
         enc = encode_frame(df, fmap, p, encoders=encoders)
+        del df
         enc.save(tmp / split)
         counts[split] = len(enc)
         log(f"[ctrlab]   {split}: {len(enc):,} rows from {p}")
-        del df
+        if not mmap:
+            encoded[split] = enc  # what the saved files hold: no need to read them back
+        del enc
     fmap.save(tmp / "feature_map.json")
     (tmp / "dataset_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     manifest = {
@@ -242,5 +264,5 @@ def prepare(
         if not (folder / "manifest.json").exists():
             raise
         shutil.rmtree(tmp, ignore_errors=True)
-    splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
+    splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
     return PreparedData(fmap, splits, folder, cfg, reused=False)
