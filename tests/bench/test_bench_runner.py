@@ -138,3 +138,20 @@ def test_shipped_plans_load():
             assert cfg.space and (cfg.trials or cfg.minutes)
         else:
             assert expand(load_plan(path))
+
+
+def test_adding_an_option_at_its_default_keeps_run_identities():
+    """Runs recorded before trainer.precision / trainer.sparse_embeddings existed have configs
+    without them: at their defaults those options must not change a run's key (else every
+    stored run would be retrained); any other value must."""
+    from ctrlab.bench.plan import LATER_OPTIONS, make_job, run_key
+
+    job = make_job("p", "runs", "frappe_x1_subset", "LR", seed=2021)
+    assert set(LATER_OPTIONS["trainer"]) <= set(job.resolved["trainer"])  # today's configs carry them
+    old = {**job.resolved, "trainer": {k: v for k, v in job.resolved["trainer"].items()
+                                      if k not in LATER_OPTIONS["trainer"]}}
+    assert run_key(old) == job.key
+    for key, value in (("precision", "bf16"), ("sparse_embeddings", True)):
+        changed = {**job.resolved, "trainer": {**job.resolved["trainer"], key: value}}
+        assert run_key(changed) != job.key
+    assert run_key({**job.resolved, "trainer": {**job.resolved["trainer"], "lr": 0.01}}) != job.key

@@ -128,9 +128,19 @@ def load_plan(source: str | Path | dict, **overrides: Any) -> BenchPlan:
     return plan
 
 
+LATER_OPTIONS: dict[str, dict[str, Any]] = {"trainer": {"precision": "fp32", "sparse_embeddings": False}}
+"""Options added after the results store's first runs, with their defaults. At its default such an
+option is left out of a run's identity, so adding an option never renames (and retrains) the runs
+recorded before it existed; any other value is part of the identity. Append new options here."""
+
+
 def run_key(resolved: dict[str, Any]) -> str:
-    """Identity of a run: sha256 of its resolved config without the output folder."""
+    """Identity of a run: sha256 of its resolved config without the output folder (and without
+    :data:`LATER_OPTIONS` at their defaults)."""
     body = {k: v for k, v in resolved.items() if k != "output"}
+    for section, defaults in LATER_OPTIONS.items():
+        if isinstance(body.get(section), dict):
+            body[section] = {k: v for k, v in body[section].items() if not (k in defaults and v == defaults[k])}
     return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 

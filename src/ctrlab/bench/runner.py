@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .plan import BenchPlan, Job, expand
+from .plan import BenchPlan, Job, expand, run_key
 from .store import ResultsStore
 
 
@@ -87,7 +87,8 @@ def _finished_run_folder(job: Job) -> tuple[bool, bool]:
     saved = out / "run_config.yaml"
     if not saved.is_file():
         return False, False
-    same = yaml.safe_load(saved.read_text()) == json.loads(json.dumps(job.resolved))
+    # same identity (run_key), so a folder saved before a later option existed still matches
+    same = run_key(yaml.safe_load(saved.read_text()) or {}) == job.key
     if not same:
         return False, False
     if (out / "metrics.json").is_file() and (out / "history.json").is_file():
