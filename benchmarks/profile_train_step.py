@@ -1,6 +1,7 @@
 """Where does a ctrlab training step spend its time? torch.profiler over steady-state batches.
 
     .venv/bin/python benchmarks/profile_train_step.py --model DeepFM --rows 200000 [--batches 20] [--threads 2]
+        [--precision bf16] [--sparse]
 
 Uses the performance harness's data (the ``synthetic`` generator) and hyperparameters
 (``benchmarks/peers/perf_config.json``) and the trainer's own step (``Trainer.train_epoch``): one
@@ -27,6 +28,8 @@ def main() -> int:
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--top", type=int, default=15)
+    ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16"], help="trainer.precision")
+    ap.add_argument("--sparse", action="store_true", help="trainer.sparse_embeddings")
     args = ap.parse_args()
 
     import torch
@@ -40,7 +43,8 @@ def main() -> int:
     spec.loader.exec_module(worker)
     perf = json.loads((HERE / "peers" / "perf_config.json").read_text())
     parquet = get_dataset("synthetic", rows=int(args.rows / 0.8) + 1).files["train"]
-    cfg = {"model": args.model, "train_parquet": parquet, "threads": args.threads, "_perf": perf}
+    cfg = {"model": args.model, "train_parquet": parquet, "threads": args.threads, "_perf": perf,
+           "precision": args.precision, "sparse_embeddings": args.sparse}
     data, _ = worker._prepared(cfg)
     model, trainer = worker._build(cfg, data)
     n = args.batches * perf["batch_size"]
@@ -48,7 +52,8 @@ def main() -> int:
     loader = BatchLoader(subset, perf["batch_size"], shuffle=True, seed=0)
     emb = sum(p.numel() for p in model.embedding_parameters())
     print(f"{args.model}: {model.count_parameters():,} parameters, {emb:,} in embedding tables; "
-          f"{args.batches} batches of {perf['batch_size']}, {torch.get_num_threads()} threads")
+          f"{args.batches} batches of {perf['batch_size']}, {torch.get_num_threads()} threads, "
+          f"precision {args.precision}, sparse embeddings {args.sparse}")
     trainer.train_epoch(loader, epoch=0)
     t0 = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -60,7 +65,8 @@ def main() -> int:
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     groups = {"optimizer (Adam)": ("adam", "_foreach", "lerp", "addcdiv", "sqrt"),
-              "embedding forward/backward": ("embedding",), "matmul (addmm/mm)": ("addmm", "aten::mm", "matmul")}
+              "embedding forward/backward": ("embedding",), "matmul (addmm/mm)": ("addmm", "aten::mm", "matmul"),
+              "sparse gradients (coalesce/sort)": ("coalesce", "aten::sort")}
     for name, keys in groups.items():
         t = sum(e.self_cpu_time_total for e in events if any(k in e.key.lower() for k in keys))
         print(f"{name:30s} {t / total:6.1%} of self CPU time")
