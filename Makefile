@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser bench report results peers bench-peers venv clean
+.PHONY: demo test browser bench report results peers bench-peers bench-peers-10m venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,14 @@ bench-peers: $(BIN)/.installed
 	test -x $(FUXICTR_VENV)/bin/python || benchmarks/peers/setup_fuxictr.sh $(FUXICTR) $(FUXICTR_VENV)
 	$(BIN)/python benchmarks/peers/bench_peers.py --peers-python $(FUXICTR_VENV)/bin/python --fuxictr $(FUXICTR) \
 	  --rows 1000000 --repeats 3 --output docs/performance.md --json docs/performance.json
+
+## The same at 10M rows (tables of several million ids): preprocessing and DeepFM training only, 2 repeats
+## (FuxiCTR alone needs ~5 min and ~12 GB per 10M-row preprocessing), to docs/performance-10m.md.
+bench-peers-10m: $(BIN)/.installed
+	test -x $(FUXICTR_VENV)/bin/python || benchmarks/peers/setup_fuxictr.sh $(FUXICTR) $(FUXICTR_VENV)
+	$(BIN)/python benchmarks/peers/bench_peers.py --peers-python $(FUXICTR_VENV)/bin/python --fuxictr $(FUXICTR) \
+	  --rows 10000000 --repeats 2 --tasks preprocess train --models DeepFM --timeout 2400 --no-notes \
+	  --output docs/performance-10m.md --json docs/performance-10m.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

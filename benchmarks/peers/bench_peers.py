@@ -54,6 +54,8 @@ VARIANTS = {"ctrlab-bf16": ("ctrlab", {"precision": "bf16"}),
 LABELS = {"ctrlab": "ctrlab", "ctrlab-bf16": "ctrlab bf16", "ctrlab-sparse": "ctrlab sparse",
           "ctrlab-fast": "ctrlab bf16+sparse", "ctrlab-compile": "ctrlab torch.compile", "fuxictr": "FuxiCTR 2.3.9", "deepctr": "DeepCTR-Torch 0.3.0"}
 MODELS = ["DeepFM", "DCNv2", "FinalMLP"]
+DEFAULT_TASKS = ["preprocess", "train", "infer", "auc", "roofline"]
+DEFAULT_LIBRARIES = ["ctrlab", "ctrlab-bf16", "ctrlab-sparse", "ctrlab-fast", "fuxictr", "deepctr"]
 
 
 def run_worker(library: str, python: str, task: str, config: dict, timeout: float) -> dict:
@@ -148,10 +150,9 @@ def main() -> int:
                     help="python of the peers venv (benchmarks/peers/setup_fuxictr.sh)")
     ap.add_argument("--fuxictr", default=str(REPO / ".peers" / "FuxiCTR"), help="FuxiCTR checkout (model_zoo/)")
     ap.add_argument("--rows", type=int, default=1_000_000, help="synthetic training rows")
-    ap.add_argument("--tasks", nargs="+", default=["preprocess", "train", "infer", "auc", "roofline"])
+    ap.add_argument("--tasks", nargs="+", default=DEFAULT_TASKS, choices=DEFAULT_TASKS)
     ap.add_argument("--models", nargs="+", default=MODELS, choices=MODELS)
-    ap.add_argument("--libraries", nargs="+",
-                    default=["ctrlab", "ctrlab-bf16", "ctrlab-sparse", "ctrlab-fast", "fuxictr", "deepctr"],
+    ap.add_argument("--libraries", nargs="+", default=DEFAULT_LIBRARIES,
                     choices=[*WORKERS, *VARIANTS])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -162,6 +163,10 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="raw results JSON")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker")
     ap.add_argument("--smoke", action="store_true", help="a few hundred rows, batch 64: proves the harness works")
+    ap.add_argument("--runs-note", default=None,
+                    help="with --from-json: which run measured which task (printed under the command)")
+    ap.add_argument("--no-notes", action="store_true",
+                    help="leave performance_notes.md (the hand-written analysis) out of the report")
     ap.add_argument("--from-json", nargs="+", help="re-render the report from earlier runs' --json files, their "
                     "results pooled (measures nothing)")
     args = ap.parse_args()
@@ -171,14 +176,18 @@ def main() -> int:
         for k, v in saved[0].get("args", {}).items():
             setattr(args, k, v)
         results = [r for s in saved for r in s["results"]]
-        libraries = list(dict.fromkeys(r["library"] for r in results))
+        order = [*DEFAULT_LIBRARIES, *WORKERS, *VARIANTS]
+        libraries = sorted(dict.fromkeys(r["library"] for r in results), key=order.index)
         perf = json.loads((HERE / "perf_config.json").read_text())
         roof = next((s["roofline"] for s in saved if s.get("roofline")), None)
-        args.runs_note = saved[0].get("runs")  # how pooled results were measured, when they were
+        args.runs_note = args.runs_note or saved[0].get("runs")  # how pooled results were measured
         report = render(results, libraries, args, perf, roof, saved[0]["machine"])
         print(report)
         if args.output:
             Path(args.output).write_text(report)
+        if args.json:  # the pooled results, re-renderable on their own
+            Path(args.json).write_text(json.dumps({**saved[0], "roofline": roof, "runs": args.runs_note,
+                                                   "results": results}, indent=1))
         return 0
 
     work = Path(args.work_dir or tempfile.mkdtemp(prefix="bench-peers-"))
@@ -249,8 +258,8 @@ def main() -> int:
         Path(args.output).write_text(report)
         log(f"[bench-peers] wrote {args.output}")
     if args.json:
-        run_args = {k: getattr(args, k) for k in ("rows", "repeats", "models", "smoke", "threads", "timed_batches",
-                                                  "auc_epochs")}
+        run_args = {k: getattr(args, k) for k in ("rows", "repeats", "models", "tasks", "smoke", "threads",
+                                                  "timed_batches", "auc_epochs")}
         Path(args.json).write_text(json.dumps({"machine": machine, "roofline": roof, "args": run_args,
                                                "results": results}, indent=1))
     failed = [r for r in results if "error" in r]
@@ -315,6 +324,16 @@ def _num(v: float) -> str:
     return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}"
 
 
+def _subset_flags(args) -> str:
+    """The --tasks / --models flags of a run that did not measure everything."""
+    out = ""
+    if list(args.tasks) != DEFAULT_TASKS:
+        out += " --tasks " + " ".join(args.tasks)
+    if list(args.models) != MODELS:
+        out += " --models " + " ".join(args.models)
+    return out
+
+
 def render(results: list[dict], libraries: list[str], args, perf: dict, roof: dict | None, machine: dict) -> str:
     peers = [lib for lib in libraries if not lib.startswith("ctrlab")]
     head = ["task", "model", "figure", *[LABELS[lib] for lib in libraries], *[f"ctrlab / {LABELS[p]}" for p in peers]]
@@ -342,7 +361,7 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
                      for r in results if r.get("error") or r.get("unsupported")})
     text = ["# Performance: ctrlab vs FuxiCTR vs DeepCTR-Torch", "",
             f"Command: `python benchmarks/peers/bench_peers.py --rows {args.rows} --repeats {args.repeats}"
-            f"{' --smoke' if args.smoke else ''}` (`make bench-peers`). Medians over {args.repeats} repeats, each in a "
+            f"{' --smoke' if args.smoke else ''}{_subset_flags(args)}` (`make bench-peers` runs the default tasks at 1M rows). Medians over {args.repeats} repeats, each in a "
             "fresh process, libraries interleaved (A B C, C B A, ...). Same data (synthetic Criteo-shaped, "
             f"{args.rows:,} training rows), same hyperparameters (`benchmarks/peers/perf_config.json`: embedding "
             f"{perf['embedding_dim']}, batch {perf['batch_size']}, Adam {perf['lr']})."
@@ -364,7 +383,7 @@ def render(results: list[dict], libraries: list[str], args, perf: dict, roof: di
                  + (f"; ctrlab's DeepFM step reaches {ours:,.0f} samples/s = "
                     f"{ours / (roof['float32'] * 1e9 / flops):.0%} of that cap." if ours else "."), ""]
     notes = HERE / "performance_notes.md"  # the hand-written analysis (profiles, levers), kept beside the harness
-    if notes.is_file() and not args.smoke:
+    if notes.is_file() and not args.smoke and not getattr(args, "no_notes", False):
         text += [notes.read_text().strip(), ""]
     return "\n".join(text)
 

@@ -4,6 +4,7 @@
 #   benchmarks/peers/setup_fuxictr.sh PATH_TO_FUXICTR_CHECKOUT [VENV]
 #
 # PATH_TO_FUXICTR_CHECKOUT is a source tree of the reczoo/FuxiCTR repository at a release tag
+# (cloned there at $FUXICTR_TAG, default v2.3.9, when the path does not exist)
 # (e.g. v2.3.9: `git clone --branch v2.3.9 <FuxiCTR repo>`, or `git archive v2.3.9 | tar -x -C DIR`
 # in an existing clone). Its fuxictr/version.py decides which `fuxictr`
 # release is installed from PyPI; the PyPI wheel lacks model_zoo/ (DNN, DeepFM, ...), so
@@ -22,6 +23,14 @@ set -euo pipefail
 if [[ $# -lt 1 || $# -gt 2 ]]; then
     sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
+fi
+FUXICTR_TAG=${FUXICTR_TAG:-v2.3.9}
+if [[ ! -e "$1" ]]; then  # no checkout yet: clone the tag (needs network; nothing of it is committed here)
+    echo "cloning reczoo/FuxiCTR $FUXICTR_TAG into $1"
+    git clone --quiet --depth 1 --branch "$FUXICTR_TAG" https://github.com/reczoo/FuxiCTR.git "$1" || {
+        echo "error: could not clone FuxiCTR $FUXICTR_TAG into $1 (offline?); clone it by hand and rerun" >&2
+        exit 1
+    }
 fi
 CHECKOUT=$(cd "$1" && pwd)
 VENV=${2:-$(cd "$(dirname "$0")/../.." && pwd)/.peers/fuxictr-venv}

@@ -88,7 +88,17 @@ def _import_deepctr():
     return deepctr_torch
 
 
-def _peak_rss_mb():
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory in MiB: Linux's VmHWM, which starts afresh at exec.
+    (``ru_maxrss`` does not: a worker forked from a parent that once held gigabytes reports the
+    parent's peak.) Elsewhere, ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
