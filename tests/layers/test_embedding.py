@@ -133,3 +133,30 @@ def test_per_field_dim_override_is_rejected():
 
 def _batch_ab():
     return {"cat": torch.tensor([[1, 2], [3, 4], [0, 5]])}
+
+
+def test_row_lookup_matches_nn_embedding_bit_for_bit():
+    """The fused table's lookup (faster CPU backward) returns the same rows and the same weight
+    gradient as nn.Embedding, repeated ids included; sparse tables keep nn.Embedding's path."""
+    import torch
+    from torch import nn
+
+    from ctrlab.layers.embedding import lookup
+
+    torch.manual_seed(0)
+    table = nn.Embedding(50, 4)
+    ids = torch.randint(0, 50, (64, 3, 5))  # many repeats
+    weights = torch.randn(64, 3, 5, 4)
+    ref = table(ids)
+    (ref * weights).sum().backward()
+    want = table.weight.grad.clone()
+    table.weight.grad = None
+    got = lookup(table, ids)
+    assert torch.equal(got, ref)
+    assert got.grad_fn is not None and "RowLookup" in type(got.grad_fn).__name__
+    (got * weights).sum().backward()
+    assert torch.equal(table.weight.grad, want)
+    table.sparse = True
+    assert "Embedding" in type(lookup(table, ids).grad_fn).__name__
+    with torch.no_grad():  # inference: no graph at all
+        assert lookup(table, ids).grad_fn is None

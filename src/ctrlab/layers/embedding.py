@@ -14,6 +14,38 @@ EMBEDDING_INIT_STD = 1e-4
 """FuxiCTR initialises embedding rows from N(0, 1e-4²)."""
 
 
+class _RowLookup(torch.autograd.Function):
+    """``weight[ids]`` whose backward accumulates with ``index_add_`` into a dense gradient.
+
+    The same gradient as ``nn.Embedding``'s (bit for bit on CPU, where ``index_add_`` sums in
+    row order), at half the cost: torch's CPU ``embedding_dense_backward`` sorts the ids first,
+    and it was 30% of a bf16 DeepFM training step (benchmarks/profile_train_step.py)."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(ids)
+        ctx.rows = weight.shape[0]
+        return weight.index_select(0, ids.reshape(-1)).view(*ids.shape, weight.shape[1])
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (ids,) = ctx.saved_tensors
+        dim = grad.shape[-1]
+        grad_weight = grad.new_zeros(ctx.rows, dim)
+        grad_weight.index_add_(0, ids.reshape(-1), grad.reshape(-1, dim))
+        return grad_weight, None
+
+
+def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table`` for ``ids`` (any shape) -> ``(*ids.shape, dim)``: ``table(ids)``, with the
+    faster backward of :class:`_RowLookup` for dense gradients on CPU (sparse tables, other
+    devices and inference use ``nn.Embedding`` itself)."""
+    w = table.weight
+    if table.sparse or w.device.type != "cpu" or not (torch.is_grad_enabled() and w.requires_grad):
+        return table(ids)
+    return _RowLookup.apply(w, ids)
+
+
 class FeatureEmbedding(nn.Module):
     """Embed a batch into ``(B, num_fields, D)``, fields in ``feature_map.field_names()`` order.
 
@@ -141,7 +173,7 @@ class FeatureEmbedding(nn.Module):
         if name not in self.cat_names:
             raise KeyError(f"{name!r} is not a categorical field of this embedding: {self.cat_names}")
         col = int(self.cat_cols[self.cat_names.index(name)])
-        return self.embedding(batch["cat"][:, col] + self._cat_block[name])
+        return lookup(self.embedding, batch["cat"][:, col] + self._cat_block[name])
 
     def sequence_embedding(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``((B, L, D), mask (B, L))`` for sequence ``name``; padded positions are zero vectors."""
@@ -149,7 +181,7 @@ class FeatureEmbedding(nn.Module):
             raise KeyError(f"{name!r} is not a sequence of this embedding: {self.seq_names}")
         ids = batch["seq:" + name]
         mask = sequence_mask(ids)
-        emb = self.embedding(ids + self._seq_offset[name])
+        emb = lookup(self.embedding, ids + self._seq_offset[name])
         return emb * mask.unsqueeze(-1).to(emb.dtype), mask
 
     # ---- forward ------------------------------------------------------------------------------
@@ -157,7 +189,7 @@ class FeatureEmbedding(nn.Module):
         parts = []
         if self.cat_names:
             cat = batch["cat"] if self._all_cat else batch["cat"][:, self.cat_cols]
-            parts.append(self.embedding(cat + self.cat_offsets))  # (B, n_cat, D)
+            parts.append(lookup(self.embedding, cat + self.cat_offsets))  # (B, n_cat, D)
         if self.numeric is not None:
             num = batch["num"] if self._all_num else batch["num"][:, self.num_cols]
             parts.append(num.unsqueeze(-1) * self.numeric.weight)  # (B, n_num, D)
