@@ -49,12 +49,14 @@ Other optional config keys: ``threads`` (default 2, ``torch.set_num_threads``), 
 
 import argparse
 import json
-import resource
 import sys
 import threading
 import time
 import traceback
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # worker_memory.py, beside this file
+from worker_memory import peak_rss_mb as _peak_rss_mb  # noqa: E402
 
 DEFAULT_PERF_CONFIG = Path(__file__).resolve().parents[1] / "perf_config.json"
 UNSUPPORTED = {"FinalMLP": "DeepCTR-Torch 0.3.0 has no FinalMLP"}
@@ -86,20 +88,6 @@ def _import_deepctr():
         if t is not threading.current_thread() and not t.daemon:
             t.join(timeout=5)
     return deepctr_torch
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB: Linux's VmHWM, which starts afresh at exec.
-    (``ru_maxrss`` does not: a worker forked from a parent that once held gigabytes reports the
-    parent's peak.) Elsewhere, ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _load_perf_config(cfg):

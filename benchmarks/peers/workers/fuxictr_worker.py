@@ -88,6 +88,9 @@ import time
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # worker_memory.py, beside this file
+from worker_memory import peak_rss_mb  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 PERF_CONFIG = HERE.parent / "perf_config.json"
 RUN_FUXICTR = HERE.parent / "run_fuxictr.py"
@@ -96,20 +99,6 @@ MODELS = ("DeepFM", "DCNv2", "FinalMLP")
 
 def log(msg: str) -> None:
     print(msg, flush=True)
-
-
-def peak_rss_mb() -> float:
-    """This process's peak resident memory in MiB: Linux's VmHWM, which starts afresh at exec.
-    (``ru_maxrss`` does not: a worker forked from a parent that once held gigabytes reports the
-    parent's peak.) Elsewhere, ``ru_maxrss``."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def peak_rss() -> dict:
