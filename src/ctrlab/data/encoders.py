@@ -50,32 +50,24 @@ def stable_hash(value: str, buckets: int) -> int:
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little") % buckets
 
 
-def _vocab_series(vocab: list[str]) -> tuple[pl.Series, pl.Series]:
+def _vocab_series(vocab: list[str], built_from: pl.Series | None = None) -> tuple[pl.Series, pl.Series]:
     """The vocabulary and its ids as Polars series (what ``replace_strict`` maps with), built once
     per vocabulary list: converting a million-entry Python list on every call cost more than the
-    mapping itself."""
+    mapping itself. ``built_from``: a Series the list was just made from (saves converting back)."""
     key = (id(vocab), len(vocab))
     hit = _VOCAB_SERIES.get(key)
-    if hit is None or hit[0] is not vocab:
+    if built_from is not None or hit is None or hit[0] is not vocab:
+        keys = built_from.cast(pl.String).rename("") if built_from is not None else pl.Series(vocab, dtype=pl.String)
         ids = pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
-        hit = (vocab, pl.Series(vocab, dtype=pl.String), ids)
         if len(_VOCAB_SERIES) > 256:
             _VOCAB_SERIES.clear()
-        _VOCAB_SERIES[key] = hit
+        hit = _VOCAB_SERIES[key] = (vocab, keys, ids)
     return hit[1], hit[2]
 
 
 _VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], pl.Series, pl.Series]] = {}
 """Cache of :func:`_vocab_series`; entries hold their list, so an id is never reused while cached.
 Vocabulary lists are never changed in place (encoders assign new lists)."""
-
-
-def _remember_vocab_series(vocab: list[str], series: pl.Series) -> None:
-    """Seed the cache with a Series the vocabulary was just built from (saves converting it back)."""
-    if len(_VOCAB_SERIES) > 256:
-        _VOCAB_SERIES.clear()
-    ids = pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
-    _VOCAB_SERIES[(id(vocab), len(vocab))] = (vocab, series.cast(pl.String).rename(""), ids)
 
 
 def _map_tokens(tokens: pl.Series, vocab: list[str], hash_buckets: int | None) -> pl.Series:
@@ -123,7 +115,7 @@ class CategoricalEncoder:
 
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "CategoricalEncoder":
         if not self.spec.hash_buckets:
-            self.vocab = _fit_vocab(self._tokens(df), self.spec.min_count)
+            fit_vocabularies(df, [self])
         return self
 
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
@@ -149,7 +141,7 @@ def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> 
     for enc, counts in zip(encoders, pl.collect_all(queries)):
         tokens = counts["token"]
         enc.vocab = tokens.to_list()
-        _remember_vocab_series(enc.vocab, tokens)
+        _vocab_series(enc.vocab, built_from=tokens)
 
 
 class NumericEncoder:
