@@ -314,3 +314,7 @@ def test_headerless_tsv_numeric_columns_parsed_by_the_reader(tmp_path):
     df = read_split(cfg, path, ["y", "c", "x", "label"])
     assert df.dtypes[:4] == [pl.Float64, pl.String, pl.Float64, pl.String]
     assert df["y"].to_list() == [None, 7.0] and df["x"].to_list() == [3.0, -2.5]
+    # a column that also feeds a categorical feature keeps its text ("3", not "3.0")
+    cfg = cfg_of(format="tsv", header=False, column_names=["label", "x", "c", "y"],
+                 features=[{"name": "x", "kind": "numeric"}, {"name": "x_id", "source": "x"}])
+    assert read_split(cfg, path, ["x", "label"])["x"].to_list() == ["3", "-2.5"]

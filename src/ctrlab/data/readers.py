@@ -120,7 +120,12 @@ def _require(path: Path, available: list[str], wanted: list[str], line: int | No
 
 
 def _numeric_columns(cfg: DatasetConfig) -> set[str]:
-    return {column_of(f) for f in cfg.features if isinstance(f, NumericSpec)}
+    """Columns read only as numeric features (a column that also feeds a categorical feature, a
+    label or the group field stays text, so its tokens are the file's own strings)."""
+    numeric = {column_of(f) for f in cfg.features if isinstance(f, NumericSpec)}
+    other = {column_of(f) for f in cfg.features if not isinstance(f, NumericSpec)}
+    other |= set(cfg.labels) | ({cfg.group_field} if cfg.group_field else set())
+    return numeric - other
 
 
 def read_csv(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFrame:
