@@ -185,10 +185,26 @@ def compile_model(model, perf):
     model.compile(optimizer, "binary_crossentropy", metrics=["binary_crossentropy"])
 
 
+class _Unsupported(Exception):
+    """The task's model is one DeepCTR-Torch 0.3.0 lacks: reported as ``{"unsupported": ...}``."""
+
+
 def _unsupported(name):
     msg = UNSUPPORTED[name]
     print(f"{msg}: nothing to measure.")
     return {"unsupported": msg}
+
+
+def _start_model_task(cfg, perf):
+    """What every model task does first: stop (``_Unsupported``) on a model DeepCTR-Torch lacks,
+    check the model's config, import DeepCTR-Torch (update check blocked), set torch's threads.
+    Returns torch."""
+    name = cfg["model"]
+    if name in UNSUPPORTED:
+        raise _Unsupported(name)
+    _check_model(name, perf)
+    _import_deepctr()
+    return _setup_torch(cfg)
 
 
 def _prepare_parquet(cfg, perf):
@@ -236,11 +252,7 @@ def task_train(cfg, perf):
     DataLoader (per-sample indexing + collate), forward, loss, ``loss.item()``, backward and Adam step for
     every batch. fit's own setup (np.concatenate of the inputs, building the DataLoader) is not timed."""
     name = cfg["model"]
-    if name in UNSUPPORTED:
-        return _unsupported(name)
-    _check_model(name, perf)
-    _import_deepctr()
-    torch = _setup_torch(cfg)
+    torch = _start_model_task(cfg, perf)
     from deepctr_torch.callbacks import Callback
 
     class EpochTimer(Callback):
@@ -291,11 +303,7 @@ def task_infer(cfg, perf):
     import numpy as np
 
     name = cfg["model"]
-    if name in UNSUPPORTED:
-        return _unsupported(name)
-    _check_model(name, perf)
-    _import_deepctr()
-    _setup_torch(cfg)
+    _start_model_task(cfg, perf)
     batch_size = int(perf["batch_size"])
     rows, single_rows = int(cfg.get("rows", 65536)), int(cfg.get("single_rows", 200))
     data, (linear_cols, dnn_cols, model_input), prepare_seconds = _prepare_parquet(cfg, perf)
@@ -341,11 +349,7 @@ def task_auc(cfg, perf):
     from sklearn.metrics import roc_auc_score
 
     name = cfg["model"]
-    if name in UNSUPPORTED:
-        return _unsupported(name)
-    _check_model(name, perf)
-    _import_deepctr()
-    _setup_torch(cfg)
+    _start_model_task(cfg, perf)
     label = cfg.get("label", "label")
     sparse = list(cfg["categorical"])
     dense = list(cfg.get("numeric", []))
@@ -392,7 +396,10 @@ def main(argv=None):
         cfg = json.loads(args.config)
         if not isinstance(cfg, dict):
             raise ValueError("--config must be a JSON object")
-        result = TASKS[args.task](cfg, _load_perf_config(cfg))
+        try:
+            result = TASKS[args.task](cfg, _load_perf_config(cfg))
+        except _Unsupported as exc:
+            result = _unsupported(exc.args[0])
     except Exception as exc:  # report, never print a RESULT line
         traceback.print_exc()
         print(f"ERROR: deepctr_worker {args.task} failed: {type(exc).__name__}: {exc}", file=sys.stderr)
