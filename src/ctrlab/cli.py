@@ -3,6 +3,8 @@
     ctrlab train --dataset frappe_x1_subset --model FinalMLP [--config F] [--set key=value ...]
     ctrlab evaluate RUN
     ctrlab predict RUN --input raw.csv --output scores.csv
+    ctrlab export RUN [--format onnx|torch] [--output DIR]
+    ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
     ctrlab tune SEARCH.yaml [--trials N] [--minutes M]
     ctrlab report [--db F] [--output DIR]
@@ -58,6 +60,31 @@ def cmd_predict(args) -> int:
 
     probs = predict(args.run, args.input, args.output, input_format=args.format)
     print(f"[ctrlab] wrote {len(probs):,} probabilities to {args.output}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    from .serve.artifact import export_run
+
+    out = export_run(args.run, args.output, format=args.format, opset=args.opset, overwrite=args.overwrite)
+    manifest = json.loads((out / "manifest.json").read_text())
+    parity = manifest.get("parity")
+    print(f"[ctrlab] exported {manifest['model']['name']} ({args.format}) to {out.resolve()}")
+    if parity:
+        print(f"[ctrlab] parity ONNX Runtime vs PyTorch: max |dp| = {parity['max_abs_diff']:.2e} on {parity['rows']:,} rows")
+    print(f"[ctrlab] serve it: ctrlab serve {out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .serve.config import ServeConfig
+    from .serve.server import serve
+
+    cfg = ServeConfig(host=args.host, port=args.port, backend=args.backend, threads=args.threads,
+                      max_body_bytes=int(args.max_body_mb * (1 << 20)), max_request_rows=args.max_request_rows,
+                      max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                      access_log=args.access_log)
+    serve(args.artifact, cfg)
     return 0
 
 
@@ -152,6 +179,38 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", help="input format if it differs from the training data's (csv, tsv, parquet, ...)")
     pr.set_defaults(func=cmd_predict)
 
+    from .serve.config import ServeConfig
+
+    sc = ServeConfig()
+    ex = sub.add_parser("export", help="export a finished run to a self-contained artifact folder (ONNX or safetensors)")
+    ex.add_argument("run", help="run folder")
+    ex.add_argument("--format", choices=["onnx", "torch"], default="onnx",
+                    help="onnx (ONNX Runtime; default) or torch (safetensors weights, model rebuilt by name)")
+    ex.add_argument("--output", help="artifact folder (default RUN/export-FORMAT)")
+    ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default %(default)s)")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing artifact folder")
+    ex.set_defaults(func=cmd_export)
+
+    sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
+    sv.add_argument("artifact", help="artifact folder from ctrlab export")
+    sv.add_argument("--host", default=sc.host, help="address to bind (default %(default)s: loopback only)")
+    sv.add_argument("--port", type=int, default=sc.port, help="TCP port (default %(default)s)")
+    sv.add_argument("--backend", choices=["auto", "onnx", "torch"], default=sc.backend,
+                    help="model runtime (default auto: ONNX Runtime when the artifact has model.onnx)")
+    sv.add_argument("--threads", type=int, help="intra-op threads of the model runtime (default: one per core)")
+    sv.add_argument("--max-body-mb", type=float, default=sc.max_body_bytes / (1 << 20),
+                    help="largest request body in MiB; larger gets 413 (default %(default)s)")
+    sv.add_argument("--max-request-rows", type=int, default=sc.max_request_rows,
+                    help="most records per request; more gets 413 (default %(default)s)")
+    sv.add_argument("--max-batch-rows", type=int, default=sc.max_batch_rows,
+                    help="most rows per micro-batched model call (default %(default)s)")
+    sv.add_argument("--max-wait-ms", type=float, default=sc.max_wait_ms,
+                    help="longest wait for concurrent requests to join a batch (default %(default)s)")
+    sv.add_argument("--queue-size", type=int, default=sc.queue_size,
+                    help="requests that may wait for the model before 503 (default %(default)s)")
+    sv.add_argument("--access-log", action="store_true", help="log every request")
+    sv.set_defaults(func=cmd_serve)
+
     b = sub.add_parser("bench", help="run a plan of models x datasets x seeds (resumable), results into SQLite")
     b.add_argument("plan", nargs="?", help="plan YAML (see benchmarks/plans/)")
     b.add_argument("--jobs", type=int, help="parallel worker processes (overrides the plan's)")
@@ -194,10 +253,11 @@ def main(argv: list[str] | None = None) -> int:
     from .bench.store import StoreError
     from .config import ConfigError
     from .data.errors import DataError
+    from .serve.artifact import ArtifactError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, StoreError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, StoreError, ArtifactError, FileNotFoundError, ValueError) as exc:
         if os.environ.get("CTRLAB_DEBUG"):
             raise
         print(f"ctrlab: error: {exc}", file=sys.stderr)

@@ -11,6 +11,7 @@ cell is the empty string, an ordinary value.
 from __future__ import annotations
 
 import hashlib
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -70,12 +71,52 @@ _VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], pl.Series, pl.Series]] = {
 Vocabulary lists are never changed in place (encoders assign new lists)."""
 
 
+SMALL_LOOKUP_RATIO = 16
+FEW_ROWS = 256
+"""Columns of at most ``FEW_ROWS`` tokens, or of fewer than ``vocabulary size / SMALL_LOOKUP_RATIO``,
+are looked up in a dict built once per vocabulary (:func:`_lookup_few`): ``replace_strict`` rebuilds
+a hash table of the whole vocabulary on every call (200 ms for one served row against a
+million-entry vocabulary), and each Polars call costs ~50 µs, more than a served row's lookups."""
+
+
+def few_tokens(rows: int, vocab_size: int) -> bool:
+    """Whether ``rows`` tokens against this vocabulary take the dict lookup."""
+    return rows <= FEW_ROWS or rows * SMALL_LOOKUP_RATIO < vocab_size
+
+
+def _vocab_dict(vocab: list[str]) -> dict[str | None, int]:
+    """token -> id, built once per vocabulary list (about 40 bytes per entry beside the list). A
+    missing cell (None) is the empty-string token, as ``fill_null("")`` makes it elsewhere."""
+    key = (id(vocab), len(vocab))
+    hit = _VOCAB_DICT.get(key)
+    if hit is None or hit[0] is not vocab:
+        if len(_VOCAB_DICT) > 256:
+            _VOCAB_DICT.clear()
+        table: dict[str | None, int] = dict(zip(vocab, range(FIRST_ID, FIRST_ID + len(vocab))))
+        table[None] = table.get("", OOV_ID)
+        hit = _VOCAB_DICT[key] = (vocab, table)
+    return hit[1]
+
+
+_VOCAB_DICT: dict[tuple[int, int], tuple[list[str], dict[str | None, int]]] = {}
+
+
+def _lookup_few(tokens: pl.Series, vocab: list[str]) -> pl.Series:
+    """Ids of a String column: ``dict.get`` mapped over it in C (no Python code per token)."""
+    values = tokens.to_list()
+    ids = np.fromiter(map(_vocab_dict(vocab).get, values, repeat(OOV_ID, len(values))), dtype=np.int32,
+                      count=len(values))
+    return pl.Series(tokens.name, ids)
+
+
 def _map_tokens(tokens: pl.Series, vocab: list[str], hash_buckets: int | None) -> pl.Series:
     """Map a String series to int32 ids with the vocabulary (or stable hashing)."""
     if hash_buckets:
         uniq = tokens.unique().drop_nulls()
         ids = [FIRST_ID + stable_hash(v, hash_buckets) for v in uniq.to_list()]
         return tokens.replace_strict(uniq, ids, default=OOV_ID, return_dtype=pl.Int32)
+    if few_tokens(len(tokens), len(vocab)):
+        return _lookup_few(tokens, vocab)
     keys, ids = _vocab_series(vocab)
     return tokens.replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
 
@@ -107,11 +148,16 @@ class CategoricalEncoder:
 
     def transform_expr(self) -> pl.Expr:
         """:meth:`transform` as a Polars expression (vocabulary encoders only, not hashing), so that
-        many columns are encoded by one parallel ``select``."""
+        many columns are encoded by one parallel ``select``. Built once per vocabulary: building
+        it cost more than encoding a served request."""
         if self.spec.hash_buckets:
             raise ValueError(f"{self.spec.name!r} hashes its values; use transform()")
-        keys, ids = _vocab_series(self.vocab)
-        return self.tokens_expr().replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
+        cached = getattr(self, "_expr", None)
+        if cached is None or cached[0] is not self.vocab:
+            keys, ids = _vocab_series(self.vocab)
+            expr = self.tokens_expr().replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
+            cached = self._expr = (self.vocab, expr)
+        return cached[1]
 
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "CategoricalEncoder":
         if not self.spec.hash_buckets:
@@ -119,6 +165,9 @@ class CategoricalEncoder:
         return self
 
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
+        raw = df[self.column]
+        if raw.dtype == pl.String and not self.spec.hash_buckets and few_tokens(len(raw), len(self.vocab)):
+            return _lookup_few(raw, self.vocab).to_numpy()  # nulls are "" in the dict: no fill_null call
         return _map_tokens(self._tokens(df), self.vocab, self.spec.hash_buckets).to_numpy()
 
     def state(self) -> dict[str, Any]:
@@ -212,6 +261,28 @@ class NumericEncoder:
         return {"spec": _spec_dict(self.spec), "stats": self.stats, "boundaries": self.boundaries}
 
 
+def sequence_tokens(raw: pl.Series, splitter: str) -> pl.Series:
+    """A sequence column (text cells split by ``splitter``, or list cells) -> lists of tokens,
+    each stripped, empty ones dropped; a missing cell is an empty list."""
+    if raw.dtype == pl.String:
+        lists = raw.fill_null("").str.split(splitter)
+    elif isinstance(raw.dtype, (pl.List, pl.Array)):
+        lists = raw.cast(pl.List(pl.String)).fill_null([])
+    else:
+        lists = raw.cast(pl.String).fill_null("").str.split(splitter)
+    return lists.list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0))
+
+
+def vector_values(raw: pl.Series, splitter: str) -> pl.Series:
+    """A dense-vector column (text cells of numbers split by ``splitter``, or list cells) ->
+    lists of Float64; text that is not a number becomes null (the encoder reports it)."""
+    if raw.dtype == pl.String:
+        parts = raw.fill_null("").str.strip_chars().str.split(splitter)
+        parts = parts.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
+        return parts.list.eval(pl.element().cast(pl.Float64, strict=False))
+    return raw.cast(pl.List(pl.Float64))
+
+
 class SequenceEncoder:
     kind = "sequence"
 
@@ -226,14 +297,7 @@ class SequenceEncoder:
         return self.shared.vocab_size if self.shared else FIRST_ID + len(self.vocab)
 
     def _lists(self, df: pl.DataFrame) -> pl.Series:
-        raw = df[self.column]
-        if raw.dtype == pl.String:
-            lists = raw.fill_null("").str.split(self.spec.splitter)
-        elif isinstance(raw.dtype, (pl.List, pl.Array)):
-            lists = raw.cast(pl.List(pl.String)).fill_null([])
-        else:
-            lists = raw.cast(pl.String).fill_null("").str.split(self.spec.splitter)
-        return lists.list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0))
+        return sequence_tokens(df[self.column], self.spec.splitter)
 
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "SequenceEncoder":
         if self.shared is None:
@@ -274,13 +338,7 @@ class DenseVectorEncoder:
         return self
 
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
-        raw = df[self.column]
-        if raw.dtype == pl.String:
-            parts = raw.fill_null("").str.strip_chars().str.split(self.spec.splitter)
-            parts = parts.list.eval(pl.element().filter(pl.element().str.len_chars() > 0))
-            vals = parts.list.eval(pl.element().cast(pl.Float64, strict=False))
-        else:
-            vals = raw.cast(pl.List(pl.Float64))
+        vals = vector_values(df[self.column], self.spec.splitter)
         # text that is not a number, or a null inside a Parquet list (would become NaN)
         bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
         _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")

@@ -36,6 +36,7 @@ from .encoders import (
     encode_labels,
     encoder_from_state,
     fit_vocabularies,
+    few_tokens,
 )
 from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
 from .loader import EncodedSplit
@@ -130,8 +131,11 @@ def encode_frame(
     n = df.height
     arrays: dict[str, np.ndarray] = {}
     cat = np.zeros((n, len(fmap.categorical)), dtype=np.int32)
+    # Vocabulary columns in one parallel select; a small frame (a served request) or a vocabulary
+    # much larger than the frame is looked up in a prebuilt dict instead, in transform().
     by_vocab = [j for j, f in enumerate(fmap.categorical)
-                if isinstance(encoders[f.name], CategoricalEncoder) and not encoders[f.name].spec.hash_buckets]
+                if isinstance(encoders[f.name], CategoricalEncoder) and not encoders[f.name].spec.hash_buckets
+                and not few_tokens(n, len(encoders[f.name].vocab))]
     if by_vocab:
         # One select over every vocabulary column (Polars runs the columns in parallel), a block
         # of rows at a time so that the temporaries stay small next to the frame itself.

@@ -1,0 +1,380 @@
+"""Export a trained run into a self-contained, pickle-free artifact folder, and load it back.
+
+    ctrlab export runs/demo/FinalMLP-frappe_x1_subset --format onnx --output artifacts/finalmlp
+
+An artifact folder holds everything needed to score raw records, and nothing that runs code on load::
+
+    manifest.json          schema of the raw input, model name + hyperparameters, metrics of the run,
+                           library versions, the model's tensor inputs/outputs, sha256 of every file
+    model.onnx             the model graph (format ``onnx``): ids / values in, probabilities out
+    model.safetensors      the weights (always; format ``torch`` rebuilds the model from ctrlab's registry)
+    feature_map.json       fitted preprocessing: vocabularies, normaliser statistics, bucket edges,
+                           sequence settings (the same file the run trained with)
+    dataset_config.json    how the raw columns are parsed (splitters, sources, labels)
+
+Formats: ``onnx`` (default; served by ONNX Runtime, no PyTorch needed to score) and ``torch``
+(safetensors weights, the model rebuilt by name: for a model ONNX cannot express). Neither uses
+pickle: ONNX is protobuf, safetensors is a flat tensor file, the rest is JSON, and loading
+verifies every file's checksum first.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from ..data.feature_map import FeatureMap
+from ..data.schema import (
+    CategoricalSpec,
+    DatasetConfig,
+    DenseVectorSpec,
+    NumericSpec,
+    SequenceSpec,
+    column_of,
+    load_dataset_config,
+)
+
+ARTIFACT_VERSION = 1
+FORMATS = ("onnx", "torch")
+DEFAULT_OPSET = 17
+PARITY_TOLERANCE = 1e-5
+"""Largest absolute difference of probabilities between ONNX Runtime and PyTorch that export accepts."""
+
+
+class ArtifactError(ValueError):
+    """A run that cannot be exported, or an artifact folder that is incomplete or was altered."""
+
+
+# ---- the model's tensor interface -------------------------------------------------------------
+@dataclass
+class TensorSpec:
+    """One model input: the batch key the model reads, the graph input name, dtype and width."""
+
+    key: str
+    """Batch key (``cat``, ``num``, ``seq:<name>``, ``dense:<name>``)."""
+    name: str
+    """Graph input name (``:`` is replaced by ``__``)."""
+    dtype: str
+    """``int64`` (ids) or ``float32`` (values)."""
+    width: int
+    """Second dimension; the first is the batch."""
+
+
+def model_inputs(fmap: FeatureMap) -> list[TensorSpec]:
+    """The tensors a model of this feature map reads, in a fixed order. Groups without fields are
+    left out (the exported graph has no zero-width inputs)."""
+    specs = []
+    if fmap.categorical:
+        specs.append(TensorSpec("cat", "cat", "int64", len(fmap.categorical)))
+    if fmap.numeric:
+        specs.append(TensorSpec("num", "num", "float32", len(fmap.numeric)))
+    for f in fmap.sequences:
+        specs.append(TensorSpec(f"seq:{f.name}", f"seq__{f.name}", "int64", f.max_len))
+    for f in fmap.dense:
+        specs.append(TensorSpec(f"dense:{f.name}", f"dense__{f.name}", "float32", f.dim))
+    return specs
+
+
+def as_model_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
+    """Encoded arrays (int32 ids) -> the graph's inputs by name, in the dtypes the graph takes."""
+    return {s.name: np.ascontiguousarray(arrays[s.key], dtype=s.dtype) for s in inputs}
+
+
+# ---- the raw input schema --------------------------------------------------------------------
+def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
+    """One entry per raw column a request must carry: the features that read it and the JSON types
+    it accepts. A column read by several features accepts what all of them accept."""
+    accepts_by_kind = {
+        CategoricalSpec: {"string", "integer", "null"},
+        NumericSpec: {"number", "integer", "null"},
+        SequenceSpec: {"string", "array", "null"},
+        DenseVectorSpec: {"string", "array"},
+    }
+    columns: dict[str, dict[str, Any]] = {}
+    for spec in dcfg.features:
+        col = columns.setdefault(column_of(spec), {"name": column_of(spec), "features": [], "accepts": None})
+        entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
+        if isinstance(spec, SequenceSpec):
+            entry.update(splitter=spec.splitter, max_len=spec.max_len)
+        elif isinstance(spec, DenseVectorSpec):
+            entry.update(dim=spec.dim, splitter=spec.splitter)
+        col["features"].append(entry)
+        kinds = accepts_by_kind[type(spec)]
+        col["accepts"] = kinds if col["accepts"] is None else col["accepts"] & kinds
+    for col in columns.values():
+        order = ["string", "integer", "number", "array", "null"]
+        col["accepts"] = [t for t in order if t in col["accepts"]]
+    return list(columns.values())
+
+
+# ---- export ----------------------------------------------------------------------------------
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("ctrlab", "torch", "numpy", "polars", "onnx", "onnxruntime", "safetensors"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _load_trained(run_dir: Path):
+    """(model, feature map, dataset config, run config dict, metrics) of a finished run."""
+    from safetensors.torch import load_file
+
+    from ..models import create
+
+    missing = [n for n in ("run_config.yaml", "feature_map.json", "dataset_config.json", "model.safetensors")
+               if not (run_dir / n).exists()]
+    if missing:
+        raise ArtifactError(f"{run_dir} is not a finished ctrlab run: {missing} missing "
+                            "(train it first: ctrlab train ... --output RUN)")
+    cfg = yaml.safe_load((run_dir / "run_config.yaml").read_text()) or {}
+    fmap = FeatureMap.load(run_dir / "feature_map.json")
+    dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
+    model = create(cfg["model"], fmap, **(cfg.get("model_params") or {}))
+    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    model.eval()
+    metrics_file = run_dir / "metrics.json"
+    metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    return model, fmap, dcfg, cfg, metrics
+
+
+def example_arrays(fmap: FeatureMap, rows: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random but valid encoded inputs (ids inside each vocabulary, some padding in sequences):
+    what export traces with and checks parity on when no real rows are given."""
+    rng = np.random.default_rng(seed)
+    arrays: dict[str, np.ndarray] = {}
+    if fmap.categorical:
+        arrays["cat"] = np.stack([rng.integers(0, f.vocab_size, rows) for f in fmap.categorical], 1).astype(np.int32)
+    if fmap.numeric:
+        arrays["num"] = rng.normal(size=(rows, len(fmap.numeric))).astype(np.float32)
+    for f in fmap.sequences:
+        seq = rng.integers(1, f.vocab_size, (rows, f.max_len)).astype(np.int32)
+        pad = rng.integers(0, f.max_len + 1, rows)  # 0..max_len leading pads per row
+        seq[np.arange(f.max_len)[None, :] < pad[:, None]] = 0
+        arrays[f"seq:{f.name}"] = seq
+    for f in fmap.dense:
+        arrays[f"dense:{f.name}"] = rng.normal(size=(rows, f.dim)).astype(np.float32)
+    return arrays
+
+
+def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET) -> list[TensorSpec]:
+    """Write ``model`` as an ONNX graph with inputs :func:`model_inputs` (batch dimension dynamic)
+    and outputs ``logit`` and ``probability`` of shape ``(B,)``."""
+    import torch
+
+    inputs = model_inputs(fmap)
+    if not inputs:
+        raise ArtifactError("the feature map has no fields: nothing to export")
+
+    class _Graph(torch.nn.Module):
+        """Positional tensors -> the batch dict the model reads -> (logit, probability)."""
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            batch = {s.key: t for s, t in zip(inputs, tensors)}
+            rows = tensors[0].shape[0]
+            # Models index batch["cat"] / batch["num"] even when a group has no fields.
+            batch.setdefault("cat", torch.zeros(rows, 0, dtype=torch.long))
+            batch.setdefault("num", torch.zeros(rows, 0, dtype=torch.float32))
+            logit = self.model(batch)["logit"]
+            return logit, torch.sigmoid(logit)
+
+    # 7 rows: odd, and unlike any other dimension, so that tracing cannot confuse it with one.
+    example = as_model_arrays(example_arrays(fmap, 7), inputs)
+    args = tuple(torch.from_numpy(example[s.name]) for s in inputs)
+    names = [s.name for s in inputs]
+    dynamic = {n: {0: "batch"} for n in names + ["logit", "probability"]}
+    model.eval()
+    with torch.no_grad(), warnings.catch_warnings():
+        # The tracer warns about every Python branch on a shape; the parity check is the real test.
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(_Graph(), args, str(path), input_names=names, output_names=["logit", "probability"],
+                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
+        except Exception as exc:  # the exporter raises many kinds; report which model and why
+            raise ArtifactError(
+                f"{type(model).__name__} cannot be exported to ONNX ({type(exc).__name__}: {str(exc)[:300]}); "
+                "export it with --format torch (safetensors weights, served by PyTorch)") from exc
+    return inputs
+
+
+def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int = 8192) -> np.ndarray:
+    """Eager PyTorch probabilities for encoded arrays (the reference for parity checks)."""
+    import torch
+
+    inputs = model_inputs(fmap)
+    rows = len(next(iter(arrays.values())))
+    out = []
+    model.eval()
+    with torch.inference_mode():
+        for lo in range(0, rows, batch_size):
+            batch = {s.key: torch.from_numpy(np.ascontiguousarray(arrays[s.key][lo:lo + batch_size], dtype=s.dtype))
+                     for s in inputs}
+            n = next(iter(batch.values())).shape[0]
+            batch.setdefault("cat", torch.zeros(n, 0, dtype=torch.long))
+            batch.setdefault("num", torch.zeros(n, 0, dtype=torch.float32))
+            out.append(torch.sigmoid(model(batch)["logit"]).float().numpy())
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def export_run(
+    run_dir: str | Path,
+    output: str | Path | None = None,
+    format: str = "onnx",
+    opset: int = DEFAULT_OPSET,
+    parity_rows: dict[str, np.ndarray] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Export the finished run in ``run_dir`` to an artifact folder (default ``<run_dir>/export-<format>``).
+
+    For ``onnx`` the graph is checked against eager PyTorch before the folder is written:
+    probabilities must agree to :data:`PARITY_TOLERANCE` on ``parity_rows`` (encoded arrays; by
+    default the first 4096 rows of the run's encoded test split when its cache is still there,
+    else 4096 random valid rows), otherwise export fails. Returns the artifact folder.
+    """
+    if format not in FORMATS:
+        raise ArtifactError(f"unknown export format {format!r}; choose one of {list(FORMATS)}")
+    run_dir = Path(run_dir)
+    out = Path(output) if output else run_dir / f"export-{format}"
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise ArtifactError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
+    model, fmap, dcfg, cfg, metrics = _load_trained(run_dir)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    inputs = model_inputs(fmap)
+    parity: dict[str, Any] | None = None
+    if format == "onnx":
+        export_onnx(model, fmap, tmp / "model.onnx", opset)
+        check, source = (parity_rows, "given rows") if parity_rows is not None else _parity_rows(fmap, metrics)
+        parity = {**check_parity(tmp / "model.onnx", model, fmap, check), "source": source}
+        if parity["max_abs_diff"] > PARITY_TOLERANCE:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise ArtifactError(
+                f"{type(model).__name__}: ONNX Runtime and PyTorch disagree by {parity['max_abs_diff']:.2e} "
+                f"(> {PARITY_TOLERANCE}) on {parity['rows']} rows; export it with --format torch")
+    from safetensors.torch import save_file
+
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    fmap.save(tmp / "feature_map.json")
+    (tmp / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+    files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
+    manifest = {
+        "ctrlab_artifact": ARTIFACT_VERSION,
+        "format": format,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "source_run": str(run_dir.resolve()),
+        "model": {"name": type(model).__name__, "params": cfg.get("model_params") or {},
+                  "parameters": int(sum(p.numel() for p in model.parameters()))},
+        "dataset": dcfg.name,
+        "schema": raw_schema(dcfg),
+        "labels": list(dcfg.labels),
+        "inputs": [vars(s) for s in inputs],
+        "outputs": ["logit", "probability"],
+        "opset": opset if format == "onnx" else None,
+        "parity": parity,
+        "metrics": {k: metrics[k] for k in ("valid", "test", "epochs", "seed") if k in metrics},
+        "versions": _versions(),
+        "files": files,
+    }
+    (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _parity_rows(fmap: FeatureMap, metrics: dict[str, Any], rows: int = 4096) -> tuple[dict[str, np.ndarray], str]:
+    """Real encoded rows from the run's cache (test, else valid split), or random valid rows."""
+    from ..data.loader import EncodedSplit
+
+    cache = Path(metrics.get("cache") or "/nonexistent")
+    for split in ("test", "valid", "train"):
+        try:
+            arrays = EncodedSplit.load(cache / split, mmap=True).take(slice(0, rows)).arrays
+        except (FileNotFoundError, OSError, ValueError):
+            continue
+        if all(s.key in arrays for s in model_inputs(fmap)):
+            return arrays, f"{split} split ({cache})"
+    return example_arrays(fmap, rows, seed=1), "random valid ids (the run's encoded data cache is gone)"
+
+
+def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Max |p_onnx - p_torch| over the given encoded rows (ONNX Runtime vs eager PyTorch)."""
+    import onnxruntime as ort
+
+    inputs = model_inputs(fmap)
+    session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+    feeds = as_model_arrays(arrays, inputs)
+    rows = len(next(iter(feeds.values())))
+    got = np.concatenate([session.run(["probability"], {k: v[lo:lo + 8192] for k, v in feeds.items()})[0]
+                          for lo in range(0, rows, 8192)])
+    ref = torch_probabilities(model, arrays, fmap)
+    return {"rows": int(rows), "max_abs_diff": float(np.max(np.abs(got - ref))) if rows else 0.0}
+
+
+# ---- loading ---------------------------------------------------------------------------------
+@dataclass
+class Artifact:
+    """A loaded, verified artifact folder."""
+
+    path: Path
+    manifest: dict[str, Any]
+    feature_map: FeatureMap
+    dataset_config: DatasetConfig
+
+    @property
+    def format(self) -> str:
+        return self.manifest["format"]
+
+    @property
+    def inputs(self) -> list[TensorSpec]:
+        return [TensorSpec(**s) for s in self.manifest["inputs"]]
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
+    """Read an artifact folder; with ``verify`` every file's sha256 must match the manifest."""
+    path = Path(path)
+    manifest_file = path / "manifest.json"
+    if not manifest_file.exists():
+        raise ArtifactError(f"{path} is not a ctrlab artifact (no manifest.json); create one with ctrlab export RUN")
+    try:
+        manifest = json.loads(manifest_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ArtifactError(f"{manifest_file} is not valid JSON ({exc}); export the run again") from None
+    if manifest.get("ctrlab_artifact") != ARTIFACT_VERSION:
+        raise ArtifactError(f"{manifest_file}: artifact version {manifest.get('ctrlab_artifact')!r}, this ctrlab reads "
+                            f"version {ARTIFACT_VERSION}; export the run again with this ctrlab")
+    for name, digest in manifest.get("files", {}).items():
+        f = path / name
+        if not f.exists():
+            raise ArtifactError(f"{f} is missing from the artifact; copy the whole folder or export again")
+        if verify and _sha256(f) != digest:
+            raise ArtifactError(f"{f} does not match its checksum in manifest.json (altered or truncated); "
+                                "export the run again")
+    fmap = FeatureMap.load(path / "feature_map.json")
+    dcfg = load_dataset_config(json.loads((path / "dataset_config.json").read_text()))
+    return Artifact(path, manifest, fmap, dcfg)

@@ -1,0 +1,327 @@
+"""Raw JSON records -> validated columns -> the run's encoders -> the exported model -> probabilities.
+
+A :class:`Predictor` wraps a loaded artifact. Its work per request is column-wise: a record list is
+turned into one Python list per raw column (or the request sends columns already), each list's element types are checked with one
+``set(map(type, ...))`` (C speed), and the columns go through the same fitted encoders as
+training (:func:`ctrlab.data.pipeline.encode_frame`, vectorised in Polars). Every problem is a
+:class:`RequestError` that names the record and the field: the server turns it into a 4xx.
+
+Accepted JSON per raw column (the artifact's ``manifest.json`` lists them under ``schema``):
+
+* categorical: string or integer (``123`` and ``"123"`` are the same token, as in a CSV);
+  ``null`` is a missing cell (the same token as an empty CSV cell); unseen values map to OOV;
+* numeric: number; ``null`` is missing and takes the feature's ``fill_value``;
+* sequence: a string with the feature's splitter (as in the source file) or an array of
+  strings / integers; ``null`` is an empty history;
+* dense vector: an array of ``dim`` numbers, or a string of them with the splitter.
+"""
+from __future__ import annotations
+
+from itertools import chain
+from operator import itemgetter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import polars as pl
+
+from ..data.errors import DataError
+from ..data.encoders import sequence_tokens, vector_values
+from ..data.pipeline import encode_frame, load_encoders
+from .artifact import Artifact, as_model_arrays, example_arrays, load_artifact
+
+
+class RequestError(ValueError):
+    """Bad request content. ``status`` is the HTTP status to answer with; ``field`` and ``row`` say where."""
+
+    def __init__(self, message: str, status: int = 422, field: str | None = None, row: int | None = None):
+        self.message = message
+        self.status = status
+        self.field = field
+        self.row = row
+        where = []
+        if row is not None:
+            where.append(f"records[{row}]")
+        if field is not None:
+            where.append(f"field {field!r}")
+        super().__init__((", ".join(where) + ": " if where else "") + message)
+
+    def detail(self) -> dict[str, Any]:
+        return {"error": str(self), "field": self.field, "row": self.row}
+
+
+class _Absent:
+    """Marks a field a record does not have (``null`` is a value; an absent key is an error)."""
+
+
+ABSENT = _Absent()
+_JSON_TYPES = {"string": (str,), "integer": (int,), "number": (int, float), "array": (list,), "null": (type(None),)}
+_TYPE_NAMES = {str: "string", int: "integer", float: "number", list: "array", dict: "object", bool: "boolean",
+               type(None): "null", _Absent: "absent"}
+
+
+def _type_name(value: Any) -> str:
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class _ONNXBackend:
+    def __init__(self, artifact: Artifact, threads: int | None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        if threads:
+            opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(str(artifact.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        return self.session.run(["probability"], feeds)[0]
+
+
+class _TorchBackend:
+    """The model rebuilt from ctrlab's registry with the safetensors weights (eager PyTorch)."""
+
+    def __init__(self, artifact: Artifact, threads: int | None):
+        import torch
+        from safetensors.torch import load_file
+
+        from ..models import create
+
+        if threads:
+            torch.set_num_threads(threads)
+        spec = artifact.manifest["model"]
+        self.model = create(spec["name"], artifact.feature_map, **spec["params"])
+        self.model.load_state_dict(load_file(str(artifact.path / "model.safetensors")))
+        self.model.eval()
+        self.inputs = artifact.inputs
+        self.torch = torch
+
+    def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        batch = {s.key: torch.from_numpy(feeds[s.name]) for s in self.inputs}
+        rows = next(iter(batch.values())).shape[0]
+        batch.setdefault("cat", torch.zeros(rows, 0, dtype=torch.long))
+        batch.setdefault("num", torch.zeros(rows, 0, dtype=torch.float32))
+        with torch.inference_mode():
+            return torch.sigmoid(self.model(batch)["logit"]).float().numpy()
+
+
+BACKENDS = ("auto", "onnx", "torch")
+
+
+class Predictor:
+    """Score raw records with an exported run.
+
+    Args:
+        artifact: an artifact folder (``ctrlab export``) or a loaded :class:`Artifact`.
+        backend: ``onnx`` (ONNX Runtime), ``torch`` (eager PyTorch from the safetensors weights) or
+            ``auto`` (ONNX when the artifact has a graph).
+        threads: intra-op threads of the backend (default: the runtime's own choice).
+    """
+
+    def __init__(self, artifact: str | Path | Artifact, backend: str = "auto", threads: int | None = None):
+        self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        if backend == "auto":
+            backend = "onnx" if (self.artifact.path / "model.onnx").exists() else "torch"
+        if backend == "onnx" and not (self.artifact.path / "model.onnx").exists():
+            raise ValueError(f"{self.artifact.path} has no model.onnx (format {self.artifact.format}); use backend torch")
+        self.backend_name = backend
+        self.backend = _ONNXBackend(self.artifact, threads) if backend == "onnx" else _TorchBackend(self.artifact, threads)
+        self.fmap = self.artifact.feature_map
+        self.encoders = load_encoders(self.fmap)
+        self.inputs = self.artifact.inputs
+        self.schema = self.artifact.manifest["schema"]
+        self.columns = [c["name"] for c in self.schema]
+        self._allowed = {c["name"]: tuple(chain.from_iterable(_JSON_TYPES[t] for t in c["accepts"])) for c in self.schema}
+        self._kinds = {c["name"]: {f["kind"] for f in c["features"]} for c in self.schema}
+        self._column_set = frozenset(self.columns)
+        self._accepts_text = {c["name"]: _or_list(c["accepts"]) for c in self.schema}
+        self._splitters = {c["name"]: next((f["splitter"] for f in c["features"] if "splitter" in f), " ")
+                           for c in self.schema}
+
+    # ---- validation + encoding -------------------------------------------------------------------
+    def records_to_frame(self, records: Any) -> pl.DataFrame:
+        """A list of JSON objects -> a frame of raw columns, or a :class:`RequestError` naming the
+        record and field at fault."""
+        if not isinstance(records, list):
+            raise RequestError(f"'records' must be an array of objects, got {_type_name(records)}", field="records")
+        if not records:
+            raise RequestError("empty; send at least one record", field="records")
+        if set(map(type, records)) != {dict}:
+            row = next(i for i, r in enumerate(records) if type(r) is not dict)
+            raise RequestError(f"each record must be an object, got {_type_name(records[row])}", row=row)
+        keys = set().union(*records)
+        extra = keys - self._column_set
+        if extra:
+            name = sorted(map(str, extra))[0]
+            row = next(i for i, r in enumerate(records) if name in r)
+            raise RequestError(f"unknown field; the model takes {self.columns}", field=name, row=row)
+        try:  # transpose records -> columns in C (itemgetter + zip); a missing key raises KeyError
+            rows = map(itemgetter(*self.columns), records)
+            table = list(zip(*rows)) if len(self.columns) > 1 else [tuple(rows)]
+        except KeyError:
+            table = [[r.get(name, ABSENT) for r in records] for name in self.columns]  # to name the record
+        return pl.DataFrame([self._column(name, list(values)) for name, values in zip(self.columns, table)])
+
+    def columns_to_frame(self, columns: Any) -> pl.DataFrame:
+        """An object of one array per raw column (all of one length) -> a frame of raw columns."""
+        if not isinstance(columns, dict):
+            raise RequestError(f"'columns' must be an object of arrays, got {_type_name(columns)}", field="columns")
+        extra = sorted(set(columns) - self._column_set)
+        if extra:
+            raise RequestError(f"unknown field; the model takes {self.columns}", field=str(extra[0]))
+        missing = [c for c in self.columns if c not in columns]
+        if missing:
+            raise RequestError("missing field (send null cells for missing values)", field=missing[0])
+        for name in self.columns:
+            if type(columns[name]) is not list:
+                raise RequestError(f"must be an array of cells, got {_type_name(columns[name])}", field=name)
+        rows = len(columns[self.columns[0]])
+        if not rows:
+            raise RequestError("empty; send at least one row", field=self.columns[0])
+        for name in self.columns:
+            if len(columns[name]) != rows:
+                raise RequestError(f"has {len(columns[name])} cells, {self.columns[0]!r} has {rows}: "
+                                   "every column needs one cell per row", field=name)
+        return pl.DataFrame([self._column(name, columns[name]) for name in self.columns])
+
+    def _column(self, name: str, values: list) -> pl.Series:
+        allowed = self._allowed[name]
+        types = set(map(type, values))
+        if not types.issubset(allowed):
+            row = next(i for i, v in enumerate(values) if type(v) not in allowed)
+            if values[row] is ABSENT:
+                raise RequestError("missing field (send null for a missing value)", field=name, row=row)
+            raise RequestError(f"expected {self._accepts_text[name]}, got {_type_name(values[row])} "
+                               f"{_short(values[row])}", field=name, row=row)
+        kinds = self._kinds[name]
+        if kinds & {"sequence", "dense_vector"}:
+            return self._list_column(name, values, types, numbers="dense_vector" in kinds)
+        if types <= {str, type(None)}:
+            return pl.Series(name, values, dtype=pl.String)
+        if "categorical" in kinds:
+            # Integers become tokens ("123", as a CSV cell reads); a column that also feeds a numeric
+            # feature is text in training too, and the numeric encoder parses it.
+            return pl.Series(name, values, dtype=pl.String, strict=False)
+        series = pl.Series(name, values, dtype=pl.Float64, strict=False)
+        bad = ~series.is_finite().fill_null(True)
+        if bad.any():
+            row = int(bad.arg_max())
+            raise RequestError(f"number {_short(values[row])} is out of range (must be finite)", field=name, row=row)
+        return series
+
+    def _list_column(self, name: str, values: list, types: set, numbers: bool) -> pl.Series:
+        """Sequence / dense-vector cells -> lists of tokens / of Float64, split and cleaned by the
+        encoders' own functions, so that every request's column has the same type and requests can
+        be encoded together."""
+        splitter = self._splitters[name]
+        if list not in types:
+            series = pl.Series(name, values, dtype=pl.String)
+        else:
+            if str in types:
+                row = next(i for i, v in enumerate(values) if type(v) is str)
+                raise RequestError("mixes text and array cells; send every cell of a field in one form per request",
+                                   field=name, row=row)
+            element_ok = (int, float) if numbers else (str, int)
+            if not set(map(type, chain.from_iterable(v for v in values if v is not None))).issubset(element_ok):
+                row, bad = next((i, x) for i, v in enumerate(values) if v is not None
+                                for x in v if type(x) not in element_ok)
+                want = "numbers" if numbers else "strings or integers"
+                raise RequestError(f"array elements must be {want}, got {_type_name(bad)} {_short(bad)}",
+                                   field=name, row=row)
+            series = pl.Series(name, values, dtype=pl.List(pl.Float64 if numbers else pl.String), strict=False)
+        if not numbers:
+            return sequence_tokens(series, splitter)
+        series = vector_values(series, splitter)
+        bad = series.list.eval(~pl.element().is_finite().fill_null(True)).list.any().fill_null(False)
+        if bad.any():
+            row = int(bad.arg_max())
+            raise RequestError("vector holds a value that is not a finite number", field=name, row=row)
+        return series
+
+    def encode(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Raw frame -> the model's input arrays (the fitted encoders of the run)."""
+        try:
+            enc = encode_frame(frame, self.fmap, None, with_labels=False, encoders=self.encoders)
+        except DataError as exc:  # e.g. a vector with the wrong length, text in a numeric column
+            row = exc.line - 1 if exc.line is not None else None
+            raise RequestError(exc.problem + (f"; {exc.fix}" if exc.fix else ""), field=exc.column, row=row) from None
+        return as_model_arrays(enc.arrays, self.inputs)
+
+    def encode_records(self, records: Any) -> dict[str, np.ndarray]:
+        return self.encode(self.records_to_frame(records))
+
+    def score_frames(self, frames: list[pl.DataFrame]) -> list[np.ndarray | RequestError]:
+        """Score several requests' frames with one encode and one model call (micro-batching).
+
+        A request whose rows the encoders reject (e.g. a vector of the wrong length) gets its own
+        :class:`RequestError`, with the row number inside that request; the others are scored."""
+        results: list[np.ndarray | RequestError | None] = [None] * len(frames)
+        live = list(range(len(frames)))
+        while live:
+            offsets = np.cumsum([0] + [frames[i].height for i in live])
+            frame = frames[live[0]] if len(live) == 1 else pl.concat([frames[i] for i in live], how="vertical")
+            try:
+                probs = self.run(self.encode(frame))
+            except RequestError as exc:
+                if exc.row is None:
+                    for i in live:
+                        results[i] = exc
+                    break
+                k = int(np.searchsorted(offsets, exc.row, side="right")) - 1
+                results[live[k]] = RequestError(exc.message, exc.status, exc.field, exc.row - int(offsets[k]))
+                del live[k]
+                continue
+            for k, i in enumerate(live):
+                results[i] = probs[offsets[k]:offsets[k + 1]]
+            break
+        return results  # type: ignore[return-value]
+
+    # ---- scoring ------------------------------------------------------------------------------------
+    def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``."""
+        return self.backend(feeds)
+
+    def predict_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
+        """Probabilities for raw JSON-like records (see the module docstring for accepted values)."""
+        return self.run(self.encode_records(list(records)))
+
+    def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
+        """Probabilities for a raw frame read like the training files (e.g. with :func:`read_split`)."""
+        missing = [c for c in self.columns if c not in frame.columns]
+        if missing:
+            raise RequestError(f"the frame lacks columns {missing}", field=missing[0])
+        return self.run(self.encode(frame))
+
+    @property
+    def metadata_model(self) -> str:
+        return self.artifact.manifest["model"]["name"]
+
+    def warm_up(self) -> None:
+        """One small model call, so that the first request does not pay the runtime's lazy setup."""
+        self.run(as_model_arrays(example_arrays(self.fmap, 2), self.inputs))
+
+    def metadata(self) -> dict[str, Any]:
+        m = self.artifact.manifest
+        return {
+            "model": m["model"]["name"],
+            "dataset": m["dataset"],
+            "format": m["format"],
+            "backend": self.backend_name,
+            "schema": self.schema,
+            "metrics": m.get("metrics", {}),
+            "versions": m.get("versions", {}),
+            "created": m.get("created"),
+            "files": m.get("files", {}),
+        }
+
+
+def _or_list(words: list[str]) -> str:
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
