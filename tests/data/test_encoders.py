@@ -304,3 +304,33 @@ def test_label_not_binary(check_error, tmp_path, bad):
     with pytest.raises(DataError) as ei:
         encode_labels(frame(label=["0", "1", bad]), ["label"], path)
     assert f"label {bad!r} is not 0 or 1" in check_error(ei.value, path, 4, "label", "binarise the label")
+
+
+def test_few_token_dict_lookup_equals_replace_strict():
+    """Small frames (served requests) and frames much smaller than the vocabulary take a dict lookup;
+    it gives exactly the ids of the replace_strict path, for known, unseen, empty and missing cells."""
+    from ctrlab.data import encoders as E
+    from ctrlab.data.pipeline import encode_frame
+
+    rng = np.random.default_rng(0)
+    train = pl.DataFrame({"c": [f"t{int(v)}" for v in rng.zipf(1.3, 20_000) % 5000] + [""] * 5})
+    spec = CategoricalSpec("c")
+    enc = CategoricalEncoder(spec).fit(train)
+    assert "" in enc.vocab and len(enc.vocab) > 1000
+    cells = [f"t{int(v)}" for v in rng.integers(0, 8000, 3000)] + ["", None, "never"] * 10
+    frame = pl.DataFrame({"c": pl.Series(cells, dtype=pl.String)})
+    reference = frame.select(enc.transform_expr()).to_series().to_numpy()  # replace_strict, whole vocabulary
+    assert not E.few_tokens(frame.height, len(enc.vocab))
+    for rows in (1, 7, 256, 3030):
+        part = frame.head(rows)
+        np.testing.assert_array_equal(enc.transform(part), reference[:rows])
+        sub_vocab = E._map_tokens(part["c"].fill_null(""), enc.vocab, None).to_numpy()
+        np.testing.assert_array_equal(sub_vocab, reference[:rows])
+    # the None cell is the "" token (a missing CSV cell), unseen is OOV
+    assert enc.transform(pl.DataFrame({"c": pl.Series([None, "", "never"], dtype=pl.String)})).tolist() == [
+        reference[cells.index("")]] * 2 + [OOV_ID]
+    # through encode_frame, as a served request goes: one row and many rows agree
+    fmap = fit_feature_map(load_dataset_config({"features": [{"name": "c"}]}), train)
+    one = np.concatenate([encode_frame(frame.slice(i, 1), fmap, with_labels=False).arrays["cat"] for i in range(40)])
+    np.testing.assert_array_equal(one[:, 0], encode_frame(frame.head(40), fmap, with_labels=False).arrays["cat"][:, 0])
+    np.testing.assert_array_equal(one[:, 0], reference[:40])

@@ -220,18 +220,19 @@ class Predictor:
         if list not in types:
             series = pl.Series(name, values, dtype=pl.String)
         else:
-            if str in types:
-                row = next(i for i, v in enumerate(values) if type(v) is str)
-                raise RequestError("mixes text and array cells; send every cell of a field in one form per request",
-                                   field=name, row=row)
             element_ok = (int, float) if numbers else (str, int)
-            if not set(map(type, chain.from_iterable(v for v in values if v is not None))).issubset(element_ok):
-                row, bad = next((i, x) for i, v in enumerate(values) if v is not None
+            arrays = [v if type(v) is list else None for v in values] if str in types else values
+            if not set(map(type, chain.from_iterable(v for v in arrays if v is not None))).issubset(element_ok):
+                row, bad = next((i, x) for i, v in enumerate(arrays) if v is not None
                                 for x in v if type(x) not in element_ok)
                 want = "numbers" if numbers else "strings or integers"
                 raise RequestError(f"array elements must be {want}, got {_type_name(bad)} {_short(bad)}",
                                    field=name, row=row)
-            series = pl.Series(name, values, dtype=pl.List(pl.Float64 if numbers else pl.String), strict=False)
+            series = pl.Series(name, arrays, dtype=pl.List(pl.Float64 if numbers else pl.String), strict=False)
+            if str in types:  # some cells are text: split those like the encoder splits a file's cells
+                text = pl.Series(name, [v if type(v) is str else None for v in values], dtype=pl.String)
+                parse = vector_values if numbers else sequence_tokens
+                series = parse(text, splitter).zip_with(text.is_not_null(), series)
         if not numbers:
             return sequence_tokens(series, splitter)
         series = vector_values(series, splitter)
