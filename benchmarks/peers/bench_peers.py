@@ -144,6 +144,18 @@ def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
+SERVE_BEGIN, SERVE_END = "<!-- serve-load:begin -->", "<!-- serve-load:end -->"
+
+
+def write_report(path: Path, report: str) -> None:
+    """Write the report, keeping the serving section that benchmarks/serve_load.py wrote into it."""
+    old = path.read_text() if path.exists() else ""
+    if SERVE_BEGIN in old and SERVE_END in old:
+        section = SERVE_BEGIN + old.split(SERVE_BEGIN, 1)[1].split(SERVE_END, 1)[0] + SERVE_END
+        report = report.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(report)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--peers-python", default=str(REPO / ".peers" / "fuxictr-venv" / "bin" / "python"),
@@ -184,7 +196,7 @@ def main() -> int:
         report = render(results, libraries, args, perf, roof, saved[0]["machine"])
         print(report)
         if args.output:
-            Path(args.output).write_text(report)
+            write_report(Path(args.output), report)
         if args.json:  # the pooled results, re-renderable on their own
             Path(args.json).write_text(json.dumps({**saved[0], "roofline": roof, "runs": args.runs_note,
                                                    "results": results}, indent=1))
@@ -255,7 +267,7 @@ def main() -> int:
     report = render(results, libraries, args, perf, roof, machine)
     print(report)
     if args.output:
-        Path(args.output).write_text(report)
+        write_report(Path(args.output), report)
         log(f"[bench-peers] wrote {args.output}")
     if args.json:
         run_args = {k: getattr(args, k) for k in ("rows", "repeats", "models", "tasks", "smoke", "threads",

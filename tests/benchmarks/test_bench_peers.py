@@ -28,3 +28,17 @@ def test_harness_smoke_run(data_dir, tmp_path):
     assert not [r for r in results if "error" in r]
     text = out.read_text()
     assert "| train | DeepFM | samples/s |" in text and "## Roofline" in text and "## Targets (issue 5)" in text
+
+
+def test_report_keeps_the_serving_section(tmp_path):
+    """Regenerating docs/performance.md keeps the section benchmarks/serve_load.py wrote into it."""
+    sys.path.insert(0, str(REPO / "benchmarks" / "peers"))
+    from bench_peers import write_report
+
+    path = tmp_path / "performance.md"
+    section = "<!-- serve-load:begin -->\n## Serving\n| a | b |\n<!-- serve-load:end -->"
+    path.write_text("# old report\n\n" + section + "\n")
+    write_report(path, "# new report\n")
+    assert path.read_text() == "# new report\n\n" + section + "\n"
+    write_report(tmp_path / "fresh.md", "# only\n")
+    assert (tmp_path / "fresh.md").read_text() == "# only\n"

@@ -231,7 +231,8 @@ def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, 
     model.eval()
     with torch.inference_mode():
         for lo in range(0, rows, batch_size):
-            batch = {s.key: torch.from_numpy(np.ascontiguousarray(arrays[s.key][lo:lo + batch_size], dtype=s.dtype))
+            # np.array copies: torch must not wrap a read-only memory map
+            batch = {s.key: torch.from_numpy(np.array(arrays[s.key][lo:lo + batch_size], dtype=s.dtype))
                      for s in inputs}
             n = next(iter(batch.values())).shape[0]
             batch.setdefault("cat", torch.zeros(n, 0, dtype=torch.long))

@@ -53,7 +53,8 @@ class Overloaded(RuntimeError):
 
 
 class MicroBatcher:
-    """Collects encoded requests from the event loop and scores them together in a worker thread."""
+    """Collects checked requests (raw frames) from the event loop; encodes and scores them together in a
+    worker thread."""
 
     def __init__(self, predictor: Predictor, cfg: ServeConfig):
         self.predictor = predictor
@@ -64,7 +65,7 @@ class MicroBatcher:
         """Requests that have arrived and are being read and checked (not yet queued)."""
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctrlab-model")
         self.task: asyncio.Task | None = None
-        self._carry: tuple[dict, int, asyncio.Future] | None = None
+        self._carry: tuple[Any, int, asyncio.Future] | None = None
         self.batches = 0
         self.rows = 0
 
