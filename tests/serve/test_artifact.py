@@ -150,3 +150,21 @@ def test_sequence_model_export_scores_raw_parquet_rows(movielens_export):
     eager = Predictor(art, backend="torch").predict_frame(frame)
     np.testing.assert_allclose(predictor.predict_frame(frame), eager, rtol=0, atol=PARITY_TOLERANCE)
     assert eager.std() > 0.01
+
+
+def test_loading_and_scoring_never_unpickles(frappe_export, monkeypatch):
+    """Loading an artifact runs no pickle (no arbitrary code on load), with either backend."""
+    import pickle
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("pickle was used to load the artifact")
+
+    for name in ("load", "loads", "Unpickler"):
+        monkeypatch.setattr(pickle, name, refuse)
+    monkeypatch.setattr(torch, "load", refuse)
+    _, art = frappe_export
+    record = {"user": "204", "item": "4798", "daytime": "5041", "weekday": "5046", "isweekend": "5053",
+              "homework": "5055", "cost": "5058", "weather": "5060", "country": "5073", "city": "5183"}
+    for backend in ("onnx", "torch"):
+        probs = Predictor(art, backend=backend).predict_records([record])
+        assert probs.shape == (1,) and 0 < probs[0] < 1
