@@ -36,6 +36,9 @@ from .data.readers import read_split
 from .data.schema import DatasetConfig, column_of, load_dataset_config
 from .models import create, default_hparams, get_model_class
 from .train import Trainer, TrainerConfig, seed_everything
+from .train.distributed import SINGLE, DistContext
+from .train.distributed import setup as setup_distributed
+from .train.distributed import teardown as teardown_distributed
 
 
 @dataclass
@@ -139,10 +142,21 @@ def _default_run_dir(cfg: RunConfig) -> Path:
     return Path("runs") / Path(cfg.dataset).stem / f"{get_model_class(cfg.model).__name__}-{stamp}-s{cfg.trainer.seed}"
 
 
-def _loaders(data: PreparedData, tcfg: TrainerConfig) -> dict[str, BatchLoader]:
-    """Shuffled (seeded) loader for train, ordered loaders for the other splits."""
+def _loaders(data: PreparedData, tcfg: TrainerConfig, ctx: DistContext = SINGLE) -> dict[str, BatchLoader]:
+    """Shuffled (seeded) loader for train, ordered loaders for the other splits. In a data-parallel
+    job each rank gets its shard of every split, and ``batch_size`` stays the global batch."""
+    if not ctx.active:
+        return {
+            split: tcfg.make_train_loader(enc) if split == "train" else tcfg.make_eval_loader(enc)
+            for split, enc in data.splits.items()
+        }
+    if tcfg.batch_size % ctx.world_size:
+        raise ConfigError(f"trainer.batch_size ({tcfg.batch_size}) is the global batch and must be divisible by "
+                          f"the {ctx.world_size} ranks; choose a multiple of {ctx.world_size}")
+    local, eval_bs = tcfg.batch_size // ctx.world_size, -(-tcfg.resolved_eval_batch_size // ctx.world_size)
     return {
-        split: tcfg.make_train_loader(enc) if split == "train" else tcfg.make_eval_loader(enc)
+        split: BatchLoader(enc, local, shuffle=True, seed=tcfg.seed, shard=ctx.shard) if split == "train"
+        else BatchLoader(enc, eval_bs, shuffle=False, shard=ctx.shard)
         for split, enc in data.splits.items()
     }
 
@@ -154,6 +168,7 @@ def train(
     resume: bool = False,
     log=print,
     callbacks=(),
+    distributed: bool | None = None,
     **kwargs,
 ) -> RunResult:
     """Train and evaluate one model on one dataset; returns the run folder and metrics.
@@ -162,40 +177,60 @@ def train(
     checkpoint, with the run's saved config (the final numbers equal an uninterrupted run's).
     ``callbacks`` are passed to the :class:`~ctrlab.train.Trainer` (``cb(trainer, record)`` after
     every epoch; the results store and Optuna's pruning use them).
+    ``distributed``: data-parallel over the ranks torchrun started (None: whenever this process was
+    started by torchrun; True: require it; False: never); see :mod:`ctrlab.train.distributed`.
     """
     if isinstance(config, RunConfig):
         cfg = config
     else:
         cfg = load_run_config(config, overrides, **kwargs)
+    ctx = setup_distributed(distributed, cfg.trainer.device)
+    try:
+        return _train(cfg, resume, log if ctx.is_main else (lambda *a, **k: None), callbacks, ctx)
+    finally:
+        teardown_distributed(ctx)
+
+
+def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> RunResult:
     run_dir = Path(cfg.output) if cfg.output else _default_run_dir(cfg)
+    if ctx.active and not cfg.output:
+        raise ConfigError("distributed training needs an explicit output folder (--output): every rank "
+                          "must name the same run folder")
     if resume:
         saved = run_dir / "run_config.yaml"
         if not saved.exists():
             raise FileNotFoundError(f"cannot resume: {saved} does not exist (pass the run folder as --output)")
         cfg = load_run_config(saved)
         cfg.output = str(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
 
     seed_everything(cfg.trainer.seed)
     dcfg = dataset_config(cfg)
+    if not ctx.is_main:
+        ctx.barrier()  # rank 0 encodes (or finds) the cache first; the others then read it
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log)
+    if ctx.is_main:
+        ctx.barrier()
     params, preset_source = resolve_model_params(cfg)
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
     model = create(cfg.model, data.feature_map, **params)
 
     saved_cfg = resolved_config(cfg, run_dir)
-    (run_dir / "run_config.yaml").write_text(
-        f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
-        + yaml.safe_dump(saved_cfg, sort_keys=False)
-    )
-    (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
-    data.feature_map.save(run_dir / "feature_map.json")
+    if ctx.is_main:
+        (run_dir / "run_config.yaml").write_text(
+            f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
+            + yaml.safe_dump(saved_cfg, sort_keys=False)
+        )
+        (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+        data.feature_map.save(run_dir / "feature_map.json")
 
-    loaders = _loaders(data, cfg.trainer)
-    trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks)
+    loaders = _loaders(data, cfg.trainer, ctx)
+    trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks, dist=ctx)
     log(
         f"[ctrlab] {get_model_class(cfg.model).__name__} on {dcfg.name}: {model.count_parameters():,} parameters, "
         f"train {loaders['train'].num_rows:,} rows" + (f", preset {preset_source}" if preset_source else "")
+        + (f", data-parallel over {ctx.world_size} ranks ({ctx.backend})" if ctx.active else "")
     )
     t0 = time.time()
     history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)
@@ -204,9 +239,6 @@ def train(
     for split in ("valid", "test"):
         if split in loaders:
             metrics[split] = trainer.evaluate(loaders[split])
-    from safetensors.torch import save_file
-
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(run_dir / "model.safetensors"))
     epochs_run = len(history)
     summary = {
         "dataset": dcfg.name,
@@ -219,10 +251,16 @@ def train(
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
         "cache": str(data.path),
+        **({"world_size": ctx.world_size} if ctx.active else {}),
         **metrics,
     }
-    (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
-    (run_dir / "history.json").write_text(json.dumps(history, indent=1))
+    if ctx.is_main:
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(run_dir / "model.safetensors"))
+        (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
+        (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return RunResult(run_dir, summary, history)
 
 

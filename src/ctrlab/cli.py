@@ -33,7 +33,10 @@ def cmd_train(args) -> int:
         overrides.append(f"trainer.seed={args.seed}")
     if args.epochs is not None:
         overrides.append(f"trainer.epochs={args.epochs}")
-    result = train(args.config, overrides=overrides, resume=args.resume, **kwargs)
+    result = train(args.config, overrides=overrides, resume=args.resume,
+                   distributed=True if args.distributed else None, **kwargs)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # rank 0 reports
     m = result.metrics
     print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} epochs, {m['parameters']:,} parameters)")
     for split in ("valid", "test"):
@@ -162,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
     t.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N")
     t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel training under torchrun (also automatic whenever torchrun started the "
+                        "process): torchrun --standalone --nproc-per-node N -m ctrlab.cli train ...")
     t.add_argument("--download", action="store_true",
                    help="fetch a registered public dataset (checksums verified) when it is not in CTRLAB_DATA_DIR")
     t.set_defaults(func=cmd_train)

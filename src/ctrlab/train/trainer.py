@@ -62,6 +62,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, to_dict
 from ..layers.embedding import enable_sparse_gradients
+from .distributed import SINGLE, DistContext, all_mean, gather_rows, rank_device
 from .metrics import METRIC_NAMES, evaluate_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
@@ -432,6 +433,11 @@ class Trainer:
         run_dir: folder for ``train.log`` and ``checkpoints/``.
         callbacks: called as ``cb(trainer, record)`` after every epoch, once that epoch's
             checkpoint is on disk (an exception raised there interrupts training resumably).
+        dist: this process's place in a data-parallel job (:mod:`ctrlab.train.distributed`). With
+            more than one rank the model trains inside DistributedDataParallel, loaders are
+            expected to be sharded (``BatchLoader(shard=dist.shard)``), predictions of sharded
+            loaders are gathered before metrics, and only rank 0 writes logs, checkpoints and
+            calls the callbacks.
 
     Attributes after / during :meth:`fit`: ``history`` (one dict per epoch), ``best_metric``,
     ``best_epoch`` (1-based), ``stopping_steps``, ``epochs_done``, ``stopped_early``.
@@ -443,6 +449,7 @@ class Trainer:
         config: TrainerConfig | Mapping[str, Any] | None = None,
         run_dir: str | os.PathLike = "runs/default",
         callbacks: Iterable[Callback] = (),
+        dist: DistContext = SINGLE,
     ):
         if config is None:
             config = TrainerConfig()
@@ -457,9 +464,14 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.log_path = self.run_dir / "train.log"
         self.callbacks: list[Callback] = list(callbacks)
+        self.dist = dist
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
-        self.device = torch.device(config.resolved_device())
+        self.device = torch.device(rank_device(dist, config.resolved_device()))
+        if dist.active and self.device.type == "cuda":
+            # batch statistics over the global batch, as in one process (SyncBatchNorm is GPU-only in
+            # PyTorch; on CPU each rank normalises with its own share of the batch)
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
         self.model = model.to(self.device)
         named = list(self.model.named_parameters())
         if not named:
@@ -479,6 +491,16 @@ class Trainer:
                 self._log("trainer.sparse_embeddings: the model has no embedding tables; nothing to make sparse",
                           level=logging.WARNING)
         self.optimizer = make_optimizer(config.optimizer, self._params, config.lr, self._sparse_tables)
+        self._train_module: nn.Module = self.model
+        if dist.active:
+            if self._sparse_tables:
+                raise ConfigError("trainer.sparse_embeddings is not supported with distributed training yet; "
+                                  "set trainer.sparse_embeddings=false (see docs/scaling.md)")
+            from torch.nn.parallel import DistributedDataParallel
+
+            # Gradients are averaged over ranks in backward; parameters start equal (rank 0's are broadcast).
+            self._train_module = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.monitor = config.monitor_weights()
         self.monitor_mode = config.resolved_monitor_mode()
         self._reset_state()
@@ -493,9 +515,11 @@ class Trainer:
         the model's current weights with a new optimizer and deletes old checkpoints in ``run_dir``.
         """
         cfg = self.config
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        if resume:
-            self._roll_forward()
+        if self.dist.is_main:
+            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            if resume:
+                self._roll_forward()
+        self.dist.barrier()  # rank 0 has finished (or dropped) an interrupted commit before anyone reads
         if resume and (self.ckpt_dir / "last_state.json").exists():
             self._load_checkpoint()
             self._log(
@@ -509,7 +533,8 @@ class Trainer:
             # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
             self.optimizer = make_optimizer(cfg.optimizer, self._params, cfg.lr, self._sparse_tables)
             self._reset_state()
-            self._remove_checkpoints()
+            if self.dist.is_main:
+                self._remove_checkpoints()
             n_params = sum(p.numel() for p in self._params if p.requires_grad)
             self._log(
                 f"start training {type(self.model).__name__} ({n_params:,} trainable parameters) on "
@@ -557,17 +582,20 @@ class Trainer:
                 }
             )
             self.history.append(record)
-            self._save_checkpoint(save_best=improved)
+            if self.dist.is_main:
+                self._save_checkpoint(save_best=improved)
             self._log_epoch(record, logs)
             if self.stopped_early:
                 self._log(f"early stop after epoch {self.epochs_done} (patience {cfg.patience})")
-            for cb in self.callbacks:
-                cb(self, record)
+            if self.dist.is_main:
+                for cb in self.callbacks:
+                    cb(self, record)
         self._log(
             f"training finished after {self.epochs_done} epochs; best {self._monitor_name()}="
             f"{self._fmt_best()} at epoch {self.best_epoch}"
         )
         if cfg.restore_best:
+            self.dist.barrier()  # rank 0 has written the best checkpoint
             self.restore_best()
         return [dict(r) for r in self.history]
 
@@ -613,7 +641,7 @@ class Trainer:
                 n = int(batch["label"].shape[0])
                 batch = self._to_device(batch)
                 self.optimizer.zero_grad(set_to_none=True)
-                outputs = self._forward(batch)
+                outputs = self._forward(batch, self._train_module)
                 loss = self.model.loss(batch, outputs)
                 loss.backward()
                 if cfg.max_grad_norm is not None:
@@ -629,7 +657,8 @@ class Trainer:
                 bar.close()
         if n_batches == 0:
             raise ValueError("the training loader produced no batches")
-        train_loss = float((total / n_batches).item())
+        train_loss = float(all_mean(self.dist, total / n_batches).item())
+        rows = int(round(float(all_mean(self.dist, torch.tensor(float(rows))).item()) * self.dist.world_size))
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate or "
@@ -686,6 +715,10 @@ class Trainer:
         prob = torch.cat(probs).cpu().numpy().astype(np.float64)
         y = torch.cat(labels).cpu().numpy().astype(np.float64) if labels else None
         g = torch.cat(groups).cpu().numpy() if groups and len(groups) == len(probs) else None
+        if getattr(loader, "world_size", 1) > 1:  # a shard of the rows: gather all of them, in order
+            prob = gather_rows(self.dist, prob)
+            y = gather_rows(self.dist, y) if y is not None else None
+            g = gather_rows(self.dist, g) if g is not None else None
         return prob, y, g
 
     def _evaluate_names(self, loader: Iterable, names: Sequence[str], desc: str) -> dict[str, float]:
@@ -721,13 +754,15 @@ class Trainer:
     def _current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
 
-    def _forward(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The model's forward pass in the configured precision; floating outputs come back as
-        float32, so losses and metrics are computed in full precision."""
+    def _forward(self, batch: Mapping[str, torch.Tensor], module: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """The model's forward pass (through ``module``: the DDP wrapper when training distributed)
+        in the configured precision; floating outputs come back as float32, so losses and metrics
+        are computed in full precision."""
+        module = module if module is not None else self.model
         if self.config.precision == "fp32":
-            return self.model(batch)
+            return module(batch)
         with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
-            outputs = self.model(batch)
+            outputs = module(batch)
         return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
 
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -736,7 +771,7 @@ class Trainer:
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _bar(self, loader: Iterable, desc: str):
-        if not self.config.progress:
+        if not self.config.progress or not self.dist.is_main:
             return None
         return tqdm(
             total=getattr(loader, "num_rows", None),
@@ -766,6 +801,8 @@ class Trainer:
         return _fmt(self.best_metric) if math.isfinite(self.best_metric) else "n/a"
 
     def _log(self, msg: str, level: int = logging.INFO) -> None:
+        if not self.dist.is_main:
+            return
         logger.log(level, msg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         stamp = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")

@@ -1,0 +1,121 @@
+"""Data-parallel training on PyTorch's own engine (``torch.distributed``), launched by ``torchrun``.
+
+    torchrun --standalone --nproc-per-node 2 -m ctrlab.cli train --dataset frappe_x1_subset --model DCNv2
+    torchrun --nnodes 2 --node-rank 0 --rdzv-endpoint host0:29500 --nproc-per-node 8 -m ctrlab.cli train ...
+
+Under torchrun (``WORLD_SIZE`` > 1 in the environment) a run is data-parallel: every rank holds the
+whole model (dense part in :class:`~torch.nn.parallel.DistributedDataParallel`), reads its own shard
+of every epoch's seeded shuffle, and the gradients are averaged. ``trainer.batch_size`` stays the
+*global* batch: each rank takes ``batch_size / world_size`` rows of it, so with ``W`` ranks step
+``b`` sees exactly the rows of a one-process step ``b``. Validation rows are sharded too and the
+predictions gathered, so AUC and logloss are computed over the whole validation set (not averaged
+over ranks) and every rank takes the same early-stopping decision. Only rank 0 writes the run
+folder (logs, checkpoints, metrics); resume reads the same checkpoint on every rank.
+
+Backend: ``gloo`` on CPU, ``nccl`` on CUDA (each rank uses ``cuda:LOCAL_RANK``).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistContext:
+    """Where this process stands in a data-parallel job (``world_size`` 1: a plain single process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    backend: str | None = None
+
+    @property
+    def active(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def shard(self) -> tuple[int, int]:
+        return self.rank, self.world_size
+
+    def barrier(self) -> None:
+        if self.active:
+            dist.barrier()
+
+
+SINGLE = DistContext()
+
+
+def launched_by_torchrun() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
+    """Join the torchrun job described by the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
+    ``MASTER_ADDR``/``MASTER_PORT``). ``requested``: True = must be under torchrun, False = never
+    distributed, None = whenever torchrun started this process."""
+    if requested is False or (requested is None and not launched_by_torchrun()):
+        return SINGLE
+    if not launched_by_torchrun():
+        raise RuntimeError(
+            "--distributed needs torchrun's environment (WORLD_SIZE > 1); launch with e.g. "
+            "torchrun --standalone --nproc-per-node 2 -m ctrlab.cli train ... (see docs/scaling.md)")
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+    return DistContext(rank, world, local_rank, backend)
+
+
+def rank_device(ctx: DistContext, device: str) -> str:
+    """The device a rank trains on: ``cuda:LOCAL_RANK`` for CUDA jobs, else the configured one."""
+    if ctx.active and ctx.backend == "nccl":
+        return f"cuda:{ctx.local_rank}"
+    return device
+
+
+def all_mean(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar tensor over ranks (identity in a single process)."""
+    if not ctx.active:
+        return value
+    out = value.detach().clone().to(torch.float64)
+    comm = out.cuda() if ctx.backend == "nccl" else out
+    dist.all_reduce(comm)
+    return comm.cpu() / ctx.world_size
+
+
+def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:
+    """Every rank's rows of a strided shard (rank ``r`` holds rows ``r, r + W, ...``) -> all rows in the
+    original order, on every rank (tensor collectives: shards are padded to the longest)."""
+    if not ctx.active:
+        return local
+    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else torch.device("cpu")
+    mine = torch.from_numpy(np.ascontiguousarray(local)).to(device)
+    count = torch.tensor([mine.shape[0]], dtype=torch.long, device=device)
+    counts = [torch.zeros_like(count) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, count)
+    longest = int(max(c.item() for c in counts))
+    padded = torch.zeros((longest, *mine.shape[1:]), dtype=mine.dtype, device=device)
+    padded[: mine.shape[0]] = mine
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    out = np.empty((sum(int(c.item()) for c in counts), *local.shape[1:]), dtype=local.dtype)
+    for r, (part, c) in enumerate(zip(parts, counts)):
+        out[r::ctx.world_size] = part[: int(c.item())].cpu().numpy()
+    return out
+
+
+def teardown(ctx: DistContext) -> None:
+    if ctx.active and dist.is_initialized():
+        dist.destroy_process_group()
