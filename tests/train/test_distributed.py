@@ -25,7 +25,7 @@ TOLERANCE = 2e-4
 """|AUC difference| and |logloss difference| allowed between 2 ranks and 1 process (measured: ~1e-6)."""
 
 
-def torchrun(out: Path, *extra: str, **popen) -> list[str]:
+def torchrun(out: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             "-m", "ctrlab.cli", "train", *ARGS, "--output", str(out), *extra]
 
@@ -95,3 +95,20 @@ def test_rank_shards_make_up_the_one_process_batch():
     for full, part0, part1 in zip(whole, *ranks):
         got = np.concatenate([part0["x"].numpy(), part1["x"].numpy()]).ravel()
         assert sorted(got.tolist()) == sorted(full["x"].numpy().ravel().tolist())
+
+
+def test_sparse_embeddings_train_data_parallel(runs):
+    """Sparse table gradients are all-reduced by gloo: 2 ranks with SparseAdam == 1 process with it."""
+    root, env, _ = runs
+    sparse = ["--epochs", "2", "--set", "trainer.sparse_embeddings=true", "--set", "model_params.embedding_regularizer=0"]
+    one = subprocess.run([sys.executable, "-m", "ctrlab.cli", "train", *ARGS, *sparse, "--output",
+                          str(root / "sparse1"), "--set", "trainer.num_threads=1"],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = subprocess.run(torchrun(root / "sparse2", *sparse), env=env, capture_output=True, text=True, timeout=600)
+    assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
+    a, b = _metrics(root / "sparse1"), _metrics(root / "sparse2")
+    assert a["epochs"] == b["epochs"] == 2
+    for split in ("valid", "test"):
+        for metric in ("AUC", "logloss"):
+            assert abs(a[split][metric] - b[split][metric]) <= TOLERANCE, (split, a[split], b[split])

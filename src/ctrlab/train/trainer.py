@@ -493,9 +493,9 @@ class Trainer:
         self.optimizer = make_optimizer(config.optimizer, self._params, config.lr, self._sparse_tables)
         self._train_module: nn.Module = self.model
         if dist.active:
-            if self._sparse_tables:
-                raise ConfigError("trainer.sparse_embeddings is not supported with distributed training yet; "
-                                  "set trainer.sparse_embeddings=false (see docs/scaling.md)")
+            if self._sparse_tables and self.device.type == "cuda":
+                raise ConfigError("trainer.sparse_embeddings with distributed training needs the gloo backend "
+                                  "(NCCL cannot all-reduce sparse gradients); set trainer.sparse_embeddings=false")
             from torch.nn.parallel import DistributedDataParallel
 
             # Gradients are averaged over ranks in backward; parameters start equal (rank 0's are broadcast).
