@@ -3,9 +3,10 @@
     .venv/bin/python benchmarks/large_tables.py                 # 16M synthetic rows -> docs/scaling.md
     .venv/bin/python benchmarks/large_tables.py --rows 200000 --max-cardinality 1000000 --steps 5 --output none
 
-Data: the `synthetic` generator (Criteo-shaped, Zipf ids) with `max_cardinality` ids in its largest
-field, encoded by ctrlab's pipeline (vocabularies fitted on train), memory-mapped. With the defaults
-(16M rows, 100M possible ids, flat Zipf) the largest field has over 10M ids in its vocabulary.
+Data: the `synthetic` generator (Criteo-shaped, Zipf ids) with `max_cardinality` possible ids in its
+largest field, encoded by ctrlab's streaming pipeline (vocabularies fitted on train), memory-mapped.
+With the defaults (16M rows, 40M possible ids, nearly flat Zipf) the largest field has about 11M ids
+in its vocabulary, and all 26 fields about 40M.
 
 Each variant trains DeepFM (BARS Criteo-style settings, `embedding_regularizer: 0` for both, since
 sparse gradients exclude a whole-table L2 term) for `--steps` timed steps in its own fresh process:
@@ -24,20 +25,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-BEGIN, END = "<!-- large-tables:begin -->", "<!-- large-tables:end -->"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from script_io import markers, publish, run_worker  # noqa: E402
+
+BEGIN, END = markers("large-tables")
 VARIANTS = {"dense": [], "sparse": ["trainer.sparse_embeddings=true"]}
 
 
 def _overrides(args) -> list[str]:
     return [f"dataset_params.rows={args.rows}", f"dataset_params.max_cardinality={args.max_cardinality}",
             f"dataset_params.zipf_a={args.zipf_a}", f"trainer.batch_size={args.batch_size}",
-            "trainer.progress=false", "model_params.embedding_regularizer=0", "mmap=true"]
+            "trainer.progress=false", "model_params.embedding_regularizer=0", "mmap=true", "streaming=true"]
 
 
 def _peak_rss_mb() -> float:
@@ -81,7 +84,7 @@ def worker(args) -> dict:
         torch.set_num_threads(args.threads)
     cfg = api.load_run_config(None, dataset="synthetic", model="DeepFM",
                               overrides=_overrides(args) + VARIANTS[args.worker])
-    data = prepare(api.dataset_config(cfg), mmap=True, log=lambda *a: None)
+    data = prepare(api.dataset_config(cfg), mmap=True, log=lambda *a: None, streaming=cfg.streaming)
     fmap = data.feature_map
     params, _ = api.resolve_model_params(cfg)
     seed_everything(cfg.trainer.seed)
@@ -132,20 +135,12 @@ def render(results: list[dict], args) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rows", type=int, default=16_000_000)
-    ap.add_argument("--max-cardinality", type=int, default=100_000_000)
+    ap.add_argument("--max-cardinality", type=int, default=40_000_000)
     ap.add_argument("--zipf-a", type=float, default=0.05, help="Zipf exponent of the ids (near 0: nearly uniform, the most distinct ids)")
     ap.add_argument("--batch-size", type=int, default=4096)
     ap.add_argument("--steps", type=int, default=20, help="timed training steps per variant")
@@ -165,19 +160,12 @@ def main(argv: list[str] | None = None) -> int:
         cmd = [sys.executable, __file__, "--worker", variant] + [
             a for a in (argv if argv is not None else sys.argv[1:]) if not a.startswith("--worker")]
         print(f"[large-tables] {variant}: {' '.join(cmd[2:])}", flush=True)
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        if proc.returncode != 0:
-            print(proc.stdout[-3000:] + proc.stderr[-3000:], file=sys.stderr)
+        res = run_worker(cmd)
+        if res is None:
             return 1
-        res = json.loads(proc.stdout.strip().splitlines()[-1])
         print(f"[large-tables] {res}", flush=True)
         results.append(res)
-    section = render(results, args)
-    print(section)
-    if args.output != "none":
-        write_section(Path(args.output), section)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1))
+    publish(render(results, args), args.output, args.json, results)
     return 0
 
 

@@ -36,7 +36,10 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_RUN = REPO / "runs" / "demo" / "FinalMLP-frappe_x1_subset"
-BEGIN, END = "<!-- serve-load:begin -->", "<!-- serve-load:end -->"
+sys.path.insert(0, str(REPO / "benchmarks"))
+from script_io import markers, write_section  # noqa: E402
+
+BEGIN, END = markers("serve-load")
 TARGETS = {"single_p99_ms": 5.0, "batch_rows_per_s": 100_000}
 
 
@@ -288,15 +291,6 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace the serve-load section of ``path`` (or append it)."""
-    text = path.read_text() if path.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section.rstrip("\n") + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + ("\n\n" if text else "") + section
-    path.write_text(text)
 
 
 def main(argv: list[str] | None = None) -> int:

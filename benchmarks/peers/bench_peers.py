@@ -144,15 +144,16 @@ def median(xs: list[float]) -> float | None:
     return statistics.median(xs) if xs else None
 
 
-SERVE_BEGIN, SERVE_END = "<!-- serve-load:begin -->", "<!-- serve-load:end -->"
-
-
 def write_report(path: Path, report: str) -> None:
-    """Write the report, keeping the serving section that benchmarks/serve_load.py wrote into it."""
-    old = path.read_text() if path.exists() else ""
-    if SERVE_BEGIN in old and SERVE_END in old:
-        section = SERVE_BEGIN + old.split(SERVE_BEGIN, 1)[1].split(SERVE_END, 1)[0] + SERVE_END
-        report = report.rstrip("\n") + "\n\n" + section + "\n"
+    """Write the report, keeping the sections other benchmark scripts wrote into the file
+    (serving, GPU check: ``<!-- NAME:begin -->`` ... ``<!-- NAME:end -->``)."""
+    sys.path.insert(0, str(HERE.parent))
+    from script_io import sections
+
+    kept = [block for name, block in sections(path.read_text() if path.exists() else "").items()
+            if name not in sections(report)]
+    if kept:
+        report = report.rstrip("\n") + "\n\n" + "\n\n".join(kept) + "\n"
     path.write_text(report)
 
 

@@ -70,6 +70,12 @@ class RunConfig:
     """Where encoded splits are cached; default ``CTRLAB_CACHE_DIR`` or ``~/.cache/ctrlab``."""
     mmap: bool = False
     """Memory-map the encoded arrays instead of loading them into RAM."""
+    streaming: bool = False
+    """Preprocess csv/tsv/parquet files in blocks of ``stream_block_rows`` rows, in two passes, with
+    memory bounded by a block and the vocabularies instead of the whole file; the encoded splits
+    are then memory-mapped. Same cache and same arrays as the default in-memory preprocessing."""
+    stream_block_rows: int = 1 << 18
+    """Rows per block when ``streaming``."""
 
 
 @dataclass
@@ -155,7 +161,8 @@ def _loaders(data: PreparedData, tcfg: TrainerConfig, ctx: DistContext = SINGLE)
                           f"the {ctx.world_size} ranks; choose a multiple of {ctx.world_size}")
     local, eval_bs = tcfg.batch_size // ctx.world_size, -(-tcfg.resolved_eval_batch_size // ctx.world_size)
     return {
-        split: BatchLoader(enc, local, shuffle=True, seed=tcfg.seed, shard=ctx.shard) if split == "train"
+        split: BatchLoader(enc, local, shuffle=True, seed=tcfg.seed, shard=ctx.shard,
+                           shuffle_block_rows=tcfg.shuffle_block_rows) if split == "train"
         else BatchLoader(enc, eval_bs, shuffle=False, shard=ctx.shard)
         for split, enc in data.splits.items()
     }
@@ -209,7 +216,8 @@ def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> Ru
     dcfg = dataset_config(cfg)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 encodes (or finds) the cache first; the others then read it
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log)
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows)
     if ctx.is_main:
         ctx.barrier()
     params, preset_source = resolve_model_params(cfg)
@@ -284,7 +292,8 @@ def load_run(run_dir: str | Path):
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
     """Re-evaluate a finished run on its dataset's splits."""
     model, fmap, dcfg, cfg = load_run(run_dir)
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None)
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     loaders = _loaders(data, cfg.trainer)
     return {s: trainer.evaluate(loaders[s]) for s in splits if s in loaders}

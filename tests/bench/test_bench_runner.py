@@ -155,3 +155,14 @@ def test_adding_an_option_at_its_default_keeps_run_identities():
         changed = {**job.resolved, "trainer": {**job.resolved["trainer"], key: value}}
         assert run_key(changed) != job.key
     assert run_key({**job.resolved, "trainer": {**job.resolved["trainer"], "lr": 0.01}}) != job.key
+
+
+def test_streaming_option_keeps_run_identities():
+    """The top-level streaming options (how data is prepared) at their defaults leave run keys as they were."""
+    from ctrlab.bench.plan import LATER_TOP_LEVEL, make_job, run_key
+
+    job = make_job("p", "runs", "frappe_x1_subset", "LR", seed=2021)
+    assert set(LATER_TOP_LEVEL) <= set(job.resolved)
+    old = {k: v for k, v in job.resolved.items() if k not in LATER_TOP_LEVEL}
+    assert run_key(old) == job.key
+    assert run_key({**job.resolved, "streaming": True}) != job.key

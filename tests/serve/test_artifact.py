@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
-import polars as pl
 import pytest
 import torch
 
@@ -21,7 +19,6 @@ from ctrlab.serve.artifact import (
     ArtifactError,
     check_parity,
     export_onnx,
-    export_run,
     load_artifact,
     torch_probabilities,
 )

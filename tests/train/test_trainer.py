@@ -454,6 +454,36 @@ def test_bf16_precision_runs_the_forward_in_bfloat16_and_learns_like_fp32(tmp_pa
     assert aucs["fp32"] > 0.75 and abs(aucs["bf16"] - aucs["fp32"]) < 0.01, aucs
 
 
+def test_fp16_precision_scales_the_loss_learns_and_resumes_exactly(tmp_path):
+    """precision=fp16: float16 forward with a GradScaler (its scale is checkpointed), float32 weights,
+    learning like fp32; an interrupted fp16 run resumes to the same weights."""
+    from ctrlab.data.loader import BatchLoader
+
+    train, valid = K.make_split(4000, 1), K.make_split(2000, 2)
+
+    def fit(run_dir, epochs, resume=False):
+        seed_everything(0)
+        model = K.TinyModel(dropout=0.0)
+        seen = []
+        model.fc.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+        cfg = TrainerConfig(epochs=epochs, batch_size=256, lr=1e-2, progress=False, precision="fp16", patience=10)
+        trainer = Trainer(model, cfg, run_dir)
+        trainer.fit(BatchLoader(train, 256, shuffle=True), BatchLoader(valid, 1024), resume=resume)
+        return trainer, model, seen
+
+    trainer, model, seen = fit(tmp_path / "full", 4)
+    assert set(seen) == {torch.float16} and all(p.dtype == torch.float32 for p in model.parameters())
+    assert trainer._scaler is not None and trainer._scaler.get_scale() > 0
+    state = json.loads((tmp_path / "full" / "checkpoints" / "last_state.json").read_text())
+    assert state["grad_scaler"]["scale"] == trainer._scaler.get_scale()
+    assert trainer.evaluate(BatchLoader(valid, 1024))["AUC"] > 0.75
+    fit(tmp_path / "cut", 2)
+    resumed, model2, _ = fit(tmp_path / "cut", 4, resume=True)
+    assert resumed._scaler.get_scale() == trainer._scaler.get_scale()
+    for a, b in zip(model.parameters(), model2.parameters()):
+        assert torch.equal(a, b)
+
+
 # ---- sparse embedding gradients -----------------------------------------------------------------
 def _deepfm(seed=0, **kw):
     from ctrlab.models import create

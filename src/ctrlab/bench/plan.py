@@ -128,16 +128,23 @@ def load_plan(source: str | Path | dict, **overrides: Any) -> BenchPlan:
     return plan
 
 
-LATER_OPTIONS: dict[str, dict[str, Any]] = {"trainer": {"precision": "fp32", "sparse_embeddings": False}}
+LATER_OPTIONS: dict[str, dict[str, Any]] = {
+    "trainer": {"precision": "fp32", "sparse_embeddings": False, "shuffle_block_rows": None}}
 """Options added after the results store's first runs, with their defaults. At its default such an
 option is left out of a run's identity, so adding an option never renames (and retrains) the runs
 recorded before it existed; any other value is part of the identity. Append new options here."""
 
 
+LATER_TOP_LEVEL: dict[str, Any] = {"streaming": False, "stream_block_rows": 1 << 18}
+"""Top-level run options added later (how data is prepared, not what is learned), with their defaults;
+left out of a run's identity at their defaults, like :data:`LATER_OPTIONS`."""
+
+
 def run_key(resolved: dict[str, Any]) -> str:
     """Identity of a run: sha256 of its resolved config without the output folder (and without
-    :data:`LATER_OPTIONS` at their defaults)."""
-    body = {k: v for k, v in resolved.items() if k != "output"}
+    :data:`LATER_OPTIONS` and :data:`LATER_TOP_LEVEL` at their defaults)."""
+    body = {k: v for k, v in resolved.items()
+            if k != "output" and not (k in LATER_TOP_LEVEL and v == LATER_TOP_LEVEL[k])}
     for section, defaults in LATER_OPTIONS.items():
         if isinstance(body.get(section), dict):
             body[section] = {k: v for k, v in body[section].items() if not (k in defaults and v == defaults[k])}

@@ -42,9 +42,9 @@ class EncodedSplit:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for key, arr in self.arrays.items():
-            tmp = folder / (_file_name(key) + ".tmp.npy")
+            tmp = folder / (array_file_name(key) + ".tmp.npy")
             np.save(tmp, np.ascontiguousarray(arr))
-            tmp.replace(folder / (_file_name(key) + ".npy"))
+            tmp.replace(folder / (array_file_name(key) + ".npy"))
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = False) -> "EncodedSplit":
@@ -62,7 +62,8 @@ class EncodedSplit:
         return EncodedSplit({k: np.asarray(v[rows]) for k, v in self.arrays.items()})
 
 
-def _file_name(key: str) -> str:
+def array_file_name(key: str) -> str:
+    """The .npy file stem of an array key (``seq:history`` -> ``seq__history``)."""
     return key.replace(":", "__")
 
 
@@ -97,6 +98,13 @@ class BatchLoader:
         seed: base seed of the shuffle.
         drop_last: drop a final incomplete batch.
         shard: ``(rank, world_size)`` to read only this process's share of each epoch's rows.
+        shuffle_block_rows: bounded shuffle for memory-mapped data larger than memory. The rows are
+            cut into blocks of this many consecutive rows; each epoch permutes the blocks, then
+            shuffles the rows inside each window of ``shuffle_window_blocks`` consecutive blocks of
+            that permutation. Batches then read from a few blocks at a time (page-cache friendly)
+            instead of from anywhere in the file. Still seeded by ``(seed, epoch)``. None: a full
+            shuffle.
+        shuffle_window_blocks: blocks mixed together by the bounded shuffle.
     """
 
     def __init__(
@@ -107,6 +115,8 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        shuffle_block_rows: int | None = None,
+        shuffle_window_blocks: int = 8,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -119,6 +129,10 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
+        if shuffle_block_rows is not None and shuffle_block_rows < 1 or shuffle_window_blocks < 1:
+            raise ValueError("shuffle_block_rows and shuffle_window_blocks must be >= 1")
+        self.shuffle_block_rows = shuffle_block_rows
+        self.shuffle_window_blocks = shuffle_window_blocks
         self.epoch = 0
 
     @property
@@ -133,12 +147,26 @@ class BatchLoader:
         n = len(self.split)
         if not self.shuffle and self.world_size == 1:
             return None  # plain slices: zero-copy views
-        order = (
-            np.random.default_rng([self.seed, self.epoch]).permutation(n) if self.shuffle else np.arange(n)
-        )
+        if not self.shuffle:
+            order = np.arange(n)
+        elif self.shuffle_block_rows:
+            order = self._bounded_order(n)
+        else:
+            order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
         if self.world_size > 1:
             order = order[self.rank :: self.world_size]
         return order
+
+    def _bounded_order(self, n: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        size = self.shuffle_block_rows
+        blocks = rng.permutation(-(-n // size))
+        parts = []
+        for w in range(0, len(blocks), self.shuffle_window_blocks):
+            rows = np.concatenate([np.arange(b * size, min((b + 1) * size, n))
+                                   for b in blocks[w:w + self.shuffle_window_blocks]])
+            parts.append(rows[rng.permutation(len(rows))])
+        return np.concatenate(parts)
 
     def __len__(self) -> int:
         n = len(self.split)

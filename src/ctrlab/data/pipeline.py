@@ -28,6 +28,7 @@ import numpy as np
 import polars as pl
 
 from ..config import to_dict
+from .errors import DataError
 from .encoders import (
     CategoricalEncoder,
     DenseVectorEncoder,
@@ -39,8 +40,17 @@ from .encoders import (
     few_tokens,
 )
 from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
-from .loader import EncodedSplit
+from .loader import EncodedSplit, array_file_name
 from .readers import read_split
+from .streaming import (
+    DEFAULT_BLOCK_ROWS,
+    STREAM_FORMATS,
+    NpyAppender,
+    fit_streaming,
+    iter_blocks,
+    split_groups,
+    with_text_fallback,
+)
 from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
 
 CACHE_VERSION = 1
@@ -87,6 +97,11 @@ def fit_feature_map(cfg: DatasetConfig, train: pl.DataFrame, path: Path | None =
     for enc in encoders.values():
         if not any(enc is e for e in by_vocab):
             enc.fit(train, path)
+    return describe(cfg, encoders)
+
+
+def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
+    """The feature map of fitted encoders: fields in the config's order, and the encoders' states."""
     fmap = FeatureMap(dataset=cfg.name, labels=list(cfg.labels), group_field=cfg.group_field)
     for spec in cfg.features:  # keep the config's order inside each group
         enc = encoders[spec.name]
@@ -125,8 +140,11 @@ def encode_frame(
     path: Path | None = None,
     with_labels: bool = True,
     encoders: dict[str, Any] | None = None,
+    group_values: pl.Series | None = None,
 ) -> EncodedSplit:
-    """Raw frame -> encoded arrays, with the feature map's fitted encoders."""
+    """Raw frame -> encoded arrays, with the feature map's fitted encoders. ``group_values``: the
+    split's sorted distinct group values, when the frame is one block of a split (group ids are
+    ranks among them); by default the frame's own."""
     encoders = encoders or load_encoders(fmap)
     n = df.height
     arrays: dict[str, np.ndarray] = {}
@@ -159,7 +177,12 @@ def encode_frame(
     if with_labels:
         arrays["label"] = encode_labels(df, fmap.labels, path)
     if fmap.group_field and fmap.group_field in df.columns:
-        arrays["group"] = df[fmap.group_field].cast(pl.String).fill_null("").rank("dense").to_numpy().astype(np.int64)
+        groups = df[fmap.group_field].cast(pl.String).fill_null("")
+        if group_values is None:
+            arrays["group"] = groups.rank("dense").to_numpy().astype(np.int64)
+        else:  # the same dense ranks, among the whole split's values
+            ranks = pl.int_range(1, len(group_values) + 1, dtype=pl.Int64, eager=True)
+            arrays["group"] = groups.replace_strict(group_values, ranks).to_numpy().astype(np.int64)
     return EncodedSplit(arrays)
 
 
@@ -208,8 +231,14 @@ def prepare(
     rebuild: bool = False,
     mmap: bool = False,
     log=print,
+    streaming: bool = False,
+    block_rows: int = DEFAULT_BLOCK_ROWS,
 ) -> PreparedData:
-    """Fit on train, encode all splits, cache them; reuse the cache when nothing changed."""
+    """Fit on train, encode all splits, cache them; reuse the cache when nothing changed.
+
+    ``streaming``: preprocess csv/tsv/parquet files block by block (``block_rows`` rows at a time)
+    in two passes, with memory bounded by a block and the vocabularies instead of the file
+    (:mod:`ctrlab.data.streaming`); the splits come back memory-mapped. Same cache, same arrays."""
     if "train" not in cfg.files:
         raise ValueError(f"dataset {cfg.name!r} has no train split; files are {sorted(cfg.files)}")
     files = {split: cfg.resolve(split) for split in cfg.files}
@@ -228,26 +257,33 @@ def prepare(
 
     t0 = time.time()
     columns = raw_columns(cfg)
-    log(f"[ctrlab] encoding dataset {cfg.name!r} -> {folder}")
-    train_df = read_split(cfg, files["train"], columns)
-    fmap = fit_feature_map(cfg, train_df, files["train"])
-    encoders = load_encoders(fmap)
     tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     counts = {}
     encoded: dict[str, EncodedSplit] = {}
-    for split, p in files.items():
-        df = train_df if split == "train" else read_split(cfg, p, columns)
-        train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
-        enc = encode_frame(df, fmap, p, encoders=encoders)
-        del df
-        enc.save(tmp / split)
-        counts[split] = len(enc)
-        log(f"[ctrlab]   {split}: {len(enc):,} rows from {p}")
-        if not mmap:
-            encoded[split] = enc  # what the saved files hold: no need to read them back
-        del enc
+    if streaming and cfg.format in STREAM_FORMATS:
+        log(f"[ctrlab] encoding dataset {cfg.name!r} in blocks of {block_rows:,} rows (streaming) -> {folder}")
+        fmap, counts = _encode_streaming(cfg, files, columns, tmp, block_rows, log)
+        mmap = True  # the point of streaming: the splits need not fit in memory
+    else:
+        if streaming:
+            log(f"[ctrlab] format {cfg.format} is not streamed; reading each split whole")
+        log(f"[ctrlab] encoding dataset {cfg.name!r} -> {folder}")
+        train_df = read_split(cfg, files["train"], columns)
+        fmap = fit_feature_map(cfg, train_df, files["train"])
+        encoders = load_encoders(fmap)
+        for split, p in files.items():
+            df = train_df if split == "train" else read_split(cfg, p, columns)
+            train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
+            enc = encode_frame(df, fmap, p, encoders=encoders)
+            del df
+            enc.save(tmp / split)
+            counts[split] = len(enc)
+            log(f"[ctrlab]   {split}: {len(enc):,} rows from {p}")
+            if not mmap:
+                encoded[split] = enc  # what the saved files hold: no need to read them back
+            del enc
     fmap.save(tmp / "feature_map.json")
     (tmp / "dataset_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     manifest = {
@@ -270,3 +306,43 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
     return PreparedData(fmap, splits, folder, cfg, reused=False)
+
+
+def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[str], out: Path,
+                      block_rows: int, log) -> tuple[FeatureMap, dict[str, int]]:
+    """Fit on train and encode every split block by block into ``out/<split>/*.npy``
+    (:mod:`ctrlab.data.streaming`)."""
+
+    def fit(numbers: bool):
+        encoders = _make_encoders(cfg)
+        fit_streaming(cfg, files["train"], columns, encoders, block_rows, numbers)
+        return encoders
+
+    fmap = describe(cfg, with_text_fallback(cfg, fit))
+    encoders = load_encoders(fmap)
+    counts: dict[str, int] = {}
+    for split, p in files.items():
+
+        def encode(numbers: bool) -> int:
+            groups = split_groups(cfg, p, columns, fmap.group_field, numbers)
+            (out / split).mkdir(parents=True, exist_ok=True)
+            writers: dict[str, NpyAppender] = {}
+            try:
+                for block in iter_blocks(cfg, p, columns, block_rows, numbers):
+                    arrays = encode_frame(block, fmap, p, encoders=encoders, group_values=groups).arrays
+                    for key, arr in arrays.items():
+                        if key not in writers:
+                            writers[key] = NpyAppender(out / split / f"{array_file_name(key)}.npy", arr.shape[1:],
+                                                       arr.dtype)
+                        writers[key].append(arr)
+            finally:
+                for w in writers.values():
+                    w.close()
+            rows = {w.written for w in writers.values()}
+            if rows in (set(), {0}):
+                raise DataError(f"the {split} file has no data rows", file=p, fix="add data rows")
+            return rows.pop()  # every array got every block's rows
+
+        counts[split] = with_text_fallback(cfg, encode)
+        log(f"[ctrlab]   {split}: {counts[split]:,} rows from {p}")
+    return fmap, counts

@@ -128,39 +128,43 @@ def _numeric_columns(cfg: DatasetConfig) -> set[str]:
     return numeric - other
 
 
+def parse_csv(cfg: DatasetConfig, source, names: list[str], columns: list[str], has_header: bool,
+              numbers: bool = True) -> pl.DataFrame:
+    """Parse csv/tsv text (a path, or bytes of whole lines) into ``columns``. With ``numbers``, columns
+    that feed numeric features only are parsed as Float64 by the reader itself (fast, and 8 bytes
+    a cell instead of a 16-byte string view); the rest stay text."""
+    numeric = _numeric_columns(cfg) if numbers else set()
+    overrides = {c: pl.Float64 for c in columns if c in numeric}
+    df = pl.read_csv(
+        source,
+        separator=cfg.separator,
+        has_header=has_header,
+        columns=[names.index(c) for c in columns],
+        # the overrides are keyed by our names for every column, header or not
+        new_columns=names if overrides or not has_header else None,
+        infer_schema=False,
+        schema_overrides=overrides or None,
+        quote_char='"',
+    )
+    df.columns = columns
+    return df
+
+
 def read_csv(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFrame:
     names = read_header(cfg, path)
     _require(path, names, columns, 1 if cfg.header else None)
     offset = 2 if cfg.header else 1
-    # Numeric features are parsed as Float64 by the reader itself (fast, and 8 bytes a cell
-    # instead of a 16-byte string view). A cell it cannot parse makes the read fail; the file is
-    # then read again as text, and the numeric encoder names the bad cell's line and column.
-    numeric = _numeric_columns(cfg)
-    overrides = {c: pl.Float64 for c in columns if c in numeric}
-
-    def read(schema_overrides):
-        return pl.read_csv(
-            path,
-            separator=cfg.separator,
-            has_header=cfg.header,
-            columns=[names.index(c) for c in columns],
-            # the overrides are keyed by our names for every column, header or not
-            new_columns=names if schema_overrides else None,
-            infer_schema=False,
-            schema_overrides=schema_overrides or None,
-            quote_char='"',
-        )
-
+    # A numeric cell the reader cannot parse makes the read fail; the file is then read again as
+    # text, and the numeric encoder names the bad cell's line and column.
     try:
         try:
-            df = read(overrides)
+            df = parse_csv(cfg, path, names, columns, cfg.header)
         except Exception:  # noqa: BLE001 - an unparsable number (or a header Polars splits
-            if not overrides:  # differently): read as text, the encoders then name the bad cell
+            if not _numeric_columns(cfg):  # differently): read as text, the encoders then name the bad cell
                 raise
-            df = read(None)
+            df = parse_csv(cfg, path, names, columns, cfg.header, numbers=False)
     except (pl.exceptions.ComputeError, pl.exceptions.NoDataError) as exc:
         raise DataError(f"cannot parse: {str(exc).splitlines()[0]}", file=path, fix="check the separator and quoting") from None
-    df.columns = columns
     if df.height == 0:
         raise DataError(f"file {path} has a header but no data rows", file=path, line=offset, fix="add data rows")
     return df.with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + offset).alias(LINE))

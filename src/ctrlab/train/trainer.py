@@ -199,10 +199,12 @@ class TrainerConfig:
     """Show tqdm progress bars (samples/s) during training and evaluation."""
     min_epochs: int = 0
     """Not BARS: never stop early before this many epochs (lr still decays on plateaus); 0 = BARS protocol exactly."""
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     """Non-BARS speed option. ``bf16``: forward passes run under ``torch.autocast`` with bfloat16
     (matmuls on AMX units / tensor cores); the loss, regularizers, gradients' accumulation into the
-    weights, the optimizer state and the weights stay float32. ``fp32`` (default): float32 throughout."""
+    weights, the optimizer state and the weights stay float32. ``fp16``: the same with float16 and
+    dynamic loss scaling (``torch.amp.GradScaler``), for GPUs without bfloat16; the scaler's state
+    is checkpointed. ``fp32`` (default): float32 throughout."""
     sparse_embeddings: bool = False
     """Non-BARS speed option for large vocabularies. The fused embedding tables get sparse
     gradients (only the rows a batch looked up) and ``torch.optim.SparseAdam`` ("lazy Adam": a
@@ -211,6 +213,10 @@ class TrainerConfig:
     table row at every step, so its cost grows with the vocabulary, SparseAdam's with the batch.
     Needs ``optimizer`` adam or sgd and ``embedding_regularizer: 0`` (an L2 term over whole
     tables has a dense gradient). Gradient clipping still uses the global norm over all parameters."""
+    shuffle_block_rows: int | None = None
+    """Non-BARS option for memory-mapped data larger than memory: a bounded shuffle (blocks of this many
+    consecutive rows in a seeded random order, rows shuffled inside windows of 8 blocks), so that
+    batches read a few regions of the file at a time; None (default) = a full shuffle each epoch."""
     bn_recalibration_batches: int = 0
     """Non-BARS option (0 = off, the BARS protocol). After each training epoch, re-estimate every
     BatchNorm layer's running mean/variance as an exact average over this many training batches
@@ -258,7 +264,8 @@ class TrainerConfig:
         """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``)."""
         from ..data.loader import BatchLoader
 
-        return BatchLoader(split, batch_size=self.batch_size, shuffle=True, seed=self.seed)
+        return BatchLoader(split, batch_size=self.batch_size, shuffle=True, seed=self.seed,
+                           shuffle_block_rows=self.shuffle_block_rows)
 
     def make_eval_loader(self, split: Any):
         """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch."""
@@ -296,6 +303,7 @@ class TrainerConfig:
         need_int("num_threads", 1, allow_none=True)
         need_int("min_epochs", 0)
         need_int("bn_recalibration_batches", 0)
+        need_int("shuffle_block_rows", 1, allow_none=True)
         need_num("lr", 0.0, strict=True)
         need_num("lr_decay_factor", 0.0, strict=True, hi=1.0)
         need_num("min_lr", 0.0, strict=False)
@@ -491,6 +499,12 @@ class Trainer:
                 self._log("trainer.sparse_embeddings: the model has no embedding tables; nothing to make sparse",
                           level=logging.WARNING)
         self.optimizer = make_optimizer(config.optimizer, self._params, config.lr, self._sparse_tables)
+        self._scaler = None
+        if config.precision == "fp16":
+            if self._sparse_tables:
+                raise ConfigError("trainer.precision=fp16 with trainer.sparse_embeddings is not supported "
+                                  "(loss scaling of sparse gradients); use precision bf16, or dense embeddings")
+            self._scaler = torch.amp.GradScaler(self.device.type)
         self._train_module: nn.Module = self.model
         if dist.active:
             if self._sparse_tables and self.device.type == "cuda":
@@ -643,10 +657,18 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 outputs = self._forward(batch, self._train_module)
                 loss = self.model.loss(batch, outputs)
-                loss.backward()
-                if cfg.max_grad_norm is not None:
-                    clip_grad_norm(self._params, cfg.max_grad_norm)
-                self.optimizer.step()
+                if self._scaler is None:
+                    loss.backward()
+                    if cfg.max_grad_norm is not None:
+                        clip_grad_norm(self._params, cfg.max_grad_norm)
+                    self.optimizer.step()
+                else:  # fp16: scaled loss; unscale before clipping; a step with inf/nan gradients is skipped
+                    self._scaler.scale(loss).backward()
+                    if cfg.max_grad_norm is not None:
+                        self._scaler.unscale_(self.optimizer)
+                        clip_grad_norm(self._params, cfg.max_grad_norm)
+                    self._scaler.step(self.optimizer)
+                    self._scaler.update()
                 total += loss.detach().to(torch.float64)
                 n_batches += 1
                 rows += n
@@ -761,13 +783,16 @@ class Trainer:
         module = module if module is not None else self.model
         if self.config.precision == "fp32":
             return module(batch)
-        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16):
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        with torch.autocast(device_type=self.device.type, dtype=dtype):
             outputs = module(batch)
         return {k: v.float() if torch.is_tensor(v) and v.is_floating_point() else v for k, v in outputs.items()}
 
     def _to_device(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if self.device.type == "cpu":
             return dict(batch)
+        if self.device.type == "cuda":  # page-locked host memory: the copy to the GPU runs asynchronously
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
     def _bar(self, loader: Iterable, desc: str):
@@ -907,6 +932,7 @@ class Trainer:
             "history": self.history,
             "optimizer": opt_payload,
             "rng": _rng_state(),
+            "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "config": self.config.to_dict(),
             "model_class": type(self.model).__name__,
             "saved_at": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -996,3 +1022,5 @@ class Trainer:
         self.epochs_done = epoch
         self.stopped_early = bool(state["stopped_early"])
         _set_rng_state(state["rng"])
+        if self._scaler is not None and state.get("grad_scaler"):
+            self._scaler.load_state_dict(state["grad_scaler"])

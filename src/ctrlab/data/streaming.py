@@ -1,0 +1,272 @@
+"""Streaming preprocessing: files larger than memory, encoded in blocks of rows, in two passes.
+
+``prepare(cfg, streaming=True)`` (or ``streaming: true`` in a run config) never holds a whole split:
+
+1. **Fit** (train only): the file is read block by block (:func:`iter_blocks`, parsed exactly as
+   :func:`~ctrlab.data.readers.read_split` parses it). Each
+   block adds its token counts to running counts per vocabulary, and its values to running
+   statistics per numeric feature (count, mean and sum of squares combined by Chan's formula, min,
+   max). The vocabularies come out identical to an in-memory fit (same counts, same order); the
+   statistics equal it up to float rounding.
+2. **Encode** (every split): blocks again, each encoded with :func:`~ctrlab.data.pipeline.encode_frame`
+   and appended to its ``.npy`` files (:class:`NpyAppender`: the header's row count is filled in
+   at the end, so no pass is spent counting rows).
+
+Peak memory is a block (``block_rows``) plus the vocabularies, not the file. gAUC group ids are the
+ranks of the split's sorted distinct group values, as in memory (one extra streaming query).
+libSVM / libFM inputs are not streamed (they are small benchmark formats); they are read whole.
+"""
+from __future__ import annotations
+
+import gzip
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import polars as pl
+
+from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder
+from .errors import DataError
+from .readers import LINE, _numeric_columns, _require, parse_csv, read_header
+from .schema import DatasetConfig
+
+STREAM_FORMATS = ("csv", "tsv", "parquet")
+DEFAULT_BLOCK_ROWS = 1 << 18
+"""Rows per block: a 262,144-row block of 40 Criteo text columns is about 0.4 GB parsed."""
+
+
+# ---- reading in blocks ---------------------------------------------------------------------------
+def _check_parquet(path: Path, columns: list[str]) -> None:
+    if not path.exists():
+        raise DataError(f"file {path} does not exist", file=path, fix="check the path in the dataset config's files")
+    _require(path, list(pl.read_parquet_schema(path)), columns, None)
+
+
+def _scan(cfg: DatasetConfig, path: Path, columns: list[str], numbers: bool) -> pl.LazyFrame:
+    """A lazy scan of ``columns`` parsed like read_split (for streaming aggregate queries)."""
+    if cfg.format == "parquet":
+        _check_parquet(path, columns)
+        return pl.scan_parquet(path).select(columns)
+    names = read_header(cfg, path)
+    _require(path, names, columns, 1 if cfg.header else None)
+    numeric = _numeric_columns(cfg) if numbers else set()
+    overrides = {c: pl.Float64 for c in columns if c in numeric} or None
+    lf = pl.scan_csv(path, separator=cfg.separator, has_header=cfg.header, new_columns=names, infer_schema=False,
+                     schema_overrides=overrides, quote_char='"')
+    return lf.select(columns)
+
+
+def iter_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: int,
+                numbers: bool = True) -> Iterator[pl.DataFrame]:
+    """The split in blocks of about ``block_rows`` rows, in file order, each with the ``__line__``
+    column numbering the source lines (so that errors name the right line).
+
+    Blocks are pulled one at a time, so memory holds one block: csv/tsv text is read in byte
+    chunks cut at a row end and parsed by :func:`~ctrlab.data.readers.parse_csv`, the in-memory
+    reader's own parser; Parquet row batches come from PyArrow's ``iter_batches``. (Polars'
+    ``collect_batches`` runs ahead of a slow consumer and buffers without a bound.)"""
+    blocks = _parquet_blocks(path, columns, block_rows) if cfg.format == "parquet" else _csv_blocks(
+        cfg, path, columns, block_rows, numbers)
+    offset = 1 if cfg.format == "parquet" or not cfg.header else 2
+    for block in blocks:
+        if block.height == 0:
+            continue
+        yield block.with_columns((pl.int_range(block.height, dtype=pl.Int64) + offset).alias(LINE))
+        offset += block.height
+
+
+def _parquet_blocks(path: Path, columns: list[str], block_rows: int) -> Iterator[pl.DataFrame]:
+    import pyarrow.parquet as pq
+
+    _check_parquet(path, columns)
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=block_rows, columns=columns):
+        yield pl.from_arrow(batch).select(columns)  # type: ignore[union-attr]
+
+
+def _row_end(buf: bytes) -> int:
+    """Index of the last newline of ``buf`` that ends a row (an even number of quotes before it: a
+    newline inside a quoted field does not end a row); -1 if none."""
+    pos = buf.rfind(b"\n")
+    while pos >= 0 and buf.count(b'"', 0, pos) % 2:
+        pos = buf.rfind(b"\n", 0, pos)
+    return pos
+
+
+def _csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: int,
+                numbers: bool) -> Iterator[pl.DataFrame]:
+    names = read_header(cfg, path)
+    _require(path, names, columns, 1 if cfg.header else None)
+    with open(path, "rb") as probe:
+        gz = probe.read(2) == b"\x1f\x8b"
+    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
+        if cfg.header:
+            fh.readline()
+        carry, chunk = b"", 1 << 20  # the first chunk also measures the bytes per row
+        while True:
+            data = fh.read(chunk)
+            buf = carry + data
+            if not buf:
+                return
+            cut = len(buf) - 1 if not data else _row_end(buf)
+            if cut < 0:  # no row end yet: read more
+                carry = buf
+                chunk *= 2
+                continue
+            text, carry = buf[: cut + 1], buf[cut + 1:]
+            if text.strip():
+                try:
+                    block = parse_csv(cfg, text, names, columns, has_header=False, numbers=numbers)
+                except pl.exceptions.NoDataError:
+                    block = None
+                if block is not None:
+                    if chunk == 1 << 20 and block.height:
+                        chunk = max(1 << 20, len(text) * block_rows // block.height)
+                    yield block
+            if not data:
+                return
+
+
+def with_text_fallback(cfg: DatasetConfig, run: Callable[[bool], Any]) -> Any:
+    """``run(numbers=True)``; if the reader could not parse a numeric column as numbers, the whole pass
+    again with text columns, so that the numeric encoder names the bad cell (as read_split does)."""
+    try:
+        return run(True)
+    except (pl.exceptions.ComputeError, pl.exceptions.InvalidOperationError):
+        if cfg.format == "parquet" or not _numeric_columns(cfg):
+            raise
+        return run(False)
+
+
+# ---- pass 1: fit ---------------------------------------------------------------------------------
+class _RunningCounts:
+    """Token counts of one vocabulary, merged block by block."""
+
+    def __init__(self):
+        self.counts: pl.DataFrame | None = None
+
+    def add(self, tokens: pl.Series) -> None:
+        block = tokens.rename("token").to_frame().group_by("token").agg(pl.len().cast(pl.Int64).alias("n"))
+        if self.counts is None:
+            self.counts = block
+        else:
+            self.counts = pl.concat([self.counts, block]).group_by("token").agg(pl.col("n").sum())
+
+    def vocabulary(self, min_count: int) -> pl.Series:
+        """Tokens seen at least ``min_count`` times, by count then token (as the in-memory fit)."""
+        if self.counts is None:
+            return pl.Series("token", [], dtype=pl.String)
+        kept = self.counts.drop_nulls("token").filter(pl.col("n") >= min_count)
+        return kept.sort(["n", "token"], descending=[True, False])["token"]
+
+
+class _RunningMoments:
+    """Count, mean, sum of squared deviations (Chan et al.), min and max of a numeric feature."""
+
+    def __init__(self, keep_values: bool):
+        self.n, self.mean, self.m2 = 0, 0.0, 0.0
+        self.min, self.max = np.inf, -np.inf
+        self.values: list[np.ndarray] | None = [] if keep_values else None
+
+    def add(self, x: np.ndarray) -> None:
+        if not len(x):
+            return
+        n_b, mean_b = len(x), float(x.mean())
+        m2_b = float(((x - mean_b) ** 2).sum())
+        n = self.n + n_b
+        delta = mean_b - self.mean
+        self.mean += delta * n_b / n
+        self.m2 += m2_b + delta * delta * self.n * n_b / n
+        self.n = n
+        self.min, self.max = min(self.min, float(x.min())), max(self.max, float(x.max()))
+        if self.values is not None:  # quantile buckets need every value (8 bytes a row, one column)
+            self.values.append(x)
+
+
+def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: dict[str, Any],
+                  block_rows: int, numbers: bool) -> int:
+    """Fit ``encoders`` (from ``_make_encoders``) on the train file block by block; returns its rows."""
+    counts: dict[str, _RunningCounts] = {}
+    moments: dict[str, _RunningMoments] = {}
+    for name, enc in encoders.items():
+        if isinstance(enc, CategoricalEncoder) and not enc.spec.hash_buckets:
+            counts[name] = _RunningCounts()
+        elif isinstance(enc, SequenceEncoder) and enc.shared is None:
+            counts[name] = _RunningCounts()
+        elif isinstance(enc, NumericEncoder):
+            moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
+    rows = 0
+    for block in iter_blocks(cfg, path, columns, block_rows, numbers):
+        rows += block.height
+        for name, running in counts.items():
+            enc = encoders[name]
+            if isinstance(enc, CategoricalEncoder):
+                running.add(enc._tokens(block))
+            else:
+                running.add(enc._lists(block).explode().drop_nulls())
+        for name, running in moments.items():
+            enc = encoders[name]
+            x = enc.values(block, path)
+            if enc.spec.normalizer == "log":
+                x = np.sign(x) * np.log1p(np.abs(x))
+            running.add(x)
+    if rows == 0:
+        raise DataError(f"file {path} has no data rows", file=path, fix="add data rows")
+    for name, running in counts.items():
+        enc = encoders[name]
+        tokens = running.vocabulary(enc.spec.min_count)
+        enc.vocab = tokens.to_list()
+    for name, m in moments.items():
+        enc = encoders[name]
+        enc.stats = {"mean": m.mean, "std": float(np.sqrt(m.m2 / m.n)), "min": m.min, "max": m.max}
+        if enc.spec.n_buckets:
+            x = np.concatenate(m.values)
+            qs = np.quantile(x, np.linspace(0, 1, enc.spec.n_buckets + 1)[1:-1])
+            enc.boundaries = sorted({float(q) for q in qs})
+    return rows
+
+
+# ---- pass 2: encode ------------------------------------------------------------------------------
+class NpyAppender:
+    """A ``.npy`` file written row block by row block, so that memory holds one block, not the array.
+
+    The row count is not known in advance (counting would cost another pass over the file): the
+    header is written with room for any count and rewritten, same length, when the file is closed."""
+
+    HEADER_BYTES = 192
+    """Bytes for the magic string, version, length and padded header dict (a multiple of 64)."""
+
+    def __init__(self, path: Path, tail: tuple[int, ...], dtype: np.dtype):
+        self.path, self.tail, self.dtype = path, tuple(tail), np.dtype(dtype)
+        self.written = 0
+        self.fh = open(path, "wb")
+        self.fh.write(self._header(0))
+
+    def _header(self, rows: int) -> bytes:
+        magic = np.lib.format.magic(2, 0)  # version 2: a 4-byte header length
+        text = repr({"descr": np.lib.format.dtype_to_descr(self.dtype), "fortran_order": False,
+                     "shape": (rows, *self.tail)})
+        size = self.HEADER_BYTES - len(magic) - 4
+        if len(text) + 1 > size:
+            raise ValueError(f"{self.path}: header {text!r} does not fit {self.HEADER_BYTES} bytes")
+        return magic + size.to_bytes(4, "little") + (text.ljust(size - 1) + "\n").encode("latin1")
+
+    def append(self, block: np.ndarray) -> None:
+        if block.shape[1:] != self.tail or block.dtype != self.dtype:
+            raise ValueError(f"{self.path}: block {block.shape} {block.dtype} does not fit {self.tail} {self.dtype}")
+        self.fh.write(np.ascontiguousarray(block).tobytes())
+        self.written += len(block)
+
+    def close(self) -> None:
+        self.fh.seek(0)
+        self.fh.write(self._header(self.written))
+        self.fh.close()
+
+
+def split_groups(cfg: DatasetConfig, path: Path, columns: list[str], group_field: str | None,
+                 numbers: bool) -> pl.Series | None:
+    """The split's sorted distinct group values (a streaming query; memory grows with the groups)."""
+    if not group_field or group_field not in columns:
+        return None
+    lf = _scan(cfg, path, columns, numbers)
+    return (lf.select(pl.col(group_field).cast(pl.String).fill_null("").unique().sort())
+            .collect(engine="streaming").to_series())
