@@ -4,6 +4,7 @@ small blocks; bad cells are still named by file, line and column."""
 from __future__ import annotations
 
 import numpy as np
+import polars as pl
 import pytest
 
 from ctrlab import api
@@ -53,3 +54,29 @@ def test_streaming_names_a_bad_numeric_cell(tmp_path, check_error):
     with pytest.raises(DataError) as info:
         prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=True, block_rows=8)
     check_error(info.value, tmp_path / "train.csv", 38, "x", "declare 'x' as kind: categorical")
+
+
+def test_blocks_follow_block_rows_and_number_lines(data_dir):
+    from ctrlab.data.pipeline import raw_columns
+    from ctrlab.data.readers import LINE, read_split
+    from ctrlab.data.streaming import iter_blocks
+
+    dcfg = api.dataset_config(api.load_run_config(None, dataset="criteo_head10k"))
+    path, columns = dcfg.resolve("train"), raw_columns(dcfg)
+    blocks = list(iter_blocks(dcfg, path, columns, block_rows=500))
+    whole = read_split(dcfg, path, columns)
+    assert len(blocks) >= 8 and max(b.height for b in blocks[1:]) < 1500
+    joined = pl.concat(blocks)
+    assert joined.equals(whole.select(joined.columns))  # same cells, same line numbers
+    assert joined[LINE].to_list() == whole[LINE].to_list()
+
+
+def test_quoted_newlines_do_not_split_rows(tmp_path):
+    from ctrlab.data.streaming import iter_blocks
+
+    body = "".join(f'{i % 2},"multi\nline {i}",{i}\n' for i in range(3000))
+    (tmp_path / "q.csv").write_text("label,text,n\n" + body)
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "q.csv"},
+                               "features": [{"name": "text"}, {"name": "n"}]})
+    rows = pl.concat(list(iter_blocks(cfg, tmp_path / "q.csv", ["text", "n", "label"], block_rows=100)))
+    assert rows.height == 3000 and rows["text"][1234] == "multi\nline 1234"

@@ -101,7 +101,7 @@ def _csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: 
     with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
         if cfg.header:
             fh.readline()
-        carry, chunk = b"", 1 << 20  # the first chunk also measures the bytes per row
+        carry, chunk, measured = b"", 64 << 10, False  # the first chunk measures the bytes per row
         while True:
             data = fh.read(chunk)
             buf = carry + data
@@ -118,9 +118,14 @@ def _csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: 
                     block = parse_csv(cfg, text, names, columns, has_header=False, numbers=numbers)
                 except pl.exceptions.NoDataError:
                     block = None
-                if block is not None:
-                    if chunk == 1 << 20 and block.height:
-                        chunk = max(1 << 20, len(text) * block_rows // block.height)
+                except pl.exceptions.ComputeError as exc:
+                    if numbers:  # perhaps a number the reader cannot parse: with_text_fallback retries
+                        raise
+                    raise DataError(f"cannot parse: {str(exc).splitlines()[0]}", file=path,
+                                    fix="check the separator and quoting") from None
+                if block is not None and block.height:
+                    if not measured:
+                        chunk, measured = max(64 << 10, len(text) * block_rows // block.height), True
                     yield block
             if not data:
                 return
