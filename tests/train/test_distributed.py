@@ -112,3 +112,13 @@ def test_sparse_embeddings_train_data_parallel(runs):
     for split in ("valid", "test"):
         for metric in ("AUC", "logloss"):
             assert abs(a[split][metric] - b[split][metric]) <= TOLERANCE, (split, a[split], b[split])
+
+
+def test_distributed_without_torchrun_is_a_clear_error(monkeypatch):
+    from ctrlab.config import ConfigError
+    from ctrlab.train.distributed import SINGLE, setup
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert setup(None) is SINGLE and setup(False) is SINGLE
+    with pytest.raises(ConfigError, match="torchrun --standalone --nproc-per-node 2"):
+        setup(True)

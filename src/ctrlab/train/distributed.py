@@ -23,6 +23,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..config import ConfigError
+
 
 @dataclass(frozen=True)
 class DistContext:
@@ -64,7 +66,7 @@ def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
     if requested is False or (requested is None and not launched_by_torchrun()):
         return SINGLE
     if not launched_by_torchrun():
-        raise RuntimeError(
+        raise ConfigError(
             "--distributed needs torchrun's environment (WORLD_SIZE > 1); launch with e.g. "
             "torchrun --standalone --nproc-per-node 2 -m ctrlab.cli train ... (see docs/scaling.md)")
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
