@@ -129,3 +129,16 @@ def test_score_frames_isolates_a_bad_request(mixed):
     alone = predictor.predict_frame(frame.head(7))
     np.testing.assert_allclose(results[0], alone[:2], rtol=0, atol=1e-6)
     np.testing.assert_allclose(results[2], alone[5:], rtol=0, atol=1e-6)
+
+
+def test_requests_with_null_only_columns_batch_with_others(mixed):
+    """A request whose numeric column is all null has the same schema as one with numbers, so that
+    micro-batched requests concatenate (a mismatch would fail the whole batch)."""
+    predictor, frame = mixed
+    recs = _records(frame.head(4))
+    nulls = [{**r, "price": None, "user": None} for r in recs[:2]]
+    frames = [predictor.records_to_frame(nulls), predictor.records_to_frame(recs[2:])]
+    assert frames[0].schema == frames[1].schema
+    together = predictor.score_frames(frames)
+    np.testing.assert_allclose(together[0], predictor.predict_records(nulls), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together[1], predictor.predict_records(recs[2:]), rtol=0, atol=1e-6)

@@ -199,12 +199,12 @@ class Predictor:
         kinds = self._kinds[name]
         if kinds & {"sequence", "dense_vector"}:
             return self._list_column(name, values, types, numbers="dense_vector" in kinds)
-        if types <= {str, type(None)}:
-            return pl.Series(name, values, dtype=pl.String)
+        # The dtype follows the column's kind, never the values (a column of nulls included), so that
+        # every request's frame has the same schema and micro-batched requests concatenate.
         if "categorical" in kinds:
             # Integers become tokens ("123", as a CSV cell reads); a column that also feeds a numeric
             # feature is text in training too, and the numeric encoder parses it.
-            return pl.Series(name, values, dtype=pl.String, strict=False)
+            return pl.Series(name, values, dtype=pl.String, strict=types <= {str, type(None)})
         series = pl.Series(name, values, dtype=pl.Float64, strict=False)
         bad = ~series.is_finite().fill_null(True)
         if bad.any():
@@ -263,7 +263,12 @@ class Predictor:
         live = list(range(len(frames)))
         while live:
             offsets = np.cumsum([0] + [frames[i].height for i in live])
-            frame = frames[live[0]] if len(live) == 1 else pl.concat([frames[i] for i in live], how="vertical")
+            try:
+                frame = frames[live[0]] if len(live) == 1 else pl.concat([frames[i] for i in live], how="vertical")
+            except pl.exceptions.PolarsError:  # frames that do not concatenate: score them one by one
+                for i in live:
+                    results[i] = self.score_frames([frames[i]])[0]
+                break
             try:
                 probs = self.run(self.encode(frame))
             except RequestError as exc:
