@@ -80,3 +80,28 @@ def test_quoted_newlines_do_not_split_rows(tmp_path):
                                "features": [{"name": "text"}, {"name": "n"}]})
     rows = pl.concat(list(iter_blocks(cfg, tmp_path / "q.csv", ["text", "n", "label"], block_rows=100)))
     assert rows.height == 3000 and rows["text"][1234] == "multi\nline 1234"
+
+
+def test_streaming_numeric_normalisers_and_quantile_buckets(tmp_path):
+    """Standard / min-max / log statistics and quantile bucket edges fitted over blocks match the
+    in-memory fit (statistics to float rounding, bucket edges exactly: they keep every value)."""
+    rng = np.random.default_rng(1)
+    lines = ["label,a,x,y,z"] + [f"{i % 2},t{rng.integers(20)},{rng.gamma(2, 3):.4f},"
+                                 f"{'' if i % 17 == 0 else format(rng.normal(), '.5f')},{rng.integers(0, 1000)}" for i in range(3000)]
+    (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+        {"name": "a"},
+        {"name": "x", "kind": "numeric", "normalizer": "standard"},
+        {"name": "xq", "source": "x", "kind": "numeric", "n_buckets": 7},
+        {"name": "y", "kind": "numeric", "normalizer": "minmax", "fill_value": -1.0},
+        {"name": "z", "kind": "numeric", "normalizer": "log", "bucketize": [1.0, 3.0, 5.0]},
+    ]})
+    whole = prepare(cfg, tmp_path / "whole", log=lambda *a: None)
+    streamed = prepare(cfg, tmp_path / "streamed", log=lambda *a: None, streaming=True, block_rows=128)
+    for name in ("x", "y"):
+        for k, v in whole.feature_map.encoders[name]["stats"].items():
+            assert streamed.feature_map.encoders[name]["stats"][k] == pytest.approx(v, rel=1e-12), (name, k)
+    assert streamed.feature_map.encoders["xq"]["boundaries"] == whole.feature_map.encoders["xq"]["boundaries"]
+    for key in ("cat", "num", "label"):
+        np.testing.assert_allclose(streamed.splits["train"].arrays[key], whole.splits["train"].arrays[key],
+                                   rtol=1e-6, atol=1e-7)
