@@ -85,6 +85,18 @@ def model_inputs(fmap: FeatureMap) -> list[TensorSpec]:
     return specs
 
 
+def model_batch(inputs: list[TensorSpec], tensors) -> dict:
+    """Tensors in :func:`model_inputs` order -> the batch dict a model reads. Models index
+    ``batch["cat"]`` / ``batch["num"]`` even when a group has no fields (and so no graph input)."""
+    import torch
+
+    batch = {s.key: t for s, t in zip(inputs, tensors)}
+    rows = tensors[0].shape[0]
+    batch.setdefault("cat", torch.zeros(rows, 0, dtype=torch.long))
+    batch.setdefault("num", torch.zeros(rows, 0, dtype=torch.float32))
+    return batch
+
+
 def as_model_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> dict[str, np.ndarray]:
     """Encoded arrays (int32 ids) -> the graph's inputs by name, in the dtypes the graph takes."""
     return {s.name: np.ascontiguousarray(arrays[s.key], dtype=s.dtype) for s in inputs}
@@ -194,12 +206,7 @@ def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET)
             self.model = model
 
         def forward(self, *tensors):
-            batch = {s.key: t for s, t in zip(inputs, tensors)}
-            rows = tensors[0].shape[0]
-            # Models index batch["cat"] / batch["num"] even when a group has no fields.
-            batch.setdefault("cat", torch.zeros(rows, 0, dtype=torch.long))
-            batch.setdefault("num", torch.zeros(rows, 0, dtype=torch.float32))
-            logit = self.model(batch)["logit"]
+            logit = self.model(model_batch(inputs, tensors))["logit"]
             return logit, torch.sigmoid(logit)
 
     # 7 rows: odd, and unlike any other dimension, so that tracing cannot confuse it with one.
@@ -232,12 +239,8 @@ def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, 
     with torch.inference_mode():
         for lo in range(0, rows, batch_size):
             # np.array copies: torch must not wrap a read-only memory map
-            batch = {s.key: torch.from_numpy(np.array(arrays[s.key][lo:lo + batch_size], dtype=s.dtype))
-                     for s in inputs}
-            n = next(iter(batch.values())).shape[0]
-            batch.setdefault("cat", torch.zeros(n, 0, dtype=torch.long))
-            batch.setdefault("num", torch.zeros(n, 0, dtype=torch.float32))
-            out.append(torch.sigmoid(model(batch)["logit"]).float().numpy())
+            tensors = [torch.from_numpy(np.array(arrays[s.key][lo:lo + batch_size], dtype=s.dtype)) for s in inputs]
+            out.append(torch.sigmoid(model(model_batch(inputs, tensors))["logit"]).float().numpy())
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

@@ -28,7 +28,7 @@ import polars as pl
 from ..data.errors import DataError
 from ..data.encoders import sequence_tokens, vector_values
 from ..data.pipeline import encode_frame, load_encoders
-from .artifact import Artifact, as_model_arrays, example_arrays, load_artifact
+from .artifact import Artifact, as_model_arrays, example_arrays, load_artifact, model_batch
 
 
 class RequestError(ValueError):
@@ -98,10 +98,7 @@ class _TorchBackend:
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
-        batch = {s.key: torch.from_numpy(feeds[s.name]) for s in self.inputs}
-        rows = next(iter(batch.values())).shape[0]
-        batch.setdefault("cat", torch.zeros(rows, 0, dtype=torch.long))
-        batch.setdefault("num", torch.zeros(rows, 0, dtype=torch.float32))
+        batch = model_batch(self.inputs, [torch.from_numpy(feeds[s.name]) for s in self.inputs])
         with torch.inference_mode():
             return torch.sigmoid(self.model(batch)["logit"]).float().numpy()
 
