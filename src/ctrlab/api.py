@@ -151,19 +151,8 @@ def _default_run_dir(cfg: RunConfig) -> Path:
 def _loaders(data: PreparedData, tcfg: TrainerConfig, ctx: DistContext = SINGLE) -> dict[str, BatchLoader]:
     """Shuffled (seeded) loader for train, ordered loaders for the other splits. In a data-parallel
     job each rank gets its shard of every split, and ``batch_size`` stays the global batch."""
-    if not ctx.active:
-        return {
-            split: tcfg.make_train_loader(enc) if split == "train" else tcfg.make_eval_loader(enc)
-            for split, enc in data.splits.items()
-        }
-    if tcfg.batch_size % ctx.world_size:
-        raise ConfigError(f"trainer.batch_size ({tcfg.batch_size}) is the global batch and must be divisible by "
-                          f"the {ctx.world_size} ranks; choose a multiple of {ctx.world_size}")
-    local, eval_bs = tcfg.batch_size // ctx.world_size, -(-tcfg.resolved_eval_batch_size // ctx.world_size)
     return {
-        split: BatchLoader(enc, local, shuffle=True, seed=tcfg.seed, shard=ctx.shard,
-                           shuffle_block_rows=tcfg.shuffle_block_rows) if split == "train"
-        else BatchLoader(enc, eval_bs, shuffle=False, shard=ctx.shard)
+        split: tcfg.make_train_loader(enc, ctx.shard) if split == "train" else tcfg.make_eval_loader(enc, ctx.shard)
         for split, enc in data.splits.items()
     }
 

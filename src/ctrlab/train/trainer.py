@@ -260,18 +260,26 @@ class TrainerConfig:
         names += [n for n in self.monitor_weights() if n not in names]
         return names
 
-    def make_train_loader(self, split: Any):
-        """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``)."""
+    def make_train_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
+        """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``).
+        ``shard=(rank, world_size)``: this rank's share; ``batch_size`` stays the global batch, so
+        each rank takes ``batch_size / world_size`` rows of every step."""
         from ..data.loader import BatchLoader
 
-        return BatchLoader(split, batch_size=self.batch_size, shuffle=True, seed=self.seed,
+        rank, world = shard
+        if self.batch_size % world:
+            raise ConfigError(f"trainer.batch_size ({self.batch_size}) is the global batch and must be divisible "
+                              f"by the {world} ranks; choose a multiple of {world}")
+        return BatchLoader(split, batch_size=self.batch_size // world, shuffle=True, seed=self.seed, shard=shard,
                            shuffle_block_rows=self.shuffle_block_rows)
 
-    def make_eval_loader(self, split: Any):
-        """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch."""
+    def make_eval_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
+        """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch
+        (shared out over ``shard``'s ranks)."""
         from ..data.loader import BatchLoader
 
-        return BatchLoader(split, batch_size=self.resolved_eval_batch_size, shuffle=False, seed=self.seed)
+        return BatchLoader(split, batch_size=-(-self.resolved_eval_batch_size // shard[1]), shuffle=False,
+                           seed=self.seed, shard=shard)
 
     # ---- validation --------------------------------------------------------------------------
     def validate(self, where: str = "trainer") -> None:
