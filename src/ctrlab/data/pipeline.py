@@ -324,7 +324,7 @@ def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[
     for split, p in files.items():
 
         def encode(numbers: bool) -> int:
-            groups = split_groups(cfg, p, columns, fmap.group_field, numbers)
+            groups = split_groups(cfg, p, fmap.group_field, block_rows, numbers)
             (out / split).mkdir(parents=True, exist_ok=True)
             writers: dict[str, NpyAppender] = {}
             try:

@@ -13,7 +13,7 @@
    at the end, so no pass is spent counting rows).
 
 Peak memory is a block (``block_rows``) plus the vocabularies, not the file. gAUC group ids are the
-ranks of the split's sorted distinct group values, as in memory (one extra streaming query).
+ranks of the split's sorted distinct group values, as in memory (one extra pass over the group column alone).
 libSVM / libFM inputs are not streamed (they are small benchmark formats); they are read whole.
 """
 from __future__ import annotations
@@ -40,20 +40,6 @@ def _check_parquet(path: Path, columns: list[str]) -> None:
     if not path.exists():
         raise DataError(f"file {path} does not exist", file=path, fix="check the path in the dataset config's files")
     _require(path, list(pl.read_parquet_schema(path)), columns, None)
-
-
-def _scan(cfg: DatasetConfig, path: Path, columns: list[str], numbers: bool) -> pl.LazyFrame:
-    """A lazy scan of ``columns`` parsed like read_split (for streaming aggregate queries)."""
-    if cfg.format == "parquet":
-        _check_parquet(path, columns)
-        return pl.scan_parquet(path).select(columns)
-    names = read_header(cfg, path)
-    _require(path, names, columns, 1 if cfg.header else None)
-    numeric = _numeric_columns(cfg) if numbers else set()
-    overrides = {c: pl.Float64 for c in columns if c in numeric} or None
-    lf = pl.scan_csv(path, separator=cfg.separator, has_header=cfg.header, new_columns=names, infer_schema=False,
-                     schema_overrides=overrides, quote_char='"')
-    return lf.select(columns)
 
 
 def iter_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: int,
@@ -267,11 +253,13 @@ class NpyAppender:
         self.fh.close()
 
 
-def split_groups(cfg: DatasetConfig, path: Path, columns: list[str], group_field: str | None,
+def split_groups(cfg: DatasetConfig, path: Path, group_field: str | None, block_rows: int,
                  numbers: bool) -> pl.Series | None:
-    """The split's sorted distinct group values (a streaming query; memory grows with the groups)."""
-    if not group_field or group_field not in columns:
+    """The split's sorted distinct group values, from a pass over its group column alone (memory
+    grows with the groups, not the rows)."""
+    if not group_field:
         return None
-    lf = _scan(cfg, path, columns, numbers)
-    return (lf.select(pl.col(group_field).cast(pl.String).fill_null("").unique().sort())
-            .collect(engine="streaming").to_series())
+    seen = pl.Series(group_field, [], dtype=pl.String)
+    for block in iter_blocks(cfg, path, [group_field], block_rows, numbers):
+        seen = pl.concat([seen, block[group_field].cast(pl.String).fill_null("").unique()]).unique()
+    return seen.sort()
