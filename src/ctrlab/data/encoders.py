@@ -55,20 +55,28 @@ def _vocab_series(vocab: list[str], built_from: pl.Series | None = None) -> tupl
     """The vocabulary and its ids as Polars series (what ``replace_strict`` maps with), built once
     per vocabulary list: converting a million-entry Python list on every call cost more than the
     mapping itself. ``built_from``: a Series the list was just made from (saves converting back)."""
-    key = (id(vocab), len(vocab))
-    hit = _VOCAB_SERIES.get(key)
-    if built_from is not None or hit is None or hit[0] is not vocab:
+    def build() -> tuple[pl.Series, pl.Series]:
         keys = built_from.cast(pl.String).rename("") if built_from is not None else pl.Series(vocab, dtype=pl.String)
-        ids = pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
-        if len(_VOCAB_SERIES) > 256:
-            _VOCAB_SERIES.clear()
-        hit = _VOCAB_SERIES[key] = (vocab, keys, ids)
-    return hit[1], hit[2]
+        return keys, pl.int_range(FIRST_ID, FIRST_ID + len(vocab), dtype=pl.Int32, eager=True)
+
+    return _per_vocab(_VOCAB_SERIES, vocab, build, fresh=built_from is not None)
 
 
-_VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], pl.Series, pl.Series]] = {}
-"""Cache of :func:`_vocab_series`; entries hold their list, so an id is never reused while cached.
-Vocabulary lists are never changed in place (encoders assign new lists)."""
+def _per_vocab(cache: dict, vocab: list[str], build, fresh: bool = False):
+    """``build()`` for this vocabulary list, computed once and kept in ``cache`` (at most 256 lists).
+    Entries hold their list, so an ``id`` is never reused while cached; vocabulary lists are never
+    changed in place (encoders assign new lists)."""
+    key = (id(vocab), len(vocab))
+    hit = cache.get(key)
+    if fresh or hit is None or hit[0] is not vocab:
+        if len(cache) > 256:
+            cache.clear()
+        hit = cache[key] = (vocab, build())
+    return hit[1]
+
+
+_VOCAB_SERIES: dict[tuple[int, int], tuple[list[str], tuple[pl.Series, pl.Series]]] = {}
+"""Cache of :func:`_vocab_series`."""
 
 
 SMALL_LOOKUP_RATIO = 16
@@ -87,15 +95,12 @@ def few_tokens(rows: int, vocab_size: int) -> bool:
 def _vocab_dict(vocab: list[str]) -> dict[str | None, int]:
     """token -> id, built once per vocabulary list (about 40 bytes per entry beside the list). A
     missing cell (None) is the empty-string token, as ``fill_null("")`` makes it elsewhere."""
-    key = (id(vocab), len(vocab))
-    hit = _VOCAB_DICT.get(key)
-    if hit is None or hit[0] is not vocab:
-        if len(_VOCAB_DICT) > 256:
-            _VOCAB_DICT.clear()
+    def build() -> dict[str | None, int]:
         table: dict[str | None, int] = dict(zip(vocab, range(FIRST_ID, FIRST_ID + len(vocab))))
         table[None] = table.get("", OOV_ID)
-        hit = _VOCAB_DICT[key] = (vocab, table)
-    return hit[1]
+        return table
+
+    return _per_vocab(_VOCAB_DICT, vocab, build)
 
 
 _VOCAB_DICT: dict[tuple[int, int], tuple[list[str], dict[str | None, int]]] = {}
