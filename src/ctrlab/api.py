@@ -29,7 +29,6 @@ import yaml
 
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.datasets import get_dataset
-from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.readers import read_split
@@ -264,18 +263,13 @@ def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> Ru
 # ---- using a finished run -------------------------------------------------------------------
 def load_run(run_dir: str | Path):
     """(model, feature_map, dataset_config, run_config) of a finished run, weights loaded."""
-    from safetensors.torch import load_file
+    from .serve.artifact import load_trained_run
 
     run_dir = Path(run_dir)
     if not (run_dir / "model.safetensors").exists():
         raise FileNotFoundError(f"{run_dir} is not a finished ctrlab run (no model.safetensors)")
-    cfg = load_run_config(run_dir / "run_config.yaml")
-    fmap = FeatureMap.load(run_dir / "feature_map.json")
-    dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
-    model = create(cfg.model, fmap, **cfg.model_params)
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
-    model.eval()
-    return model, fmap, dcfg, cfg
+    model, fmap, dcfg, _, _ = load_trained_run(run_dir)
+    return model, fmap, dcfg, load_run_config(run_dir / "run_config.yaml")
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:

@@ -148,8 +148,9 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _load_trained(run_dir: Path):
-    """(model, feature map, dataset config, run config dict, metrics) of a finished run."""
+def load_trained_run(run_dir: Path):
+    """(model with its weights, feature map, dataset config, run config dict, metrics) of a finished
+    run folder (``ctrlab.load_run`` and export both read runs through it)."""
     from safetensors.torch import load_file
 
     from ..models import create
@@ -265,7 +266,7 @@ def export_run(
     out = Path(output) if output else run_dir / f"export-{format}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ArtifactError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
-    model, fmap, dcfg, cfg, metrics = _load_trained(run_dir)
+    model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
