@@ -87,14 +87,19 @@ def rank_device(ctx: DistContext, device: str) -> str:
     return device
 
 
-def all_mean(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
-    """Mean of a scalar tensor over ranks (identity in a single process)."""
+def all_sum(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
+    """Sum of a scalar tensor over ranks, as float64 on the CPU (identity in a single process)."""
     if not ctx.active:
         return value
     out = value.detach().clone().to(torch.float64)
     comm = out.cuda() if ctx.backend == "nccl" else out
     dist.all_reduce(comm)
-    return comm.cpu() / ctx.world_size
+    return comm.cpu()
+
+
+def all_mean(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
+    """Mean of a scalar tensor over ranks (identity in a single process)."""
+    return all_sum(ctx, value) / ctx.world_size if ctx.active else value
 
 
 def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:

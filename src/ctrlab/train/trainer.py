@@ -62,7 +62,7 @@ from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, to_dict
 from ..layers.embedding import enable_sparse_gradients
-from .distributed import SINGLE, DistContext, all_mean, gather_rows, rank_device
+from .distributed import SINGLE, DistContext, all_mean, all_sum, gather_rows, rank_device
 from .metrics import METRIC_NAMES, evaluate_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
@@ -688,7 +688,7 @@ class Trainer:
         if n_batches == 0:
             raise ValueError("the training loader produced no batches")
         train_loss = float(all_mean(self.dist, total / n_batches).item())
-        rows = int(round(float(all_mean(self.dist, torch.tensor(float(rows))).item()) * self.dist.world_size))
+        rows = int(all_sum(self.dist, torch.tensor(rows)).item())  # every rank's rows
         if not math.isfinite(train_loss):
             raise FloatingPointError(
                 f"training loss became {train_loss} in epoch {epoch + 1}; lower the learning rate or "
