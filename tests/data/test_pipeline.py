@@ -287,6 +287,23 @@ def test_fingerprint_covers_the_tail_of_1_to_2_mib_files(tmp_path):
     assert cache_key(cfg, {"train": path}) != key
 
 
+@pytest.mark.parametrize("streaming", [False, True])
+def test_prepare_with_train_not_the_first_split(tmp_path, streaming):
+    """Issue 14.6: yaml.safe_dump sorts keys, so `files` often comes as {test, train, valid}."""
+    small_csv(tmp_path)
+    (tmp_path / "valid.csv").write_text("label,a,x\n1,q,4\n")
+    spec = {"name": "small", "root": str(tmp_path), "features": [{"name": "a"}, {"name": "x", "kind": "numeric"}]}
+    ordered = load_dataset_config({**spec, "files": {"train": "train.csv", "valid": "valid.csv", "test": "test.csv"}})
+    shuffled = load_dataset_config({**spec, "files": {"valid": "valid.csv", "test": "test.csv", "train": "train.csv"}})
+    want = prepare(ordered, tmp_path / "cache_a", log=Log(), streaming=streaming)
+    got = prepare(shuffled, tmp_path / "cache_b", log=Log(), streaming=streaming)
+    assert {s: len(v) for s, v in got.splits.items()} == {"valid": 1, "test": 2, "train": 3}
+    assert got.feature_map.to_dict() == want.feature_map.to_dict()
+    for split in ("train", "valid", "test"):
+        for k, v in want.splits[split].arrays.items():
+            np.testing.assert_array_equal(got.splits[split].arrays[k], v, err_msg=f"{split}/{k}")
+
+
 def test_feature_map_json_is_readable(tmp_path):
     data = prepare(small_csv(tmp_path, group_field="a"), tmp_path / "cache", log=Log())
     raw = json.loads((data.path / "feature_map.json").read_text(encoding="utf-8"))

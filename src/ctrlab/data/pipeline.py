@@ -273,7 +273,8 @@ def prepare(
         train_df = read_split(cfg, files["train"], columns)
         fmap = fit_feature_map(cfg, train_df, files["train"])
         encoders = load_encoders(fmap)
-        for split, p in files.items():
+        # train first, wherever `files` lists it (yaml sorts keys): its raw frame is dropped once encoded
+        for split, p in sorted(files.items(), key=lambda item: item[0] != "train"):
             df = train_df if split == "train" else read_split(cfg, p, columns)
             train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
             enc = encode_frame(df, fmap, p, encoders=encoders)
