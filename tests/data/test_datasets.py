@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +119,49 @@ def test_register_dataset_decorator(tmp_path, monkeypatch):
             register_dataset("_tiny_test_dataset")(lambda ctx: None)
     finally:
         _REGISTRY.pop("_tiny_test_dataset", None)
+
+
+def _register_counting_dataset(name: str, builds: list) -> None:
+    @register_dataset(name)
+    def counting(ctx, n: int = 3):
+        """Counts its builds. Rows: n."""
+
+        def build(out):
+            builds.append(out)
+            (out / "train.csv").write_text("label,a\n" + "".join(f"{i % 2},{i}\n" for i in range(n)))
+
+        folder = ctx.prepare({"n": n}, build)
+        from ctrlab.data.datasets.registry import make_config
+
+        return make_config(name=name, files={"train": str(folder / "train.csv")}, root=str(folder),
+                           features=[{"name": "a"}])
+
+
+def test_prepare_removes_abandoned_and_keeps_live_build_folders(tmp_path, monkeypatch, capsys):
+    """Issue 14.24: a build folder whose owner process is gone is removed on the next prepare (and
+    logged); one owned by a live process is kept. Issue 14.7: each build gets a fresh folder."""
+    from ctrlab.data.cache import OWNER_FILE, owner_identity
+
+    monkeypatch.setenv("CTRLAB_CACHE_DIR", str(tmp_path))
+    prepared = tmp_path / "prepared"
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        gone = owner_identity(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    for name, owner in ((".x-1.tmp-gone", gone), (".x-1.tmp-live", owner_identity())):
+        (prepared / name).mkdir(parents=True)
+        (prepared / name / OWNER_FILE).write_text(json.dumps(owner))
+    builds: list = []
+    _register_counting_dataset("_counting_dataset", builds)
+    try:
+        cfg = get_dataset("_counting_dataset")
+    finally:
+        _REGISTRY.pop("_counting_dataset", None)
+    assert "removed abandoned cache build folder" in capsys.readouterr().err
+    assert sorted(p.name for p in prepared.iterdir()) == sorted([".x-1.tmp-live", Path(cfg.root).name])
+    assert builds[0].parent == prepared and builds[0].name.startswith(f".{Path(cfg.root).name}.tmp-")
 
 
 # ---- frappe_x1_subset -----------------------------------------------------------------------

@@ -197,3 +197,18 @@ def test_bounded_shuffle_is_a_seeded_permutation_that_reads_few_blocks_at_a_time
     # data-parallel ranks split the same bounded order
     parts = [order(0, shard=(r, 2)) for r in range(2)]
     assert sorted(np.concatenate(parts).tolist()) == list(range(n))
+
+
+def test_save_never_touches_another_writers_temporary_file(tmp_path):
+    """Issue 14.7: the temporary name of each array is unique to this writer (it was <name>.tmp.npy,
+    which a second writer of the same folder overwrote and renamed away)."""
+    theirs = tmp_path / "cat.tmp.npy"
+    theirs.write_bytes(b"another writer's half-written array")
+    split = make_split(20)
+    split.save(tmp_path)
+    assert theirs.read_bytes() == b"another writer's half-written array"
+    back = EncodedSplit.load(tmp_path)
+    assert sorted(back.arrays) == sorted(split.arrays)
+    for k, v in split.arrays.items():
+        np.testing.assert_array_equal(back.arrays[k], v)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp.npy")) == ["cat.tmp.npy"]

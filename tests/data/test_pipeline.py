@@ -3,6 +3,12 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
+
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -10,6 +16,7 @@ import pytest
 import torch
 
 from ctrlab.data import pipeline
+from ctrlab.data.cache import BuildFolder
 from ctrlab.data.errors import DataError
 from ctrlab.data.feature_map import FeatureMap
 from ctrlab.data.loader import BatchLoader
@@ -302,6 +309,95 @@ def test_prepare_with_train_not_the_first_split(tmp_path, streaming):
     for split in ("train", "valid", "test"):
         for k, v in want.splits[split].arrays.items():
             np.testing.assert_array_equal(got.splits[split].arrays[k], v, err_msg=f"{split}/{k}")
+
+
+def test_build_leaves_another_containers_same_pid_folder_alone(tmp_path):
+    """Issue 14.7: build folders were named <folder>.tmp<pid> and deleted first; a build with the
+    same pid in another container sharing the cache lost its work."""
+    cfg = small_csv(tmp_path)
+    key = cache_key(cfg, {s: cfg.resolve(s) for s in cfg.files})
+    theirs = tmp_path / "cache" / "encoded" / f"small-{key}.tmp{os.getpid()}"
+    (theirs / "train").mkdir(parents=True)
+    (theirs / "train" / "cat.npy").write_bytes(b"another container's half-written array")
+    data = prepare(cfg, tmp_path / "cache", log=Log())
+    assert data.path.name == f"small-{key}" and (data.path / "manifest.json").is_file()
+    assert (theirs / "train" / "cat.npy").read_bytes() == b"another container's half-written array"
+
+
+def _prepare_code(tmp_path, cache, after: str) -> str:
+    """A script that prepares small_csv(tmp_path) into ``cache``; ``after``: code run on each log line."""
+    return (
+        "import os, signal, sys\n"
+        "from ctrlab.data.pipeline import prepare\n"
+        "from ctrlab.data.schema import load_dataset_config\n"
+        f"cfg = load_dataset_config({{'name': 'small', 'root': {str(tmp_path)!r},\n"
+        "    'files': {'train': 'train.csv', 'test': 'test.csv'},\n"
+        "    'features': [{'name': 'a'}, {'name': 'x', 'kind': 'numeric', 'normalizer': 'standard'}]})\n"
+        "def log(msg):\n"
+        f"    {after}\n"
+        f"print(prepare(cfg, {str(cache)!r}, log=log).path)\n"
+    )
+
+
+def _run(code: str, **kw) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True, **kw)
+
+
+def test_build_killed_midway_is_cleaned_up_by_the_next_prepare(tmp_path):
+    """Issue 14.24 (and the SIGKILL guarantee): a build killed mid-way leaves its temporary folder;
+    the next prepare builds the cache and removes that folder, saying so."""
+    cfg = small_csv(tmp_path)
+    encoded = tmp_path / "cache" / "encoded"
+    proc = _run(_prepare_code(tmp_path, tmp_path / "cache",
+                              "if 'rows from' in msg: os.kill(os.getpid(), signal.SIGKILL)"))
+    proc.communicate(timeout=120)
+    assert proc.returncode == -signal.SIGKILL
+    (left,) = [p for p in encoded.iterdir() if ".tmp" in p.name]
+    assert not (encoded / left.name.split(".tmp")[0].lstrip(".")).exists()  # nothing published
+    log = Log()
+    data = prepare(cfg, tmp_path / "cache", log=log)
+    assert data.reused is False and len(data.splits["train"]) == 3
+    assert sorted(p.name for p in encoded.iterdir()) == [data.path.name]
+    assert any("removed abandoned" in m and left.name in m for m in log), log
+
+
+def test_prepare_keeps_live_and_recent_build_folders(tmp_path):
+    """Issue 14.24: clean-up never touches a folder a live build may be writing: one owned by a
+    running process, or an unmarked one written to recently."""
+    cfg = small_csv(tmp_path)
+    encoded = tmp_path / "cache" / "encoded"
+    recent = encoded / "small-0123456789abcdef.tmp4242"  # the old naming, no owner marker
+    recent.mkdir(parents=True)
+    with BuildFolder(encoded / "other-0123456789abcdef") as live:
+        (live / "x.npy").write_bytes(b"in progress")
+        prepare(cfg, tmp_path / "cache", log=Log())
+        assert (live / "x.npy").read_bytes() == b"in progress" and recent.is_dir()
+    assert (encoded / "other-0123456789abcdef" / "x.npy").is_file() and not live.exists()
+
+
+def test_failed_build_leaves_no_folder(tmp_path):
+    """A build that raises (bad value in the test split, after train was written) leaves neither a
+    cache nor its temporary folder."""
+    cfg = small_csv(tmp_path)
+    (tmp_path / "test.csv").write_text("label,a,x\n0,q,abc\n")
+    with pytest.raises(DataError, match="abc"):
+        prepare(cfg, tmp_path / "cache", log=Log())
+    assert list((tmp_path / "cache" / "encoded").iterdir()) == []
+
+
+def test_concurrent_builds_publish_one_complete_cache(tmp_path):
+    """Two processes building the same cache at once: both get the same complete folder, and
+    neither's temporary folder is left behind."""
+    small_csv(tmp_path)
+    code = _prepare_code(tmp_path, tmp_path / "cache", "pass")
+    procs = [_run(code) for _ in range(2)]
+    paths = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert [p.returncode for p in procs] == [0, 0] and len(paths) == 1
+    encoded = tmp_path / "cache" / "encoded"
+    assert [p.name for p in encoded.iterdir()] == [Path(paths.pop()).name]
+    assert json.loads((encoded / next(encoded.iterdir()).name / "manifest.json").read_text())["rows"] == {
+        "train": 3, "test": 2}
 
 
 def test_feature_map_json_is_readable(tmp_path):

@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .cache import write_atomic
+
 
 @dataclass
 class CategoricalField:
@@ -141,8 +143,6 @@ class FeatureMap:
 
     def save(self, path: str | Path) -> None:
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(path.suffix + ".tmp")
         d = self.to_dict()
         encoders = d.pop("encoders")
         # Readable layout (indented fields, one line per encoder), but each encoder state is dumped
@@ -151,8 +151,7 @@ class FeatureMap:
                  for k, v in encoders.items()]
         text = json.dumps(d, indent=1, ensure_ascii=False)[:-2]  # strip the closing "\n}"
         text += ',\n "encoders": {\n' + ",\n".join(lines) + ("\n" if lines else "") + " }\n}\n"
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_atomic(path, text)  # under a temporary name of its own, then renamed over `path`
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMap":

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 
+from .cache import temp_name
+
 if TYPE_CHECKING:
     import torch
 
@@ -42,9 +44,15 @@ class EncodedSplit:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for key, arr in self.arrays.items():
-            tmp = folder / (array_file_name(key) + ".tmp.npy")
-            np.save(tmp, np.ascontiguousarray(arr))
-            tmp.replace(folder / (array_file_name(key) + ".npy"))
+            final = folder / (array_file_name(key) + ".npy")
+            tmp = temp_name(final, ".tmp.npy")  # this writer's own: never another's half-written file
+            try:
+                with open(tmp, "xb") as fh:
+                    np.save(fh, np.ascontiguousarray(arr))
+                tmp.replace(final)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = False) -> "EncodedSplit":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 import polars as pl
 
 from ..config import to_dict
+from .cache import BuildFolder, remove_abandoned
 from .errors import DataError
 from .encoders import (
     CategoricalEncoder,
@@ -249,6 +249,7 @@ def prepare(
             raise DataError(f"the {split} file does not exist", file=p, fix="check files/root in the dataset config")
     key = cache_key(cfg, files)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
+    remove_abandoned(root / "encoded", log)  # folders of builds killed earlier, here or elsewhere
     folder = root / "encoded" / f"{cfg.name}-{key}"
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
@@ -257,9 +258,10 @@ def prepare(
 
     t0 = time.time()
     columns = raw_columns(cfg)
-    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    # A fresh folder of this build's own (never one another process, here or in another container
+    # sharing the cache, could be writing); removed if the build fails, published at the end.
+    build = BuildFolder(folder)
+    tmp = build.path
     counts = {}
     encoded: dict[str, EncodedSplit] = {}
     if streaming and cfg.format in STREAM_FORMATS:
@@ -295,16 +297,9 @@ def prepare(
         "seconds": round(time.time() - t0, 2),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    if folder.exists() and (rebuild or not (folder / "manifest.json").exists()):
-        shutil.rmtree(folder, ignore_errors=True)  # explicit rebuild, or a half-written folder
-    try:
-        tmp.rename(folder)
-    except OSError:
-        # Another process (e.g. a parallel test worker) finished the same cache first: the
-        # key guarantees identical content, so keep theirs and drop ours.
-        if not (folder / "manifest.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
+    # Renamed into place; if another process finished the same cache first, the key guarantees
+    # identical content, so theirs is kept. `rebuild` replaces an existing folder.
+    build.publish(replace=rebuild)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
     return PreparedData(fmap, splits, folder, cfg, reused=False)
 

@@ -15,9 +15,10 @@ Where things live:
 * **Derived files** (splits, format conversions, generated data): the *prepared* folder
   ``$CTRLAB_CACHE_DIR/prepared/<name>-<hash>/`` (default cache ``~/.cache/ctrlab``), where
   ``<hash>`` is a short sha256 of the entry's data parameters, the checksums of its source files
-  and the entry's build version. It is built once, in a temporary sibling folder that is renamed
-  into place only when complete (so an interrupted build never leaves a half-written folder under
-  the final name), and reused afterwards. ``manifest.json`` in it records the parameters,
+  and the entry's build version. It is built once, in a uniquely named temporary sibling folder that is renamed into place only when
+  complete (so an interrupted build never leaves a half-written folder under the final name), and
+  reused afterwards; temporary folders of builds that died are removed by the next build
+  (:func:`ctrlab.data.cache.remove_abandoned`). ``manifest.json`` in it records the parameters,
   sources, row counts and the sha256 of every file written.
 * **Verification stamps**: source checksums are verified on every call; to avoid re-hashing large
   files, a successful verification is remembered in ``$CTRLAB_CACHE_DIR/verified/`` keyed by the
@@ -43,8 +44,7 @@ import hashlib
 import inspect
 import json
 import os
-import shutil
-import tempfile
+import sys
 import time
 import typing
 import zlib
@@ -53,6 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ...config import ConfigError, _convert, from_dict
+from ..cache import OWNER_FILE, BuildFolder, remove_abandoned, write_atomic
 from ..schema import DatasetConfig
 from .fetch import CHUNK, ChecksumError, file_hash
 
@@ -410,10 +411,7 @@ class DatasetContext:
             pass
         verify_source(path, spec)
         try:
-            stamp.parent.mkdir(parents=True, exist_ok=True)
-            tmp = stamp.with_name(stamp.name + f".{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(want))
-            os.replace(tmp, stamp)
+            write_atomic(stamp, json.dumps(want))
         except OSError:
             pass  # a read-only cache only costs re-hashing next time
 
@@ -444,15 +442,15 @@ class DatasetContext:
         returns; concurrent builders race harmlessly (the loser's copy is discarded).
         """
         final = self.prepared_path(params, sources, version)
+        # Folders of builds killed earlier, here or elsewhere; said on stderr (stdout may carry data).
+        remove_abandoned(final.parent, log=lambda msg: print(msg, file=sys.stderr))
         if (final / "manifest.json").is_file():
             return final
-        final.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-        try:
+        with BuildFolder(final) as tmp:
             info = build(tmp) or {}
             files = {}
             for p in sorted(tmp.rglob("*")):
-                if p.is_file():
+                if p.is_file() and p.name != OWNER_FILE:
                     files[str(p.relative_to(tmp))] = {"bytes": p.stat().st_size, "sha256": file_hash(p)}
             manifest = {
                 **self._prepare_key(params, sources, version),
@@ -462,17 +460,6 @@ class DatasetContext:
                 **info,
             }
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True, default=str) + "\n")
-            if final.exists() and not (final / "manifest.json").is_file():
-                shutil.rmtree(final, ignore_errors=True)  # leftover of a broken older build
-            try:
-                os.rename(tmp, final)
-            except OSError:
-                if not (final / "manifest.json").is_file():
-                    raise
-                shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return final
 
 

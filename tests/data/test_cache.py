@@ -1,0 +1,98 @@
+"""Cache bookkeeping: build folders with an owner marker, and the clean-up of abandoned ones."""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ctrlab.data.cache import OWNER_FILE, BuildFolder, owner_identity, remove_abandoned
+
+
+class Log(list):
+    def __call__(self, msg):
+        self.append(msg)
+
+
+# ---- build folders and their clean-up --------------------------------------------------------
+def dead_owner() -> dict:
+    """The owner identity of a process of this host that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = owner_identity(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert owner["start_ticks"] is not None
+    return owner
+
+
+def tmp_folder(parent, name, owner: dict | None = None, age_h: float = 0.0):
+    folder = parent / name
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "cat.npy").write_bytes(b"half")
+    if owner is not None:
+        (folder / OWNER_FILE).write_text(json.dumps(owner))
+    if age_h:
+        old = time.time() - age_h * 3600
+        for p in [folder, folder / "train", folder / "train" / "cat.npy", folder / OWNER_FILE]:
+            if p.exists():
+                os.utime(p, (old, old))
+    return folder
+
+
+def test_remove_abandoned_only_removes_folders_no_live_build_can_own(tmp_path):
+    """Issue 14.24: removed: a folder whose owner process on this host is gone, or that nobody
+    (no lock) has written to for a day. Kept: everything a live build may own, and non-build folders."""
+    me = owner_identity()
+    foreign = {**me, "host": "another-host", "pid": 1}
+    dead = tmp_folder(tmp_path, ".ds-aaaa.tmp-dead01", dead_owner())
+    live = tmp_folder(tmp_path, ".ds-aaaa.tmp-live01", me, age_h=72)  # live owner: kept at any age
+    recent = tmp_folder(tmp_path, ".ds-aaaa.tmp-recent", foreign)
+    stale = tmp_folder(tmp_path, ".ds-aaaa.tmp-stale1", foreign, age_h=25)
+    legacy = tmp_folder(tmp_path, "ds-bbbb.tmp1234", age_h=25)  # the old naming, no marker
+    legacy_recent = tmp_folder(tmp_path, "ds-bbbb.tmp5678")
+    finished = tmp_folder(tmp_path, "ds-cccc", age_h=1000)  # a cache, not a build folder
+    log = Log()
+    removed = remove_abandoned(tmp_path, log)
+    assert sorted(removed) == sorted([dead, stale, legacy])
+    assert [p.exists() for p in (dead, stale, legacy)] == [False] * 3
+    assert all(p.is_dir() for p in (live, recent, legacy_recent, finished))
+    assert len(log) == 3 and all("removed abandoned" in m for m in log)
+    assert any(dead.name in m and "is gone" in m for m in log)
+
+
+def test_locked_folder_of_another_host_is_kept_at_any_age(tmp_path):
+    """A build on another host (shared cache) that holds the lock on its marker is live."""
+    folder = tmp_folder(tmp_path, ".ds-aaaa.tmp-locked", {**owner_identity(), "host": "another-host"}, age_h=100)
+    with open(folder / OWNER_FILE, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        assert remove_abandoned(tmp_path, Log()) == [] and folder.is_dir()
+    assert remove_abandoned(tmp_path, Log()) == [folder]
+
+
+def test_build_folder_is_unique_marked_and_published(tmp_path):
+    """Issue 14.7: every build gets its own temporary folder; it carries the owner marker (locked)
+    while building, and becomes the final folder (without the marker) when the block completes."""
+    final = tmp_path / "ds-0123"
+    with BuildFolder(final) as a, BuildFolder(final) as b:
+        assert a != b and a.parent == b.parent == tmp_path and ".tmp-" in a.name
+        owner = json.loads((a / OWNER_FILE).read_text())
+        assert owner["pid"] == os.getpid() and owner["host"] == owner_identity()["host"]
+        with open(a / OWNER_FILE) as fh, pytest.raises(BlockingIOError):
+            fcntl.flock(fh, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        (a / "manifest.json").write_text("{}")
+        (b / "manifest.json").write_text("{}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds-0123"]
+    assert sorted(p.name for p in final.iterdir()) == ["manifest.json"]
+
+
+def test_failed_build_leaves_nothing(tmp_path):
+    with pytest.raises(RuntimeError), BuildFolder(tmp_path / "ds-0123") as tmp:
+        (tmp / "half").write_text("x")
+        raise RuntimeError("encoding failed")
+    assert list(tmp_path.iterdir()) == []
