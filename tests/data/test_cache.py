@@ -1,7 +1,9 @@
-"""Cache bookkeeping: build folders with an owner marker, and the clean-up of abandoned ones."""
+"""Cache bookkeeping: content hashes remembered per file identity, build folders with an owner
+marker, and the clean-up of abandoned ones."""
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import subprocess
@@ -10,12 +12,52 @@ import time
 
 import pytest
 
-from ctrlab.data.cache import OWNER_FILE, BuildFolder, owner_identity, remove_abandoned
+from ctrlab.data import cache
+from ctrlab.data.cache import (
+    OWNER_FILE,
+    BuildFolder,
+    content_sha256,
+    owner_identity,
+    remove_abandoned,
+)
 
 
 class Log(list):
     def __call__(self, msg):
         self.append(msg)
+
+
+# ---- content hashes -------------------------------------------------------------------------
+def test_content_hash_is_remembered_until_the_file_changes_in_place(tmp_path, monkeypatch):
+    """Issue 14.2: the full sha256 is remembered per (path, device, inode, size, mtime, ctime), so a
+    same-size edit with the old mtime put back is re-hashed, and an untouched file is not."""
+    monkeypatch.setattr(cache, "RACY_NS", 0)  # remember even a file written a moment ago
+    path, memo = tmp_path / "train.csv", tmp_path / "memo"
+    path.write_bytes(b"label,a\n" + b"1,x\n" * 1000)
+    st = path.stat()
+    assert content_sha256(path, memo) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert len(list(memo.iterdir())) == 1
+
+    def boom(p):
+        raise AssertionError(f"{p} re-hashed although unchanged")
+
+    real = cache._sha256_file
+    monkeypatch.setattr(cache, "_sha256_file", boom)
+    assert content_sha256(path, memo) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+    monkeypatch.setattr(cache, "_sha256_file", real)
+    path.write_bytes(b"label,a\n" + b"1,x\n" * 500 + b"0,x\n" * 500)  # same size
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert content_sha256(path, memo) == hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_recently_changed_file_is_not_remembered(tmp_path):
+    """A file changed within the timestamp resolution could change again unseen: hash it again."""
+    path, memo = tmp_path / "f.csv", tmp_path / "memo"
+    path.write_text("label\n1\n")
+    content_sha256(path, memo)
+    assert not memo.exists() or not list(memo.iterdir())
 
 
 # ---- build folders and their clean-up --------------------------------------------------------

@@ -294,6 +294,37 @@ def test_fingerprint_covers_the_tail_of_1_to_2_mib_files(tmp_path):
     assert cache_key(cfg, {"train": path}) != key
 
 
+def flip_file(path, labels):
+    """A > 2 MiB csv whose rows differ only in their label."""
+    path.write_text("label,a,x\n" + "".join(f"{int(y)},v{i % 97},{i % 1000}\n" for i, y in enumerate(labels)))
+
+
+def test_cache_rebuilt_after_same_size_edit_in_the_middle_of_a_big_file(tmp_path):
+    """Issue 14.2: labels flipped mid-file in a > 2 MiB csv, size kept and the old mtime put back,
+    must not reuse the cache built from the old labels."""
+    path = tmp_path / "train.csv"
+    labels = np.arange(400_000) % 3 == 0
+    flip_file(path, labels)
+    before, st = path.read_bytes(), path.stat()
+    assert st.st_size > 2 << 20
+    cfg = load_dataset_config({"name": "big", "root": str(tmp_path), "files": {"train": "train.csv"},
+                               "features": [{"name": "a"}, {"name": "x"}]})
+    first = prepare(cfg, tmp_path / "cache", log=Log())
+    assert first.splits["train"].arrays["label"].sum() == labels.sum()
+
+    flipped = labels.copy()
+    flipped[140_000:260_000] ^= True
+    flip_file(path, flipped)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after = path.read_bytes()
+    changed = np.flatnonzero(np.frombuffer(before, np.uint8) != np.frombuffer(after, np.uint8))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    assert changed[0] > 1 << 20 and changed[-1] < st.st_size - (1 << 20)  # neither head nor tail MiB
+    second = prepare(cfg, tmp_path / "cache", log=Log())
+    assert second.reused is False and second.path != first.path
+    assert second.splits["train"].arrays["label"].sum() == flipped.sum() != labels.sum()
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_prepare_with_train_not_the_first_split(tmp_path, streaming):
     """Issue 14.6: yaml.safe_dump sorts keys, so `files` often comes as {test, train, valid}."""

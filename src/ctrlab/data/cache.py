@@ -1,6 +1,9 @@
 """Cache bookkeeping shared by the encoded-split cache (:mod:`ctrlab.data.pipeline`) and the
 dataset registry's prepared folders (:mod:`ctrlab.data.datasets.registry`).
 
+* **Keys.** A cached folder is keyed on the full sha256 of every source file. Hashing a multi-GB file costs seconds to minutes, so a file's hash is remembered per file
+  identity (path, device, inode, size, mtime and ctime, :func:`content_sha256`): an in-place edit
+  changes the ctime even when size and mtime are put back, and is hashed again.
 * **Builds.** A folder is built in a uniquely named temporary sibling ``.<final>.tmp-<random>``
   and renamed into place when complete (:class:`BuildFolder`), so a killed build never leaves a
   half-written folder under the final name, and concurrent builds (other processes, other
@@ -14,6 +17,7 @@ dataset registry's prepared folders (:mod:`ctrlab.data.datasets.registry`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -34,8 +38,46 @@ OWNER_FILE = ".ctrlab-build-owner.json"
 """Inside a temporary build folder: who builds it (removed before the folder is published)."""
 ABANDONED_AFTER_S = 24 * 3600
 """A temporary folder whose builder cannot be checked is abandoned after this long without a write."""
+RACY_NS = 2_000_000_000
+"""A file changed less than this long ago may change again within its timestamps' resolution
+(1-2 s on some file systems) without its identity changing: its hash is not remembered."""
 
 _BUILD_NAME = re.compile(r"\.tmp(-[A-Za-z0-9_]+|\d+)$")  # .tmp-<random>; .tmp<pid> of older versions
+
+
+# ---- source files ---------------------------------------------------------------------------
+def stat_identity(path: Path) -> dict[str, Any]:
+    """What tells a file's versions apart without reading it. ``ctime`` cannot be set by a user
+    (``os.utime`` puts back the mtime but moves the ctime), so any write changes the identity."""
+    st = os.stat(path)
+    return {"path": str(Path(path).resolve()), "device": st.st_dev, "inode": st.st_ino, "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns, "ctime_ns": st.st_ctime_ns}
+
+
+def _sha256_file(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def content_sha256(path: Path, memo_dir: Path | None = None) -> str:
+    """The sha256 of the whole file, remembered in ``memo_dir`` per :func:`stat_identity`."""
+    ident = stat_identity(path)
+    stamp = memo_dir / f"{hashlib.sha256(ident['path'].encode()).hexdigest()[:32]}.json" if memo_dir else None
+    if stamp is not None:
+        try:
+            memo = json.loads(stamp.read_text())
+            if memo["stat"] == ident:
+                return memo["sha256"]
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    digest = _sha256_file(path)
+    newest = max(ident["mtime_ns"], ident["ctime_ns"])
+    if stamp is not None and stat_identity(path) == ident and time.time_ns() - newest >= RACY_NS:
+        try:
+            write_atomic(stamp, json.dumps({"stat": ident, "sha256": digest}))
+        except OSError:
+            pass  # a read-only cache only costs hashing again next time
+    return digest
 
 
 # ---- files and folders written under a temporary name ---------------------------------------

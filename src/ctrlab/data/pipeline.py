@@ -3,8 +3,8 @@
 ``prepare(cfg)`` reads the train split, fits every encoder on it (vocabularies, normaliser
 statistics, bucket edges), writes the feature map as JSON, encodes every split into
 contiguous ``.npy`` arrays and caches the lot under a folder keyed by a hash of the
-config and of the source files. A later call with the same config and unchanged files
-reuses the cache; a change to either rebuilds it.
+config and of the source files' contents (:func:`cache_key`). A later call with the same
+config and unchanged files reuses the cache; a change to either rebuilds it.
 
 Cache layout (``<cache_dir>/encoded/<dataset>-<key>/``)::
 
@@ -27,7 +27,7 @@ import numpy as np
 import polars as pl
 
 from ..config import to_dict
-from .cache import BuildFolder, remove_abandoned
+from .cache import BuildFolder, content_sha256, remove_abandoned, stat_identity
 from .errors import DataError
 from .encoders import (
     CategoricalEncoder,
@@ -53,7 +53,7 @@ from .streaming import (
 )
 from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 ENCODE_BLOCK_ROWS = 1 << 18
 """Rows per block when encoding vocabulary columns (bounds the temporaries, not the result)."""
 
@@ -187,29 +187,20 @@ def encode_frame(
 
 
 # ---- cache ----------------------------------------------------------------------------------
-def _fingerprint(path: Path) -> dict[str, Any]:
-    """Cheap content fingerprint: size + sha256 of the first and last MiB.
-
-    Hashing whole multi-GB files on every run would cost minutes; size + head/tail digests
-    catch replaced or edited files (an in-place edit that keeps size, head and tail
-    identical is not detected; pass ``rebuild=True`` after such surgery)."""
-    st = path.stat()
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        h.update(fh.read(1 << 20))
-        if st.st_size > (1 << 20):  # the tail MiB overlaps the head for files of 1-2 MiB
-            fh.seek(-(1 << 20), os.SEEK_END)
-            h.update(fh.read(1 << 20))
-    return {"path": str(path), "size": st.st_size, "sha256_head_tail": h.hexdigest()}
+def _fingerprint(path: Path, memo_dir: Path | None = None) -> dict[str, Any]:
+    """The file's size and full sha256 (remembered in ``memo_dir`` per file identity, so an
+    unchanged file is not read again; :func:`ctrlab.data.cache.content_sha256`)."""
+    return {"size": path.stat().st_size, "sha256": content_sha256(path, memo_dir)}
 
 
-def cache_key(cfg: DatasetConfig, files: dict[str, Path]) -> str:
+def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None = None) -> str:
+    """Hash of the config (without its root) and each source file's size and sha256."""
     cfg_d = to_dict(cfg)
     cfg_d.pop("root", None)
     payload = {
         "version": CACHE_VERSION,
         "config": cfg_d,
-        "sources": {split: {k: v for k, v in _fingerprint(p).items() if k != "path"} for split, p in files.items()},
+        "sources": {split: _fingerprint(p, memo_dir) for split, p in files.items()},
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -247,9 +238,10 @@ def prepare(
             from .errors import DataError
 
             raise DataError(f"the {split} file does not exist", file=p, fix="check files/root in the dataset config")
-    key = cache_key(cfg, files)
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     remove_abandoned(root / "encoded", log)  # folders of builds killed earlier, here or elsewhere
+    memo_dir = root / "fingerprints"  # the sources' sha256, remembered per file identity
+    key = cache_key(cfg, files, memo_dir)
     folder = root / "encoded" / f"{cfg.name}-{key}"
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
@@ -292,7 +284,7 @@ def prepare(
     manifest = {
         "key": key,
         "cache_version": CACHE_VERSION,
-        "sources": {s: _fingerprint(p) for s, p in files.items()},
+        "sources": {s: {**stat_identity(p), **_fingerprint(p, memo_dir)} for s, p in files.items()},
         "rows": counts,
         "seconds": round(time.time() - t0, 2),
     }

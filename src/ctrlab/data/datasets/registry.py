@@ -22,7 +22,7 @@ Where things live:
   sources, row counts and the sha256 of every file written.
 * **Verification stamps**: source checksums are verified on every call; to avoid re-hashing large
   files, a successful verification is remembered in ``$CTRLAB_CACHE_DIR/verified/`` keyed by the
-  file's absolute path, size and modification time.
+  file's identity (absolute path, device, inode, size, modification and change times).
 
 Registering a dataset::
 
@@ -53,7 +53,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ...config import ConfigError, _convert, from_dict
-from ..cache import OWNER_FILE, BuildFolder, remove_abandoned, write_atomic
+from ..cache import OWNER_FILE, BuildFolder, remove_abandoned, stat_identity, write_atomic
 from ..schema import DatasetConfig
 from .fetch import CHUNK, ChecksumError, file_hash
 
@@ -398,12 +398,11 @@ class DatasetContext:
         return "\n".join(lines)
 
     def _verify_cached(self, path: Path, spec: SourceFile) -> None:
-        st = path.stat()
         key = hashlib.sha256(
             json.dumps([str(path.resolve()), spec.sha256, spec.md5, spec.gz_sha256, spec.line_ending_tolerant]).encode()
         ).hexdigest()[:32]
         stamp = self.cache_dir / "verified" / f"{key}.json"
-        want = {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+        want = stat_identity(path)  # any write changes it, even one that puts size and mtime back
         try:
             if json.loads(stamp.read_text()) == want:
                 return
