@@ -1,9 +1,10 @@
-"""Cache bookkeeping: content hashes remembered per file identity, build folders with an owner
-marker, and the clean-up of abandoned ones."""
+"""Cache bookkeeping: content hashes remembered per file identity, code fingerprints, build
+folders with an owner marker, and the clean-up of abandoned ones."""
 from __future__ import annotations
 
 import fcntl
 import hashlib
+import importlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from ctrlab.data import cache
 from ctrlab.data.cache import (
     OWNER_FILE,
     BuildFolder,
+    code_fingerprint,
     content_sha256,
     owner_identity,
     remove_abandoned,
@@ -58,6 +60,22 @@ def test_recently_changed_file_is_not_remembered(tmp_path):
     path.write_text("label\n1\n")
     content_sha256(path, memo)
     assert not memo.exists() or not list(memo.iterdir())
+
+
+# ---- code fingerprints ----------------------------------------------------------------------
+def test_code_fingerprint_follows_every_file_of_a_package(tmp_path, monkeypatch):
+    """Issue 14.3: a package stands for every module file in its folder."""
+    pkg = tmp_path / "fp_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "encoders.py").write_text("SCALE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    before = code_fingerprint("fp_pkg")
+    assert code_fingerprint("fp_pkg") == before
+    (pkg / "encoders.py").write_text("SCALE = 2\n")
+    assert code_fingerprint("fp_pkg") != before
+    assert code_fingerprint("ctrlab.data") != code_fingerprint("ctrlab.data.datasets")
 
 
 # ---- build folders and their clean-up --------------------------------------------------------

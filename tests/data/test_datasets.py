@@ -137,6 +137,32 @@ def _register_counting_dataset(name: str, builds: list) -> None:
                            features=[{"name": "a"}])
 
 
+def test_prepared_folder_rebuilt_when_the_builder_code_changes(tmp_path, monkeypatch):
+    """Issue 14.3: prepared folders are keyed on the library version and a hash of the builder's
+    code (its module and the registry package), not only on a hand-bumped version number."""
+    import ctrlab
+    from ctrlab.data.datasets import registry
+
+    monkeypatch.setenv("CTRLAB_CACHE_DIR", str(tmp_path))
+    builds: list = []
+    _register_counting_dataset("_counting_dataset", builds)
+    try:
+        first = get_dataset("_counting_dataset").root
+        assert get_dataset("_counting_dataset").root == first and len(builds) == 1
+        manifest = read_manifest(first)
+        assert manifest["library_version"] == ctrlab.__version__
+        assert manifest["code"] == registry.code_fingerprint("ctrlab.data.datasets", __name__)
+        monkeypatch.setattr(registry, "code_fingerprint", lambda *modules: "edited split rule")
+        edited = get_dataset("_counting_dataset").root
+        assert edited != first and len(builds) == 2 and read_manifest(edited)["code"] == "edited split rule"
+        monkeypatch.undo()
+        monkeypatch.setenv("CTRLAB_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(ctrlab, "__version__", "99.0.0")
+        assert get_dataset("_counting_dataset").root not in (first, edited) and len(builds) == 3
+    finally:
+        _REGISTRY.pop("_counting_dataset", None)
+
+
 def test_prepare_removes_abandoned_and_keeps_live_build_folders(tmp_path, monkeypatch, capsys):
     """Issue 14.24: a build folder whose owner process is gone is removed on the next prepare (and
     logged); one owned by a live process is kept. Issue 14.7: each build gets a fresh folder."""

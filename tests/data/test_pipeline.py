@@ -325,6 +325,26 @@ def test_cache_rebuilt_after_same_size_edit_in_the_middle_of_a_big_file(tmp_path
     assert second.splits["train"].arrays["label"].sum() == flipped.sum() != labels.sum()
 
 
+def test_cache_key_covers_the_library_version_and_the_encoding_code(tmp_path, monkeypatch):
+    """Issue 14.3: a change to the code that encodes (or to the library version) rebuilds the cache."""
+    import ctrlab
+
+    cfg = small_csv(tmp_path)
+    first = prepare(cfg, tmp_path / "cache", log=Log())
+    real = pipeline.code_fingerprint
+    assert real("ctrlab.data") == real("ctrlab.data")  # deterministic
+    monkeypatch.setattr(pipeline, "code_fingerprint", lambda *modules: "edited encoders")
+    edited = prepare(cfg, tmp_path / "cache", log=Log())
+    assert edited.reused is False and edited.path != first.path
+    manifest = json.loads((edited.path / "manifest.json").read_text())
+    assert manifest["code"] == "edited encoders" and manifest["library_version"] == ctrlab.__version__
+    monkeypatch.setattr(pipeline, "code_fingerprint", real)
+    assert prepare(cfg, tmp_path / "cache", log=Log()).path == first.path
+    monkeypatch.setattr(ctrlab, "__version__", "99.0.0")
+    upgraded = prepare(cfg, tmp_path / "cache", log=Log())
+    assert upgraded.reused is False and upgraded.path not in (first.path, edited.path)
+
+
 @pytest.mark.parametrize("streaming", [False, True])
 def test_prepare_with_train_not_the_first_split(tmp_path, streaming):
     """Issue 14.6: yaml.safe_dump sorts keys, so `files` often comes as {test, train, valid}."""

@@ -1,7 +1,9 @@
 """Cache bookkeeping shared by the encoded-split cache (:mod:`ctrlab.data.pipeline`) and the
 dataset registry's prepared folders (:mod:`ctrlab.data.datasets.registry`).
 
-* **Keys.** A cached folder is keyed on the full sha256 of every source file. Hashing a multi-GB file costs seconds to minutes, so a file's hash is remembered per file
+* **Keys.** A cached folder is keyed on what produced it: the full sha256 of every source file,
+  the library version and a hash of the source code that writes it (:func:`code_fingerprint`).
+  Hashing a multi-GB file costs seconds to minutes, so a file's hash is remembered per file
   identity (path, device, inode, size, mtime and ctime, :func:`content_sha256`): an in-place edit
   changes the ctime even when size and mtime are put back, and is hashed again.
 * **Builds.** A folder is built in a uniquely named temporary sibling ``.<final>.tmp-<random>``
@@ -18,12 +20,14 @@ dataset registry's prepared folders (:mod:`ctrlab.data.datasets.registry`).
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -43,6 +47,34 @@ RACY_NS = 2_000_000_000
 (1-2 s on some file systems) without its identity changing: its hash is not remembered."""
 
 _BUILD_NAME = re.compile(r"\.tmp(-[A-Za-z0-9_]+|\d+)$")  # .tmp-<random>; .tmp<pid> of older versions
+
+
+def library_version() -> str:
+    import ctrlab
+
+    return ctrlab.__version__
+
+
+# ---- code -----------------------------------------------------------------------------------
+def code_fingerprint(*modules: str) -> str:
+    """A short sha256 of the source files of the named modules; a package stands for every
+    ``*.py`` file directly in its folder. Read on every call, so an edit is seen at once."""
+    files: dict[str, Path] = {}
+    for name in modules:
+        module = sys.modules.get(name) or importlib.import_module(name)
+        source = getattr(module, "__file__", None)
+        if source is None:  # defined interactively: nothing to hash
+            continue
+        source = Path(source)
+        if source.name == "__init__.py":
+            for f in source.parent.glob("*.py"):
+                files[f"{name}.{f.stem}"] = f
+        else:
+            files[name] = source
+    h = hashlib.sha256()
+    for name in sorted(files):  # by module name, so the same code hashes the same wherever installed
+        h.update(name.encode() + b"\0" + hashlib.sha256(files[name].read_bytes()).digest())
+    return h.hexdigest()[:16]
 
 
 # ---- source files ---------------------------------------------------------------------------

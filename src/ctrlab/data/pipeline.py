@@ -3,8 +3,9 @@
 ``prepare(cfg)`` reads the train split, fits every encoder on it (vocabularies, normaliser
 statistics, bucket edges), writes the feature map as JSON, encodes every split into
 contiguous ``.npy`` arrays and caches the lot under a folder keyed by a hash of the
-config and of the source files' contents (:func:`cache_key`). A later call with the same
-config and unchanged files reuses the cache; a change to either rebuilds it.
+config, of the source files' contents and of the code that encodes (:func:`cache_key`).
+A later call with the same config, unchanged files and the same code reuses the cache; a
+change to any of them rebuilds it.
 
 Cache layout (``<cache_dir>/encoded/<dataset>-<key>/``)::
 
@@ -27,7 +28,7 @@ import numpy as np
 import polars as pl
 
 from ..config import to_dict
-from .cache import BuildFolder, content_sha256, remove_abandoned, stat_identity
+from .cache import BuildFolder, code_fingerprint, content_sha256, library_version, remove_abandoned, stat_identity
 from .errors import DataError
 from .encoders import (
     CategoricalEncoder,
@@ -54,6 +55,10 @@ from .streaming import (
 from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
 
 CACHE_VERSION = 2
+"""The cache folder's layout. What is in it is keyed by the library version and the code (:func:`cache_key`)."""
+ENCODING_CODE = ("ctrlab.data",)
+"""The code that writes the cache: every module directly in ``ctrlab/data/`` (readers, encoders,
+streaming, schema, feature map, loader, this pipeline)."""
 ENCODE_BLOCK_ROWS = 1 << 18
 """Rows per block when encoding vocabulary columns (bounds the temporaries, not the result)."""
 
@@ -194,11 +199,14 @@ def _fingerprint(path: Path, memo_dir: Path | None = None) -> dict[str, Any]:
 
 
 def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None = None) -> str:
-    """Hash of the config (without its root) and each source file's size and sha256."""
+    """Hash of the config (without its root), each source file's size and sha256, the library
+    version and the encoding code (:data:`ENCODING_CODE`): equal keys mean equal encoded arrays."""
     cfg_d = to_dict(cfg)
     cfg_d.pop("root", None)
     payload = {
         "version": CACHE_VERSION,
+        "library_version": library_version(),
+        "code": code_fingerprint(*ENCODING_CODE),
         "config": cfg_d,
         "sources": {split: _fingerprint(p, memo_dir) for split, p in files.items()},
     }
@@ -284,6 +292,8 @@ def prepare(
     manifest = {
         "key": key,
         "cache_version": CACHE_VERSION,
+        "library_version": library_version(),
+        "code": code_fingerprint(*ENCODING_CODE),
         "sources": {s: {**stat_identity(p), **_fingerprint(p, memo_dir)} for s, p in files.items()},
         "rows": counts,
         "seconds": round(time.time() - t0, 2),

@@ -14,12 +14,14 @@ Where things live:
   folder. ``download=True`` fetches missing files (where a source URL is known) into it.
 * **Derived files** (splits, format conversions, generated data): the *prepared* folder
   ``$CTRLAB_CACHE_DIR/prepared/<name>-<hash>/`` (default cache ``~/.cache/ctrlab``), where
-  ``<hash>`` is a short sha256 of the entry's data parameters, the checksums of its source files
-  and the entry's build version. It is built once, in a uniquely named temporary sibling folder that is renamed into place only when
+  ``<hash>`` is a short sha256 of the entry's data parameters, the checksums of its source files,
+  the entry's build version, the library version and a hash of the code that builds it (the
+  entry's module and every module of this package: a changed split rule is a new folder). It is
+  built once, in a uniquely named temporary sibling folder that is renamed into place only when
   complete (so an interrupted build never leaves a half-written folder under the final name), and
   reused afterwards; temporary folders of builds that died are removed by the next build
   (:func:`ctrlab.data.cache.remove_abandoned`). ``manifest.json`` in it records the parameters,
-  sources, row counts and the sha256 of every file written.
+  sources, code hash, row counts and the sha256 of every file written.
 * **Verification stamps**: source checksums are verified on every call; to avoid re-hashing large
   files, a successful verification is remembered in ``$CTRLAB_CACHE_DIR/verified/`` keyed by the
   file's identity (absolute path, device, inode, size, modification and change times).
@@ -53,7 +55,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from ...config import ConfigError, _convert, from_dict
-from ..cache import OWNER_FILE, BuildFolder, remove_abandoned, stat_identity, write_atomic
+from ..cache import (
+    OWNER_FILE,
+    BuildFolder,
+    code_fingerprint,
+    library_version,
+    remove_abandoned,
+    stat_identity,
+    write_atomic,
+)
 from ..schema import DatasetConfig
 from .fetch import CHUNK, ChecksumError, file_hash
 
@@ -287,7 +297,7 @@ def get_dataset(
     except Exception:  # noqa: BLE001 - unresolvable annotations: pass values through unchecked
         hints = {}
     params = {k: _convert(v, hints[k], f"dataset {name!r} parameter {k!r}") if k in hints else v for k, v in params.items()}
-    ctx = DatasetContext(name=name, data_dir_arg=data_dir, download=download)
+    ctx = DatasetContext(name=name, data_dir_arg=data_dir, download=download, builder_module=entry.builder.__module__)
     return entry.builder(ctx, **params)
 
 
@@ -305,6 +315,8 @@ class DatasetContext:
     data_dir_arg: str | os.PathLike | None = None
     download: bool = False
     cache_dir: Path = field(default_factory=resolve_cache_dir)
+    builder_module: str | None = None
+    """The module of the entry's builder function: its code is part of the prepared folder's key."""
 
     @property
     def data_dir(self) -> Path:
@@ -425,7 +437,11 @@ class DatasetContext:
             src = dict(sources)
         else:
             src = {s.path: s.checksum_label for s in sources}
-        return {"name": self.name, "version": version, "params": params, "sources": src}
+        # The code that builds the folder: this package (registry, download helpers, the entries
+        # sharing split rules) and the entry's own module, wherever it is defined.
+        code = code_fingerprint(__package__, *([self.builder_module] if self.builder_module else []))
+        return {"name": self.name, "version": version, "params": params, "sources": src,
+                "library_version": library_version(), "code": code}
 
     def prepare(
         self,
