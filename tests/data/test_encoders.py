@@ -319,7 +319,7 @@ def test_few_token_dict_lookup_equals_replace_strict():
     assert "" in enc.vocab and len(enc.vocab) > 1000
     cells = [f"t{int(v)}" for v in rng.integers(0, 8000, 3000)] + ["", None, "never"] * 10
     frame = pl.DataFrame({"c": pl.Series(cells, dtype=pl.String)})
-    reference = frame.select(enc.transform_expr()).to_series().to_numpy()  # replace_strict, whole vocabulary
+    reference = frame.select(enc.transform_expr(frame.schema["c"])).to_series().to_numpy()  # replace_strict, whole vocabulary
     assert not E.few_tokens(frame.height, len(enc.vocab))
     for rows in (1, 7, 256, 3030):
         part = frame.head(rows)
@@ -334,3 +334,26 @@ def test_few_token_dict_lookup_equals_replace_strict():
     one = np.concatenate([encode_frame(frame.slice(i, 1), fmap, with_labels=False).arrays["cat"] for i in range(40)])
     np.testing.assert_array_equal(one[:, 0], encode_frame(frame.head(40), fmap, with_labels=False).arrays["cat"][:, 0])
     np.testing.assert_array_equal(one[:, 0], reference[:40])
+
+
+# ---- issue 14.5: a token does not depend on the column's dtype ---------------------------------
+def test_whole_number_floats_are_integer_tokens():
+    enc = CategoricalEncoder(CategoricalSpec("c")).fit(pl.DataFrame({"c": pl.Series([10, 11, 10, -3], dtype=pl.Int64)}))
+    assert enc.vocab == ["10", "-3", "11"]
+    floats = pl.DataFrame({"c": pl.Series([10.0, None, 11.0, 10.5, float("nan"), -3.0, -0.0], dtype=pl.Float64)})
+    want = [2, 1, 4, 1, 1, 3, 1]  # null and NaN are missing ("" is not in train): OOV
+    assert enc.transform(floats).tolist() == want  # few rows: the dict lookup
+    big = pl.concat([floats] * 100)  # many rows: the Polars expression
+    assert big.select(enc.transform_expr(pl.Float64)).to_series().to_list() == want * 100
+    assert enc.transform(floats.with_columns(pl.col("c").cast(pl.Float32))).tolist() == want
+    from ctrlab.data.encoders import categorical_tokens
+
+    assert categorical_tokens(floats["c"]).to_list() == ["10", "", "11", "10.5", "", "-3", "0"]
+    assert categorical_tokens(pl.Series([1e300])).to_list() == [str(pl.Series([1e300]).cast(pl.String)[0])]
+
+
+def test_sequence_of_float_lists_uses_integer_tokens():
+    spec = SequenceSpec("h", max_len=3)
+    enc = SequenceEncoder(spec).fit(pl.DataFrame({"h": [[10, 11], [10]]}))
+    out = enc.transform(pl.DataFrame({"h": pl.Series([[10.0, 11.0], [11.5], None], dtype=pl.List(pl.Float64))}))
+    assert out.tolist() == [[0, 2, 3], [0, 0, 1], [0, 0, 0]]

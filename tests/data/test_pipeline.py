@@ -236,7 +236,8 @@ def test_cache_reused_when_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "encode_frame", boom)
     log2 = Log()
     again = prepare(small_csv(tmp_path), tmp_path / "cache", log=log2)  # same config, rewritten identical files
-    assert again.reused is True and again.path == first.path and log2 == []
+    assert again.reused is True and again.path == first.path
+    assert log2 and all("OOV rate" in m for m in log2)  # only the cached OOV rates are reported
     for split in ("train", "test"):
         for k, v in first.splits[split].arrays.items():
             np.testing.assert_array_equal(again.splits[split].arrays[k], v)
@@ -338,3 +339,50 @@ def test_gz_and_plain_give_same_cache_content(tmp_path):
     for split in ("train", "test"):
         for k, v in plain.splits[split].arrays.items():
             np.testing.assert_array_equal(gz.splits[split].arrays[k], v)
+
+
+# ---- issue 14.5: whole-number floats are the integer's token; OOV rates reported -----------------
+def int_and_float_parquet(tmp_path):
+    """Train written from an Int64 column, valid from a Float64 one (as pandas makes whenever a
+    value is missing): the same items must get the same ids."""
+    pl.DataFrame({"label": [1, 0, 1, 0], "item": [10, 11, 10, 12],
+                  "hist": [[10, 11], [12], [], [10]]}).write_parquet(tmp_path / "train.parquet")
+    pl.DataFrame({"label": [1, 0, 1], "item": [10.0, None, 12.0], "hist": [[10.0, 11.0], [12.0], None]},
+                 schema_overrides={"item": pl.Float64, "hist": pl.List(pl.Float64)}).write_parquet(
+        tmp_path / "valid.parquet")
+    return load_dataset_config({"name": "dtypes", "format": "parquet", "root": str(tmp_path),
+                                "files": {"train": "train.parquet", "valid": "valid.parquet"},
+                                "features": [{"name": "item"},
+                                             {"name": "hist", "kind": "sequence", "max_len": 2,
+                                              "share_vocab_with": "item"}]})
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_float_column_of_whole_numbers_is_not_oov(tmp_path, streaming):
+    cfg = int_and_float_parquet(tmp_path)
+    data = prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    vocab = data.feature_map.encoders["item"]["vocab"]
+    ids = {tok: i + 2 for i, tok in enumerate(vocab)}
+    assert data.splits["valid"].arrays["cat"][:, 0].tolist() == [ids["10"], OOV_ID, ids["12"]]
+    assert data.splits["valid"].arrays["seq:hist"].tolist() == [[ids["10"], ids["11"]], [0, ids["12"]], [0, 0]]
+
+
+def test_oov_rates_are_logged_and_a_high_rate_warns(tmp_path):
+    from ctrlab.data.errors import DataWarning
+
+    (tmp_path / "train.csv").write_text("label,user,city\n" + "".join(f"{i % 2},u{i % 4},c{i % 3}\n" for i in range(12)))
+    (tmp_path / "valid.csv").write_text("label,user,city\n" + "".join(f"{i % 2},x{i},c{i % 3}\n" for i in range(9))
+                                        + "1,u1,zz\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv", "valid": "valid.csv"},
+                               "features": [{"name": "user"}, {"name": "city"}]})
+    log = Log()
+    with pytest.warns(DataWarning, match=r"valid.*'user'.*90\.0% of rows.*train 0\.0%"):
+        prepare(cfg, tmp_path / "cache", log=log)
+    assert any("valid OOV rate: user 90.0%, city 10.0%" in line for line in log), log
+    assert any("train OOV rate: user 0.0%, city 0.0%" in line for line in log), log
+    manifest = json.loads((next((tmp_path / "cache" / "encoded").iterdir()) / "manifest.json").read_text())
+    assert manifest["oov_rates"]["valid"] == {"user": 0.9, "city": 0.1}
+    log2 = Log()
+    with pytest.warns(DataWarning, match=r"'user'"):  # a reused cache still reports them
+        assert prepare(cfg, tmp_path / "cache", log=log2).reused
+    assert any("valid OOV rate: user 90.0%" in line for line in log2), log2
