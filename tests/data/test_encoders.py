@@ -75,7 +75,7 @@ def test_padding_id_never_assigned_to_a_value():
 
 
 # ---- numeric -----------------------------------------------------------------------------------
-TRAIN_X = ["1", "", "4", None, "9", " 16 ", "nan"]
+TRAIN_X = ["1", "", "4", None, "9", " 16 ", "nan"]  # "nan": missing with non_finite: fill
 TEST_X = ["0", "25", "", "-3"]
 
 
@@ -92,7 +92,7 @@ def _np(values, fill):
 
 @pytest.mark.parametrize("fill", [0.0, 5.0])
 def test_missing_numeric_is_filled_then_normalised(fill):
-    enc = NumericEncoder(NumericSpec("x", fill_value=fill, normalizer="standard")).fit(frame(x=TRAIN_X))
+    enc = NumericEncoder(NumericSpec("x", fill_value=fill, normalizer="standard", non_finite="fill")).fit(frame(x=TRAIN_X))
     x = np.array([1, fill, 4, fill, 9, 16, fill])
     assert enc.stats["mean"] == pytest.approx(x.mean()) and enc.stats["std"] == pytest.approx(x.std())
     out = enc.transform(frame(x=TEST_X))
@@ -105,17 +105,17 @@ def test_normalisers_match_numpy_with_train_stats():
     train, test = frame(x=TRAIN_X), frame(x=TEST_X)
     x, t = _np(TRAIN_X, 0.0), _np(TEST_X, 0.0)
 
-    none = NumericEncoder(NumericSpec("x")).fit(train)
+    none = NumericEncoder(NumericSpec("x", non_finite="fill")).fit(train)
     np.testing.assert_array_equal(none.transform(test), t.astype(np.float32))
 
-    std = NumericEncoder(NumericSpec("x", normalizer="standard")).fit(train)
+    std = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="standard")).fit(train)
     np.testing.assert_allclose(std.transform(test), (t - x.mean()) / x.std(), rtol=1e-6)
 
-    mm = NumericEncoder(NumericSpec("x", normalizer="minmax")).fit(train)
+    mm = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="minmax")).fit(train)
     np.testing.assert_allclose(mm.transform(test), (t - x.min()) / (x.max() - x.min()), rtol=1e-6)
     np.testing.assert_allclose(mm.transform(test), [0.0, 25 / 16, 0.0, -3 / 16], rtol=1e-6)
 
-    log = NumericEncoder(NumericSpec("x", normalizer="log")).fit(train)
+    log = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="log")).fit(train)
     np.testing.assert_allclose(log.transform(test), np.sign(t) * np.log1p(np.abs(t)), rtol=1e-6)
     assert log.transform(test)[3] == pytest.approx(-np.log(4.0))
 
@@ -357,3 +357,8 @@ def test_sequence_of_float_lists_uses_integer_tokens():
     enc = SequenceEncoder(spec).fit(pl.DataFrame({"h": [[10, 11], [10]]}))
     out = enc.transform(pl.DataFrame({"h": pl.Series([[10.0, 11.0], [11.5], None], dtype=pl.List(pl.Float64))}))
     assert out.tolist() == [[0, 2, 3], [0, 0, 1], [0, 0, 0]]
+
+
+def test_nan_in_train_is_an_error_by_default():
+    with pytest.raises(DataError, match=r"line 8, column 'x': value 'nan' is not a finite number.*non_finite: fill"):
+        NumericEncoder(NumericSpec("x")).fit(frame(x=TRAIN_X))

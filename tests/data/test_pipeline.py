@@ -341,6 +341,51 @@ def test_gz_and_plain_give_same_cache_content(tmp_path):
             np.testing.assert_array_equal(gz.splits[split].arrays[k], v)
 
 
+# ---- issue 14.9 / 14.20: non-finite numbers are errors unless the feature opts in to fill -------
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "NaN", "1e309", "-Infinity"])
+def test_non_finite_number_is_an_error(tmp_path, check_error, streaming, bad):
+    (tmp_path / "train.csv").write_text(f"label,user,price\n1,a,3\n0,b,{bad}\n1,c,\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+                               "features": [{"name": "user"}, {"name": "price", "kind": "numeric"}]})
+    with pytest.raises(DataError) as ei:
+        prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    msg = check_error(ei.value, tmp_path / "train.csv", 3, "price", "non_finite: fill")
+    assert "is not a finite number" in msg
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_non_finite_fill_is_an_explicit_option(tmp_path, streaming):
+    (tmp_path / "train.csv").write_text("label,user,price\n1,a,3\n0,b,inf\n1,c,\n0,d,1e309\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+        {"name": "user"}, {"name": "price", "kind": "numeric", "fill_value": -1.0, "non_finite": "fill"}]})
+    data = prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    assert data.splits["train"].arrays["num"][:, 0].tolist() == [3.0, -1.0, -1.0, -1.0]
+
+
+def test_non_finite_in_a_dense_vector_is_an_error(tmp_path, check_error):
+    (tmp_path / "train.csv").write_text("label,vec\n1,1 2\n0,3 inf\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+                               "features": [{"name": "vec", "kind": "dense_vector", "dim": 2}]})
+    with pytest.raises(DataError) as ei:
+        prepare(cfg, tmp_path / "cache", log=lambda *a: None)
+    check_error(ei.value, tmp_path / "train.csv", 3, "vec", "write finite numbers only")
+
+
+def test_large_integers_under_normalizer_none_warn(tmp_path):
+    """float32 (the model's input) cannot hold 1693526401: it would silently become 1693526400."""
+    from ctrlab.data.errors import DataWarning
+
+    (tmp_path / "train.csv").write_text("label,ts,small\n1,1693526401,1\n0,1693526402,2\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+        {"name": "ts", "kind": "numeric"}, {"name": "small", "kind": "numeric"},
+        {"name": "ts_std", "source": "ts", "kind": "numeric", "normalizer": "standard"}]})
+    for streaming in (False, True):
+        with pytest.warns(DataWarning, match=r"'ts'.*1693526401 is stored as 1693526400.*normalizer") as rec:
+            prepare(cfg, tmp_path / f"cache{streaming}", log=lambda *a: None, streaming=streaming)
+        assert len(rec) == 1  # only ts: small values and a normalised copy are exact enough
+
+
 # ---- issue 14.5: whole-number floats are the integer's token; OOV rates reported -----------------
 def int_and_float_parquet(tmp_path):
     """Train written from an Int64 column, valid from a Float64 one (as pandas makes whenever a

@@ -16,6 +16,7 @@ float NaN is a missing cell.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .readers import LINE
 from ..config import from_dict, to_dict
 from .schema import (
@@ -224,6 +225,14 @@ def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> 
         _vocab_series(enc.vocab, built_from=tokens)
 
 
+FLOAT32_EXACT_INTEGERS = 2**24
+"""float32 holds every integer up to 2^24 in magnitude; beyond it, consecutive integers merge."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
+
+
 class NumericEncoder:
     kind = "numeric"
 
@@ -238,7 +247,8 @@ class NumericEncoder:
         return FIRST_ID + len(self.boundaries or []) + 1
 
     def values(self, df: pl.DataFrame, path: Path | None) -> np.ndarray:
-        """Parse to float64, failing on text; missing / NaN cells take ``fill_value``."""
+        """Parse to float64, failing on text; missing cells take ``fill_value``. NaN and ±inf (also
+        an overflowing ``1e309``) fail too, unless the spec says ``non_finite: fill``."""
         raw = df[self.column]
         if raw.dtype == pl.String:
             text = raw.str.strip_chars()
@@ -254,12 +264,45 @@ class NumericEncoder:
             )
         else:
             parsed = raw.cast(pl.Float64, strict=False)
+        if self.spec.non_finite == "error":
+            _bad_row(
+                df,
+                (~parsed.is_finite()).fill_null(False),
+                path,
+                self.column,
+                "value {value!r} is not a finite number",
+                f"write a number or leave the cell empty (missing: fill_value {self.spec.fill_value:g}), or set "
+                f"non_finite: fill on {self.spec.name!r} to read NaN / inf / overflowing numbers as missing",
+            )
         arr = parsed.to_numpy().astype(np.float64, copy=True)
         arr[~np.isfinite(arr)] = self.spec.fill_value
         return arr
 
+    def float32_loss(self, x: np.ndarray) -> float | None:
+        """A train value beyond 2^24 that float32 (the model's input type) stores as another number,
+        when the value reaches the model as is (``normalizer: none``, not bucketized); None if none."""
+        if self.spec.normalizer != "none" or self.spec.is_bucketized:
+            return None
+        big = x[np.abs(x) > FLOAT32_EXACT_INTEGERS]
+        lost = big[big.astype(np.float32).astype(np.float64) != big]
+        return float(lost[0]) if len(lost) else None
+
+    def warn_float32(self, value: float) -> None:
+        stored = float(np.float32(value))
+        warnings.warn(
+            f"numeric feature {self.spec.name!r} (normalizer: none) has train values beyond 2^24 = 16,777,216, "
+            f"where float32 (the model's input type) cannot hold every integer: {_number(value)} is stored as "
+            f"{_number(stored)}. Fix: set normalizer: standard, minmax or log, or bucketize it "
+            "(bucketize / n_buckets), e.g. for timestamps or ids",
+            DataWarning,
+            stacklevel=2,
+        )
+
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "NumericEncoder":
         x = self.values(df, path)
+        lost = self.float32_loss(x)
+        if lost is not None:
+            self.warn_float32(lost)
         if self.spec.normalizer == "log":
             x = np.sign(x) * np.log1p(np.abs(x))
         self.stats = {
@@ -378,6 +421,9 @@ class DenseVectorEncoder:
         # text that is not a number, or a null inside a Parquet list (would become NaN)
         bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
         _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")
+        infinite = vals.list.eval(~pl.element().is_finite()).list.any().fill_null(False)
+        _bad_row(df, infinite, path, self.column, "vector {value!r} holds a value that is not a finite number",
+                 "write finite numbers only (no nan / inf)")
         lens = vals.list.len().fill_null(0)
         _bad_row(
             df,

@@ -138,6 +138,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         elif isinstance(enc, NumericEncoder):
             moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
     rows = 0
+    float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
     for block in iter_blocks(cfg, path, columns, block_rows, numbers):
         rows += block.height
         for name, running in counts.items():
@@ -149,11 +150,15 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         for name, running in moments.items():
             enc = encoders[name]
             x = enc.values(block, path)
+            if name not in float32_lost and (lost := enc.float32_loss(x)) is not None:
+                float32_lost[name] = lost
             if enc.spec.normalizer == "log":
                 x = np.sign(x) * np.log1p(np.abs(x))
             running.add(x)
     if rows == 0:
         raise DataError(f"file {path} has no data rows", file=path, fix="add data rows")
+    for name, lost in float32_lost.items():
+        encoders[name].warn_float32(lost)
     for name, running in counts.items():
         enc = encoders[name]
         tokens = running.vocabulary(enc.spec.min_count)
