@@ -9,7 +9,10 @@ with its file, line and column.
 Formats:
 
 * ``csv`` / ``tsv``: optional header; without one, ``column_names`` names the columns.
-  ``.gz`` files are read transparently.
+  ``.gz`` files are read transparently. One parser (:func:`csv_blocks`) reads header and rows with
+  the same quoting rules; a UTF-8 BOM is dropped; blank lines are not rows; ``__line__`` is the line
+  a row starts on (right after quoted newlines); a row with too few or too many fields, or bytes that
+  are not UTF-8, is a DataError naming the line.
 * ``parquet``: any column types; list columns may feed sequence / dense-vector features.
 * ``libsvm``: ``label index:value index:value ...`` with one token per field, fields in a
   fixed order (e.g. Frappe); ``column_names`` = label then field names.
