@@ -413,21 +413,30 @@ def test_float_column_of_whole_numbers_is_not_oov(tmp_path, streaming):
 
 
 def test_oov_rates_are_logged_and_a_high_rate_warns(tmp_path):
+    """Every split's rate is logged; a split where almost no value is known (>= 90%, and 25 points
+    above train) warns; 80% (cold start is often that high) is logged only."""
+    import warnings
+
     from ctrlab.data.errors import DataWarning
 
     (tmp_path / "train.csv").write_text("label,user,city\n" + "".join(f"{i % 2},u{i % 4},c{i % 3}\n" for i in range(12)))
-    (tmp_path / "valid.csv").write_text("label,user,city\n" + "".join(f"{i % 2},x{i},c{i % 3}\n" for i in range(9))
-                                        + "1,u1,zz\n")
+    (tmp_path / "valid.csv").write_text("label,user,city\n" + "".join(
+        f"{i % 2},{i}.0,{'c1' if i < 2 else f'new{i}'}\n" for i in range(10)))
     cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv", "valid": "valid.csv"},
                                "features": [{"name": "user"}, {"name": "city"}]})
     log = Log()
-    with pytest.warns(DataWarning, match=r"valid.*'user'.*90\.0% of rows.*train 0\.0%"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         prepare(cfg, tmp_path / "cache", log=log)
-    assert any("valid OOV rate: user 90.0%, city 10.0%" in line for line in log), log
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(messages) == 1 and "valid split, field 'user': 100.0% of rows" in messages[0], messages
+    assert "(train 0.0%)" in messages[0]
+    assert any("valid OOV rate: user 100.0%, city 80.0%" in line for line in log), log
     assert any("train OOV rate: user 0.0%, city 0.0%" in line for line in log), log
+    assert any(line.startswith("[ctrlab] WARNING: valid split, field 'user'") for line in log), log
     manifest = json.loads((next((tmp_path / "cache" / "encoded").iterdir()) / "manifest.json").read_text())
-    assert manifest["oov_rates"]["valid"] == {"user": 0.9, "city": 0.1}
+    assert manifest["oov_rates"]["valid"] == {"user": 1.0, "city": 0.8}
     log2 = Log()
     with pytest.warns(DataWarning, match=r"'user'"):  # a reused cache still reports them
         assert prepare(cfg, tmp_path / "cache", log=log2).reused
-    assert any("valid OOV rate: user 90.0%" in line for line in log2), log2
+    assert any("valid OOV rate: user 100.0%" in line for line in log2), log2

@@ -10,13 +10,15 @@ a wrong number with no error. ``prepare()`` logs every split's rates and warns w
 Hashed fields (``hash_buckets``) have no vocabulary and bucketized numerics no OOV id: they are
 not reported.
 
-A split's rate warns (:class:`~ctrlab.data.errors.DataWarning`) when it is above
+A split's rate warns (:class:`~ctrlab.data.errors.DataWarning`) when it is at least
 :data:`HIGH_OOV_RATE` and at least :data:`OOV_RATE_JUMP` above the train split's own rate for
-the field. Train's rate is what ``min_count`` makes OOV on purpose (0 with ``min_count: 1``); a
-split near it is as well covered as train can be, while valid/test splits of real data typically
-sit a few to some tens of points above it (new users, new items). More than half of a split's rows
-unseen, and a quarter of them more than in train, is what a mismatch looks like (a dtype change
-gives 100%).
+the field. A mismatch (a float column's ``10.0`` against train's ``10``, other ids, a shifted
+column) leaves almost nothing known: close to 100%. Cold start is legitimately high but leaves
+some values known: the shipped datasets' valid/test splits reach 85.8% (movielens_100k
+``user_id``, a global time split: most later ratings come from new users; train 0%) and 79%
+(avazu_head10k ``device_ip``, train 65%), so the threshold sits above them. Train's own rate is
+what ``min_count`` makes OOV on purpose; the jump keeps a field that is rare everywhere quiet.
+Every rate is logged, warned or not.
 """
 from __future__ import annotations
 
@@ -30,8 +32,8 @@ from .feature_map import FeatureMap
 from .loader import EncodedSplit
 from .schema import OOV_ID, PAD_ID
 
-HIGH_OOV_RATE = 0.5
-"""A split's OOV rate for a field above this may warn (see :data:`OOV_RATE_JUMP`)."""
+HIGH_OOV_RATE = 0.9
+"""A split's OOV rate for a field at or above this may warn (see :data:`OOV_RATE_JUMP`)."""
 OOV_RATE_JUMP = 0.25
 """... when it is also at least this much above the train split's rate for the field."""
 CHUNK_ROWS = 1 << 20
@@ -77,7 +79,7 @@ def high_oov(rates: dict[str, dict[str, float]], train: str = "train") -> list[s
             continue
         for name, rate in fields.items():
             ref = base.get(name, 0.0)
-            if rate > HIGH_OOV_RATE and rate - ref >= OOV_RATE_JUMP:
+            if rate >= HIGH_OOV_RATE and rate - ref >= OOV_RATE_JUMP:
                 out.append(
                     f"{split} split, field {name!r}: {rate:.1%} of rows (or sequence tokens) are out of the "
                     f"train vocabulary (train {ref:.1%}). Check that the {split} file writes this field's "
