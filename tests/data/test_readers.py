@@ -409,3 +409,10 @@ def test_non_utf8_bytes_name_the_line(write, check_error, reader):
                                                           ["user", "label"])
     msg = check_error(ei.value, path, 3, "user", "save the file as UTF-8")
     assert "not valid UTF-8" in msg
+
+
+def test_unclosed_quote_names_its_line(write, check_error):
+    path = write("stray.csv", 'label,u,n\n1,a,3\n1,5"x,3\n0,b,4\n')
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(features=[{"name": "u"}]), path, ["u", "n", "label"])
+    check_error(ei.value, path, 3, None, "double the quotes inside it")

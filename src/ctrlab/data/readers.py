@@ -292,7 +292,7 @@ def _parse_block(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], 
         _row_lines(cfg, path, text, names, first_line, None)
         if numbers:
             raise
-        raise DataError(f"cannot parse: {str(exc).splitlines()[0]}", file=path, line=first_line,
+        raise DataError(f"cannot parse the rows from line {first_line} on: {str(exc).splitlines()[0]}", file=path,
                         fix="check the separator and quoting") from None
     keep, lines = _row_lines(cfg, path, text, names, first_line, df.height)
     if keep is not None:
@@ -325,7 +325,11 @@ def _row_lines(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], fi
             layout = (blank.to_numpy(), fields, np.arange(len(per_line)) + first_line)
     if layout is None:
         layout = _scan_rows(text, sep, first_line)
-    blank, fields, lines = layout
+        if layout[3]:
+            raise DataError("a quote opens a field that is not closed before the end of the file", file=path,
+                            line=int(layout[2][-1]), fix='quote the whole field and double the quotes inside it '
+                            '(5" is written "5""")')
+    blank, fields, lines = layout[:3]
     bad = np.flatnonzero(~blank & (fields != n))
     if len(bad):
         i = int(bad[0])
@@ -343,9 +347,10 @@ def _row_lines(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], fi
     return ~blank, lines[~blank]
 
 
-def _scan_rows(text: bytes, sep: str, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(blank, fields, start line) per row of csv text with quotes: separators and newlines inside
-    quotes (an odd number of quotes before them) do not count."""
+def _scan_rows(text: bytes, sep: str, first_line: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
+    """(blank, fields, start line) per row of csv text with quotes, and whether a quote is left
+    open at the end: separators and newlines inside quotes (an odd number of quotes before them)
+    do not count."""
     b = np.frombuffer(text, dtype=np.uint8)
     inside = np.bitwise_xor.accumulate((b == ord('"')).view(np.uint8)).view(bool)
     newlines = np.flatnonzero(b == ord("\n"))
@@ -358,7 +363,7 @@ def _scan_rows(text: bytes, sep: str, first_line: int) -> tuple[np.ndarray, np.n
     blank = np.zeros(len(starts), dtype=bool)
     for i in np.flatnonzero(fields == 1):  # few rows: a blank one has no separator
         blank[i] = not text[starts[i]:ends[i]].strip()
-    return blank, fields, np.searchsorted(newlines, starts) + first_line
+    return blank, fields, np.searchsorted(newlines, starts) + first_line, bool(len(b) and inside[-1])
 
 
 def read_parquet(cfg: DatasetConfig, path: Path, columns: list[str]) -> pl.DataFrame:
