@@ -290,7 +290,7 @@ def _parse_block(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], 
         # perhaps a number the reader cannot parse: with_text_fallback / read_csv retry as text.
         _decode(path, text, first_line, names, cfg.separator)
         _row_lines(cfg, path, text, names, first_line, None)
-        if numbers:
+        if numbers and _numeric_columns(cfg):
             raise
         raise DataError(f"cannot parse the rows from line {first_line} on: {str(exc).splitlines()[0]}", file=path,
                         fix="check the separator and quoting") from None
