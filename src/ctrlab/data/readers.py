@@ -61,6 +61,8 @@ def _row_end(buf: bytes) -> int:
     """Index of the last newline of ``buf`` that ends a row (an even number of quotes before it: a
     newline inside a quoted field does not end a row); -1 if none."""
     pos = buf.rfind(b"\n")
+    if b'"' not in buf:
+        return pos
     while pos >= 0 and buf.count(b'"', 0, pos) % 2:
         pos = buf.rfind(b"\n", 0, pos)
     return pos
@@ -199,23 +201,28 @@ def _numeric_columns(cfg: DatasetConfig) -> set[str]:
 
 
 def parse_csv(cfg: DatasetConfig, source, names: list[str], columns: list[str], has_header: bool,
-              numbers: bool = True) -> pl.DataFrame:
+              numbers: bool = True, every_column: bool = False) -> pl.DataFrame:
     """Parse csv/tsv text (a path, or bytes of whole lines) into ``columns``. With ``numbers``, columns
     that feed numeric features only are parsed as Float64 by the reader itself (fast, and 8 bytes
-    a cell instead of a 16-byte string view); the rest stay text."""
+    a cell instead of a 16-byte string view); the rest stay text. ``every_column``: parse every
+    column, then keep ``columns``: Polars then fails on a row with too many fields (it does not
+    when it parses some columns only)."""
     numeric = _numeric_columns(cfg) if numbers else set()
     overrides = {c: pl.Float64 for c in columns if c in numeric}
     df = pl.read_csv(
         source,
         separator=cfg.separator,
         has_header=has_header,
-        columns=[names.index(c) for c in columns],
+        columns=list(range(len(names))) if every_column else [names.index(c) for c in columns],
         # the overrides are keyed by our names for every column, header or not
         new_columns=names if overrides or not has_header else None,
         infer_schema=False,
         schema_overrides=overrides or None,
         quote_char='"',
     )
+    if every_column:
+        df.columns = names
+        return df.select(columns)
     df.columns = columns
     return df
 
@@ -257,7 +264,7 @@ def csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: i
         carry, chunk, measured = b"", 64 << 10, False  # the first chunk measures the bytes per row
         while True:
             data = fh.read(chunk)
-            buf = carry + data
+            buf = carry + data if carry else data
             if not buf:
                 return
             cut = len(buf) - 1 if not data else _row_end(buf)
@@ -279,10 +286,13 @@ def csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: i
 def _parse_block(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], columns: list[str],
                  numbers: bool, first_line: int) -> pl.DataFrame | None:
     """Whole rows of csv text -> the frame of ``columns`` with ``__line__``; None if only blank lines."""
-    if not text.strip():
+    if text.isspace():
         return None
+    # Parsing every column costs little more when most are used, and lets a cheap count check
+    # the fields of every row (_row_lines).
+    every_column = 2 * len(columns) >= len(names)
     try:
-        df = parse_csv(cfg, text, names, columns, has_header=False, numbers=numbers)
+        df = parse_csv(cfg, text, names, columns, has_header=False, numbers=numbers, every_column=every_column)
     except pl.exceptions.NoDataError:
         return None
     except pl.exceptions.ComputeError as exc:
@@ -294,7 +304,7 @@ def _parse_block(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], 
             raise
         raise DataError(f"cannot parse the rows from line {first_line} on: {str(exc).splitlines()[0]}", file=path,
                         fix="check the separator and quoting") from None
-    keep, lines = _row_lines(cfg, path, text, names, first_line, df.height)
+    keep, lines = _row_lines(cfg, path, text, names, first_line, df.height, every_column)
     if keep is not None:
         df = df.filter(pl.Series(keep))
     if df.height == 0:
@@ -303,17 +313,22 @@ def _parse_block(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], 
 
 
 def _row_lines(cfg: DatasetConfig, path: Path, text: bytes, names: list[str], first_line: int,
-               rows: int | None) -> tuple[np.ndarray | None, np.ndarray]:
+               rows: int | None, every_column: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
     """Check that every row of ``text`` has one field per column and find the line each row starts
     on. Returns (which of the parser's ``rows`` rows to keep, None for all: blank lines are not
     rows; the kept rows' line numbers). Raises DataError on a row with too few or too many fields.
 
-    Text without quotes is checked by Polars as one column of lines (a field count per line, run
-    in parallel); text with quotes by a scan of the bytes that tells quoted separators and newlines
-    apart (slower, exact)."""
+    Text without quotes that the parser read ``every_column`` of (so no row has too many fields:
+    Polars failed otherwise) is right when it holds ``rows * (n - 1)`` separators: then no row has
+    fewer (and none is blank). Else, text without quotes is checked by Polars as one column of lines
+    (a field count per line, run in parallel); text with quotes by a scan of the bytes that tells
+    quoted separators and newlines apart (slower, exact)."""
     n, sep = len(names), cfg.separator
+    quoted = b'"' in text
+    if every_column and rows is not None and n > 1 and not quoted and text.count(sep.encode()) == rows * (n - 1):
+        return None, np.arange(first_line, first_line + rows)
     layout = None
-    if b'"' not in text:
+    if not quoted:
         try:
             per_line = pl.read_csv(text, has_header=False, separator="\x00", quote_char=None, new_columns=["l"],
                                    infer_schema=False, encoding="utf8-lossy")["l"]
