@@ -416,3 +416,15 @@ def test_unclosed_quote_names_its_line(write, check_error):
     with pytest.raises(DataError) as ei:
         read_split(cfg_of(features=[{"name": "u"}]), path, ["u", "n", "label"])
     check_error(ei.value, path, 3, None, "double the quotes inside it")
+
+
+@pytest.mark.parametrize("columns", [["a"], ["a", "b", "c", "label"]])
+def test_field_counts_checked_whatever_columns_are_read(write, check_error, columns):
+    """Reading one of four columns (per-line field counts) or all of them (a byte count, Polars
+    failing on long rows) finds the same short row; blank lines are skipped either way."""
+    path = write("t.csv", "label,a,b,c\n1,x,y,z\n\n0,x,y,z\n1,x,y\n")
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(), path, columns)
+    check_error(ei.value, path, 5, "c", "add the missing fields")
+    ok = write("ok.csv", "label,a,b,c\n1,x,y,z\n\n0,x,y,z\n")
+    assert read_split(cfg_of(), ok, columns)[LINE].to_list() == [2, 4]
