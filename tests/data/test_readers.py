@@ -428,3 +428,10 @@ def test_field_counts_checked_whatever_columns_are_read(write, check_error, colu
     check_error(ei.value, path, 5, "c", "add the missing fields")
     ok = write("ok.csv", "label,a,b,c\n1,x,y,z\n\n0,x,y,z\n")
     assert read_split(cfg_of(), ok, columns)[LINE].to_list() == [2, 4]
+
+
+def test_libsvm_non_utf8_bytes_name_the_line(write, check_error):
+    path = write("t.libsvm", b"1 0:1 7:1\n0 0:\xff 7:1\n")
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(format="libsvm"), path, ["label", "f0"])
+    check_error(ei.value, path, 2, None, "save the file as UTF-8")

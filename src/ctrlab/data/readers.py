@@ -402,15 +402,20 @@ _FM_TOKEN = re.compile(rf"^\d+:\d+:{_NUM}$")
 
 def _read_lines(path: Path) -> pl.DataFrame:
     _check_exists(path)
-    df = pl.read_csv(
-        path,
-        has_header=False,
-        separator="\x1f",
-        quote_char=None,
-        new_columns=["text"],
-        schema_overrides={"text": pl.String},
-        infer_schema=False,
-    )
+    try:
+        df = pl.read_csv(
+            path,
+            has_header=False,
+            separator="\x1f",
+            quote_char=None,
+            new_columns=["text"],
+            schema_overrides={"text": pl.String},
+            infer_schema=False,
+        )
+    except pl.exceptions.ComputeError:
+        with open_bytes(path) as fh:  # bytes that are not UTF-8: name their line
+            _decode(path, fh.read(), 1)
+        raise
     df = df.with_columns(
         pl.col("text").str.strip_chars(), (pl.int_range(pl.len(), dtype=pl.Int64) + 1).alias(LINE)
     ).filter(pl.col("text").str.len_chars() > 0)
