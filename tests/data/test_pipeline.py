@@ -438,5 +438,6 @@ def test_oov_rates_are_logged_and_a_high_rate_warns(tmp_path):
     assert manifest["oov_rates"]["valid"] == {"user": 1.0, "city": 0.8}
     log2 = Log()
     with pytest.warns(DataWarning, match=r"'user'"):  # a reused cache still reports them
-        assert prepare(cfg, tmp_path / "cache", log=log2).reused
+        again = prepare(cfg, tmp_path / "cache", log=log2)
+    assert again.reused and again.oov_rates == manifest["oov_rates"]
     assert any("valid OOV rate: user 100.0%" in line for line in log2), log2

@@ -225,6 +225,8 @@ class PreparedData:
     path: Path
     config: DatasetConfig
     reused: bool = False
+    oov_rates: dict[str, dict[str, float]] | None = None
+    """Split -> field -> OOV rate (:mod:`ctrlab.data.oov`); None for a cache built before they were kept."""
 
 
 def prepare(
@@ -255,8 +257,9 @@ def prepare(
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
         splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
-        report_oov(json.loads((folder / "manifest.json").read_text()).get("oov_rates", {}), log)
-        return PreparedData(fmap, splits, folder, cfg, reused=True)
+        oov = json.loads((folder / "manifest.json").read_text()).get("oov_rates")
+        report_oov(oov or {}, log)
+        return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
     t0 = time.time()
     columns = raw_columns(cfg)
@@ -311,7 +314,7 @@ def prepare(
         shutil.rmtree(tmp, ignore_errors=True)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
     report_oov(oov, log)
-    return PreparedData(fmap, splits, folder, cfg, reused=False)
+    return PreparedData(fmap, splits, folder, cfg, reused=False, oov_rates=oov)
 
 
 def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[str], out: Path,
