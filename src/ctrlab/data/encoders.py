@@ -173,7 +173,7 @@ class CategoricalEncoder:
     def _tokens(self, df: pl.DataFrame) -> pl.Series:
         return categorical_tokens(df[self.column])
 
-    def tokens_expr(self, dtype: pl.DataType = pl.String) -> pl.Expr:
+    def tokens_expr(self, dtype: pl.DataType) -> pl.Expr:
         """The column (of ``dtype``) as tokens (strings; a missing cell is ``""``), as a Polars
         expression (:func:`token_expr`)."""
         return token_expr(pl.col(self.column), dtype).fill_null("")
