@@ -75,7 +75,7 @@ def test_padding_id_never_assigned_to_a_value():
 
 
 # ---- numeric -----------------------------------------------------------------------------------
-TRAIN_X = ["1", "", "4", None, "9", " 16 ", "nan"]
+TRAIN_X = ["1", "", "4", None, "9", " 16 ", "nan"]  # "nan": missing with non_finite: fill
 TEST_X = ["0", "25", "", "-3"]
 
 
@@ -92,7 +92,7 @@ def _np(values, fill):
 
 @pytest.mark.parametrize("fill", [0.0, 5.0])
 def test_missing_numeric_is_filled_then_normalised(fill):
-    enc = NumericEncoder(NumericSpec("x", fill_value=fill, normalizer="standard")).fit(frame(x=TRAIN_X))
+    enc = NumericEncoder(NumericSpec("x", fill_value=fill, normalizer="standard", non_finite="fill")).fit(frame(x=TRAIN_X))
     x = np.array([1, fill, 4, fill, 9, 16, fill])
     assert enc.stats["mean"] == pytest.approx(x.mean()) and enc.stats["std"] == pytest.approx(x.std())
     out = enc.transform(frame(x=TEST_X))
@@ -105,17 +105,17 @@ def test_normalisers_match_numpy_with_train_stats():
     train, test = frame(x=TRAIN_X), frame(x=TEST_X)
     x, t = _np(TRAIN_X, 0.0), _np(TEST_X, 0.0)
 
-    none = NumericEncoder(NumericSpec("x")).fit(train)
+    none = NumericEncoder(NumericSpec("x", non_finite="fill")).fit(train)
     np.testing.assert_array_equal(none.transform(test), t.astype(np.float32))
 
-    std = NumericEncoder(NumericSpec("x", normalizer="standard")).fit(train)
+    std = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="standard")).fit(train)
     np.testing.assert_allclose(std.transform(test), (t - x.mean()) / x.std(), rtol=1e-6)
 
-    mm = NumericEncoder(NumericSpec("x", normalizer="minmax")).fit(train)
+    mm = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="minmax")).fit(train)
     np.testing.assert_allclose(mm.transform(test), (t - x.min()) / (x.max() - x.min()), rtol=1e-6)
     np.testing.assert_allclose(mm.transform(test), [0.0, 25 / 16, 0.0, -3 / 16], rtol=1e-6)
 
-    log = NumericEncoder(NumericSpec("x", normalizer="log")).fit(train)
+    log = NumericEncoder(NumericSpec("x", non_finite="fill", normalizer="log")).fit(train)
     np.testing.assert_allclose(log.transform(test), np.sign(t) * np.log1p(np.abs(t)), rtol=1e-6)
     assert log.transform(test)[3] == pytest.approx(-np.log(4.0))
 
@@ -319,7 +319,7 @@ def test_few_token_dict_lookup_equals_replace_strict():
     assert "" in enc.vocab and len(enc.vocab) > 1000
     cells = [f"t{int(v)}" for v in rng.integers(0, 8000, 3000)] + ["", None, "never"] * 10
     frame = pl.DataFrame({"c": pl.Series(cells, dtype=pl.String)})
-    reference = frame.select(enc.transform_expr()).to_series().to_numpy()  # replace_strict, whole vocabulary
+    reference = frame.select(enc.transform_expr(frame.schema["c"])).to_series().to_numpy()  # replace_strict, whole vocabulary
     assert not E.few_tokens(frame.height, len(enc.vocab))
     for rows in (1, 7, 256, 3030):
         part = frame.head(rows)
@@ -334,3 +334,31 @@ def test_few_token_dict_lookup_equals_replace_strict():
     one = np.concatenate([encode_frame(frame.slice(i, 1), fmap, with_labels=False).arrays["cat"] for i in range(40)])
     np.testing.assert_array_equal(one[:, 0], encode_frame(frame.head(40), fmap, with_labels=False).arrays["cat"][:, 0])
     np.testing.assert_array_equal(one[:, 0], reference[:40])
+
+
+# ---- issue 14.5: a token does not depend on the column's dtype ---------------------------------
+def test_whole_number_floats_are_integer_tokens():
+    enc = CategoricalEncoder(CategoricalSpec("c")).fit(pl.DataFrame({"c": pl.Series([10, 11, 10, -3], dtype=pl.Int64)}))
+    assert enc.vocab == ["10", "-3", "11"]
+    floats = pl.DataFrame({"c": pl.Series([10.0, None, 11.0, 10.5, float("nan"), -3.0, -0.0], dtype=pl.Float64)})
+    want = [2, 1, 4, 1, 1, 3, 1]  # null and NaN are missing ("" is not in train): OOV
+    assert enc.transform(floats).tolist() == want  # few rows: the dict lookup
+    big = pl.concat([floats] * 100)  # many rows: the Polars expression
+    assert big.select(enc.transform_expr(pl.Float64)).to_series().to_list() == want * 100
+    assert enc.transform(floats.with_columns(pl.col("c").cast(pl.Float32))).tolist() == want
+    from ctrlab.data.encoders import categorical_tokens
+
+    assert categorical_tokens(floats["c"]).to_list() == ["10", "", "11", "10.5", "", "-3", "0"]
+    assert categorical_tokens(pl.Series([1e300])).to_list() == [str(pl.Series([1e300]).cast(pl.String)[0])]
+
+
+def test_sequence_of_float_lists_uses_integer_tokens():
+    spec = SequenceSpec("h", max_len=3)
+    enc = SequenceEncoder(spec).fit(pl.DataFrame({"h": [[10, 11], [10]]}))
+    out = enc.transform(pl.DataFrame({"h": pl.Series([[10.0, 11.0], [11.5], None], dtype=pl.List(pl.Float64))}))
+    assert out.tolist() == [[0, 2, 3], [0, 0, 1], [0, 0, 0]]
+
+
+def test_nan_in_train_is_an_error_by_default():
+    with pytest.raises(DataError, match=r"line 8, column 'x': value 'nan' is not a finite number.*non_finite: fill"):
+        NumericEncoder(NumericSpec("x")).fit(frame(x=TRAIN_X))

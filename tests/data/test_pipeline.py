@@ -243,7 +243,8 @@ def test_cache_reused_when_unchanged(tmp_path, monkeypatch):
     monkeypatch.setattr(pipeline, "encode_frame", boom)
     log2 = Log()
     again = prepare(small_csv(tmp_path), tmp_path / "cache", log=log2)  # same config, rewritten identical files
-    assert again.reused is True and again.path == first.path and log2 == []
+    assert again.reused is True and again.path == first.path
+    assert log2 and all("OOV rate" in m for m in log2)  # only the cached OOV rates are reported
     for split in ("train", "test"):
         for k, v in first.splits[split].arrays.items():
             np.testing.assert_array_equal(again.splits[split].arrays[k], v)
@@ -502,3 +503,105 @@ def test_gz_and_plain_give_same_cache_content(tmp_path):
     for split in ("train", "test"):
         for k, v in plain.splits[split].arrays.items():
             np.testing.assert_array_equal(gz.splits[split].arrays[k], v)
+
+
+# ---- issue 14.9 / 14.20: non-finite numbers are errors unless the feature opts in to fill -------
+@pytest.mark.parametrize("streaming", [False, True])
+@pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "NaN", "1e309", "-Infinity"])
+def test_non_finite_number_is_an_error(tmp_path, check_error, streaming, bad):
+    (tmp_path / "train.csv").write_text(f"label,user,price\n1,a,3\n0,b,{bad}\n1,c,\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+                               "features": [{"name": "user"}, {"name": "price", "kind": "numeric"}]})
+    with pytest.raises(DataError) as ei:
+        prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    msg = check_error(ei.value, tmp_path / "train.csv", 3, "price", "non_finite: fill")
+    assert "is not a finite number" in msg
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_non_finite_fill_is_an_explicit_option(tmp_path, streaming):
+    (tmp_path / "train.csv").write_text("label,user,price\n1,a,3\n0,b,inf\n1,c,\n0,d,1e309\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+        {"name": "user"}, {"name": "price", "kind": "numeric", "fill_value": -1.0, "non_finite": "fill"}]})
+    data = prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    assert data.splits["train"].arrays["num"][:, 0].tolist() == [3.0, -1.0, -1.0, -1.0]
+
+
+def test_non_finite_in_a_dense_vector_is_an_error(tmp_path, check_error):
+    (tmp_path / "train.csv").write_text("label,vec\n1,1 2\n0,3 inf\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+                               "features": [{"name": "vec", "kind": "dense_vector", "dim": 2}]})
+    with pytest.raises(DataError) as ei:
+        prepare(cfg, tmp_path / "cache", log=lambda *a: None)
+    check_error(ei.value, tmp_path / "train.csv", 3, "vec", "write finite numbers only")
+
+
+def test_large_integers_under_normalizer_none_warn(tmp_path):
+    """float32 (the model's input) cannot hold 1693526401: it would silently become 1693526400."""
+    from ctrlab.data.errors import DataWarning
+
+    (tmp_path / "train.csv").write_text("label,ts,small\n1,1693526401,1\n0,1693526402,2\n")
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+        {"name": "ts", "kind": "numeric"}, {"name": "small", "kind": "numeric"},
+        {"name": "ts_std", "source": "ts", "kind": "numeric", "normalizer": "standard"}]})
+    for streaming in (False, True):
+        with pytest.warns(DataWarning, match=r"'ts'.*1693526401 is stored as 1693526400.*normalizer") as rec:
+            prepare(cfg, tmp_path / f"cache{streaming}", log=lambda *a: None, streaming=streaming)
+        assert len(rec) == 1  # only ts: small values and a normalised copy are exact enough
+
+
+# ---- issue 14.5: whole-number floats are the integer's token; OOV rates reported -----------------
+def int_and_float_parquet(tmp_path):
+    """Train written from an Int64 column, valid from a Float64 one (as pandas makes whenever a
+    value is missing): the same items must get the same ids."""
+    pl.DataFrame({"label": [1, 0, 1, 0], "item": [10, 11, 10, 12],
+                  "hist": [[10, 11], [12], [], [10]]}).write_parquet(tmp_path / "train.parquet")
+    pl.DataFrame({"label": [1, 0, 1], "item": [10.0, None, 12.0], "hist": [[10.0, 11.0], [12.0], None]},
+                 schema_overrides={"item": pl.Float64, "hist": pl.List(pl.Float64)}).write_parquet(
+        tmp_path / "valid.parquet")
+    return load_dataset_config({"name": "dtypes", "format": "parquet", "root": str(tmp_path),
+                                "files": {"train": "train.parquet", "valid": "valid.parquet"},
+                                "features": [{"name": "item"},
+                                             {"name": "hist", "kind": "sequence", "max_len": 2,
+                                              "share_vocab_with": "item"}]})
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_float_column_of_whole_numbers_is_not_oov(tmp_path, streaming):
+    cfg = int_and_float_parquet(tmp_path)
+    data = prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
+    vocab = data.feature_map.encoders["item"]["vocab"]
+    ids = {tok: i + 2 for i, tok in enumerate(vocab)}
+    assert data.splits["valid"].arrays["cat"][:, 0].tolist() == [ids["10"], OOV_ID, ids["12"]]
+    assert data.splits["valid"].arrays["seq:hist"].tolist() == [[ids["10"], ids["11"]], [0, ids["12"]], [0, 0]]
+
+
+def test_oov_rates_are_logged_and_a_high_rate_warns(tmp_path):
+    """Every split's rate is logged; a split where almost no value is known (>= 90%, and 25 points
+    above train) warns; 80% (cold start is often that high) is logged only."""
+    import warnings
+
+    from ctrlab.data.errors import DataWarning
+
+    (tmp_path / "train.csv").write_text("label,user,city\n" + "".join(f"{i % 2},u{i % 4},c{i % 3}\n" for i in range(12)))
+    (tmp_path / "valid.csv").write_text("label,user,city\n" + "".join(
+        f"{i % 2},{i}.0,{'c1' if i < 2 else f'new{i}'}\n" for i in range(10)))
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv", "valid": "valid.csv"},
+                               "features": [{"name": "user"}, {"name": "city"}]})
+    log = Log()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prepare(cfg, tmp_path / "cache", log=log)
+    messages = [str(w.message) for w in caught if issubclass(w.category, DataWarning)]
+    assert len(messages) == 1 and "valid split, field 'user': 100.0% of rows" in messages[0], messages
+    assert "(train 0.0%)" in messages[0]
+    assert any("valid OOV rate: user 100.0%, city 80.0%" in line for line in log), log
+    assert any("train OOV rate: user 0.0%, city 0.0%" in line for line in log), log
+    assert any(line.startswith("[ctrlab] WARNING: valid split, field 'user'") for line in log), log
+    manifest = json.loads((next((tmp_path / "cache" / "encoded").iterdir()) / "manifest.json").read_text())
+    assert manifest["oov_rates"]["valid"] == {"user": 1.0, "city": 0.8}
+    log2 = Log()
+    with pytest.warns(DataWarning, match=r"'user'"):  # a reused cache still reports them
+        again = prepare(cfg, tmp_path / "cache", log=log2)
+    assert again.reused and again.oov_rates == manifest["oov_rates"]
+    assert any("valid OOV rate: user 100.0%" in line for line in log2), log2

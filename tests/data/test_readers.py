@@ -318,3 +318,120 @@ def test_headerless_tsv_numeric_columns_parsed_by_the_reader(tmp_path):
     cfg = cfg_of(format="tsv", header=False, column_names=["label", "x", "c", "y"],
                  features=[{"name": "x", "kind": "numeric"}, {"name": "x_id", "source": "x"}])
     assert read_split(cfg, path, ["x", "label"])["x"].to_list() == ["3", "-2.5"]
+
+
+# ---- issue 14.19 / 14.20: one CSV parser for header and rows; malformed rows are errors --------
+@pytest.mark.parametrize("streaming", [False, True])
+def test_quoted_comma_in_header_keeps_columns_aligned(tmp_path, streaming):
+    """`label,"city, state",item,hour`: the header is split by the CSV parser, so `item` is the
+    third column, not the fourth (a naive split made `item` read the `hour` column)."""
+    path = tmp_path / "train.csv"
+    path.write_text('label,"city, state",item,hour\n1,"Austin, TX",i1,7\n0,"Reno, NV",i2,8\n')
+    cfg = cfg_of(files={"train": str(path)},
+                 features=[{"name": "item"}, {"name": "hour", "kind": "numeric"}, {"name": "city, state"}])
+    prepared = prepare(cfg, tmp_path / "cache", log=quiet, streaming=streaming)
+    item = prepared.feature_map.encoders["item"]["vocab"]
+    assert sorted(item) == ["i1", "i2"]
+    assert prepared.splits["train"].arrays["num"][:, 0].tolist() == [7.0, 8.0]
+    assert sorted(prepared.feature_map.encoders["city, state"]["vocab"]) == ["Austin, TX", "Reno, NV"]
+
+
+def test_quoted_comma_in_headerless_first_line(write):
+    path = write("nohead.csv", '1,"a, b",3\n0,c,4\n')
+    cfg = cfg_of(header=False, column_names=["label", "user", "n"])
+    assert read_split(cfg, path, ["user", "n"])["n"].to_list() == ["3", "4"]
+
+
+def blocks_of(cfg, path, columns, block_rows=2):
+    from ctrlab.data.streaming import iter_blocks
+
+    return pl.concat(list(iter_blocks(cfg, path, columns, block_rows=block_rows)))
+
+
+@pytest.mark.parametrize("reader", ["memory", "streaming"])
+def test_row_with_too_few_fields_is_an_error(write, check_error, reader):
+    path = write("t.csv", "label,user,price\n1,a,3\n0,b\n1,c,4\n")
+    cfg = cfg_of(features=[{"name": "user"}, {"name": "price", "kind": "numeric"}])
+    with pytest.raises(DataError) as ei:
+        (read_split if reader == "memory" else blocks_of)(cfg, path, ["user", "price", "label"])
+    msg = check_error(ei.value, path, 3, "price", "add the missing fields")
+    assert "line has 2 fields but the header has 3" in msg
+
+
+@pytest.mark.parametrize("reader", ["memory", "streaming"])
+def test_row_with_too_many_fields_is_an_error(write, check_error, reader):
+    path = write("t.csv", "label,user,price\n1,a,3\n0,b,4\n1,c,4,5\n")
+    cfg = cfg_of(features=[{"name": "user"}, {"name": "price", "kind": "numeric"}])
+    with pytest.raises(DataError) as ei:
+        (read_split if reader == "memory" else blocks_of)(cfg, path, ["user", "label"])
+    msg = check_error(ei.value, path, 4, None, "quote fields that contain the separator")
+    assert "line has 4 fields but the header has 3" in msg
+
+
+@pytest.mark.parametrize("reader", ["memory", "streaming"])
+def test_blank_lines_are_not_rows_and_lines_stay_right(write, reader):
+    """A trailing blank line used to add a row (100 rows in, 101 scores out of `ctrlab predict`)."""
+    rows = [f"{i % 2},u{i}\n" for i in range(100)]
+    path = write("t.csv", "label,user\n" + "".join(rows[:4]) + "\n" + "".join(rows[4:]) + "\n")
+    df = (read_split if reader == "memory" else blocks_of)(cfg_of(features=[{"name": "user"}]), path,
+                                                            ["user", "label"])
+    assert df.height == 100
+    assert df["user"].to_list() == [f"u{i}" for i in range(100)]
+    lines = df[LINE].to_list()
+    assert lines[:6] == [2, 3, 4, 5, 7, 8] and lines[-1] == 102  # line 6 is blank
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_line_numbers_stay_right_after_quoted_newlines(tmp_path, check_error, streaming):
+    path = tmp_path / "train.csv"
+    path.write_text('label,note,price\n1,"two\nlines",3\n0,"three\nlines\nhere",4\n1,plain,oops\n')
+    cfg = cfg_of(files={"train": str(path)}, features=[{"name": "note"}, {"name": "price", "kind": "numeric"}])
+    with pytest.raises(DataError) as ei:
+        prepare(cfg, tmp_path / "cache", log=quiet, streaming=streaming, block_rows=1)
+    check_error(ei.value, path, 7, "price", "declare 'price' as kind: categorical")
+
+
+@pytest.mark.parametrize("reader", ["memory", "streaming"])
+@pytest.mark.parametrize("header", [True, False])
+def test_utf8_bom_is_not_part_of_the_first_name_or_cell(write, reader, header):
+    text = ("label,user\n" if header else "") + "1,a\n0,b\n"
+    path = write("bom.csv", b"\xef\xbb\xbf" + text.encode())
+    cfg = cfg_of(features=[{"name": "user"}], header=header, column_names=None if header else ["label", "user"])
+    df = (read_split if reader == "memory" else blocks_of)(cfg, path, ["label", "user"])
+    assert df["label"].to_list() == ["1", "0"] and df[LINE].to_list() == ([2, 3] if header else [1, 2])
+
+
+@pytest.mark.parametrize("reader", ["memory", "streaming"])
+def test_non_utf8_bytes_name_the_line(write, check_error, reader):
+    path = write("latin1.csv", "label,user\n1,a\n0,caf\u00e9\n".encode("latin-1"))
+    with pytest.raises(DataError) as ei:
+        (read_split if reader == "memory" else blocks_of)(cfg_of(features=[{"name": "user"}]), path,
+                                                          ["user", "label"])
+    msg = check_error(ei.value, path, 3, "user", "save the file as UTF-8")
+    assert "not valid UTF-8" in msg
+
+
+def test_unclosed_quote_names_its_line(write, check_error):
+    path = write("stray.csv", 'label,u,n\n1,a,3\n1,5"x,3\n0,b,4\n')
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(features=[{"name": "u"}]), path, ["u", "n", "label"])
+    check_error(ei.value, path, 3, None, "double the quotes inside it")
+
+
+@pytest.mark.parametrize("columns", [["a"], ["a", "b", "c", "label"]])
+def test_field_counts_checked_whatever_columns_are_read(write, check_error, columns):
+    """Reading one of four columns (per-line field counts) or all of them (a byte count, Polars
+    failing on long rows) finds the same short row; blank lines are skipped either way."""
+    path = write("t.csv", "label,a,b,c\n1,x,y,z\n\n0,x,y,z\n1,x,y\n")
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(), path, columns)
+    check_error(ei.value, path, 5, "c", "add the missing fields")
+    ok = write("ok.csv", "label,a,b,c\n1,x,y,z\n\n0,x,y,z\n")
+    assert read_split(cfg_of(), ok, columns)[LINE].to_list() == [2, 4]
+
+
+def test_libsvm_non_utf8_bytes_name_the_line(write, check_error):
+    path = write("t.libsvm", b"1 0:1 7:1\n0 0:\xff 7:1\n")
+    with pytest.raises(DataError) as ei:
+        read_split(cfg_of(format="libsvm"), path, ["label", "f0"])
+    check_error(ei.value, path, 2, None, "save the file as UTF-8")

@@ -7,10 +7,16 @@ and serving time (``encoder_from_state``).
 Conventions: categorical ids are 0 = padding, 1 = out-of-vocabulary, 2.. = values seen in
 train (at least ``min_count`` times) ordered by frequency then value. A missing categorical
 cell is the empty string, an ordinary value.
+
+Tokens do not depend on a column's dtype (:func:`categorical_tokens`): text cells are their own
+token; a whole-number float is the integer's token (``10.0`` -> ``"10"``, as an integer column
+gives), since pandas turns an integer column into floats as soon as one value is missing; a
+float NaN is a missing cell.
 """
 from __future__ import annotations
 
 import hashlib
+import warnings
 from itertools import repeat
 from pathlib import Path
 from typing import Any
@@ -18,7 +24,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from .errors import DataError
+from .errors import DataError, DataWarning
 from .readers import LINE
 from ..config import from_dict, to_dict
 from .schema import (
@@ -49,6 +55,26 @@ def _bad_row(df: pl.DataFrame, mask: pl.Series, path: Path | None, column: str, 
 def stable_hash(value: str, buckets: int) -> int:
     """Process- and version-independent hash (blake2b), so hashed ids survive export/serving."""
     return int.from_bytes(hashlib.blake2b(value.encode("utf-8"), digest_size=8).digest(), "little") % buckets
+
+
+def token_expr(expr: pl.Expr, dtype: pl.DataType) -> pl.Expr:
+    """Cells of ``dtype`` -> String tokens (null where missing). Floats that are whole numbers
+    become the integer's text (``10.0`` -> ``"10"``, ``-0.0`` -> ``"0"``), so that a Float64 column
+    (pandas makes one whenever a value is missing; Parquet files keep it) gives the tokens an Int64
+    column gives; NaN is missing, like null; other floats keep Polars' text (``"10.5"``)."""
+    if dtype.is_float():
+        whole = expr.is_finite() & (expr == expr.floor()) & (expr.abs() < 2.0**63)
+        return (pl.when(expr.is_nan()).then(pl.lit(None, dtype=pl.String))
+                .when(whole).then(expr.cast(pl.Int64, strict=False).cast(pl.String))
+                .otherwise(expr.cast(pl.String)))
+    return expr.cast(pl.String)
+
+
+def categorical_tokens(raw: pl.Series) -> pl.Series:
+    """A categorical column's tokens (:func:`token_expr`; a missing cell is ``""``)."""
+    if raw.dtype == pl.String:
+        return raw.fill_null("")
+    return raw.to_frame().select(token_expr(pl.col(raw.name), raw.dtype).fill_null("")).to_series()
 
 
 def _vocab_series(vocab: list[str], built_from: pl.Series | None = None) -> tuple[pl.Series, pl.Series]:
@@ -145,24 +171,25 @@ class CategoricalEncoder:
         return FIRST_ID + (self.spec.hash_buckets or len(self.vocab))
 
     def _tokens(self, df: pl.DataFrame) -> pl.Series:
-        return df[self.column].cast(pl.String).fill_null("")
+        return categorical_tokens(df[self.column])
 
-    def tokens_expr(self) -> pl.Expr:
-        """The column as tokens (strings; a missing cell is ``""``), as a Polars expression."""
-        return pl.col(self.column).cast(pl.String).fill_null("")
+    def tokens_expr(self, dtype: pl.DataType) -> pl.Expr:
+        """The column (of ``dtype``) as tokens (strings; a missing cell is ``""``), as a Polars
+        expression (:func:`token_expr`)."""
+        return token_expr(pl.col(self.column), dtype).fill_null("")
 
-    def transform_expr(self) -> pl.Expr:
-        """:meth:`transform` as a Polars expression (vocabulary encoders only, not hashing), so that
-        many columns are encoded by one parallel ``select``. Built once per vocabulary: building
-        it cost more than encoding a served request."""
+    def transform_expr(self, dtype: pl.DataType) -> pl.Expr:
+        """:meth:`transform` of a column of ``dtype`` as a Polars expression (vocabulary encoders
+        only, not hashing), so that many columns are encoded by one parallel ``select``. Built once
+        per vocabulary: building it cost more than encoding a served request."""
         if self.spec.hash_buckets:
             raise ValueError(f"{self.spec.name!r} hashes its values; use transform()")
         cached = getattr(self, "_expr", None)
-        if cached is None or cached[0] is not self.vocab:
+        if cached is None or cached[0] is not self.vocab or cached[1] != dtype:
             keys, ids = _vocab_series(self.vocab)
-            expr = self.tokens_expr().replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
-            cached = self._expr = (self.vocab, expr)
-        return cached[1]
+            expr = self.tokens_expr(dtype).replace_strict(keys, ids, default=OOV_ID, return_dtype=pl.Int32)
+            cached = self._expr = (self.vocab, dtype, expr)
+        return cached[2]
 
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "CategoricalEncoder":
         if not self.spec.hash_buckets:
@@ -185,7 +212,7 @@ def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> 
     value), all collected together so that Polars runs them in parallel."""
     queries = [
         df.lazy()
-        .select(enc.tokens_expr().alias("token"))
+        .select(enc.tokens_expr(df.schema[enc.column]).alias("token"))
         .group_by("token")
         .agg(pl.len().alias("n"))
         .filter(pl.col("n") >= enc.spec.min_count)
@@ -196,6 +223,14 @@ def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> 
         tokens = counts["token"]
         enc.vocab = tokens.to_list()
         _vocab_series(enc.vocab, built_from=tokens)
+
+
+FLOAT32_EXACT_INTEGERS = 2**24
+"""float32 holds every integer up to 2^24 in magnitude; beyond it, consecutive integers merge."""
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
 class NumericEncoder:
@@ -212,7 +247,8 @@ class NumericEncoder:
         return FIRST_ID + len(self.boundaries or []) + 1
 
     def values(self, df: pl.DataFrame, path: Path | None) -> np.ndarray:
-        """Parse to float64, failing on text; missing / NaN cells take ``fill_value``."""
+        """Parse to float64, failing on text; missing cells take ``fill_value``. NaN and ±inf (also
+        an overflowing ``1e309``) fail too, unless the spec says ``non_finite: fill``."""
         raw = df[self.column]
         if raw.dtype == pl.String:
             text = raw.str.strip_chars()
@@ -228,12 +264,45 @@ class NumericEncoder:
             )
         else:
             parsed = raw.cast(pl.Float64, strict=False)
+        if self.spec.non_finite == "error":
+            _bad_row(
+                df,
+                (~parsed.is_finite()).fill_null(False),
+                path,
+                self.column,
+                "value {value!r} is not a finite number",
+                f"write a number or leave the cell empty (missing: fill_value {self.spec.fill_value:g}), or set "
+                f"non_finite: fill on {self.spec.name!r} to read NaN / inf / overflowing numbers as missing",
+            )
         arr = parsed.to_numpy().astype(np.float64, copy=True)
         arr[~np.isfinite(arr)] = self.spec.fill_value
         return arr
 
+    def float32_loss(self, x: np.ndarray) -> float | None:
+        """A train value beyond 2^24 that float32 (the model's input type) stores as another number,
+        when the value reaches the model as is (``normalizer: none``, not bucketized); None if none."""
+        if self.spec.normalizer != "none" or self.spec.is_bucketized:
+            return None
+        big = x[np.abs(x) > FLOAT32_EXACT_INTEGERS]
+        lost = big[big.astype(np.float32).astype(np.float64) != big]
+        return float(lost[0]) if len(lost) else None
+
+    def warn_float32(self, value: float) -> None:
+        stored = float(np.float32(value))
+        warnings.warn(
+            f"numeric feature {self.spec.name!r} (normalizer: none) has train values beyond 2^24 = 16,777,216, "
+            f"where float32 (the model's input type) cannot hold every integer: {_number(value)} is stored as "
+            f"{_number(stored)}. Fix: set normalizer: standard, minmax or log, or bucketize it "
+            "(bucketize / n_buckets), e.g. for timestamps or ids",
+            DataWarning,
+            stacklevel=2,
+        )
+
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "NumericEncoder":
         x = self.values(df, path)
+        lost = self.float32_loss(x)
+        if lost is not None:
+            self.warn_float32(lost)
         if self.spec.normalizer == "log":
             x = np.sign(x) * np.log1p(np.abs(x))
         self.stats = {
@@ -268,13 +337,18 @@ class NumericEncoder:
 
 def sequence_tokens(raw: pl.Series, splitter: str) -> pl.Series:
     """A sequence column (text cells split by ``splitter``, or list cells) -> lists of tokens,
-    each stripped, empty ones dropped; a missing cell is an empty list."""
+    each stripped, empty ones dropped; a missing cell is an empty list. List elements are tokens
+    as categorical cells are (:func:`token_expr`: ``[10.0, 11.0]`` gives ``["10", "11"]``)."""
     if raw.dtype == pl.String:
         lists = raw.fill_null("").str.split(splitter)
     elif isinstance(raw.dtype, (pl.List, pl.Array)):
-        lists = raw.cast(pl.List(pl.String)).fill_null([])
+        inner = raw.dtype.inner
+        if inner.is_float():
+            lists = raw.cast(pl.List(inner)).list.eval(token_expr(pl.element(), inner)).fill_null([])
+        else:
+            lists = raw.cast(pl.List(pl.String)).fill_null([])
     else:
-        lists = raw.cast(pl.String).fill_null("").str.split(splitter)
+        lists = categorical_tokens(raw).str.split(splitter)
     return lists.list.eval(pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0))
 
 
@@ -347,6 +421,9 @@ class DenseVectorEncoder:
         # text that is not a number, or a null inside a Parquet list (would become NaN)
         bad = (vals.list.eval(pl.element().is_null()).list.any()).fill_null(False)
         _bad_row(df, bad, path, self.column, "vector {value!r} holds a non-number", "write numbers only")
+        infinite = vals.list.eval(~pl.element().is_finite()).list.any().fill_null(False)
+        _bad_row(df, infinite, path, self.column, "vector {value!r} holds a value that is not a finite number",
+                 "write finite numbers only (no nan / inf)")
         lens = vals.list.len().fill_null(0)
         _bad_row(
             df,

@@ -31,3 +31,8 @@ class DataError(ValueError):
         if fix:
             msg += f". Fix: {fix}"
         super().__init__(msg)
+
+
+class DataWarning(UserWarning):
+    """Input data that is read as asked but probably not as meant (e.g. most of a split's values
+    unseen in train, or numbers float32 cannot hold); the message says what to check."""

@@ -42,6 +42,7 @@ from .encoders import (
 )
 from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
 from .loader import EncodedSplit, array_file_name
+from .oov import oov_rates, report_oov
 from .readers import read_split
 from .streaming import (
     DEFAULT_BLOCK_ROWS,
@@ -162,7 +163,8 @@ def encode_frame(
     if by_vocab:
         # One select over every vocabulary column (Polars runs the columns in parallel), a block
         # of rows at a time so that the temporaries stay small next to the frame itself.
-        exprs = [encoders[fmap.categorical[j].name].transform_expr().alias(str(j)) for j in by_vocab]
+        vocab_encoders = [encoders[fmap.categorical[j].name] for j in by_vocab]
+        exprs = [e.transform_expr(df.schema[e.column]).alias(str(j)) for j, e in zip(by_vocab, vocab_encoders)]
         for start in range(0, n, ENCODE_BLOCK_ROWS):
             ids = df.slice(start, ENCODE_BLOCK_ROWS).select(exprs)
             cat[start:start + ids.height, by_vocab] = ids.to_numpy()
@@ -222,6 +224,8 @@ class PreparedData:
     path: Path
     config: DatasetConfig
     reused: bool = False
+    oov_rates: dict[str, dict[str, float]] | None = None
+    """Split -> field -> OOV rate (:mod:`ctrlab.data.oov`); None for a cache built before they were kept."""
 
 
 def prepare(
@@ -254,7 +258,9 @@ def prepare(
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
         splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
-        return PreparedData(fmap, splits, folder, cfg, reused=True)
+        oov = json.loads((folder / "manifest.json").read_text()).get("oov_rates")
+        report_oov(oov or {}, log)
+        return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
     t0 = time.time()
     columns = raw_columns(cfg)
@@ -288,6 +294,7 @@ def prepare(
                 encoded[split] = enc  # what the saved files hold: no need to read them back
             del enc
     fmap.save(tmp / "feature_map.json")
+    oov = {s: oov_rates(fmap, encoded[s] if s in encoded else EncodedSplit.load(tmp / s, mmap=True)) for s in files}
     (tmp / "dataset_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     manifest = {
         "key": key,
@@ -296,6 +303,7 @@ def prepare(
         "code": code_fingerprint(*ENCODING_CODE),
         "sources": {s: {**stat_identity(p), **_fingerprint(p, memo_dir)} for s, p in files.items()},
         "rows": counts,
+        "oov_rates": oov,
         "seconds": round(time.time() - t0, 2),
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -303,7 +311,8 @@ def prepare(
     # identical content, so theirs is kept. `rebuild` replaces an existing folder.
     build.publish(replace=rebuild)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
-    return PreparedData(fmap, splits, folder, cfg, reused=False)
+    report_oov(oov, log)
+    return PreparedData(fmap, splits, folder, cfg, reused=False, oov_rates=oov)
 
 
 def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[str], out: Path,

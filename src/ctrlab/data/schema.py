@@ -60,6 +60,11 @@ class NumericSpec:
     """Raw column to read; defaults to ``name``."""
     fill_value: float = 0.0
     """Value used where the raw cell is empty/missing (before normalisation)."""
+    non_finite: Literal["error", "fill"] = "error"
+    """What a value that is not a finite number does (``nan``, ``inf``, ``-inf``, or a number too
+    large for float64 such as ``1e309``): ``error`` (default) raises a DataError naming the file,
+    line and column (training and ``ctrlab predict`` files; the server answers 422); ``fill`` reads
+    it as a missing cell, so it takes ``fill_value`` (for data that writes ``nan`` for missing)."""
     normalizer: Literal["none", "standard", "minmax", "log"] = "none"
     """none; standard (z-score with train mean/std); minmax (train min/max to [0, 1]);
     log (``sign(x) * log1p(|x|)``, for heavy-tailed counts such as Criteo's I1-I13)."""

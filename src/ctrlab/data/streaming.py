@@ -18,7 +18,6 @@ libSVM / libFM inputs are not streamed (they are small benchmark formats); they 
 """
 from __future__ import annotations
 
-import gzip
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -27,7 +26,7 @@ import polars as pl
 
 from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder
 from .errors import DataError
-from .readers import LINE, _numeric_columns, _require, parse_csv, read_header
+from .readers import LINE, _numeric_columns, _require, csv_blocks
 from .schema import DatasetConfig
 
 STREAM_FORMATS = ("csv", "tsv", "parquet")
@@ -48,13 +47,14 @@ def iter_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: 
     column numbering the source lines (so that errors name the right line).
 
     Blocks are pulled one at a time, so memory holds one block: csv/tsv text is read in byte
-    chunks cut at a row end and parsed by :func:`~ctrlab.data.readers.parse_csv`, the in-memory
-    reader's own parser; Parquet row batches come from PyArrow's ``iter_batches``. (Polars'
+    chunks cut at a row end by :func:`~ctrlab.data.readers.csv_blocks`, the in-memory reader's
+    own parser; Parquet row batches come from PyArrow's ``iter_batches``. (Polars'
     ``collect_batches`` runs ahead of a slow consumer and buffers without a bound.)"""
-    blocks = _parquet_blocks(path, columns, block_rows) if cfg.format == "parquet" else _csv_blocks(
-        cfg, path, columns, block_rows, numbers)
-    offset = 1 if cfg.format == "parquet" or not cfg.header else 2
-    for block in blocks:
+    if cfg.format != "parquet":
+        yield from csv_blocks(cfg, path, columns, block_rows, numbers)  # numbers its lines itself
+        return
+    offset = 1
+    for block in _parquet_blocks(path, columns, block_rows):
         if block.height == 0:
             continue
         yield block.with_columns((pl.int_range(block.height, dtype=pl.Int64) + offset).alias(LINE))
@@ -67,54 +67,6 @@ def _parquet_blocks(path: Path, columns: list[str], block_rows: int) -> Iterator
     _check_parquet(path, columns)
     for batch in pq.ParquetFile(path).iter_batches(batch_size=block_rows, columns=columns):
         yield pl.from_arrow(batch).select(columns)  # type: ignore[union-attr]
-
-
-def _row_end(buf: bytes) -> int:
-    """Index of the last newline of ``buf`` that ends a row (an even number of quotes before it: a
-    newline inside a quoted field does not end a row); -1 if none."""
-    pos = buf.rfind(b"\n")
-    while pos >= 0 and buf.count(b'"', 0, pos) % 2:
-        pos = buf.rfind(b"\n", 0, pos)
-    return pos
-
-
-def _csv_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: int,
-                numbers: bool) -> Iterator[pl.DataFrame]:
-    names = read_header(cfg, path)
-    _require(path, names, columns, 1 if cfg.header else None)
-    with open(path, "rb") as probe:
-        gz = probe.read(2) == b"\x1f\x8b"
-    with (gzip.open(path, "rb") if gz else open(path, "rb")) as fh:
-        if cfg.header:
-            fh.readline()
-        carry, chunk, measured = b"", 64 << 10, False  # the first chunk measures the bytes per row
-        while True:
-            data = fh.read(chunk)
-            buf = carry + data
-            if not buf:
-                return
-            cut = len(buf) - 1 if not data else _row_end(buf)
-            if cut < 0:  # no row end yet: read more
-                carry = buf
-                chunk *= 2
-                continue
-            text, carry = buf[: cut + 1], buf[cut + 1:]
-            if text.strip():
-                try:
-                    block = parse_csv(cfg, text, names, columns, has_header=False, numbers=numbers)
-                except pl.exceptions.NoDataError:
-                    block = None
-                except pl.exceptions.ComputeError as exc:
-                    if numbers:  # perhaps a number the reader cannot parse: with_text_fallback retries
-                        raise
-                    raise DataError(f"cannot parse: {str(exc).splitlines()[0]}", file=path,
-                                    fix="check the separator and quoting") from None
-                if block is not None and block.height:
-                    if not measured:
-                        chunk, measured = max(64 << 10, len(text) * block_rows // block.height), True
-                    yield block
-            if not data:
-                return
 
 
 def with_text_fallback(cfg: DatasetConfig, run: Callable[[bool], Any]) -> Any:
@@ -186,6 +138,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         elif isinstance(enc, NumericEncoder):
             moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
     rows = 0
+    float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
     for block in iter_blocks(cfg, path, columns, block_rows, numbers):
         rows += block.height
         for name, running in counts.items():
@@ -197,11 +150,15 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         for name, running in moments.items():
             enc = encoders[name]
             x = enc.values(block, path)
+            if name not in float32_lost and (lost := enc.float32_loss(x)) is not None:
+                float32_lost[name] = lost
             if enc.spec.normalizer == "log":
                 x = np.sign(x) * np.log1p(np.abs(x))
             running.add(x)
     if rows == 0:
         raise DataError(f"file {path} has no data rows", file=path, fix="add data rows")
+    for name, lost in float32_lost.items():
+        encoders[name].warn_float32(lost)
     for name, running in counts.items():
         enc = encoders[name]
         tokens = running.vocabulary(enc.spec.min_count)
