@@ -14,7 +14,7 @@ Protocol (FuxiCTR ``BaseModel.fit`` with ``eval_steps=None``), one epoch at a ti
    epochs ran), or after ``epochs`` epochs. Finally the best weights are loaded back.
 
 The model owns its loss (including L2 regularizers); the trainer never looks inside a model.
-Evaluation uses ``torch.sigmoid(outputs["logit"])`` against ``batch["label"][:, 0]``, with
+Evaluation uses ``torch.sigmoid(outputs["logit"])`` (in float64) against ``batch["label"][:, 0]``, with
 ``batch["group"]`` as group ids for gAUC when present.
 
 Checkpoints (``run_dir/checkpoints/``) are written atomically after every epoch; their files and the
@@ -698,7 +698,9 @@ class Trainer:
                 if "group" in batch:
                     groups.append(batch["group"].reshape(-1))
                 outputs = self._forward(self._to_device(batch))
-                p = torch.sigmoid(outputs["logit"].float()).reshape(-1)
+                # float64: a float32 sigmoid rounds to exactly 1.0 from logit ~17 on, and logloss
+                # would then charge the clipping constant instead of the row's real loss
+                p = torch.sigmoid(outputs["logit"].double()).reshape(-1)
                 probs.append(p)
                 if bar is not None:
                     bar.update(int(p.shape[0]))
@@ -707,7 +709,7 @@ class Trainer:
                 bar.close()
         if not probs:
             raise ValueError(f"{desc}: the loader produced no batches")
-        prob = torch.cat(probs).cpu().numpy().astype(np.float64)
+        prob = torch.cat(probs).cpu().numpy()
         y = torch.cat(labels).cpu().numpy().astype(np.float64) if labels else None
         g = torch.cat(groups).cpu().numpy() if groups and len(groups) == len(probs) else None
         if getattr(loader, "world_size", 1) > 1:  # a shard of the rows: gather all of them, in order
