@@ -87,6 +87,11 @@ def rank_device(ctx: DistContext, device: str) -> str:
     return device
 
 
+def _device(ctx: DistContext) -> torch.device:
+    """Where this rank's collectives run: its GPU for NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else torch.device("cpu")
+
+
 def all_sum(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
     """Sum of a scalar tensor over ranks, as float64 on the CPU (identity in a single process)."""
     if not ctx.active:
@@ -107,7 +112,7 @@ def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:
     original order, on every rank (tensor collectives: shards are padded to the longest)."""
     if not ctx.active:
         return local
-    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else torch.device("cpu")
+    device = _device(ctx)
     mine = torch.from_numpy(np.ascontiguousarray(local)).to(device)
     count = torch.tensor([mine.shape[0]], dtype=torch.long, device=device)
     counts = [torch.zeros_like(count) for _ in range(ctx.world_size)]
@@ -121,6 +126,40 @@ def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:
     for r, (part, c) in enumerate(zip(parts, counts)):
         out[r::ctx.world_size] = part[: int(c.item())].cpu().numpy()
     return out
+
+
+def all_gather_ints(ctx: DistContext, value: int) -> list[int]:
+    """Every rank's ``value``, in rank order (``[value]`` in a single process)."""
+    if not ctx.active:
+        return [int(value)]
+    mine = torch.tensor([int(value)], dtype=torch.long, device=_device(ctx))
+    parts = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, mine)
+    return [int(p.item()) for p in parts]
+
+
+def all_gather_bytes(ctx: DistContext, data: bytes) -> list[bytes]:
+    """Every rank's ``data``, in rank order, sent as uint8 tensors (no pickle, unlike
+    ``all_gather_object``)."""
+    if not ctx.active:
+        return [data]
+    lengths = all_gather_ints(ctx, len(data))
+    mine = torch.zeros(max(lengths), dtype=torch.uint8)
+    if data:
+        mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    mine = mine.to(_device(ctx))
+    parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, mine)
+    return [p[:n].cpu().numpy().tobytes() for p, n in zip(parts, lengths)]
+
+
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics, which each rank updates from its own
+    share of the batch) to every rank."""
+    if not ctx.active:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def teardown(ctx: DistContext) -> None:

@@ -49,7 +49,17 @@ from tqdm import tqdm
 from ..config import ConfigError, from_dict, to_dict
 from ..layers.embedding import enable_sparse_gradients
 from .checkpoint import CheckpointDir, CheckpointError, file_epoch, optimizer_payload, rng_state, set_rng_state
-from .distributed import SINGLE, DistContext, all_mean, all_sum, gather_rows, rank_device
+from .distributed import (
+    SINGLE,
+    DistContext,
+    all_gather_bytes,
+    all_gather_ints,
+    all_mean,
+    all_sum,
+    broadcast_buffers,
+    gather_rows,
+    rank_device,
+)
 from .metrics import METRIC_NAMES, evaluate_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
@@ -246,7 +256,9 @@ class TrainerConfig:
     def make_train_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
         """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``).
         ``shard=(rank, world_size)``: this rank's share; ``batch_size`` stays the global batch, so
-        each rank takes ``batch_size / world_size`` rows of every step."""
+        each rank takes ``batch_size / world_size`` rows of every step. The shards are padded (the
+        epoch's first rows repeated, as ``DistributedSampler`` does) so that every rank runs the same
+        number of steps."""
         from ..data.loader import BatchLoader
 
         rank, world = shard
@@ -254,7 +266,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.batch_size ({self.batch_size}) is the global batch and must be divisible "
                               f"by the {world} ranks; choose a multiple of {world}")
         return BatchLoader(split, batch_size=self.batch_size // world, shuffle=True, seed=self.seed, shard=shard,
-                           shuffle_block_rows=self.shuffle_block_rows)
+                           pad_shards=True, shuffle_block_rows=self.shuffle_block_rows)
 
     def make_eval_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
         """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch
@@ -528,6 +540,8 @@ class Trainer:
             # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
             self.optimizer = make_optimizer(cfg.optimizer, self._params, cfg.lr, self._sparse_tables)
             self._reset_state()
+            if self.dist.active:
+                self._seed_rank()
             if self.dist.is_main:
                 self.checkpoint.remove()
             n_params = sum(p.numel() for p in self._params if p.requires_grad)
@@ -536,6 +550,8 @@ class Trainer:
                 f"{self.device}; {self._batches(train_loader)} batches/epoch; config {json.dumps(cfg.to_dict())}"
             )
         eval_names = cfg.eval_metric_names()
+        if self.dist.active:
+            self._check_equal_steps(train_loader)
         while not self.stopped_early and self.epochs_done < cfg.epochs:
             epoch = self.epochs_done  # 0-based index of the epoch about to run
             lr = self._current_lr()
@@ -543,6 +559,9 @@ class Trainer:
             train_loss, rows = self._train_epoch(train_loader, epoch)
             if cfg.bn_recalibration_batches:
                 self._recalibrate_batch_norm(train_loader, cfg.bn_recalibration_batches)
+            # each rank's last steps updated its buffers (BatchNorm statistics) from its own share of
+            # the batch; validate everywhere with rank 0's, which are the ones saved
+            broadcast_buffers(self.dist, self.model)
             t1 = time.perf_counter()
             logs = self._evaluate_names(valid_loader, eval_names, desc=f"valid {epoch + 1}")
             t2 = time.perf_counter()
@@ -569,8 +588,7 @@ class Trainer:
                 }
             )
             self.history.append(record)
-            if self.dist.is_main:
-                self._save_checkpoint(save_best=improved)
+            self._save_checkpoint(save_best=improved)  # every rank sends its RNG state; rank 0 writes
             self._log_epoch(record, logs)
             if self.stopped_early:
                 self._log(f"early stop after epoch {self.epochs_done} (patience {cfg.patience})")
@@ -725,6 +743,27 @@ class Trainer:
         return evaluate_metrics(y, prob, names, group)
 
     # ---- protocol pieces ---------------------------------------------------------------------
+    def _seed_rank(self, *extra: int) -> None:
+        """Data parallel: give this rank its own RNG streams, derived from ``(seed, rank)``, so that
+        ranks draw different dropout masks (the weights are equal anyway: DDP broadcasts rank 0's)."""
+        seed = np.random.SeedSequence([self.config.seed, self.dist.rank, *extra]).generate_state(1)[0]
+        seed_everything(int(seed))
+
+    def _check_equal_steps(self, loader: Iterable) -> None:
+        """Every rank must run the same number of steps per epoch, or the gradient all-reduce of the
+        rank with more batches waits forever."""
+        try:
+            n = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            n = -1
+        counts = all_gather_ints(self.dist, n)
+        if -1 not in counts and len(set(counts)) > 1:
+            raise ValueError(
+                f"the training loaders give the ranks {counts} batches per epoch; every rank must run the same "
+                "number of steps (data-parallel training would hang): build them with "
+                "TrainerConfig.make_train_loader(split, shard), which pads the shards"
+            )
+
     def _reset_state(self) -> None:
         self.history: list[dict] = []
         self.early_stopping.reset()
@@ -815,6 +854,13 @@ class Trainer:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self, save_best: bool) -> None:
+        """Called on every rank (it gathers the ranks' RNG states); only rank 0 writes."""
+        rng = rng_state()
+        rng_per_rank = None
+        if self.dist.active:
+            rng_per_rank = [json.loads(b) for b in all_gather_bytes(self.dist, json.dumps(rng).encode())]
+        if not self.dist.is_main:
+            return
         opt_tensors, opt_payload = optimizer_payload(self.optimizer, self._param_names)
         state = {
             "epoch": self.epochs_done,
@@ -827,7 +873,8 @@ class Trainer:
             "monitor_mode": self.monitor_mode,
             "history": self.history,
             "optimizer": opt_payload,
-            "rng": rng_state(),
+            "rng": rng,
+            **({"rng_per_rank": rng_per_rank} if rng_per_rank else {}),
             "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "config": self.config.to_dict(),
             "model_class": type(self.model).__name__,
@@ -862,6 +909,22 @@ class Trainer:
         stop.stopping_steps = int(state["stopping_steps"])
         stop.stopped = bool(state["stopped_early"])
         self.epochs_done = int(state["epoch"])
-        set_rng_state(state["rng"])
+        self._restore_rng(state)
         if self._scaler is not None and state.get("grad_scaler"):
             self._scaler.load_state_dict(state["grad_scaler"])
+
+    def _restore_rng(self, state: Mapping[str, Any]) -> None:
+        """Each rank gets back its own RNG state (``rng_per_rank``, written by data-parallel runs)."""
+        per_rank = state.get("rng_per_rank")
+        saved_ranks = len(per_rank) if per_rank else 1
+        if saved_ranks == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank] if per_rank else state["rng"])
+            return
+        self._log(
+            f"the checkpoint holds the RNG states of {saved_ranks} rank(s), this job has {self.dist.world_size}: "
+            "random streams (dropout) are re-seeded, so the run will not match an uninterrupted one",
+            level=logging.WARNING,
+        )
+        set_rng_state(state["rng"])
+        if self.dist.active:
+            self._seed_rank(self.epochs_done)
