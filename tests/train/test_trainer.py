@@ -332,6 +332,26 @@ def test_config_from_dict_defaults_and_errors():
         Trainer(K.TinyModel(), {"patience": -1}, "unused")
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_cuda_is_a_config_error(tmp_path, monkeypatch, device):
+    """issue 14.22: trainer.device=cuda on a machine without CUDA was an AssertionError deep in torch."""
+    from ctrlab.train.distributed import setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for make in (lambda: Trainer(K.TinyModel(), K.config(device=device), tmp_path),
+                 lambda: setup(False, device)):
+        with pytest.raises(ConfigError, match=r"trainer\.device.*CUDA.*trainer\.device=auto"):
+            make()
+    assert Trainer(K.TinyModel(), K.config(device="auto"), tmp_path).device.type == "cpu"
+
+
+def test_cuda_device_beyond_the_visible_gpus_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"trainer\.device: 'cuda:1'.*1 GPU.*cuda:0"):
+        Trainer(K.TinyModel(), K.config(device="cuda:1"), tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation, prediction, the model's own loss
 # ---------------------------------------------------------------------------------------------

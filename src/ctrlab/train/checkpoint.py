@@ -26,20 +26,31 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 
 __all__ = ["CheckpointError", "CheckpointDir", "rng_state", "set_rng_state", "file_epoch"]
 
 STATE_FORMAT = 1
+_STATE_KEYS = ("epoch", "stopped_early", "best_metric", "best_epoch", "stopping_steps", "lr", "history",
+               "optimizer", "rng")
 
 FILES = ("last_optimizer.safetensors", "best.safetensors", "last.safetensors", "last_state.json")
 """Checkpoint files in commit (rename) order; ``last_state.json`` is the commit point."""
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint is missing, inconsistent, or does not fit the model / optimizer."""
+    """A checkpoint is missing, damaged, inconsistent, does not fit the model / optimizer, or cannot
+    be written. The message names the file and what to do."""
+
+
+def _start_over(folder: Path) -> str:
+    return f"remove {folder} to train this run from scratch"
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,9 +192,12 @@ def _fsync_dir(path: Path) -> None:
 
 def file_epoch(path: Path) -> int | None:
     """The epoch a checkpoint safetensors file was written after (from its metadata)."""
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return int(meta["epoch"]) if "epoch" in meta else None
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        return int(meta["epoch"]) if "epoch" in meta else None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{path} is damaged ({_one_line(exc)}); {_start_over(Path(path).parent)}") from None
 
 
 class CheckpointDir:
@@ -216,27 +230,59 @@ class CheckpointDir:
         """Write and commit one epoch's checkpoint: every file as ``.tmp``, fsynced, then renamed
         into place with ``last_state.json`` (``state`` plus the format number) last."""
         d = self.dir
-        d.mkdir(parents=True, exist_ok=True)
-        for stale in d.glob("*.tmp"):
-            stale.unlink()
-        meta = {"epoch": str(epoch)}
         tmp = {name: d / (name + ".tmp") for name in FILES}
-        save_file(dict(optimizer_tensors), str(tmp["last_optimizer.safetensors"]), metadata=meta)
-        if save_best:
-            save_model(model, str(tmp["best.safetensors"]), metadata=meta)
-        save_model(model, str(tmp["last.safetensors"]), metadata=meta)
-        tmp_state = tmp["last_state.json"]
-        with open(tmp_state, "w", encoding="utf-8") as f:
-            json.dump({"format": STATE_FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        for name in FILES[:-1]:
-            if tmp[name].exists():
-                _fsync_file(tmp[name])
-        for name in FILES:  # the commit: last_state.json is renamed last
-            if tmp[name].exists():
-                os.replace(tmp[name], d / name)
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            for stale in d.glob("*.tmp"):
+                stale.unlink()
+            meta = {"epoch": str(epoch)}
+            save_file(dict(optimizer_tensors), str(tmp["last_optimizer.safetensors"]), metadata=meta)
+            if save_best:
+                save_model(model, str(tmp["best.safetensors"]), metadata=meta)
+            save_model(model, str(tmp["last.safetensors"]), metadata=meta)
+            with open(tmp["last_state.json"], "w", encoding="utf-8") as f:
+                json.dump({"format": STATE_FORMAT, **state}, f)
+                f.flush()
+                os.fsync(f.fileno())
+            for name in FILES[:-1]:
+                if tmp[name].exists():
+                    _fsync_file(tmp[name])
+        except (OSError, SafetensorError) as exc:
+            for path in tmp.values():  # unfinished files: do not leave them to fill the disk
+                try:
+                    path.unlink(missing_ok=True)
+                except OSError:
+                    pass
+            raise CheckpointError(
+                f"cannot write the checkpoint of epoch {epoch} to {d}: {_one_line(exc)}; free disk space or make "
+                f"{d} writable, then continue the run with --resume (the checkpoint of epoch {epoch - 1} is intact)"
+            ) from exc
+        try:
+            for name in FILES:  # the commit: last_state.json is renamed last
+                if tmp[name].exists():
+                    os.replace(tmp[name], d / name)
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot commit the checkpoint of epoch {epoch} in {d}: {_one_line(exc)}; fix the folder, then "
+                "continue the run with --resume (it completes or drops the unfinished commit)"
+            ) from exc
         _fsync_dir(d)
+
+    def check_writable(self) -> None:
+        """Fail now, with a clear message, when checkpoints cannot be written to the folder."""
+        probe = self.dir / f".write-test-{os.getpid()}.tmp"
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(probe, "wb") as f:
+                f.write(b"ok")
+                f.flush()
+                os.fsync(f.fileno())
+            probe.unlink()
+        except OSError as exc:
+            raise CheckpointError(
+                f"cannot write checkpoints to {self.dir}: {_one_line(exc)}; make the run folder writable "
+                "(or train into another one) before training"
+            ) from None
 
     def roll_forward(self) -> bool:
         """Finish a commit that was interrupted between renames (True) or drop an unfinished one."""
@@ -265,31 +311,65 @@ class CheckpointDir:
         try:
             state = json.loads(state_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {state_path}: {exc}") from None
-        if state.get("format") != STATE_FORMAT:
-            raise CheckpointError(f"{state_path}: unsupported checkpoint format {state.get('format')!r}")
+            raise CheckpointError(f"cannot read {state_path} ({_one_line(exc)}); {_start_over(d)}") from None
+        if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, dict) else None
+            raise CheckpointError(
+                f"{state_path} has checkpoint format {found!r}, this ctrlab reads format {STATE_FORMAT}; "
+                f"resume with the ctrlab version that wrote it, or {_start_over(d)}"
+            )
+        missing = [k for k in _STATE_KEYS if k not in state]
+        if missing:
+            raise CheckpointError(f"{state_path} is damaged: it lacks {', '.join(missing)}; {_start_over(d)}")
         epoch = int(state["epoch"])
         for name in ("last.safetensors", "last_optimizer.safetensors"):
             path = d / name
             if not path.exists():
-                raise CheckpointError(f"checkpoint file {path} is missing")
+                raise CheckpointError(f"checkpoint file {path} is missing; {_start_over(d)}")
             if file_epoch(path) != epoch:
                 raise CheckpointError(
-                    f"{path} is from epoch {file_epoch(path)} but {state_path} from epoch {epoch}"
+                    f"{path} is from epoch {file_epoch(path)} but {state_path} from epoch {epoch}: the checkpoint "
+                    f"files do not belong together; {_start_over(d)}"
                 )
         if state.get("best_epoch") is not None:
             best = self.best_path
             if not best.exists() or file_epoch(best) != state["best_epoch"]:
-                raise CheckpointError(f"{best} is missing or not from the best epoch {state['best_epoch']}")
+                raise CheckpointError(
+                    f"{best} is missing or not from the best epoch {state['best_epoch']}; {_start_over(d)}")
         return state
+
+    def load_weights(self, model: nn.Module, path: Path) -> None:
+        """Load a checkpoint's model state (``last`` or ``best``) into ``model``."""
+        try:
+            load_model(model, str(path), strict=True, device="cpu")
+        except RuntimeError as exc:  # torch's size / key mismatch
+            raise CheckpointError(
+                f"{path} does not fit the model ({_one_line(exc).rstrip('.')}): it was written for another model or other "
+                f"model_params; resume with the same model and model_params as the run, or {_start_over(self.dir)}"
+            ) from None
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} is damaged ({_one_line(exc)}); {_start_over(self.dir)}") from None
 
     def load_last(self, model: nn.Module, optimizer: torch.optim.Optimizer, param_names: Sequence[str],
                   state: Mapping[str, Any]) -> None:
         """Load the last epoch's weights into ``model`` and optimizer state into ``optimizer``."""
-        path = self.dir / "last.safetensors"
+        self.load_weights(model, self.dir / "last.safetensors")
+        path = self.dir / "last_optimizer.safetensors"
+        saved, current = state["optimizer"].get("class"), type(optimizer).__name__
+        if saved != current:
+            cfg = state.get("config", {})
+            fix = f"trainer.optimizer={cfg.get('optimizer')}"
+            if "Sparse" in f"{saved}{current}":
+                fix += f" and trainer.sparse_embeddings={str(cfg.get('sparse_embeddings')).lower()}"
+            raise CheckpointError(
+                f"{path} holds {saved} state, the config asks for {current}: resume with {fix} as the run was "
+                f"trained, or {_start_over(self.dir)}"
+            )
         try:
-            load_model(model, str(path), strict=True, device="cpu")
-        except RuntimeError as exc:
-            raise CheckpointError(f"{path} does not fit the model: {exc}") from None
-        tensors = load_file(str(self.dir / "last_optimizer.safetensors"), device="cpu")
-        load_optimizer(optimizer, param_names, tensors, state["optimizer"])
+            tensors = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError) as exc:
+            raise CheckpointError(f"{path} is damaged ({_one_line(exc)}); {_start_over(self.dir)}") from None
+        try:
+            load_optimizer(optimizer, param_names, tensors, state["optimizer"])
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}; resume with the run's own config, or {_start_over(self.dir)}") from None

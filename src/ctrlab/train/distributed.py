@@ -62,7 +62,9 @@ def launched_by_torchrun() -> bool:
 def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
     """Join the torchrun job described by the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT``). ``requested``: True = must be under torchrun, False = never
-    distributed, None = whenever torchrun started this process."""
+    distributed, None = whenever torchrun started this process. A CUDA ``device`` this machine
+    lacks is a :class:`ConfigError` here, before any data is prepared."""
+    check_device(device)
     if requested is False or (requested is None and not launched_by_torchrun()):
         return SINGLE
     if not launched_by_torchrun():
@@ -74,10 +76,34 @@ def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started local rank {local_rank}, but only {torch.cuda.device_count()} GPU(s) "
+                              "are visible; start one process per GPU (--nproc-per-node) or set trainer.device=cpu")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistContext(rank, world, local_rank, backend)
+
+
+def check_device(device: str, key: str = "trainer.device") -> None:
+    """A :class:`ConfigError` naming ``key`` and the fix when ``device`` is a CUDA device this machine
+    lacks (torch itself fails later with an AssertionError deep inside its CUDA initialisation)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}: {device!r} is not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"{key}: {device!r} needs CUDA, but {why} (torch {torch.__version__}); set {key}=auto "
+                          f"(CUDA when available, else CPU) or {key}=cpu")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise ConfigError(f"{key}: {device!r} asks for GPU {dev.index}, but only {n} GPU(s) are visible; "
+                          f"use cuda:0{f' ... cuda:{n - 1}' if n > 1 else ''} or cuda")
 
 
 def rank_device(ctx: DistContext, device: str) -> str:

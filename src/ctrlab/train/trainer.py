@@ -42,7 +42,6 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors.torch import load_model
 from torch import nn
 from tqdm import tqdm
 
@@ -57,6 +56,7 @@ from .distributed import (
     all_mean,
     all_sum,
     broadcast_buffers,
+    check_device,
     gather_rows,
     rank_device,
 )
@@ -450,6 +450,7 @@ class Trainer:
         self.dist = dist
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        check_device(config.device)
         self.device = torch.device(rank_device(dist, config.resolved_device()))
         if dist.active and self.device.type == "cuda":
             # batch statistics over the global batch, as in one process (SyncBatchNorm is GPU-only in
@@ -523,7 +524,7 @@ class Trainer:
         """
         cfg = self.config
         if self.dist.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
+            self.checkpoint.check_writable()  # a read-only or misplaced folder fails now, not after an epoch
             if resume and self.checkpoint.roll_forward():
                 self._log("completed an interrupted checkpoint commit")
         self.dist.barrier()  # rank 0 has finished (or dropped) an interrupted commit before anyone reads
@@ -627,8 +628,9 @@ class Trainer:
         if not path.exists():
             self._log(f"no best checkpoint at {path}; keeping the current weights", level=logging.WARNING)
             return False
-        load_model(self.model, str(path), strict=True, device="cpu")  # copied into the device params
-        self._log(f"loaded best weights (epoch {file_epoch(path)}) from {path}")
+        epoch = file_epoch(path)
+        self.checkpoint.load_weights(self.model, path)  # copied into the device params
+        self._log(f"loaded best weights (epoch {epoch}) from {path}")
         return True
 
     # ---- one epoch -------------------------------------------------------------------------------
