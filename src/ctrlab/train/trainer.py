@@ -924,7 +924,8 @@ class Trainer:
             return
         self._log(
             f"the checkpoint holds the RNG states of {saved_ranks} rank(s), this job has {self.dist.world_size}: "
-            "random streams (dropout) are re-seeded, so the run will not match an uninterrupted one",
+            "the ranks' random streams (dropout) cannot continue as saved, so the run will not match an "
+            "uninterrupted one",
             level=logging.WARNING,
         )
         set_rng_state(state["rng"])
