@@ -110,7 +110,7 @@ def details(ctx: DistContext, out: Path) -> dict:
 def main() -> None:
     mode, out = sys.argv[1], Path(sys.argv[2])
     # a short collective timeout: a hang becomes an error instead of blocking for 30 minutes
-    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=60))
+    dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=120))
     ctx = DistContext(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)), "gloo")
     torch.set_num_threads(1)
     try:

@@ -127,7 +127,7 @@ def test_distributed_without_torchrun_is_a_clear_error(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------
-# 2-rank scenarios run by _ddp_worker.py (Trainer directly, gloo, 60 s collective timeout)
+# 2-rank scenarios run by _ddp_worker.py (Trainer directly, gloo, 120 s collective timeout)
 # ---------------------------------------------------------------------------------------------
 WORKER_TIMEOUT = 400
 """Seconds a worker scenario may take before it counts as hung (it takes ~30 s on 2 busy cores)."""
@@ -135,7 +135,7 @@ WORKER_TIMEOUT = 400
 
 def _worker(mode: str, out: Path) -> list[dict]:
     """Run ``_ddp_worker.py MODE OUT`` on 2 ranks; the ranks' results. A hang fails the test: the
-    worker's collectives time out after 60 s and the whole process group is killed after
+    worker's collectives time out after 120 s and the whole process group is killed after
     WORKER_TIMEOUT seconds."""
     here = Path(__file__).resolve().parent
     env = {**os.environ, "OMP_NUM_THREADS": "1",
