@@ -156,6 +156,30 @@ def test_shards_partition_the_rows(shuffle):
             np.testing.assert_array_equal(parts[rank], order[rank::world])
 
 
+@pytest.mark.parametrize("shuffle_block_rows", [None, 100])
+def test_padded_shards_give_every_rank_the_same_number_of_batches(shuffle_block_rows):
+    """issue 14.4: the training shards repeat the epoch's first rows (DistributedSampler's padding), so
+    that no rank runs a step fewer than another (data-parallel training would hang in the all-reduce)."""
+    world = 3
+    parts = []
+    for rank in range(world):
+        loader = BatchLoader(make_split(), batch_size=67, shuffle=True, seed=9, shard=(rank, world), pad_shards=True,
+                             shuffle_block_rows=shuffle_block_rows)
+        loader.set_epoch(2)
+        ids = row_ids(loader)
+        assert len(loader) == len(ids) == 5  # 335 rows each: 5 batches of 67
+        parts.append(np.concatenate(ids))
+    assert [len(p) for p in parts] == [335, 335, 335]
+    full = BatchLoader(make_split(), batch_size=N, shuffle=True, seed=9, shuffle_block_rows=shuffle_block_rows)
+    full.set_epoch(2)
+    order = np.concatenate(row_ids(full))
+    padded = np.concatenate([order, order[:2]])  # 1003 -> 1005 rows: the first 2 rows of the order again
+    for rank in range(world):
+        np.testing.assert_array_equal(parts[rank], padded[rank::world])
+    unpadded = [len(BatchLoader(make_split(), 67, shard=(r, world), pad_shards=True)) for r in range(world)]
+    assert unpadded == [5, 5, 5]
+
+
 @pytest.mark.parametrize("shard", [(3, 3), (-1, 2), (0, 0)])
 def test_bad_shard_rejected(shard):
     with pytest.raises(ValueError, match="0 <= rank < world_size"):

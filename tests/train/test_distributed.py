@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from safetensors.torch import load_file
+
 from ctrlab.data.loader import BatchLoader, EncodedSplit
 
 # No BatchNorm, no dropout: then data parallelism changes nothing but the order of float sums
@@ -122,3 +124,85 @@ def test_distributed_without_torchrun_is_a_clear_error(monkeypatch):
     assert setup(None) is SINGLE and setup(False) is SINGLE
     with pytest.raises(ConfigError, match="torchrun --standalone --nproc-per-node 2"):
         setup(True)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2-rank scenarios run by _ddp_worker.py (Trainer directly, gloo, 120 s collective timeout)
+# ---------------------------------------------------------------------------------------------
+WORKER_TIMEOUT = 400
+"""Seconds a worker scenario may take before it counts as hung (it takes ~30 s on 2 busy cores)."""
+
+
+def _worker(mode: str, out: Path) -> list[dict]:
+    """Run ``_ddp_worker.py MODE OUT`` on 2 ranks; the ranks' results. A hang fails the test: the
+    worker's collectives time out after 120 s and the whole process group is killed after
+    WORKER_TIMEOUT seconds."""
+    here = Path(__file__).resolve().parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(Path(ctrlab_src())), str(here)])}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           str(here / "_ddp_worker.py"), mode, str(out)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=WORKER_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"2-rank scenario {mode!r} hung for {WORKER_TIMEOUT} s:\n{output[-3000:]}")
+    assert proc.returncode == 0, output[-5000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+def ctrlab_src() -> str:
+    import ctrlab
+
+    return str(Path(ctrlab.__file__).resolve().parents[1])
+
+
+def test_uneven_last_batch_does_not_hang_and_metrics_count_every_row_once(tmp_path):
+    """issue 14.4: 4097 rows, global batch 4096 on 2 ranks gave the ranks 2 and 1 steps, and both
+    waited in the all-reduce forever. Now the epoch's order is padded so that every rank runs the same
+    number of steps, while validation still scores each of the 4097 rows exactly once."""
+    ranks = _worker("uneven", tmp_path)
+    assert [r["steps"] for r in ranks] == [2, 2] and [r["epochs"] for r in ranks] == [2, 2]
+    assert [r["predictions"] for r in ranks] == [4097, 4097]
+    assert ranks[0]["metrics"] == ranks[1]["metrics"]
+    for metric, value in ranks[0]["unsharded"].items():  # a duplicated row would move logloss by ~1e-4
+        assert ranks[0]["metrics"][metric] == pytest.approx(value, abs=1e-9), metric
+    for rank in ranks:
+        assert "[2, 1] batches per epoch" in rank["unpadded_error"] and "make_train_loader" in rank["unpadded_error"]
+
+
+@pytest.fixture(scope="module")
+def details(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp_details")
+    return out, _worker("details", out)
+
+
+def test_ranks_draw_different_dropout_masks(details):
+    """issue 14.10: every rank used the same seed, so every rank dropped the same units."""
+    _, ranks = details
+    a, b = (np.array(r["first_mask"]) for r in ranks)
+    assert a.shape == b.shape and 0.3 < a.mean() < 0.7 and 0.3 < b.mean() < 0.7
+    assert (a != b).mean() > 0.3
+
+
+def test_every_rank_validates_with_the_saved_batch_norm_statistics(details):
+    """issue 14.10: without SyncBatchNorm each rank validated with its own running statistics, while
+    rank 0's were saved."""
+    out, ranks = details
+    saved = load_file(str(out / "whole" / "checkpoints" / "last.safetensors"))
+    for rank in ranks:
+        for name, values in rank["eval_buffers"].items():
+            assert values == saved[name].tolist(), name
+
+
+def test_resumed_run_restores_every_rank_s_rng(details):
+    """issue 14.10: resume gave every rank rank 0's RNG state; with per-rank dropout streams a
+    resumed 2-rank run now still ends where the uninterrupted one does."""
+    _, ranks = details
+    for rank in ranks:
+        assert rank["resumed_history"] == rank["whole_history"]
+        assert rank["resumed_weights"] == rank["whole_weights"]
+    assert ranks[0]["whole_weights"] == ranks[1]["whole_weights"]

@@ -44,10 +44,20 @@ def test_logloss_equals_sklearn():
 
 
 def test_logloss_clips_at_eps():
-    # a confident wrong prediction costs -log(eps), not infinity
+    # a confident wrong prediction costs -log(eps), not infinity, with eps the float64 epsilon
     # (row 1: -log(eps); row 2, right: -log(1 - eps))
-    assert logloss([1, 0], [0.0, 0.0]) == pytest.approx(-(np.log(1e-7) + np.log1p(-1e-7)) / 2, rel=1e-12)
+    eps = np.finfo(np.float64).eps
+    assert logloss([1, 0], [0.0, 0.0]) == pytest.approx(-(np.log(eps) + np.log1p(-eps)) / 2, rel=1e-12)
     assert logloss([1, 0], [1.0, 1.0], eps=1e-3) == pytest.approx(-(np.log1p(-1e-3) + np.log(1e-3)) / 2, rel=1e-12)
+
+
+def test_logloss_of_saturated_probabilities_equals_sklearn():
+    """issue 14.8: clipping at 1e-7 gave 4.112 here; sklearn (and FuxiCTR) clip at the float64 eps: 9.093."""
+    y, p = np.array([1, 0, 1, 0]), np.array([0.9, 0.2, 1.0, 1.0])
+    assert logloss(y, p) == pytest.approx(log_loss(y, p), abs=1e-12, rel=0)
+    assert logloss(y, p) == pytest.approx(9.093, abs=1e-3)
+    # float32 probabilities are clipped in float64 too (sklearn would clip them at the float32 eps)
+    assert logloss(y, p.astype(np.float32)) == pytest.approx(log_loss(y, p), abs=1e-6, rel=0)
 
 
 def test_gauc_hand_computed():

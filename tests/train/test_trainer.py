@@ -332,6 +332,26 @@ def test_config_from_dict_defaults_and_errors():
         Trainer(K.TinyModel(), {"patience": -1}, "unused")
 
 
+@pytest.mark.parametrize("device", ["cuda", "cuda:1"])
+def test_cuda_device_without_cuda_is_a_config_error(tmp_path, monkeypatch, device):
+    """issue 14.22: trainer.device=cuda on a machine without CUDA was an AssertionError deep in torch."""
+    from ctrlab.train.distributed import setup
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for make in (lambda: Trainer(K.TinyModel(), K.config(device=device), tmp_path),
+                 lambda: setup(False, device)):
+        with pytest.raises(ConfigError, match=r"trainer\.device.*CUDA.*trainer\.device=auto"):
+            make()
+    assert Trainer(K.TinyModel(), K.config(device="auto"), tmp_path).device.type == "cpu"
+
+
+def test_cuda_device_beyond_the_visible_gpus_is_a_config_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"trainer\.device: 'cuda:1'.*1 GPU.*cuda:0"):
+        Trainer(K.TinyModel(), K.config(device="cuda:1"), tmp_path)
+
+
 # ---------------------------------------------------------------------------------------------
 # evaluation, prediction, the model's own loss
 # ---------------------------------------------------------------------------------------------
@@ -346,8 +366,8 @@ def test_predict_evaluate_and_gauc(tmp_path, capsys):
     prob = trainer.predict(test)
     trainer.model.eval()
     with torch.no_grad():
-        manual = torch.cat([torch.sigmoid(trainer.model(b)["logit"]) for b in test]).numpy()
-    assert prob.dtype == np.float64 and np.array_equal(prob, manual.astype(np.float64))
+        manual = torch.cat([torch.sigmoid(trainer.model(b)["logit"].double()) for b in test]).numpy()
+    assert prob.dtype == np.float64 and np.array_equal(prob, manual)
     y = np.concatenate([b["label"][:, 0].numpy() for b in test])
     g = np.concatenate([b["group"].numpy() for b in test])
     assert trainer.evaluate(test) == evaluate_metrics(y, prob, ["AUC", "logloss", "gAUC"], g)
@@ -355,6 +375,28 @@ def test_predict_evaluate_and_gauc(tmp_path, capsys):
     with pytest.raises(ValueError, match="group"):
         trainer.evaluate(no_group)
     assert set(trainer.evaluate(no_group, metrics=["AUC"])) == {"AUC"}
+
+
+class _Saturated(K.TinyModel):
+    """Every row gets logit 20: p = 1 - 2.1e-9, which float32 rounds to 1.0."""
+
+    def forward(self, batch):
+        return {"logit": 0 * super().forward(batch)["logit"] + 20.0}
+
+
+def test_probabilities_are_computed_in_float64(tmp_path):
+    """issue 14.8: a float32 sigmoid saturates at 1.0 from logit ~17 on, so the logloss of a confident
+    wrong row was the clipping constant (16.1 at eps 1e-7, 36.0 at the float64 eps), not softplus(logit)."""
+    seed_everything(0)
+    trainer = Trainer(_Saturated(), K.config(), tmp_path)
+    loader = K.config().make_eval_loader(K.make_split(400, 2))
+    prob = trainer.predict(loader)
+    assert prob.dtype == np.float64 and np.all(prob < 1.0)
+    np.testing.assert_allclose(prob, 1 / (1 + np.exp(-20.0)), rtol=1e-15)
+    y = np.concatenate([b["label"][:, 0].numpy() for b in loader])
+    softplus = np.log1p(np.exp(-20.0))  # -log(sigmoid(20)); a negative row costs 20 + softplus
+    expected = np.mean(y * softplus + (1 - y) * (20.0 + softplus))
+    assert trainer.evaluate(loader, ["logloss"])["logloss"] == pytest.approx(expected, rel=1e-7)
 
 
 class _OffsetLoss(K.TinyModel):

@@ -105,7 +105,14 @@ class BatchLoader:
         shuffle: shuffle rows each epoch with a generator seeded by ``(seed, epoch)``.
         seed: base seed of the shuffle.
         drop_last: drop a final incomplete batch.
-        shard: ``(rank, world_size)`` to read only this process's share of each epoch's rows.
+        shard: ``(rank, world_size)`` to read only this process's share of each epoch's rows
+            (rank ``r`` takes rows ``r, r + world_size, ...`` of the epoch's order).
+        pad_shards: with ``shard``, repeat the first rows of the epoch's order until the row count
+            is a multiple of ``world_size`` (as torch's ``DistributedSampler`` does), so that every
+            rank gets ``ceil(N / world_size)`` rows and the same number of batches. Data-parallel
+            training needs it: a rank with one batch fewer would leave the others waiting in the
+            gradient all-reduce forever. Leave it off for evaluation, where a repeated row would be
+            counted twice.
         shuffle_block_rows: bounded shuffle for memory-mapped data larger than memory. The rows are
             cut into blocks of this many consecutive rows; each epoch permutes the blocks, then
             shuffles the rows inside each window of ``shuffle_window_blocks`` consecutive blocks of
@@ -123,6 +130,7 @@ class BatchLoader:
         seed: int = 0,
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        pad_shards: bool = False,
         shuffle_block_rows: int | None = None,
         shuffle_window_blocks: int = 8,
     ):
@@ -137,6 +145,7 @@ class BatchLoader:
         self.seed = seed
         self.drop_last = drop_last
         self.rank, self.world_size = rank, world_size
+        self.pad_shards = pad_shards
         if shuffle_block_rows is not None and shuffle_block_rows < 1 or shuffle_window_blocks < 1:
             raise ValueError("shuffle_block_rows and shuffle_window_blocks must be >= 1")
         self.shuffle_block_rows = shuffle_block_rows
@@ -162,8 +171,13 @@ class BatchLoader:
         else:
             order = np.random.default_rng([self.seed, self.epoch]).permutation(n)
         if self.world_size > 1:
+            if self.pad_shards and n % self.world_size:
+                order = np.resize(order, self._padded_rows())  # repeats the order's first rows
             order = order[self.rank :: self.world_size]
         return order
+
+    def _padded_rows(self) -> int:
+        return -(-len(self.split) // self.world_size) * self.world_size
 
     def _bounded_order(self, n: int) -> np.ndarray:
         rng = np.random.default_rng([self.seed, self.epoch])
@@ -179,7 +193,7 @@ class BatchLoader:
     def __len__(self) -> int:
         n = len(self.split)
         if self.world_size > 1:
-            n = len(range(self.rank, n, self.world_size))
+            n = len(range(self.rank, self._padded_rows() if self.pad_shards else n, self.world_size))
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:

@@ -62,7 +62,9 @@ def launched_by_torchrun() -> bool:
 def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
     """Join the torchrun job described by the environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT``). ``requested``: True = must be under torchrun, False = never
-    distributed, None = whenever torchrun started this process."""
+    distributed, None = whenever torchrun started this process. A CUDA ``device`` this machine
+    lacks is a :class:`ConfigError` here, before any data is prepared."""
+    check_device(device)
     if requested is False or (requested is None and not launched_by_torchrun()):
         return SINGLE
     if not launched_by_torchrun():
@@ -74,10 +76,34 @@ def setup(requested: bool | None = None, device: str = "auto") -> DistContext:
     use_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     backend = "nccl" if use_cuda else "gloo"
     if use_cuda:
+        if local_rank >= torch.cuda.device_count():
+            raise ConfigError(f"torchrun started local rank {local_rank}, but only {torch.cuda.device_count()} GPU(s) "
+                              "are visible; start one process per GPU (--nproc-per-node) or set trainer.device=cpu")
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
     return DistContext(rank, world, local_rank, backend)
+
+
+def check_device(device: str, key: str = "trainer.device") -> None:
+    """A :class:`ConfigError` naming ``key`` and the fix when ``device`` is a CUDA device this machine
+    lacks (torch itself fails later with an AssertionError deep inside its CUDA initialisation)."""
+    if device == "auto":
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"{key}: {device!r} is not a torch device ({exc}); use auto, cpu, cuda or cuda:N") from None
+    if dev.type != "cuda":
+        return
+    if not torch.cuda.is_available():
+        why = "this torch build has no CUDA support" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ConfigError(f"{key}: {device!r} needs CUDA, but {why} (torch {torch.__version__}); set {key}=auto "
+                          f"(CUDA when available, else CPU) or {key}=cpu")
+    n = torch.cuda.device_count()
+    if dev.index is not None and dev.index >= n:
+        raise ConfigError(f"{key}: {device!r} asks for GPU {dev.index}, but only {n} GPU(s) are visible; "
+                          f"use cuda:0{f' ... cuda:{n - 1}' if n > 1 else ''} or cuda")
 
 
 def rank_device(ctx: DistContext, device: str) -> str:
@@ -85,6 +111,11 @@ def rank_device(ctx: DistContext, device: str) -> str:
     if ctx.active and ctx.backend == "nccl":
         return f"cuda:{ctx.local_rank}"
     return device
+
+
+def _device(ctx: DistContext) -> torch.device:
+    """Where this rank's collectives run: its GPU for NCCL, else the CPU."""
+    return torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else torch.device("cpu")
 
 
 def all_sum(ctx: DistContext, value: torch.Tensor) -> torch.Tensor:
@@ -107,7 +138,7 @@ def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:
     original order, on every rank (tensor collectives: shards are padded to the longest)."""
     if not ctx.active:
         return local
-    device = torch.device("cuda", torch.cuda.current_device()) if ctx.backend == "nccl" else torch.device("cpu")
+    device = _device(ctx)
     mine = torch.from_numpy(np.ascontiguousarray(local)).to(device)
     count = torch.tensor([mine.shape[0]], dtype=torch.long, device=device)
     counts = [torch.zeros_like(count) for _ in range(ctx.world_size)]
@@ -121,6 +152,40 @@ def gather_rows(ctx: DistContext, local: np.ndarray) -> np.ndarray:
     for r, (part, c) in enumerate(zip(parts, counts)):
         out[r::ctx.world_size] = part[: int(c.item())].cpu().numpy()
     return out
+
+
+def all_gather_ints(ctx: DistContext, value: int) -> list[int]:
+    """Every rank's ``value``, in rank order (``[value]`` in a single process)."""
+    if not ctx.active:
+        return [int(value)]
+    mine = torch.tensor([int(value)], dtype=torch.long, device=_device(ctx))
+    parts = [torch.zeros_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, mine)
+    return [int(p.item()) for p in parts]
+
+
+def all_gather_bytes(ctx: DistContext, data: bytes) -> list[bytes]:
+    """Every rank's ``data``, in rank order, sent as uint8 tensors (no pickle, unlike
+    ``all_gather_object``)."""
+    if not ctx.active:
+        return [data]
+    lengths = all_gather_ints(ctx, len(data))
+    mine = torch.zeros(max(lengths), dtype=torch.uint8)
+    if data:
+        mine[: len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+    mine = mine.to(_device(ctx))
+    parts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, mine)
+    return [p[:n].cpu().numpy().tobytes() for p, n in zip(parts, lengths)]
+
+
+def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
+    """Copy rank 0's buffers (e.g. BatchNorm running statistics, which each rank updates from its own
+    share of the batch) to every rank."""
+    if not ctx.active:
+        return
+    for buf in module.buffers():
+        dist.broadcast(buf.data, src=0)
 
 
 def teardown(ctx: DistContext) -> None:

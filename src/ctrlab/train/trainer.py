@@ -14,23 +14,11 @@ Protocol (FuxiCTR ``BaseModel.fit`` with ``eval_steps=None``), one epoch at a ti
    epochs ran), or after ``epochs`` epochs. Finally the best weights are loaded back.
 
 The model owns its loss (including L2 regularizers); the trainer never looks inside a model.
-Evaluation uses ``torch.sigmoid(outputs["logit"])`` against ``batch["label"][:, 0]``, with
+Evaluation uses ``torch.sigmoid(outputs["logit"])`` (in float64) against ``batch["label"][:, 0]``, with
 ``batch["group"]`` as group ids for gAUC when present.
 
-Checkpoints (``run_dir/checkpoints/``), written after every epoch:
-
-* ``last.safetensors``: model state (parameters and buffers), via ``safetensors.torch.save_model``.
-* ``last_optimizer.safetensors``: every tensor of the optimizer state, named
-  ``"<parameter name>/<state key>"`` (e.g. ``"fc.weight/exp_avg"``); non-tensor state values,
-  the param groups (with parameter *names* instead of indices) go in ``last_state.json``.
-* ``last_state.json``: completed epochs, best value and epoch, stopping steps, lr, history,
-  the RNG states of python / numpy / torch (/ CUDA) and the config.
-* ``best.safetensors``: model state of the best epoch so far, rewritten when the monitor improves.
-
-Every file is first written as ``<name>.tmp`` and fsynced; then all are renamed into place with
-``last_state.json`` last. The safetensors files carry the epoch in their metadata. On resume, a
-complete ``last_state.json.tmp`` (the commit was under way) is rolled forward; otherwise leftover
-``.tmp`` files are discarded, so a crash at any moment leaves a consistent checkpoint.
+Checkpoints (``run_dir/checkpoints/``) are written atomically after every epoch; their files and the
+commit protocol are described in :mod:`ctrlab.train.checkpoint`.
 
 ``fit(..., resume=True)`` restores weights, optimizer, counters, history and RNG states and goes
 on with the next epoch; because the loader's order depends only on ``(seed, epoch)`` a resumed
@@ -39,7 +27,6 @@ thread count).
 """
 from __future__ import annotations
 
-import base64
 import datetime as _dt
 import json
 import logging
@@ -55,20 +42,31 @@ from typing import Any, Callable, Iterable, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, load_model, save_file, save_model
 from torch import nn
 from tqdm import tqdm
 
 from ..config import ConfigError, from_dict, to_dict
 from ..layers.embedding import enable_sparse_gradients
-from .distributed import SINGLE, DistContext, all_mean, all_sum, gather_rows, rank_device
+from .checkpoint import CheckpointDir, CheckpointError, file_epoch, optimizer_payload, rng_state, set_rng_state
+from .distributed import (
+    SINGLE,
+    DistContext,
+    all_gather_bytes,
+    all_gather_ints,
+    all_mean,
+    all_sum,
+    broadcast_buffers,
+    check_device,
+    gather_rows,
+    rank_device,
+)
 from .metrics import METRIC_NAMES, evaluate_metrics
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
 __all__ = [
     "TrainerConfig",
     "Trainer",
+    "EarlyStopping",
     "CheckpointError",
     "seed_everything",
     "parse_monitor",
@@ -80,12 +78,7 @@ logger = logging.getLogger("ctrlab.train")
 TIMING_KEYS = ("train_seconds", "eval_seconds", "seconds", "samples_per_s")
 """History keys that hold wall-clock measurements (everything else in a record is deterministic)."""
 
-_STATE_FORMAT = 1
 _LOWER_IS_BETTER = {"logloss"}
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint is missing, inconsistent, or does not fit the model / optimizer."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -263,7 +256,9 @@ class TrainerConfig:
     def make_train_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
         """A shuffled :class:`~ctrlab.data.loader.BatchLoader` over ``split`` (seeded by ``seed``).
         ``shard=(rank, world_size)``: this rank's share; ``batch_size`` stays the global batch, so
-        each rank takes ``batch_size / world_size`` rows of every step."""
+        each rank takes ``batch_size / world_size`` rows of every step. The shards are padded (the
+        epoch's first rows repeated, as ``DistributedSampler`` does) so that every rank runs the same
+        number of steps."""
         from ..data.loader import BatchLoader
 
         rank, world = shard
@@ -271,7 +266,7 @@ class TrainerConfig:
             raise ConfigError(f"trainer.batch_size ({self.batch_size}) is the global batch and must be divisible "
                               f"by the {world} ranks; choose a multiple of {world}")
         return BatchLoader(split, batch_size=self.batch_size // world, shuffle=True, seed=self.seed, shard=shard,
-                           shuffle_block_rows=self.shuffle_block_rows)
+                           pad_shards=True, shuffle_block_rows=self.shuffle_block_rows)
 
     def make_eval_loader(self, split: Any, shard: tuple[int, int] = (0, 1)):
         """An ordered :class:`~ctrlab.data.loader.BatchLoader` with ``eval_batch_size`` rows per batch
@@ -353,84 +348,55 @@ class TrainerConfig:
         return to_dict(self)
 
 
-# ---------------------------------------------------------------------------------------------
-# Helpers: optimizer, RNG states, atomic files
-# ---------------------------------------------------------------------------------------------
-def _b64(t: torch.Tensor) -> str:
-    return base64.b64encode(t.cpu().numpy().tobytes()).decode("ascii")
-
-
-def _unb64(s: str) -> torch.Tensor:
-    return torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8).clone()
-
-
-def _rng_state() -> dict[str, Any]:
-    py = random.getstate()
-    npst = np.random.get_state()
-    state: dict[str, Any] = {
-        "python": [py[0], list(py[1]), py[2]],
-        "numpy": [npst[0], np.asarray(npst[1]).tolist(), int(npst[2]), int(npst[3]), float(npst[4])],
-        "torch": _b64(torch.get_rng_state()),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = [_b64(s) for s in torch.cuda.get_rng_state_all()]
-    return state
-
-
-def _set_rng_state(state: Mapping[str, Any]) -> None:
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    nps = state["numpy"]
-    np.random.set_state((nps[0], np.asarray(nps[1], dtype=np.uint32), nps[2], nps[3], nps[4]))
-    torch.set_rng_state(_unb64(state["torch"]))
-    cuda = state.get("cuda")
-    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([_unb64(s) for s in cuda])
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, torch.Tensor):
-        return v.item() if v.numel() == 1 else v.tolist()
-    if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    if isinstance(v, (np.floating, np.integer)):
-        return v.item()
-    return v
-
-
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open directories
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _file_epoch(path: Path) -> int | None:
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-    return int(meta["epoch"]) if "epoch" in meta else None
-
-
 def _fmt(v: float) -> str:
     return f"{v:.6f}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Early stopping
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class EarlyStopping:
+    """The early-stopping state of the BARS protocol: the best monitor value and its (1-based)
+    epoch, the plateau counter (FuxiCTR's ``stopping_steps``) and whether training stopped."""
+
+    mode: Literal["max", "min"]
+    min_delta: float
+    patience: int
+    min_epochs: int = 0
+    best_metric: float = math.nan
+    best_epoch: int | None = None
+    stopping_steps: int = 0
+    stopped: bool = False
+
+    def __post_init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.best_metric = -math.inf if self.mode == "max" else math.inf
+        self.best_epoch = None
+        self.stopping_steps = 0
+        self.stopped = False
+
+    def improves(self, value: float) -> bool:
+        # FuxiCTR's rule: a plateau is ``value < best + min_delta`` (max mode), so reaching
+        # ``best + min_delta`` exactly counts as an improvement (with min_delta=0, a tie does).
+        if self.mode == "max":
+            return value >= self.best_metric + self.min_delta
+        return value <= self.best_metric - self.min_delta
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record the monitor ``value`` of (1-based) ``epoch``; True when it improved."""
+        improved = self.improves(value)
+        if improved:
+            self.stopping_steps = 0
+            self.best_metric = value
+            self.best_epoch = epoch
+        else:
+            self.stopping_steps += 1
+        if self.stopping_steps >= self.patience and epoch >= self.min_epochs:
+            self.stopped = True
+        return improved
 
 
 # ---------------------------------------------------------------------------------------------
@@ -478,11 +444,13 @@ class Trainer:
         self.config: TrainerConfig = config
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
+        self.checkpoint = CheckpointDir(self.ckpt_dir)
         self.log_path = self.run_dir / "train.log"
         self.callbacks: list[Callback] = list(callbacks)
         self.dist = dist
         if config.num_threads is not None:
             torch.set_num_threads(config.num_threads)
+        check_device(config.device)
         self.device = torch.device(rank_device(dist, config.resolved_device()))
         if dist.active and self.device.type == "cuda":
             # batch statistics over the global batch, as in one process (SyncBatchNorm is GPU-only in
@@ -525,7 +493,25 @@ class Trainer:
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.monitor = config.monitor_weights()
         self.monitor_mode = config.resolved_monitor_mode()
+        self.early_stopping = EarlyStopping(self.monitor_mode, config.min_delta, config.patience, config.min_epochs)
         self._reset_state()
+
+    # early-stopping state, read as trainer attributes
+    @property
+    def best_metric(self) -> float:
+        return self.early_stopping.best_metric
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.early_stopping.best_epoch
+
+    @property
+    def stopping_steps(self) -> int:
+        return self.early_stopping.stopping_steps
+
+    @property
+    def stopped_early(self) -> bool:
+        return self.early_stopping.stopped
 
     # ---- public API ----------------------------------------------------------------------------
     def fit(self, train_loader: Iterable, valid_loader: Iterable, resume: bool = False) -> list[dict]:
@@ -538,11 +524,11 @@ class Trainer:
         """
         cfg = self.config
         if self.dist.is_main:
-            self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-            if resume:
-                self._roll_forward()
+            self.checkpoint.check_writable()  # a read-only or misplaced folder fails now, not after an epoch
+            if resume and self.checkpoint.roll_forward():
+                self._log("completed an interrupted checkpoint commit")
         self.dist.barrier()  # rank 0 has finished (or dropped) an interrupted commit before anyone reads
-        if resume and (self.ckpt_dir / "last_state.json").exists():
+        if resume and self.checkpoint.exists():
             self._load_checkpoint()
             self._log(
                 f"resumed from {self.ckpt_dir} after epoch {self.epochs_done} "
@@ -555,14 +541,18 @@ class Trainer:
             # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
             self.optimizer = make_optimizer(cfg.optimizer, self._params, cfg.lr, self._sparse_tables)
             self._reset_state()
+            if self.dist.active:
+                self._seed_rank()
             if self.dist.is_main:
-                self._remove_checkpoints()
+                self.checkpoint.remove()
             n_params = sum(p.numel() for p in self._params if p.requires_grad)
             self._log(
                 f"start training {type(self.model).__name__} ({n_params:,} trainable parameters) on "
                 f"{self.device}; {self._batches(train_loader)} batches/epoch; config {json.dumps(cfg.to_dict())}"
             )
         eval_names = cfg.eval_metric_names()
+        if self.dist.active:
+            self._check_equal_steps(train_loader)
         while not self.stopped_early and self.epochs_done < cfg.epochs:
             epoch = self.epochs_done  # 0-based index of the epoch about to run
             lr = self._current_lr()
@@ -570,22 +560,17 @@ class Trainer:
             train_loss, rows = self._train_epoch(train_loader, epoch)
             if cfg.bn_recalibration_batches:
                 self._recalibrate_batch_norm(train_loader, cfg.bn_recalibration_batches)
+            # each rank's last steps updated its buffers (BatchNorm statistics) from its own share of
+            # the batch; validate everywhere with rank 0's, which are the ones saved
+            broadcast_buffers(self.dist, self.model)
             t1 = time.perf_counter()
             logs = self._evaluate_names(valid_loader, eval_names, desc=f"valid {epoch + 1}")
             t2 = time.perf_counter()
             value = sum(w * logs[k] for k, w in self.monitor.items())
-            improved = self._improves(value)
-            if improved:
-                self.stopping_steps = 0
-                self.best_metric = value
-                self.best_epoch = epoch + 1
-            else:
-                self.stopping_steps += 1
-                if cfg.reduce_lr_on_plateau:
-                    self._decay_lr()
+            improved = self.early_stopping.update(value, epoch + 1)
+            if not improved and cfg.reduce_lr_on_plateau:
+                self._decay_lr()
             self.epochs_done = epoch + 1
-            if self.stopping_steps >= cfg.patience and self.epochs_done >= cfg.min_epochs:
-                self.stopped_early = True
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
             record.update({f"valid_{k}": v for k, v in logs.items()})
             record.update(
@@ -604,8 +589,7 @@ class Trainer:
                 }
             )
             self.history.append(record)
-            if self.dist.is_main:
-                self._save_checkpoint(save_best=improved)
+            self._save_checkpoint(save_best=improved)  # every rank sends its RNG state; rank 0 writes
             self._log_epoch(record, logs)
             if self.stopped_early:
                 self._log(f"early stop after epoch {self.epochs_done} (patience {cfg.patience})")
@@ -640,12 +624,13 @@ class Trainer:
 
     def restore_best(self) -> bool:
         """Load ``checkpoints/best.safetensors`` into the model; False when there is none."""
-        path = self.ckpt_dir / "best.safetensors"
+        path = self.checkpoint.best_path
         if not path.exists():
             self._log(f"no best checkpoint at {path}; keeping the current weights", level=logging.WARNING)
             return False
-        load_model(self.model, str(path), strict=True, device="cpu")  # copied into the device params
-        self._log(f"loaded best weights (epoch {_file_epoch(path)}) from {path}")
+        epoch = file_epoch(path)
+        self.checkpoint.load_weights(self.model, path)  # copied into the device params
+        self._log(f"loaded best weights (epoch {epoch}) from {path}")
         return True
 
     # ---- one epoch -------------------------------------------------------------------------------
@@ -733,7 +718,9 @@ class Trainer:
                 if "group" in batch:
                     groups.append(batch["group"].reshape(-1))
                 outputs = self._forward(self._to_device(batch))
-                p = torch.sigmoid(outputs["logit"].float()).reshape(-1)
+                # float64: a float32 sigmoid rounds to exactly 1.0 from logit ~17 on, and logloss
+                # would then charge the clipping constant instead of the row's real loss
+                p = torch.sigmoid(outputs["logit"].double()).reshape(-1)
                 probs.append(p)
                 if bar is not None:
                     bar.update(int(p.shape[0]))
@@ -742,7 +729,7 @@ class Trainer:
                 bar.close()
         if not probs:
             raise ValueError(f"{desc}: the loader produced no batches")
-        prob = torch.cat(probs).cpu().numpy().astype(np.float64)
+        prob = torch.cat(probs).cpu().numpy()
         y = torch.cat(labels).cpu().numpy().astype(np.float64) if labels else None
         g = torch.cat(groups).cpu().numpy() if groups and len(groups) == len(probs) else None
         if getattr(loader, "world_size", 1) > 1:  # a shard of the rows: gather all of them, in order
@@ -758,23 +745,33 @@ class Trainer:
         return evaluate_metrics(y, prob, names, group)
 
     # ---- protocol pieces ---------------------------------------------------------------------
+    def _seed_rank(self, *extra: int) -> None:
+        """Data parallel: give this rank its own RNG streams, derived from ``(seed, rank)``, so that
+        ranks draw different dropout masks (the weights are equal anyway: DDP broadcasts rank 0's)."""
+        seed = np.random.SeedSequence([self.config.seed, self.dist.rank, *extra]).generate_state(1)[0]
+        seed_everything(int(seed))
+
+    def _check_equal_steps(self, loader: Iterable) -> None:
+        """Every rank must run the same number of steps per epoch, or the gradient all-reduce of the
+        rank with more batches waits forever."""
+        try:
+            n = len(loader)  # type: ignore[arg-type]
+        except TypeError:
+            n = -1
+        counts = all_gather_ints(self.dist, n)
+        if -1 not in counts and len(set(counts)) > 1:
+            raise ValueError(
+                f"the training loaders give the ranks {counts} batches per epoch; every rank must run the same "
+                "number of steps (data-parallel training would hang): build them with "
+                "TrainerConfig.make_train_loader(split, shard), which pads the shards"
+            )
+
     def _reset_state(self) -> None:
         self.history: list[dict] = []
-        self.best_metric = -math.inf if self.monitor_mode == "max" else math.inf
-        self.best_epoch: int | None = None
-        self.stopping_steps = 0
+        self.early_stopping.reset()
         self.epochs_done = 0
-        self.stopped_early = False
         for group in self.optimizer.param_groups:
             group["lr"] = self.config.lr
-
-    def _improves(self, value: float) -> bool:
-        # FuxiCTR's rule: a plateau is ``value < best + min_delta`` (max mode), so reaching
-        # ``best + min_delta`` exactly counts as an improvement (with min_delta=0, a tie does).
-        d = self.config.min_delta
-        if self.monitor_mode == "max":
-            return value >= self.best_metric + d
-        return value <= self.best_metric - d
 
     def _decay_lr(self) -> None:
         cfg = self.config
@@ -858,77 +855,16 @@ class Trainer:
         )
 
     # ---- checkpoints -----------------------------------------------------------------------------
-    _FILES = ("last_optimizer.safetensors", "best.safetensors", "last.safetensors", "last_state.json")
-    """Checkpoint files in commit (rename) order; ``last_state.json`` is the commit point."""
-
-    def _remove_checkpoints(self) -> None:
-        for name in self._FILES:
-            for path in (self.ckpt_dir / name, self.ckpt_dir / (name + ".tmp")):
-                if path.exists():
-                    path.unlink()
-
-    def _optimizer_payload(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        sd = self.optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {}
-        scalars: dict[str, Any] = {}
-        for idx, st in sd["state"].items():
-            name = self._param_names[idx]
-            for key, value in st.items():
-                k = f"{name}/{key}"
-                if isinstance(value, torch.Tensor):
-                    tensors[k] = value.detach().to("cpu").contiguous()
-                else:
-                    scalars[k] = _jsonable(value)
-        groups = []
-        for g in sd["param_groups"]:
-            gg = {k: _jsonable(v) for k, v in g.items() if k != "params"}
-            gg["params"] = [self._param_names[i] for i in g["params"]]
-            groups.append(gg)
-        return tensors, {"class": type(self.optimizer).__name__, "param_groups": groups, "scalars": scalars}
-
-    def _load_optimizer(self, tensors: Mapping[str, torch.Tensor], payload: Mapping[str, Any]) -> None:
-        if payload.get("class") != type(self.optimizer).__name__:
-            raise CheckpointError(
-                f"checkpoint optimizer is {payload.get('class')}, config asks for {type(self.optimizer).__name__}"
-            )
-        index = {n: i for i, n in enumerate(self._param_names)}
-        state: dict[int, dict[str, Any]] = {}
-        entries = list(tensors.items()) + list(payload.get("scalars", {}).items())
-        for key, value in entries:
-            name, _, skey = key.rpartition("/")
-            if name not in index:
-                raise CheckpointError(f"optimizer state for unknown parameter {name!r}")
-            state.setdefault(index[name], {})[skey] = value
-        current = self.optimizer.state_dict()["param_groups"]
-        saved = payload["param_groups"]
-        if len(saved) != len(current):
-            raise CheckpointError(f"checkpoint has {len(saved)} optimizer param groups, the optimizer {len(current)}")
-        groups = []
-        for cur, sav in zip(current, saved):
-            if [self._param_names[i] for i in cur["params"]] != list(sav["params"]):
-                raise CheckpointError("optimizer parameters in the checkpoint do not match the model's")
-            g = dict(cur)
-            for k, v in sav.items():
-                if k == "params":
-                    continue
-                g[k] = tuple(v) if isinstance(cur.get(k), tuple) and isinstance(v, list) else v
-            groups.append(g)
-        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
-
     def _save_checkpoint(self, save_best: bool) -> None:
-        d = self.ckpt_dir
-        d.mkdir(parents=True, exist_ok=True)
-        for stale in d.glob("*.tmp"):
-            stale.unlink()
-        meta = {"epoch": str(self.epochs_done)}
-        opt_tensors, opt_payload = self._optimizer_payload()
-        tmp = {name: d / (name + ".tmp") for name in self._FILES}
-        save_file(opt_tensors, str(tmp["last_optimizer.safetensors"]), metadata=meta)
-        if save_best:
-            save_model(self.model, str(tmp["best.safetensors"]), metadata=meta)
-        save_model(self.model, str(tmp["last.safetensors"]), metadata=meta)
+        """Called on every rank (it gathers the ranks' RNG states); only rank 0 writes."""
+        rng = rng_state()
+        rng_per_rank = None
+        if self.dist.active:
+            rng_per_rank = [json.loads(b) for b in all_gather_bytes(self.dist, json.dumps(rng).encode())]
+        if not self.dist.is_main:
+            return
+        opt_tensors, opt_payload = optimizer_payload(self.optimizer, self._param_names)
         state = {
-            "format": _STATE_FORMAT,
             "epoch": self.epochs_done,
             "stopped_early": self.stopped_early,
             "best_metric": self.best_metric,
@@ -939,68 +875,17 @@ class Trainer:
             "monitor_mode": self.monitor_mode,
             "history": self.history,
             "optimizer": opt_payload,
-            "rng": _rng_state(),
+            "rng": rng,
+            **({"rng_per_rank": rng_per_rank} if rng_per_rank else {}),
             "grad_scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "config": self.config.to_dict(),
             "model_class": type(self.model).__name__,
             "saved_at": _dt.datetime.now().isoformat(timespec="seconds"),
         }
-        tmp_state = tmp["last_state.json"]
-        with open(tmp_state, "w", encoding="utf-8") as f:
-            json.dump(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        for name in self._FILES[:-1]:
-            if tmp[name].exists():
-                _fsync_file(tmp[name])
-        for name in self._FILES:  # the commit: last_state.json is renamed last
-            if tmp[name].exists():
-                os.replace(tmp[name], d / name)
-        _fsync_dir(d)
-
-    def _roll_forward(self) -> None:
-        """Finish a commit that was interrupted between renames; drop an unfinished one."""
-        d = self.ckpt_dir
-        tmp_state = d / "last_state.json.tmp"
-        complete = False
-        if tmp_state.exists():
-            try:
-                json.loads(tmp_state.read_text(encoding="utf-8"))
-                complete = True
-            except (ValueError, UnicodeDecodeError):
-                complete = False
-        if complete:  # the state file is written last, so every other .tmp file is complete
-            for name in self._FILES:
-                t = d / (name + ".tmp")
-                if t.exists():
-                    os.replace(t, d / name)
-            _fsync_dir(d)
-            self._log("completed an interrupted checkpoint commit")
-        for stale in d.glob("*.tmp"):
-            stale.unlink()
+        self.checkpoint.write(self.model, self.epochs_done, opt_tensors, state, save_best)
 
     def _load_checkpoint(self) -> None:
-        d = self.ckpt_dir
-        state_path = d / "last_state.json"
-        try:
-            state = json.loads(state_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise CheckpointError(f"cannot read {state_path}: {exc}") from None
-        if state.get("format") != _STATE_FORMAT:
-            raise CheckpointError(f"{state_path}: unsupported checkpoint format {state.get('format')!r}")
-        epoch = int(state["epoch"])
-        for name in ("last.safetensors", "last_optimizer.safetensors"):
-            path = d / name
-            if not path.exists():
-                raise CheckpointError(f"checkpoint file {path} is missing")
-            if _file_epoch(path) != epoch:
-                raise CheckpointError(
-                    f"{path} is from epoch {_file_epoch(path)} but {state_path} from epoch {epoch}"
-                )
-        if state.get("best_epoch") is not None:
-            best = d / "best.safetensors"
-            if not best.exists() or _file_epoch(best) != state["best_epoch"]:
-                raise CheckpointError(f"{best} is missing or not from the best epoch {state['best_epoch']}")
+        state = self.checkpoint.read_state()
         if state.get("monitor") != self.monitor or state.get("monitor_mode") != self.monitor_mode:
             raise CheckpointError(
                 f"checkpoint monitors {state.get('monitor')} ({state.get('monitor_mode')}), the config "
@@ -1016,19 +901,33 @@ class Trainer:
                 + "); the run will not match an uninterrupted one",
                 level=logging.WARNING,
             )
-        try:
-            load_model(self.model, str(d / "last.safetensors"), strict=True, device="cpu")
-        except RuntimeError as exc:
-            raise CheckpointError(f"{d / 'last.safetensors'} does not fit the model: {exc}") from None
-        self._load_optimizer(load_file(str(d / "last_optimizer.safetensors"), device="cpu"), state["optimizer"])
+        self.checkpoint.load_last(self.model, self.optimizer, self._param_names, state)
         for group, lr in zip(self.optimizer.param_groups, state["lr"]):
             group["lr"] = lr
         self.history = list(state["history"])
-        self.best_metric = float(state["best_metric"])
-        self.best_epoch = state["best_epoch"]
-        self.stopping_steps = int(state["stopping_steps"])
-        self.epochs_done = epoch
-        self.stopped_early = bool(state["stopped_early"])
-        _set_rng_state(state["rng"])
+        stop = self.early_stopping
+        stop.best_metric = float(state["best_metric"])
+        stop.best_epoch = state["best_epoch"]
+        stop.stopping_steps = int(state["stopping_steps"])
+        stop.stopped = bool(state["stopped_early"])
+        self.epochs_done = int(state["epoch"])
+        self._restore_rng(state)
         if self._scaler is not None and state.get("grad_scaler"):
             self._scaler.load_state_dict(state["grad_scaler"])
+
+    def _restore_rng(self, state: Mapping[str, Any]) -> None:
+        """Each rank gets back its own RNG state (``rng_per_rank``, written by data-parallel runs)."""
+        per_rank = state.get("rng_per_rank")
+        saved_ranks = len(per_rank) if per_rank else 1
+        if saved_ranks == self.dist.world_size:
+            set_rng_state(per_rank[self.dist.rank] if per_rank else state["rng"])
+            return
+        self._log(
+            f"the checkpoint holds the RNG states of {saved_ranks} rank(s), this job has {self.dist.world_size}: "
+            "the ranks' random streams (dropout) cannot continue as saved, so the run will not match an "
+            "uninterrupted one",
+            level=logging.WARNING,
+        )
+        set_rng_state(state["rng"])
+        if self.dist.active:
+            self._seed_rank(self.epochs_done)
