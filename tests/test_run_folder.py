@@ -5,6 +5,7 @@ Real data: a few thousand Frappe rows (``write_tiny_frappe``), two short epochs.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ import pytest
 from ctrlab import api
 from ctrlab.cli import main
 from ctrlab.config import ConfigError
-from ctrlab.run_folder import RunFolderError
+from ctrlab.run_folder import RunFolderError, RunFolderLock
 
 QUIET = {"log": lambda *a: None}
 
@@ -132,6 +133,24 @@ def test_a_run_folder_in_use_is_locked(tiny, tmp_path, capsys):
         holder.wait()
     res = api.train(dataset=str(tiny), model="DNN", output=str(run), overrides=TINY, overwrite=True, **QUIET)
     assert res.metrics["epochs"] == 2
+
+
+def test_a_locked_folder_stops_every_rank_of_a_data_parallel_run(tiny, tmp_path):
+    """Under torchrun only rank 0 takes the lock; when it cannot, every rank stops with an error (none
+    waits for rank 0 in a collective until the timeout)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    sets = sum((["--set", s] for s in [*TINY, "trainer.num_threads=1"]), [])
+    with RunFolderLock(run):
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                               "-m", "ctrlab.cli", "train", "--dataset", str(tiny), "--model", "DNN", "--output",
+                               str(run), *sets], capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "OMP_NUM_THREADS": "1"})
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0, out[-3000:]
+    assert f"in use by another ctrlab process (pid {os.getpid()})" in out, out[-3000:]
+    assert "rank 0 stopped before training" in out, out[-3000:]
+    assert not (run / "run_config.yaml").exists()
 
 
 # ---- 18: no silent overwrite; resume keeps the run's config; export never deletes a run --------
