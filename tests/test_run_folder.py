@@ -76,6 +76,35 @@ def test_evaluate_and_resume_encode_with_the_runs_feature_map(data_dir, tmp_path
     assert (run / "feature_map.json").read_text() == saved_map
 
 
+def test_prepare_with_a_given_feature_map(data_dir, tmp_path):
+    """``prepare(feature_map=...)`` encodes every split with that map, in memory and streaming alike,
+    and reuses the fitted cache when the map is the one fitted there."""
+    import numpy as np
+
+    from ctrlab.data.pipeline import prepare
+    from ctrlab.data.schema import load_dataset_config
+
+    dcfg = load_dataset_config(write_tiny_frappe(tmp_path / "data", data_dir))
+    cache = tmp_path / "cache"
+    fitted = prepare(dcfg, cache_dir=cache, log=lambda *a: None)
+    again = prepare(dcfg, cache_dir=cache, log=lambda *a: None, feature_map=fitted.feature_map)
+    assert again.reused and again.path == fitted.path
+
+    train_csv = tmp_path / "data" / "train.csv"
+    header, *rows = train_csv.read_text().splitlines()
+    train_csv.write_text("\n".join([header, *rows[:1000]]) + "\n")  # other counts, a smaller vocabulary
+    refit = prepare(dcfg, cache_dir=cache, log=lambda *a: None)
+    assert refit.feature_map.categorical != fitted.feature_map.categorical
+    for streaming in (False, True):
+        kept = prepare(dcfg, cache_dir=cache, log=lambda *a: None, feature_map=fitted.feature_map, streaming=streaming,
+                       block_rows=300)
+        assert kept.feature_map.to_dict() == fitted.feature_map.to_dict() and kept.path != refit.path
+        for split in ("valid", "test"):
+            for key, arr in fitted.splits[split].arrays.items():
+                np.testing.assert_array_equal(np.asarray(kept.splits[split].arrays[key]), arr, err_msg=(split, key))
+        assert np.array_equal(np.asarray(kept.splits["train"].arrays["cat"]), fitted.splits["train"].arrays["cat"][:1000])
+
+
 @pytest.fixture(scope="module")
 def tiny(data_dir, tmp_path_factory) -> Path:
     """The tiny Frappe dataset's YAML."""
@@ -230,6 +259,10 @@ def test_damaged_weights_are_a_one_line_error(finished, tmp_path, capsys):
 
 def test_damaged_checkpoint_on_resume_is_a_one_line_error(finished, capsys):
     run, _ = finished
+    weights = run / "checkpoints" / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # truncated
+    assert main(["train", "--output", str(run), "--resume"]) == 1
+    _one_line_error(capsys, 1, str(run / "checkpoints"), "damaged or truncated")
     (run / "checkpoints" / "last_state.json").write_text("{truncated")
     assert main(["train", "--output", str(run), "--resume"]) == 1
     _one_line_error(capsys, 1, "last_state.json")
