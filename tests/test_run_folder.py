@@ -232,6 +232,7 @@ def test_resume_refuses_conflicting_settings_and_applies_safe_ones(finished, tin
     res = api.train(dataset=str(tiny), model="DNN", output=str(run), resume=True, overrides=[*TINY, "trainer.epochs=3"],
                     log=logged.append)
     assert any("resume: applying trainer.epochs: 2 -> 3" in line for line in logged), logged
+    assert "resume: applying trainer.epochs: 2 -> 3" in (run / "train.log").read_text()
     assert res.metrics["epochs"] == 3 and len(res.history) == 3
     assert [h["valid_AUC"] for h in res.history[:2]] == [h["valid_AUC"] for h in first.history]
     assert "epochs: 3" in (run / "run_config.yaml").read_text()

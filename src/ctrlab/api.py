@@ -221,9 +221,10 @@ def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _resume_config(explicit: dict[str, Any], run_dir: Path, log) -> RunConfig:
-    """The run's saved config, with the explicitly given settings that a resume may change applied.
-    A given setting that differs from the saved run and is not in :data:`RESUME_SAFE` is refused."""
+def _resume_config(explicit: dict[str, Any], run_dir: Path) -> tuple[RunConfig, str | None]:
+    """The run's saved config, with the explicitly given settings that a resume may change applied,
+    and a note saying which (None: none). A given setting that differs from the saved run and is not
+    in :data:`RESUME_SAFE` is refused."""
     saved_file = run_dir / "run_config.yaml"
     if not saved_file.exists():
         raise FileNotFoundError(f"cannot resume: {saved_file} does not exist (pass the run folder as --output)")
@@ -244,10 +245,9 @@ def _resume_config(explicit: dict[str, Any], run_dir: Path, log) -> RunConfig:
             + ": a resumed run keeps its saved config (run_config.yaml). Drop these settings to resume it, or "
             "train a new run (another --output, or --overwrite to replace this one). A resume may change only "
             + ", ".join(RESUME_SAFE))
-    if changed:
-        log("[ctrlab] resume: applying " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed))
     requested.output = str(run_dir)
-    return requested
+    note = "resume: applying " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    return requested, note if changed else None
 
 
 def _explicit_settings(source, overrides, kwargs) -> dict[str, Any]:
@@ -335,8 +335,11 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, An
                           "must name the same run folder")
     if resume and not cfg.output:
         raise ConfigError("--resume needs the run folder to continue (--output RUN)")
+    resume_note = None
     if resume:
-        cfg = _resume_config(explicit, Path(cfg.output), log)
+        cfg, resume_note = _resume_config(explicit, Path(cfg.output))
+        if resume_note:
+            log(f"[ctrlab] {resume_note}")
     # everything that can be checked without data, before a folder is created or locked
     params, preset_source = resolve_model_params(cfg)
     dcfg = dataset_config(cfg)
@@ -351,6 +354,9 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, An
                 + yaml.safe_dump(saved_cfg, sort_keys=False)
             )
             (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+            if resume_note:  # in the run's own log too, beside the trainer's lines
+                with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {resume_note}\n")
         except BaseException:
             lock.release()
             raise
