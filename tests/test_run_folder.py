@@ -102,7 +102,8 @@ def test_prepare_with_a_given_feature_map(data_dir, tmp_path):
         for split in ("valid", "test"):
             for key, arr in fitted.splits[split].arrays.items():
                 np.testing.assert_array_equal(np.asarray(kept.splits[split].arrays[key]), arr, err_msg=(split, key))
-        assert np.array_equal(np.asarray(kept.splits["train"].arrays["cat"]), fitted.splits["train"].arrays["cat"][:1000])
+        train_ids = np.asarray(kept.splits["train"].arrays["cat"])
+        assert np.array_equal(train_ids, fitted.splits["train"].arrays["cat"][:1000])
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +253,8 @@ def test_damaged_weights_are_a_one_line_error(finished, tmp_path, capsys):
     raw = tmp_path / "raw.csv"
     raw.write_text("user,item,daytime,weekday,isweekend,homework,cost,weather,country,city\n"
                    "1,2,3,4,5,6,7,8,9,10\n")
-    for argv in (["evaluate", str(run)], ["predict", str(run), "--input", str(raw), "--output", str(tmp_path / "p.csv")],
+    for argv in (["evaluate", str(run)],
+                 ["predict", str(run), "--input", str(raw), "--output", str(tmp_path / "p.csv")],
                  ["export", str(run), "--format", "torch", "--output", str(tmp_path / "art")]):
         assert main(argv) == 2, argv
         _one_line_error(capsys, 2, str(run / "model.safetensors"), "train the run again")
@@ -289,7 +291,8 @@ def test_full_disk_fails_before_the_first_epoch(tiny, tmp_path, monkeypatch):
 
     from ctrlab import run_folder
 
-    monkeypatch.setattr(run_folder.shutil, "disk_usage", lambda p: SimpleNamespace(total=10 << 30, used=10 << 30, free=1024))
+    monkeypatch.setattr(run_folder.shutil, "disk_usage",
+                        lambda p: SimpleNamespace(total=10 << 30, used=10 << 30, free=1024))
     run = tmp_path / "run"
     with pytest.raises(OSError, match="not enough free disk space"):
         api.train(dataset=str(tiny), model="DNN", output=str(run), overrides=TINY, **QUIET)

@@ -404,8 +404,8 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     try:
         history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)
     except SafetensorError as exc:  # only checkpoint files are read during fit
-        raise CheckpointError(f"a checkpoint file in {trainer.ckpt_dir} is damaged or truncated ({exc}); the run cannot "
-                              "continue from it: train it again with --overwrite") from exc
+        raise CheckpointError(f"a checkpoint file in {trainer.ckpt_dir} is damaged or truncated ({exc}); the run "
+                              "cannot continue from it: train it again with --overwrite") from exc
     train_seconds = time.time() - t0
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):

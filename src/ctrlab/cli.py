@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", help="artifact folder (default RUN/export-FORMAT)")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default %(default)s)")
     ex.add_argument("--overwrite", action="store_true",
-                    help="replace an existing artifact folder (only one with a manifest.json: never a run or other folder)")
+                    help="replace an existing artifact folder (one with a manifest.json; never a run or other folder)")
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")

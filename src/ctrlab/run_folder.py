@@ -123,7 +123,8 @@ def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
     if not entries:
         return
     # export's default folders (RUN/export-onnx) hold the old run's weights: they go with it
-    unknown = [p.name for p in entries if p.name not in RUN_FILES and not (p.name.startswith("export-") and _is_artifact(p))]
+    unknown = [p.name for p in entries
+               if p.name not in RUN_FILES and not (p.name.startswith("export-") and _is_artifact(p))]
     if unknown:
         raise RunFolderError(
             f"{run_dir} is not empty and not a ctrlab run folder (it holds {unknown[:5]}); ctrlab never writes into "
@@ -134,8 +135,11 @@ def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
         raise RunFolderError(
             f"{run_dir} already holds a {'finished' if finished else 'partly trained'} ctrlab run; pass --resume "
             "to continue it, --overwrite to delete it and train anew, or choose another --output")
-    log(f"[ctrlab] {'overwrite: deleting the run in' if has_weights else 'starting over in'} {run_dir}"
-        + ("" if has_weights else " (it holds no weights or checkpoints: an earlier run stopped before its first epoch)"))
+    if has_weights:
+        log(f"[ctrlab] overwrite: deleting the run in {run_dir}")
+    else:
+        log(f"[ctrlab] starting over in {run_dir} (it holds no weights or checkpoints: an earlier run stopped "
+            "before its first epoch)")
     by_name = {p.name: p for p in entries}
     # finished weights and metrics first: a replacement killed midway is an unfinished run, never
     # a new config beside old weights

@@ -206,8 +206,9 @@ def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
                 raise bad(f"{where} must be an object")
             missing, unknown = sorted(required - set(entry)), sorted(set(entry) - allowed)
             if missing or unknown:
-                raise bad(f"{where}: " + "; ".join(
-                    ([f"missing key(s) {missing}"] if missing else []) + ([f"unknown key(s) {unknown}"] if unknown else [])))
+                problems = ([f"missing key(s) {missing}"] if missing else []) + (
+                    [f"unknown key(s) {unknown}"] if unknown else [])
+                raise bad(f"{where}: " + "; ".join(problems))
             for key in ("vocab_size", "max_len", "dim"):
                 if key in entry and (not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] < 1):
                     raise bad(f"{where}: {key!r} must be a positive integer, got {entry[key]!r}")

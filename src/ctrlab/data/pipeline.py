@@ -262,8 +262,8 @@ def prepare(
     folder = root / "encoded" / f"{cfg.name}-{key}"
     if feature_map is not None:
         digest = feature_map_digest(feature_map)
-        fitted_map = folder / "feature_map.json"
-        if rebuild or not (folder / "manifest.json").exists() or feature_map_digest(FeatureMap.load(fitted_map)) != digest:
+        fitted = folder / "manifest.json"
+        if rebuild or not fitted.exists() or feature_map_digest(FeatureMap.load(folder / "feature_map.json")) != digest:
             key = hashlib.sha256(f"{key}:{digest}".encode()).hexdigest()[:16]
             folder = root / "encoded" / f"{cfg.name}-{key}"
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
