@@ -183,6 +183,22 @@ def test_a_locked_folder_stops_every_rank_of_a_data_parallel_run(tiny, tmp_path)
     assert not (run / "run_config.yaml").exists()
 
 
+def test_a_filesystem_without_locks_warns_instead_of_refusing(monkeypatch, tmp_path):
+    import errno
+    import fcntl
+
+    from ctrlab import run_folder
+
+    def no_locks(fd, operation):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    logged: list[str] = []
+    lock = run_folder.claim(tmp_path / "run", log=logged.append)
+    assert lock.unsupported and "cannot lock" in logged[0] and "No locks available" in logged[0]
+    lock.release()
+
+
 # ---- 18: no silent overwrite; resume keeps the run's config; export never deletes a run --------
 def test_train_refuses_a_folder_that_holds_a_run(finished, tiny, capsys):
     run, first = finished
@@ -208,7 +224,7 @@ def test_overwrite_never_clears_a_folder_that_is_not_a_run(tiny, tmp_path):
     for overwrite in (False, True):
         with pytest.raises(RunFolderError, match="not a ctrlab run folder"):
             api.train(dataset=str(tiny), model="DNN", output=str(folder), overrides=TINY, overwrite=overwrite, **QUIET)
-    assert sorted(p.name for p in folder.iterdir()) == [".ctrlab.lock", "notes.txt"]
+    assert [p.name for p in folder.iterdir()] == ["notes.txt"]  # not even a lock file was written there
 
 
 def test_a_folder_without_weights_is_started_over(tiny, tmp_path):

@@ -50,6 +50,8 @@ class RunFolderLock:
         self.run_dir = Path(run_dir)
         self.path = self.run_dir / LOCK_NAME
         self._fd: int | None = None
+        self.unsupported: str | None = None
+        """Why the folder's filesystem could not lock (then the run goes on unlocked, with a warning)."""
 
     def acquire(self) -> "RunFolderLock":
         import fcntl
@@ -63,6 +65,13 @@ class RunFolderLock:
             raise RunFolderError(
                 f"run folder {self.run_dir} is in use by another ctrlab process (pid {holder}); wait for it "
                 "to finish, or give this run another --output") from None
+        except OSError as exc:
+            if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                os.close(fd)
+                raise
+            os.close(fd)  # a filesystem without flock (some network / FUSE mounts): not a reason to refuse
+            self.unsupported = f"{type(exc).__name__}: {exc}"
+            return self
         except BaseException:
             os.close(fd)
             raise
@@ -107,8 +116,13 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False, log=prin
     continued, its files stay. ``overwrite``: the run in the folder is deleted first."""
     if resume and overwrite:
         raise RunFolderError("--resume continues the run in the folder, --overwrite replaces it: give one of them")
+    if not resume and run_dir.is_dir():
+        _refuse_foreign(run_dir)  # before the lock file: nothing is written into a folder that is not a run's
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunFolderLock(run_dir).acquire()
+    if lock.unsupported:
+        log(f"[ctrlab] warning: cannot lock {run_dir} ({lock.unsupported}); a second run on this folder "
+            "would not be detected")
     try:
         if not resume:
             _refuse_or_clear(run_dir, overwrite, log)
@@ -118,10 +132,9 @@ def claim(run_dir: Path, resume: bool = False, overwrite: bool = False, log=prin
     return lock
 
 
-def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
+def _refuse_foreign(run_dir: Path) -> list[Path]:
+    """The folder's entries; a RunFolderError when any is not a run's file."""
     entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK_NAME)
-    if not entries:
-        return
     # export's default folders (RUN/export-onnx) hold the old run's weights: they go with it
     unknown = [p.name for p in entries
                if p.name not in RUN_FILES and not (p.name.startswith("export-") and _is_artifact(p))]
@@ -129,6 +142,13 @@ def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
         raise RunFolderError(
             f"{run_dir} is not empty and not a ctrlab run folder (it holds {unknown[:5]}); ctrlab never writes into "
             "or clears such a folder: choose a new or empty --output")
+    return entries
+
+
+def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
+    entries = _refuse_foreign(run_dir)  # again, now under the lock
+    if not entries:
+        return
     has_weights = any((run_dir / n).exists() for n in FINISHED_FILES) or any((run_dir / "checkpoints").glob("*"))
     if has_weights and not overwrite:
         finished = (run_dir / "model.safetensors").exists()
