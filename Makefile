@@ -18,7 +18,7 @@ venv: $(BIN)/.installed
 
 ## Train + evaluate FinalMLP (BARS Frappe_x1 hyperparameters) on the real frappe_x1_subset.
 demo: $(BIN)/.installed
-	$(BIN)/ctrlab train --dataset frappe_x1_subset --model FinalMLP --output runs/demo/FinalMLP-frappe_x1_subset
+	$(BIN)/ctrlab train --dataset frappe_x1_subset --model FinalMLP --output runs/demo/FinalMLP-frappe_x1_subset --overwrite
 
 ## Debian's chromium + chromedriver for the report's browser test: installed once when run as root
 ## (CI, dev machines); elsewhere the browser test is skipped with a note (and fails under CI=true).

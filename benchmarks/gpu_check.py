@@ -39,7 +39,7 @@ def worker(args) -> dict:
     overrides = [*extra, *SETTINGS[args.setting], f"trainer.epochs={args.epochs}", "trainer.progress=false",
                  f"trainer.seed={args.seed}"]
     res = api.train(dataset=dataset, model=args.model, output=str(Path(args.work) / f"{dataset}-{args.model}-{args.setting}"),
-                    overrides=overrides, log=lambda *a: None)
+                    overrides=overrides, overwrite=True, log=lambda *a: None)
     rows = sum(r["samples_per_s"] * r["train_seconds"] for r in res.history)
     seconds = sum(r["train_seconds"] for r in res.history)
     return {"dataset": dataset, "model": args.model, "setting": args.setting, "test_AUC": res.metrics["test"]["AUC"],

@@ -202,7 +202,7 @@ def ensure_artifact(run: Path, artifact: Path | None, log) -> Path:
         log(f"[serve-load] training {run} first (make demo's run)")
         from ctrlab import api
 
-        api.train(dataset="frappe_x1_subset", model="FinalMLP", output=str(run), log=log)
+        api.train(dataset="frappe_x1_subset", model="FinalMLP", output=str(run), overwrite=True, log=log)
     from ctrlab.serve.artifact import export_run
 
     out = artifact or run / "export-onnx"

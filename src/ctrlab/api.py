@@ -13,11 +13,17 @@ A run folder holds everything needed to evaluate, predict or resume::
     model.safetensors      best weights (restored after early stopping)
     metrics.json           validation and test metrics, parameters, timing
     train.log, checkpoints/  per-epoch log and resumable checkpoints
+    .ctrlab.lock           held by the process training in the folder (see :mod:`ctrlab.run_folder`)
+
+Evaluation, prediction and resume all encode raw data with the run's own ``feature_map.json``,
+never with a map re-fitted on the current train file.
 """
 from __future__ import annotations
 
 import json
 import time
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -27,14 +33,16 @@ import numpy as np
 import polars as pl
 import yaml
 
-from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from .config import ConfigError, _convert, apply_overrides, from_dict, load_yaml, to_dict
 from .data.datasets import get_dataset
+from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.readers import read_split
 from .data.schema import DatasetConfig, column_of, load_dataset_config
 from .models import create, default_hparams, get_model_class
-from .train import Trainer, TrainerConfig, seed_everything
+from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
+from .train import CheckpointError, Trainer, TrainerConfig, seed_everything
 from .train.distributed import SINGLE, DistContext
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
@@ -59,7 +67,7 @@ class RunConfig:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     """Optimisation and protocol settings (BARS defaults)."""
     output: str | None = None
-    """Run folder; default ``runs/<dataset>/<model>-<time>-s<seed>``."""
+    """Run folder; default ``runs/<dataset>/<model>-<time>-s<seed>-<6 random hex digits>``."""
     data_dir: str | None = None
     """Where raw datasets live; default ``CTRLAB_DATA_DIR``."""
     download: bool = False
@@ -131,7 +139,33 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise ConfigError(f"model_params: {cfg.model} has no hyperparameter(s) {unknown}; allowed: {sorted(allowed)}")
+    _check_param_types(cfg.model, params)
     return params, source
+
+
+def _checkable(tp: Any) -> bool:
+    """Whether :func:`ctrlab.config._convert` understands every part of a type hint (others are not checked)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    if origin is not None:
+        return origin in (typing.Union, types.UnionType, list, tuple, dict) and all(
+            a is Ellipsis or _checkable(a) for a in typing.get_args(tp))
+    return tp in (int, float, str, bool, type(None), Any)
+
+
+def _check_param_types(model: str, params: dict[str, Any]) -> None:
+    """Each hyperparameter against its annotation in the model's ``__init__`` (when it has a plain
+    one), so that ``model_params.hidden_units=abc`` names the key instead of failing deep in a layer."""
+    cls = get_model_class(model)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation this Python cannot evaluate: leave the check to the model
+        return
+    for key, value in params.items():
+        tp = hints.get(key)
+        if tp is not None and _checkable(tp):
+            _convert(value, tp, f"model_params.{key} ({cls.__name__})")
 
 
 def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -143,8 +177,107 @@ def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
 
 
 def _default_run_dir(cfg: RunConfig) -> Path:
+    """A new, unique folder ``runs/<dataset>/<model>-<time>-s<seed>-<6 hex>`` (created atomically)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / Path(cfg.dataset).stem / f"{get_model_class(cfg.model).__name__}-{stamp}-s{cfg.trainer.seed}"
+    base = Path("runs") / Path(cfg.dataset).stem / f"{get_model_class(cfg.model).__name__}-{stamp}-s{cfg.trainer.seed}"
+    return create_unique_folder(base)
+
+
+# ---- resume: the saved config, with only the overrides that cannot change the run's result ----
+RESUME_SAFE = ("trainer.epochs", "trainer.progress", "trainer.device", "trainer.num_threads",
+               "trainer.eval_batch_size", "data_dir", "cache_dir", "download", "mmap", "streaming",
+               "stream_block_rows")
+"""Settings a resumed run may change: the epoch budget, where and how it runs, where data and caches
+live. Everything else (dataset, model, hyperparameters, seed, lr, batch size, ...) is the run."""
+_NESTED = ("trainer", "model_params", "dataset_params")
+
+
+def _flat(d: dict[str, Any]) -> dict[str, Any]:
+    """``{"trainer": {"lr": 1}}`` -> ``{"trainer.lr": 1}`` (one level, for the nested sections)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if k in _NESTED and isinstance(v, dict):
+            out.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+        else:
+            out[k] = v
+    return out
+
+
+def _comparable(cfg: RunConfig) -> dict[str, Any]:
+    """A config's settings, flat, with the model's effective hyperparameters (defaults, preset,
+    overrides) in ``model_params.*`` and its canonical model name."""
+    params, _ = resolve_model_params(cfg)
+    d = {**to_dict(cfg), "model": get_model_class(cfg.model).__name__,
+         "model_params": {**default_hparams(cfg.model), **params}}
+    d.pop("preset")
+    return _flat(d)
+
+
+def _overlay(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top``'s settings over ``base``'s (the nested sections merged key by key)."""
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = {**out[k], **v} if k in _NESTED and isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _resume_config(explicit: dict[str, Any], run_dir: Path) -> tuple[RunConfig, str | None]:
+    """The run's saved config, with the explicitly given settings that a resume may change applied,
+    and a note saying which (None: none). A given setting that differs from the saved run and is not
+    in :data:`RESUME_SAFE` is refused."""
+    saved_file = run_dir / "run_config.yaml"
+    if not saved_file.exists():
+        raise FileNotFoundError(f"cannot resume: {saved_file} does not exist (pass the run folder as --output)")
+    saved = load_run_config(saved_file)
+    given = {k: v for k, v in explicit.items() if k != "output"}
+    requested = load_run_config(_overlay(to_dict(saved), given))
+    if get_model_class(requested.model) is not get_model_class(saved.model):
+        changed = ["model"]
+        old, new = {"model": saved.model}, {"model": requested.model}
+    else:
+        old, new = _comparable(saved), _comparable(requested)
+        changed = sorted(k for k in set(old) | set(new) if k != "output" and old.get(k) != new.get(k))
+    conflicts = [k for k in changed if k not in RESUME_SAFE]
+    if conflicts:
+        raise ConfigError(
+            f"cannot resume {run_dir} with a different " + ", ".join(
+                f"{k} ({old.get(k)!r} -> {new.get(k)!r})" for k in conflicts)
+            + ": a resumed run keeps its saved config (run_config.yaml). Drop these settings to resume it, or "
+            "train a new run (another --output, or --overwrite to replace this one). A resume may change only "
+            + ", ".join(RESUME_SAFE))
+    requested.output = str(run_dir)
+    note = "resume: applying " + ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in changed)
+    return requested, note if changed else None
+
+
+def _explicit_settings(source, overrides, kwargs) -> dict[str, Any]:
+    """What the caller set (config file or dict, keyword arguments, overrides), nothing defaulted."""
+    if isinstance(source, RunConfig):
+        return to_dict(source)
+    data: dict[str, Any] = load_yaml(source) if isinstance(source, (str, Path)) else dict(source or {})
+    data.update({k: v for k, v in kwargs.items() if v is not None})
+    return apply_overrides(data, overrides or [])
+
+
+def _on_rank0(ctx: DistContext, fn):
+    """``fn()`` on rank 0 only; when it fails every rank raises (a rank never waits in a collective
+    that rank 0 will not join)."""
+    result, error = None, None
+    if ctx.is_main:
+        try:
+            result = fn()
+        except Exception as exc:
+            error = exc
+    if ctx.active:
+        import torch
+
+        from .train.distributed import all_sum
+
+        if all_sum(ctx, torch.tensor(float(error is not None))).item() > 0 and error is None:
+            raise RunFolderError("rank 0 stopped before training (its error names the cause)")
+    if error is not None:
+        raise error
+    return result
 
 
 def _loaders(data: PreparedData, tcfg: TrainerConfig, ctx: DistContext = SINGLE) -> dict[str, BatchLoader]:
@@ -164,12 +297,19 @@ def train(
     log=print,
     callbacks=(),
     distributed: bool | None = None,
+    overwrite: bool = False,
     **kwargs,
 ) -> RunResult:
     """Train and evaluate one model on one dataset; returns the run folder and metrics.
 
+    The run folder is locked while the run trains (a second run on it fails at once, naming the
+    holder's pid), and a folder that already holds a run is refused (see :mod:`ctrlab.run_folder`)
+    unless ``resume`` or ``overwrite``.
     With ``resume=True`` and an existing ``output`` folder, continues that run from its last
-    checkpoint, with the run's saved config (the final numbers equal an uninterrupted run's).
+    checkpoint, with the run's saved config and feature map (the final numbers equal an
+    uninterrupted run's). Settings given with a resume must match the saved run, except those in
+    :data:`RESUME_SAFE` (e.g. a larger ``trainer.epochs``), which are applied and logged.
+    ``overwrite=True`` deletes the run in ``output`` and trains anew.
     ``callbacks`` are passed to the :class:`~ctrlab.train.Trainer` (``cb(trainer, record)`` after
     every epoch; the results store and Optuna's pruning use them).
     ``distributed``: data-parallel over the ranks torchrun started (None: whenever this process was
@@ -179,47 +319,77 @@ def train(
         cfg = config
     else:
         cfg = load_run_config(config, overrides, **kwargs)
+    explicit = _explicit_settings(config, overrides, kwargs) if resume else {}
     ctx = setup_distributed(distributed, cfg.trainer.device)
     try:
-        return _train(cfg, resume, log if ctx.is_main else (lambda *a, **k: None), callbacks, ctx)
+        return _train(cfg, resume, overwrite, explicit, log if ctx.is_main else (lambda *a, **k: None), callbacks,
+                      ctx)
     finally:
         teardown_distributed(ctx)
 
 
-def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> RunResult:
-    run_dir = Path(cfg.output) if cfg.output else _default_run_dir(cfg)
+def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, Any], log, callbacks,
+           ctx: DistContext) -> RunResult:
     if ctx.active and not cfg.output:
         raise ConfigError("distributed training needs an explicit output folder (--output): every rank "
                           "must name the same run folder")
+    if resume and not cfg.output:
+        raise ConfigError("--resume needs the run folder to continue (--output RUN)")
+    resume_note = None
     if resume:
-        saved = run_dir / "run_config.yaml"
-        if not saved.exists():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist (pass the run folder as --output)")
-        cfg = load_run_config(saved)
-        cfg.output = str(run_dir)
-    if ctx.is_main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-
-    seed_everything(cfg.trainer.seed)
+        cfg, resume_note = _resume_config(explicit, Path(cfg.output))
+        if resume_note:
+            log(f"[ctrlab] {resume_note}")
+    # everything that can be checked without data, before a folder is created or locked
+    params, preset_source = resolve_model_params(cfg)
     dcfg = dataset_config(cfg)
+
+    def take_folder():
+        run_dir = Path(cfg.output) if cfg.output else _default_run_dir(cfg)
+        lock = claim(run_dir, resume=resume, overwrite=overwrite, log=log)
+        try:  # the config first: a read-only or full disk fails here, not after an epoch
+            saved_cfg = resolved_config(cfg, run_dir)
+            (run_dir / "run_config.yaml").write_text(
+                f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
+                + yaml.safe_dump(saved_cfg, sort_keys=False)
+            )
+            (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+            if resume_note:  # in the run's own log too, beside the trainer's lines
+                with open(run_dir / "train.log", "a", encoding="utf-8") as f:
+                    f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {resume_note}\n")
+        except BaseException:
+            lock.release()
+            raise
+        return run_dir, lock
+
+    run_dir, lock = _on_rank0(ctx, take_folder) or (Path(cfg.output), None)
+    try:
+        return _fit_and_evaluate(cfg, dcfg, params, preset_source, run_dir, resume, log, callbacks, ctx)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any], preset_source: str | None,
+                      run_dir: Path, resume: bool, log, callbacks, ctx: DistContext) -> RunResult:
+    # a resumed run encodes with its own feature map, whatever the train file holds now
+    saved_map = run_dir / "feature_map.json"
+    run_map = FeatureMap.load(saved_map) if resume and saved_map.exists() else None
+    seed_everything(cfg.trainer.seed)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 encodes (or finds) the cache first; the others then read it
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows)
+                   block_rows=cfg.stream_block_rows, feature_map=run_map)
     if ctx.is_main:
         ctx.barrier()
-    params, preset_source = resolve_model_params(cfg)
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
-    model = create(cfg.model, data.feature_map, **params)
+    model = _build(cfg.model, data.feature_map, params)
 
-    saved_cfg = resolved_config(cfg, run_dir)
-    if ctx.is_main:
-        (run_dir / "run_config.yaml").write_text(
-            f"# Resolved run config (preset {preset_source or 'none'} merged into model_params).\n"
-            + yaml.safe_dump(saved_cfg, sort_keys=False)
-        )
-        (run_dir / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
-        data.feature_map.save(run_dir / "feature_map.json")
+    def write_map():
+        data.feature_map.save(saved_map)
+        check_free_space(run_dir, model.count_parameters())
+
+    _on_rank0(ctx, write_map)
 
     loaders = _loaders(data, cfg.trainer, ctx)
     trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks, dist=ctx)
@@ -229,7 +399,13 @@ def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> Ru
         + (f", data-parallel over {ctx.world_size} ranks ({ctx.backend})" if ctx.active else "")
     )
     t0 = time.time()
-    history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)
+    from safetensors import SafetensorError
+
+    try:
+        history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)
+    except SafetensorError as exc:  # only checkpoint files are read during fit
+        raise CheckpointError(f"a checkpoint file in {trainer.ckpt_dir} is damaged or truncated ({exc}); the run "
+                              "cannot continue from it: train it again with --overwrite") from exc
     train_seconds = time.time() - t0
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):
@@ -260,6 +436,17 @@ def _train(cfg: RunConfig, resume: bool, log, callbacks, ctx: DistContext) -> Ru
     return RunResult(run_dir, summary, history)
 
 
+def _build(model: str, fmap: FeatureMap, params: dict[str, Any]):
+    """``create`` with an error that names the model and its hyperparameters when they do not fit."""
+    try:
+        return create(model, fmap, **params)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"model_params: {get_model_class(model).__name__} cannot be built with {params}: "
+                          f"{type(exc).__name__}: {exc}") from exc
+
+
 # ---- using a finished run -------------------------------------------------------------------
 def load_run(run_dir: str | Path):
     """(model, feature_map, dataset_config, run_config) of a finished run, weights loaded."""
@@ -273,10 +460,11 @@ def load_run(run_dir: str | Path):
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
-    """Re-evaluate a finished run on its dataset's splits."""
+    """Re-evaluate a finished run on its dataset's splits, encoded with the run's feature map."""
     model, fmap, dcfg, cfg = load_run(run_dir)
+    # the run's own feature map, as predict uses it: never one re-fitted on today's train file
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows)
+                   block_rows=cfg.stream_block_rows, feature_map=fmap)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     loaders = _loaders(data, cfg.trainer)
     return {s: trainer.evaluate(loaders[s]) for s in splits if s in loaders}

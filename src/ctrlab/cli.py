@@ -33,7 +33,7 @@ def cmd_train(args) -> int:
         overrides.append(f"trainer.seed={args.seed}")
     if args.epochs is not None:
         overrides.append(f"trainer.epochs={args.epochs}")
-    result = train(args.config, overrides=overrides, resume=args.resume,
+    result = train(args.config, overrides=overrides, resume=args.resume, overwrite=args.overwrite,
                    distributed=True if args.distributed else None, **kwargs)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports
@@ -161,10 +161,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--config", help="run config YAML (dataset, model, model_params, trainer, ...)")
     t.add_argument("--preset", help="hyperparameter preset: auto (BARS-tuned when shipped, the default), none, or a YAML")
     t.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. trainer.lr=1e-3")
-    t.add_argument("--output", help="run folder (default runs/<dataset>/<model>-<time>-s<seed>)")
+    t.add_argument("--output", help="run folder (default: a new runs/<dataset>/<model>-<time>-s<seed>-<hex>); "
+                   "a folder that already holds a run is refused unless --resume or --overwrite")
     t.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
     t.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N")
-    t.add_argument("--resume", action="store_true", help="continue the run in --output from its last checkpoint")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its last checkpoint, with its saved config; only "
+                        "--epochs and where/how it runs (device, threads, progress, data/cache folders) may change")
+    t.add_argument("--overwrite", action="store_true",
+                   help="delete the run already in --output and train anew (never clears a folder that is not a run)")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel training under torchrun (also automatic whenever torchrun started the "
                         "process): torchrun --standalone --nproc-per-node N -m ctrlab.cli train ...")
@@ -194,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="onnx (ONNX Runtime; default) or torch (safetensors weights, model rebuilt by name)")
     ex.add_argument("--output", help="artifact folder (default RUN/export-FORMAT)")
     ex.add_argument("--opset", type=int, default=17, help="ONNX opset (default %(default)s)")
-    ex.add_argument("--overwrite", action="store_true", help="replace an existing artifact folder")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace an existing artifact folder (one with a manifest.json; never a run or other folder)")
     ex.set_defaults(func=cmd_export)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
@@ -255,20 +261,30 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Known errors print one ``ctrlab: error:`` line (no traceback; set
+    ``CTRLAB_DEBUG=1`` for it): exit code 2 for bad input (config, data, run folder, artifact),
+    1 for what went wrong while running (unreadable checkpoint or weights, the disk)."""
     args = build_parser().parse_args(argv)
+    from safetensors import SafetensorError
+
     from .bench.store import StoreError
     from .config import ConfigError
     from .data.errors import DataError
     from .serve.artifact import ArtifactError
+    from .train.trainer import CheckpointError
 
     try:
         return args.func(args)
-    except (ConfigError, DataError, StoreError, ArtifactError, FileNotFoundError, ValueError) as exc:
+    except (ConfigError, DataError, StoreError, ArtifactError, FileNotFoundError, ValueError,
+            CheckpointError, SafetensorError, OSError) as exc:
         if os.environ.get("CTRLAB_DEBUG"):
             raise
-        print(f"ctrlab: error: {exc}", file=sys.stderr)
+        # ConfigError, DataError, ArtifactError, RunFolderError are ValueErrors
+        bad_input = isinstance(exc, (ValueError, FileNotFoundError, StoreError))
+        what = "" if bad_input or isinstance(exc, CheckpointError) else f"{type(exc).__name__}: "
+        print(f"ctrlab: error: {what}{exc}".replace("\n", " "), file=sys.stderr)
         print("ctrlab: (set CTRLAB_DEBUG=1 for the full traceback)", file=sys.stderr)
-        return 2
+        return 2 if bad_input else 1
 
 
 if __name__ == "__main__":

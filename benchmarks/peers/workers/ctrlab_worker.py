@@ -185,7 +185,7 @@ def task_auc(cfg: dict, perf: dict) -> dict:
                  f"trainer.num_threads={int(cfg.get('threads', 2))}", "preset=none"]
     res = train(dataset="frappe_x1_subset", model=name, output=str(Path(cfg.get("work_dir") or tempfile.mkdtemp()) / "auc"),
                 overrides=overrides + [f"model_params.{k}={json.dumps(v)}" for k, v in params.items()],
-                log=lambda *a: None)
+                overwrite=True, log=lambda *a: None)  # a scratch folder, reused across models
     return {"test_auc": res.metrics["test"]["AUC"], "epochs": res.metrics["epochs"]}
 
 

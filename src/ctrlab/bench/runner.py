@@ -130,7 +130,9 @@ def run_job(job: Job, db: str, fresh: bool = False, callbacks=()) -> JobOutcome:
                 how = "adopted"
             else:
                 cfg = load_run_config(job.config)
-                res = train(cfg, resume=resumable, log=lambda *a: None,
+                # the plan owns the job's folder: what is there and not resumable (another config, a
+                # --fresh rerun) is replaced (run_folder never clears a folder that is not a run)
+                res = train(cfg, resume=resumable, overwrite=not resumable, log=lambda *a: None,
                             callbacks=[lambda trainer, record: store.record_epoch(job.key, record), *callbacks])
                 metrics, history = res.metrics, res.history
                 how = "resumed" if resumable else "trained"

@@ -17,6 +17,7 @@ Batches (see :mod:`ctrlab.data.loader`) are dicts of tensors keyed as follows:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -155,4 +156,86 @@ class FeatureMap:
 
     @classmethod
     def load(cls, path: str | Path) -> "FeatureMap":
-        return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        """Read a saved map, checked by :func:`validate_feature_map_dict` (a malformed file raises a
+        :class:`~ctrlab.data.errors.DataError` naming the field and key, not a KeyError later)."""
+        try:
+            d = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            from .errors import DataError
+
+            raise DataError(f"not a valid feature map JSON file ({exc})", file=path,
+                            fix="train or export the run again (feature_map.json is written by ctrlab)") from None
+        validate_feature_map_dict(d, path)
+        return cls.from_dict(d)
+
+
+_FIELD_KINDS = {"categorical": CategoricalField, "numeric": NumericField, "sequences": SequenceField,
+                "dense": DenseField}
+_ENCODER_KINDS = {"categorical": {"categorical"}, "numeric": {"numeric"}, "sequences": {"sequence"},
+                  "dense": {"dense_vector"}}
+
+
+def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
+    """Structural checks of a saved feature map: every field entry has its keys, with the right types;
+    every field has a fitted encoder state of its kind (vocabulary sizes agreeing with the fields),
+    and shared sequences name a categorical field. Raises a DataError naming the field and key."""
+    from .errors import DataError
+
+    fix = "train or export the run again (feature_map.json is written by ctrlab and must not be edited)"
+
+    def bad(problem: str):
+        return DataError(problem, file=path, fix=fix)
+
+    if not isinstance(d, dict):
+        raise bad(f"expected a JSON object, got {type(d).__name__}")
+    encoders = d.get("encoders", {})
+    if not isinstance(encoders, dict):
+        raise bad("'encoders' must be an object of fitted states by feature name")
+    names: set[str] = set()
+    categorical: set[str] = set()
+    for section, cls in _FIELD_KINDS.items():
+        entries = d.get(section, [])
+        if not isinstance(entries, list):
+            raise bad(f"{section!r} must be a list of fields")
+        required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
+        allowed = {f.name for f in dataclasses.fields(cls)}
+        for i, entry in enumerate(entries):
+            where = f"{section}[{i}]" + (f" ({entry.get('name')!r})" if isinstance(entry, dict) else "")
+            if not isinstance(entry, dict):
+                raise bad(f"{where} must be an object")
+            missing, unknown = sorted(required - set(entry)), sorted(set(entry) - allowed)
+            if missing or unknown:
+                problems = ([f"missing key(s) {missing}"] if missing else []) + (
+                    [f"unknown key(s) {unknown}"] if unknown else [])
+                raise bad(f"{where}: " + "; ".join(problems))
+            for key in ("vocab_size", "max_len", "dim"):
+                if key in entry and (not isinstance(entry[key], int) or isinstance(entry[key], bool) or entry[key] < 1):
+                    raise bad(f"{where}: {key!r} must be a positive integer, got {entry[key]!r}")
+            name = entry["name"]
+            if not isinstance(name, str) or name in names:
+                raise bad(f"{where}: 'name' must be a string naming one field, got {name!r}")
+            names.add(name)
+            if section == "categorical":
+                categorical.add(name)
+            if section == "sequences" and entry.get("shares") is not None and entry["shares"] not in categorical:
+                raise bad(f"{where}: 'shares' names {entry['shares']!r}, which is not a categorical field")
+            if not encoders:
+                continue  # a map built by hand (FeatureMap.from_fields) has no encoder states
+            state = encoders.get(name)
+            if not isinstance(state, dict) or not isinstance(state.get("spec"), dict):
+                raise bad(f"{where}: 'encoders' has no fitted state (with a 'spec') for {name!r}")
+            kind = state["spec"].get("kind")
+            if kind not in _ENCODER_KINDS[section] and not (kind == "numeric" and entry.get("origin") == "bucketized"):
+                raise bad(f"encoders[{name!r}]: 'spec.kind' is {kind!r}, the field is in {section!r}")
+            vocab = state.get("vocab")
+            if vocab is not None and not isinstance(vocab, list):
+                raise bad(f"encoders[{name!r}]: 'vocab' must be a list, got {type(vocab).__name__}")
+            if section == "categorical" and kind == "categorical" and vocab is not None \
+                    and not state["spec"].get("hash_buckets") and entry["vocab_size"] != len(vocab) + 2:
+                raise bad(f"{where}: 'vocab_size' {entry['vocab_size']} does not match encoders[{name!r}] "
+                          f"(a vocabulary of {len(vocab)} tokens + padding and OOV)")
+            if entry.get("origin") == "bucketized" and not isinstance(state.get("boundaries"), list):
+                raise bad(f"encoders[{name!r}]: a bucketized field needs its 'boundaries' list")
+    labels = d.get("labels", ["label"])
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise bad(f"'labels' must be a non-empty list of column names, got {labels!r}")

@@ -215,6 +215,11 @@ def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None 
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def feature_map_digest(fmap: FeatureMap) -> str:
+    """sha256 of a feature map's content (fields and fitted encoder states)."""
+    return hashlib.sha256(json.dumps(fmap.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
 @dataclass
 class PreparedData:
     """Encoded splits plus the feature map that describes them."""
@@ -236,8 +241,13 @@ def prepare(
     log=print,
     streaming: bool = False,
     block_rows: int = DEFAULT_BLOCK_ROWS,
+    feature_map: FeatureMap | None = None,
 ) -> PreparedData:
     """Fit on train, encode all splits, cache them; reuse the cache when nothing changed.
+
+    ``feature_map``: encode every split with this (already fitted) map instead of fitting one on
+    train: how a run is evaluated or resumed, whatever the train file holds now. The map's content
+    is part of the cache key; the fitted cache is reused when its map is this one.
 
     ``streaming``: preprocess csv/tsv/parquet files block by block (``block_rows`` rows at a time)
     in two passes, with memory bounded by a block and the vocabularies instead of the file
@@ -255,6 +265,12 @@ def prepare(
     memo_dir = root / "fingerprints"  # the sources' sha256, remembered per file identity
     key = cache_key(cfg, files, memo_dir)
     folder = root / "encoded" / f"{cfg.name}-{key}"
+    if feature_map is not None:
+        digest = feature_map_digest(feature_map)
+        fitted = folder / "manifest.json"
+        if rebuild or not fitted.exists() or feature_map_digest(FeatureMap.load(folder / "feature_map.json")) != digest:
+            key = hashlib.sha256(f"{key}:{digest}".encode()).hexdigest()[:16]
+            folder = root / "encoded" / f"{cfg.name}-{key}"
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
         splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
@@ -272,14 +288,14 @@ def prepare(
     encoded: dict[str, EncodedSplit] = {}
     if streaming and cfg.format in STREAM_FORMATS:
         log(f"[ctrlab] encoding dataset {cfg.name!r} in blocks of {block_rows:,} rows (streaming) -> {folder}")
-        fmap, counts = _encode_streaming(cfg, files, columns, tmp, block_rows, log)
+        fmap, counts = _encode_streaming(cfg, files, columns, tmp, block_rows, log, feature_map)
         mmap = True  # the point of streaming: the splits need not fit in memory
     else:
         if streaming:
             log(f"[ctrlab] format {cfg.format} is not streamed; reading each split whole")
         log(f"[ctrlab] encoding dataset {cfg.name!r} -> {folder}")
         train_df = read_split(cfg, files["train"], columns)
-        fmap = fit_feature_map(cfg, train_df, files["train"])
+        fmap = feature_map or fit_feature_map(cfg, train_df, files["train"])
         encoders = load_encoders(fmap)
         # train first, wherever `files` lists it (yaml sorts keys): its raw frame is dropped once encoded
         for split, p in sorted(files.items(), key=lambda item: item[0] != "train"):
@@ -316,16 +332,16 @@ def prepare(
 
 
 def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[str], out: Path,
-                      block_rows: int, log) -> tuple[FeatureMap, dict[str, int]]:
-    """Fit on train and encode every split block by block into ``out/<split>/*.npy``
-    (:mod:`ctrlab.data.streaming`)."""
+                      block_rows: int, log, feature_map: FeatureMap | None = None) -> tuple[FeatureMap, dict[str, int]]:
+    """Fit on train (unless ``feature_map`` is given) and encode every split block by block into
+    ``out/<split>/*.npy`` (:mod:`ctrlab.data.streaming`)."""
 
     def fit(numbers: bool):
         encoders = _make_encoders(cfg)
         fit_streaming(cfg, files["train"], columns, encoders, block_rows, numbers)
         return encoders
 
-    fmap = describe(cfg, with_text_fallback(cfg, fit))
+    fmap = feature_map or describe(cfg, with_text_fallback(cfg, fit))
     encoders = load_encoders(fmap)
     counts: dict[str, int] = {}
     for split, p in files.items():

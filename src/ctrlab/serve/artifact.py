@@ -164,7 +164,14 @@ def load_trained_run(run_dir: Path):
     fmap = FeatureMap.load(run_dir / "feature_map.json")
     dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
     model = create(cfg["model"], fmap, **(cfg.get("model_params") or {}))
-    model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    from safetensors import SafetensorError
+
+    try:
+        model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
+    except (SafetensorError, RuntimeError, OSError) as exc:  # corrupt / truncated file, or other tensors
+        raise ArtifactError(f"{run_dir / 'model.safetensors'} cannot be loaded into {cfg['model']} "
+                            f"({type(exc).__name__}: {str(exc)[:200]}); the file is damaged or from another "
+                            "run: train the run again") from None
     model.eval()
     metrics_file = run_dir / "metrics.json"
     metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
@@ -266,6 +273,10 @@ def export_run(
     out = Path(output) if output else run_dir / f"export-{format}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ArtifactError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
+    if out.exists() and any(out.iterdir()) and not (out / "manifest.json").is_file():
+        # --overwrite replaces an artifact, never a run folder (or anything else) given as --output
+        raise ArtifactError(f"{out} is not a ctrlab artifact folder (no manifest.json), so --overwrite does not "
+                            "replace it; choose another --output")
     model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
