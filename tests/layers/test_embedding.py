@@ -160,3 +160,32 @@ def test_row_lookup_matches_nn_embedding_bit_for_bit():
     assert "Embedding" in type(lookup(table, ids).grad_fn).__name__
     with torch.no_grad():  # inference: no graph at all
         assert lookup(table, ids).grad_fn is None
+
+
+def test_out_of_range_ids_raise_naming_the_field():
+    """Issue 14.1: an id encoded with a grown vocabulary (>= the field's vocab size) used to read
+    the next field's rows silently; now it raises, naming the field and the sizes."""
+    emb = FeatureEmbedding(FMAP, 4)
+    b = _batch()
+    b["cat"][2, 0] = 7  # user has 7 ids (0..6): id 7 is item's row 0 in the fused table
+    with pytest.raises(IndexError, match=r"'user'.*7.*vocab_size 7"):
+        emb(b)
+    with pytest.raises(IndexError, match="'user'"):
+        emb.categorical_embedding(b, "user")
+    b = _batch()
+    b["cat"][0, 2] = -1
+    with pytest.raises(IndexError, match="'ctx'.*-1"):
+        emb(b)
+    b = _batch()
+    b["seq:tags"][1, 1] = 9  # own vocabulary of 9 ids
+    with pytest.raises(IndexError, match="'tags'.*9"):
+        emb(b)
+    b = _batch()
+    b["seq:hist"][1, 1] = 11  # shares item's 11 rows
+    with pytest.raises(IndexError, match="'hist'"):
+        emb.sequence_embedding(b, "hist")
+    with pytest.raises(IndexError, match="'user'"):  # the subset layers check too
+        b = _batch()
+        b["cat"][0, 0] = 100
+        LinearLogit(FMAP)(b)
+    emb(_batch())  # in-range ids pass

@@ -36,6 +36,40 @@ class _RowLookup(torch.autograd.Function):
         return grad_weight, None
 
 
+def _ids_checked() -> bool:
+    """Whether ids are range-checked: not while tracing/compiling a graph (ONNX export,
+    torch.compile), where the check's data-dependent branch cannot be recorded."""
+    return not (torch.jit.is_tracing() or torch.compiler.is_compiling())
+
+
+def check_id_range(ids: torch.Tensor, sizes: torch.Tensor | int, names: list[str]) -> None:
+    """Raise ``IndexError`` naming the field when an id of column ``k`` of ``ids`` (``(B, K)``) is
+    outside ``[0, sizes[k])``; with one name and an int size, every id of ``ids`` is checked.
+
+    Each field owns a block of rows of a fused table, so such an id would silently read another
+    field's row. One min/max reduction per batch (``aminmax``), about 1% of a training step."""
+    if ids.numel() == 0 or not _ids_checked():
+        return
+    if isinstance(sizes, int):
+        lo, hi = torch.aminmax(ids)
+        if 0 <= int(lo) and int(hi) < sizes:
+            return
+        k, lo, hi, size = 0, int(lo), int(hi), sizes
+    else:
+        lo, hi = torch.aminmax(ids, dim=0)
+        bad = (lo < 0) | (hi >= sizes)
+        if not bool(bad.any()):
+            return
+        k = int(bad.nonzero()[0, 0])
+        lo, hi, size = int(lo[k]), int(hi[k]), int(sizes[k])
+    value = lo if lo < 0 else hi
+    raise IndexError(
+        f"field {names[k]!r}: id {value} is outside its vocabulary (vocab_size {size}: ids 0..{size - 1}). "
+        "The batch was encoded with another feature map than the model's (e.g. a vocabulary refitted "
+        "on other data); encode inputs with the run's own feature_map.json"
+    )
+
+
 def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Rows of ``table`` for ``ids`` (any shape) -> ``(*ids.shape, dim)``: ``table(ids)``, with the
     faster backward of :class:`_RowLookup` for dense gradients on CPU (sparse tables, other
@@ -66,7 +100,8 @@ class FeatureEmbedding(nn.Module):
     Per-field ``embedding_dim`` overrides in the feature map are not supported: a field whose
     override differs from ``embedding_dim`` raises ``ValueError`` (pass
     ``check_field_dims=False`` to ignore overrides, as :class:`LinearLogit` does).
-    Ids are not range-checked: an id >= the field's vocab size would read another field's row.
+    Ids are range-checked (:func:`check_id_range`): an id outside a field's vocabulary raises
+    ``IndexError`` naming the field instead of reading another field's rows.
     """
 
     def __init__(
@@ -106,20 +141,23 @@ class FeatureEmbedding(nn.Module):
         # ---- rows of the fused table -------------------------------------------------------
         rows = 0
         block: dict[str, int] = {}  # categorical field name -> its first row
-        cat_cols, cat_offsets = [], []
+        cat_cols, cat_offsets, cat_sizes = [], [], []
         self.cat_names: list[str] = []
         for i, f in enumerate(fmap.categorical):
             if f.name in wanted:
                 block[f.name] = rows
                 cat_cols.append(i)
                 cat_offsets.append(rows)
+                cat_sizes.append(int(f.vocab_size))
                 self.cat_names.append(f.name)
                 rows += int(f.vocab_size)
         self.seq_names: list[str] = []
         self._seq_offset: dict[str, int] = {}
+        self._seq_size: dict[str, int] = {}
         for s in fmap.sequences:
             if s.name not in wanted:
                 continue
+            self._seq_size[s.name] = int(s.vocab_size)
             if s.shares is not None:
                 shared = next((c for c in fmap.categorical if c.name == s.shares), None)
                 if shared is None:
@@ -142,6 +180,7 @@ class FeatureEmbedding(nn.Module):
         self.embedding = nn.Embedding(rows, dim) if rows > 0 else None
         self.register_buffer("cat_cols", torch.tensor(cat_cols, dtype=torch.long), persistent=False)
         self.register_buffer("cat_offsets", torch.tensor(cat_offsets, dtype=torch.long), persistent=False)
+        self.register_buffer("cat_sizes", torch.tensor(cat_sizes, dtype=torch.long), persistent=False)
         self._all_cat = cat_cols == list(range(len(fmap.categorical)))
 
         # ---- numeric and dense -------------------------------------------------------------
@@ -172,14 +211,17 @@ class FeatureEmbedding(nn.Module):
         """``(B, D)`` embedding of one categorical field."""
         if name not in self.cat_names:
             raise KeyError(f"{name!r} is not a categorical field of this embedding: {self.cat_names}")
-        col = int(self.cat_cols[self.cat_names.index(name)])
-        return lookup(self.embedding, batch["cat"][:, col] + self._cat_block[name])
+        k = self.cat_names.index(name)
+        ids = batch["cat"][:, int(self.cat_cols[k])]
+        check_id_range(ids.unsqueeze(1), self.cat_sizes[k:k + 1], [name])
+        return lookup(self.embedding, ids + self._cat_block[name])
 
     def sequence_embedding(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``((B, L, D), mask (B, L))`` for sequence ``name``; padded positions are zero vectors."""
         if name not in self._seq_offset:
             raise KeyError(f"{name!r} is not a sequence of this embedding: {self.seq_names}")
         ids = batch["seq:" + name]
+        check_id_range(ids, self._seq_size[name], [name])
         mask = sequence_mask(ids)
         emb = lookup(self.embedding, ids + self._seq_offset[name])
         return emb * mask.unsqueeze(-1).to(emb.dtype), mask
@@ -189,6 +231,7 @@ class FeatureEmbedding(nn.Module):
         parts = []
         if self.cat_names:
             cat = batch["cat"] if self._all_cat else batch["cat"][:, self.cat_cols]
+            check_id_range(cat, self.cat_sizes, self.cat_names)
             parts.append(lookup(self.embedding, cat + self.cat_offsets))  # (B, n_cat, D)
         if self.numeric is not None:
             num = batch["num"] if self._all_num else batch["num"][:, self.num_cols]
