@@ -338,3 +338,13 @@ def test_gz_and_plain_give_same_cache_content(tmp_path):
     for split in ("train", "test"):
         for k, v in plain.splits[split].arrays.items():
             np.testing.assert_array_equal(gz.splits[split].arrays[k], v)
+
+
+def test_feature_map_keeps_the_configs_field_order(tmp_path):
+    """Issue 14.13: the fitted map records the dataset config's feature order (what a model's
+    embedding stacks), not the kind-grouped order; a bucketized numeric stays in its place."""
+    cfg, train, test = parquet_dataset(tmp_path)
+    cfg.features = [cfg.features[i] for i in (2, 0, 4, 3, 5, 1)]  # price, item, hist, price_b, vec, user
+    fmap = pipeline.fit_feature_map(cfg, train)
+    assert fmap.field_names() == ["price", "item", "hist", "price_b", "vec", "user"]
+    assert FeatureMap.from_dict(json.loads(json.dumps(fmap.to_dict()))).field_names() == fmap.field_names()

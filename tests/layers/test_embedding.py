@@ -189,3 +189,45 @@ def test_out_of_range_ids_raise_naming_the_field():
         b["cat"][0, 0] = 100
         LinearLogit(FMAP)(b)
     emb(_batch())  # in-range ids pass
+
+
+@pytest.mark.parametrize("dim", [1, 10])
+def test_numeric_vectors_start_xavier_normal_like_fuxictr(dim):
+    """Issue 14.13: FuxiCTR embeds a numeric field with ``nn.Linear(1, D, bias=False)``, which
+    its ``reset_parameters`` Xavier-normal initialises: std ``sqrt(2 / (1 + D))`` (1 for the LR
+    term's D = 1), not the N(0, 1e-4²) of the categorical rows."""
+    torch.manual_seed(0)
+    fmap = FeatureMap.from_fields({"a": 2000}, numeric=[f"n{i}" for i in range(4000)])
+    emb = FeatureEmbedding(fmap, dim)
+    want = (2.0 / (1 + dim)) ** 0.5
+    assert abs(emb.numeric.weight.std().item() / want - 1) < 0.03
+    assert abs(emb.embedding.weight.std().item() - 1e-4) < 1e-5  # categorical rows unchanged
+
+
+def test_fields_follow_the_feature_maps_order():
+    """Issue 14.13: a map built from a dataset config lists its fields in the config's order
+    (``field_order``), and the embedding stacks them in that order (FuxiCTR stacks fields in its
+    feature_cols order; FGCNN's convolutions see neighbours in that order). A map saved before
+    (no ``field_order``) keeps the old kind-grouped layout."""
+    fmap = FeatureMap.from_fields({"user": 7, "item": 11}, numeric=["price"], sequences={"hist": (4, "item")})
+    assert fmap.field_names() == ["user", "item", "price", "hist"]  # no order given: by kind
+    fmap.field_order = ["price", "item", "hist", "user"]
+    assert fmap.field_names() == ["price", "item", "hist", "user"]
+    emb = FeatureEmbedding(fmap, 3)
+    assert emb.field_names == ["price", "item", "hist", "user"]
+    b = {"cat": torch.tensor([[1, 2], [3, 4]]), "num": torch.tensor([[0.5], [2.0]]),
+         "seq:hist": torch.tensor([[0, 0, 2, 3], [1, 1, 1, 1]])}
+    out = emb(b)
+    torch.testing.assert_close(out[:, 0], b["num"] * emb.numeric.weight[0])
+    torch.testing.assert_close(out[:, 1], emb.categorical_embedding(b, "item"))
+    torch.testing.assert_close(out[:, 3], emb.categorical_embedding(b, "user"))
+    sub = FeatureEmbedding(fmap, 3, fields=["user", "price"])
+    assert sub.field_names == ["price", "user"]
+    # JSON round trip keeps the order; an old map (no field_order key) loads with the kind order
+    d = fmap.to_dict()
+    assert FeatureMap.from_dict(d).field_names() == ["price", "item", "hist", "user"]
+    d.pop("field_order")
+    assert FeatureMap.from_dict(d).field_names() == ["user", "item", "price", "hist"]
+    fmap.field_order = ["price", "item", "user"]  # inconsistent with the fields: clear error
+    with pytest.raises(ValueError, match="field_order.*hist"):
+        fmap.field_names()

@@ -65,3 +65,24 @@ def test_low_rank_mixture_and_tower_overrides(cat_map):
 def test_bad_structure(cat_map):
     with pytest.raises(ValueError, match="model_structure"):
         create("DCNv2", cat_map, model_structure="serial")
+
+
+def test_low_rank_mixture_init_matches_fuxictr_whole_tensor_xavier():
+    """Issue 14.13: FuxiCTR's (and DeepCTR-Torch's) CrossNetMix runs ``xavier_normal_`` on each
+    layer's whole ``(E, rows, cols)`` tensor: torch's fans of a 3-D tensor are
+    ``fan_in = rows·cols``, ``fan_out = E·cols``. The old per-expert init was ~9x larger here.
+    Each expert's gate is a ``Linear(d, 1)`` (Xavier: ``2 / (d + 1)``); biases start at 0."""
+    from ctrlab.layers import CrossNetV2
+
+    torch.manual_seed(0)
+    d, r, E, L = 400, 32, 4, 3
+    net = CrossNetV2(d, L, low_rank=r, num_experts=E)
+
+    def xavier_std(rows, cols):
+        return (2.0 / (rows * cols + E * cols)) ** 0.5
+
+    for name, want in (("U", xavier_std(d, r)), ("V", xavier_std(d, r)), ("C", xavier_std(r, r))):
+        got = torch.stack(list(getattr(net, name))).std().item()
+        assert abs(got / want - 1) < 0.03, (name, got, want)
+    assert abs(net.gate.weight.std().item() / (2.0 / (d + 1)) ** 0.5 - 1) < 0.05
+    assert all(b.abs().sum() == 0 for b in net.bias)

@@ -67,6 +67,10 @@ class FeatureMap:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Fitted state per feature name (vocabulary, normaliser statistics, bucket edges)."""
     version: int = 1
+    field_order: list[str] | None = None
+    """Every field's name in the dataset config's feature order: the order a model's embedding
+    stacks the fields in (as FuxiCTR does). None (maps written before it existed, maps built
+    with :meth:`from_fields`): grouped by kind, categorical, numeric, sequences, dense."""
 
     # ---- lookups -------------------------------------------------------------------------
     @property
@@ -81,13 +85,22 @@ class FeatureMap:
         raise KeyError(f"{name!r} is not a categorical field; fields are {[f.name for f in self.categorical]}")
 
     def field_names(self) -> list[str]:
-        """All field names in the order a FeatureEmbedding stacks them."""
-        return (
+        """All field names in the order a FeatureEmbedding stacks them: ``field_order`` if set,
+        else grouped by kind."""
+        by_kind = (
             [f.name for f in self.categorical]
             + [f.name for f in self.numeric]
             + [f.name for f in self.sequences]
             + [f.name for f in self.dense]
         )
+        if self.field_order is None:
+            return by_kind
+        if sorted(self.field_order) != sorted(by_kind):
+            raise ValueError(
+                f"feature map {self.dataset!r}: field_order {list(self.field_order)} does not list exactly "
+                f"its fields {by_kind}; refit the feature map (or remove field_order to stack by kind)"
+            )
+        return list(self.field_order)
 
     # ---- construction for tests and synthetic data ----------------------------------------
     @classmethod
@@ -137,6 +150,7 @@ class FeatureMap:
             group_field=d.get("group_field"),
             encoders=d.get("encoders", {}),
             version=d.get("version", 1),
+            field_order=d.get("field_order"),
         )
 
     def save(self, path: str | Path) -> None:

@@ -120,6 +120,7 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
             )
         else:
             fmap.dense.append(DenseField(spec.name, spec.dim))
+    fmap.field_order = [spec.name for spec in cfg.features]  # models stack fields in this order
     fmap.encoders = {name: enc.state() for name, enc in encoders.items()}
     return fmap
 

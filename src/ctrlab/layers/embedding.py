@@ -11,7 +11,8 @@ from .mlp import init_linear
 from .sequence import SequencePooling, sequence_mask
 
 EMBEDDING_INIT_STD = 1e-4
-"""FuxiCTR initialises embedding rows from N(0, 1e-4²)."""
+"""FuxiCTR initialises embedding rows from N(0, 1e-4²) (numeric-field vectors: Xavier, see
+:meth:`FeatureEmbedding.reset_parameters`)."""
 
 
 class _RowLookup(torch.autograd.Function):
@@ -96,7 +97,9 @@ class FeatureEmbedding(nn.Module):
     ``fields`` restricts the layer to a subset of field names (output keeps feature-map order);
     used e.g. for FinalMLP's separate gate-context embedding. A sequence sharing a field that is
     not selected still gets (its own copy of) that field's rows.
-    Embedding rows and numeric vectors start from N(0, 1e-4²).
+    Fields are stacked in ``feature_map.field_names()`` order (the dataset config's feature order
+    for maps fitted by ``prepare``). Embedding rows start from N(0, 1e-4²); numeric vectors
+    Xavier-normal like FuxiCTR's ``Linear(1, D)``, std ``sqrt(2 / (1 + D))``.
     Per-field ``embedding_dim`` overrides in the feature map are not supported: a field whose
     override differs from ``embedding_dim`` raises ``ValueError`` (pass
     ``check_field_dims=False`` to ignore overrides, as :class:`LinearLogit` does).
@@ -137,6 +140,12 @@ class FeatureEmbedding(nn.Module):
                     )
         self.embedding_dim = dim
         self.field_names = [n for n in all_names if n in wanted]
+        # forward() builds the fields grouped by kind; a permutation puts them in map order
+        by_kind = [f.name for group in (fmap.categorical, fmap.numeric, fmap.sequences, fmap.dense)
+                   for f in group if f.name in wanted]
+        perm = [by_kind.index(n) for n in self.field_names]
+        self.register_buffer("field_perm", torch.tensor(perm, dtype=torch.long) if perm != sorted(perm) else None,
+                             persistent=False)
 
         # ---- rows of the fused table -------------------------------------------------------
         rows = 0
@@ -200,9 +209,11 @@ class FeatureEmbedding(nn.Module):
         return len(self.field_names)
 
     def reset_parameters(self) -> None:
-        for table in (self.embedding, self.numeric):
-            if table is not None:
-                nn.init.normal_(table.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        if self.embedding is not None:
+            nn.init.normal_(self.embedding.weight, mean=0.0, std=EMBEDDING_INIT_STD)
+        if self.numeric is not None:
+            # FuxiCTR embeds a numeric field with Linear(1, D, bias=False), Xavier-normal: 2 / (1 + D)
+            nn.init.normal_(self.numeric.weight, mean=0.0, std=(2.0 / (1 + self.embedding_dim)) ** 0.5)
         for lin in self.dense:
             init_linear(lin)
 
@@ -241,7 +252,8 @@ class FeatureEmbedding(nn.Module):
             parts.append(self.pooling(emb, mask).unsqueeze(1))
         for name, lin in zip(self.dense_names, self.dense):
             parts.append(lin(batch["dense:" + name]).unsqueeze(1))
-        return torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        out = torch.cat(parts, dim=1) if len(parts) > 1 else parts[0]
+        return out if self.field_perm is None else out.index_select(1, self.field_perm)
 
 
 def enable_sparse_gradients(module: nn.Module) -> list[nn.Parameter]:

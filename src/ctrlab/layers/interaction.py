@@ -46,7 +46,9 @@ class CrossNetV2(nn.Module):
       ``x_{l+1} = Σ_e g_e(x_l) · [x0 ⊙ (U_e,l tanh(C_e,l tanh(V_e,lᵀ x_l)) + b_l)] + x_l`` with
       ``U, V ∈ R^{d×r}``, ``C ∈ R^{r×r}``, ``g = softmax_e(w_eᵀ x_l)``. As in FuxiCTR the bias
       ``b_l`` is per layer and shared by the experts, and the gate vectors ``w_e`` are shared by
-      all layers: ``L·(E·(2dr + r²) + d) + E·d`` parameters.
+      all layers: ``L·(E·(2dr + r²) + d) + E·d`` parameters. Initialisation as FuxiCTR: each
+      layer's ``(E, d, r)`` / ``(E, r, r)`` tensor is Xavier-normal as a whole (std
+      ``sqrt(2 / (d·r + E·r))`` for U and V), gate rows Xavier as ``Linear(d, 1)``, ``b_l = 0``.
     ``num_layers=0`` is the identity.
     """
 
@@ -63,19 +65,18 @@ class CrossNetV2(nn.Module):
             E, r = self.num_experts, self.low_rank
 
             def experts(rows: int, cols: int) -> nn.ParameterList:
-                ps = []
-                for _ in range(self.num_layers):
-                    w = torch.empty(E, rows, cols)
-                    for e in range(E):
-                        nn.init.xavier_normal_(w[e])
-                    ps.append(nn.Parameter(w))
-                return nn.ParameterList(ps)
+                # Xavier-normal over the whole (E, rows, cols) tensor, as FuxiCTR's and
+                # DeepCTR-Torch's CrossNetMix: torch's fans of a 3-D tensor are rows·cols and E·cols.
+                return nn.ParameterList(nn.Parameter(nn.init.xavier_normal_(torch.empty(E, rows, cols)))
+                                        for _ in range(self.num_layers))
 
             self.U = experts(d, r)
             self.V = experts(d, r)
             self.C = experts(r, r)
             self.bias = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(self.num_layers))
-            self.gate = init_linear(nn.Linear(d, E, bias=False))
+            # one row per expert, each initialised like FuxiCTR's per-expert Linear(d, 1)
+            self.gate = nn.Linear(d, E, bias=False)
+            nn.init.normal_(self.gate.weight, std=(2.0 / (d + 1)) ** 0.5)
         self.input_dim = self.output_dim = d
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
