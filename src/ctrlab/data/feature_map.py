@@ -31,6 +31,10 @@ class CategoricalField:
     embedding_dim: int | None = None
     origin: str = "categorical"
     """``categorical`` or ``bucketized`` (a numeric feature cut into buckets)."""
+    pretrained_emb: str | None = None
+    """Path of pretrained vectors keyed by token (see :mod:`ctrlab.data.pretrained`)."""
+    freeze_emb: bool = True
+    """With ``pretrained_emb``: the field's rows are not trained."""
 
 
 @dataclass
@@ -47,6 +51,8 @@ class SequenceField:
     shares: str | None = None
     """Name of the categorical field whose vocabulary and embedding rows this sequence uses."""
     embedding_dim: int | None = None
+    pretrained_emb: str | None = None
+    freeze_emb: bool = True
 
 
 @dataclass
