@@ -315,6 +315,46 @@ def test_target_attention_learns_membership_mean_pooling_cannot(membership, soft
     assert dnn_auc < 0.8
 
 
+def category_membership(n=12_000, n_items=1000, n_cates=10, hist_len=5, noise=0.1, seed=0):
+    """1000 items in 10 random categories; history: 5 random items; candidate: an item of a category
+    present in the history (half the time) or of an absent one; label ~ Bernoulli(0.9 if the
+    candidate's category is in the history's else 0.1). Items are too many to learn their
+    categories from 10k rows: the category fields carry the signal."""
+    rng = np.random.default_rng(seed)
+    cate_of = rng.integers(0, n_cates, n_items)
+    by_cate = [np.flatnonzero(cate_of == c) for c in range(n_cates)]
+    hist = rng.integers(0, n_items, (n, hist_len))
+    inside = rng.random(n) < 0.5
+    cand = np.zeros(n, dtype=np.int64)
+    for r in range(n):
+        present = set(cate_of[hist[r]].tolist())
+        pool = sorted(present) if inside[r] else sorted(set(range(n_cates)) - present)
+        if not pool:
+            pool, inside[r] = sorted(present), True
+        cand[r] = rng.choice(by_cate[rng.choice(pool)])
+    y = (rng.random(n) < np.where(inside, 1 - noise, noise)).astype(np.float32)
+    fmap = FeatureMap.from_fields({"item": n_items + 2, "cate": n_cates + 2},
+                                  sequences={"hist": (hist_len, "item"), "cates": (hist_len, "cate")})
+    batch = {"cat": torch.from_numpy(np.stack([cand + 2, cate_of[cand] + 2], 1)),
+             "seq:hist": torch.from_numpy(hist + 2), "seq:cates": torch.from_numpy(cate_of[hist] + 2),
+             "label": torch.from_numpy(y)[:, None]}
+    return fmap, batch
+
+
+def test_grouped_attention_learns_category_membership(one_thread):
+    """Issue 14.14. Measured (seed 0, 6 epochs): grouped (item + category) DIN 0.794, item-only
+    DIN (category fields plain inputs, mean-pooled history) 0.705; Bayes 0.907."""
+    fmap, batch = category_membership()
+    train, test = take(batch, slice(0, 9_600)), take(batch, slice(9_600, None))
+    aucs = {}
+    for name, fields in {"grouped": ([["item", "cate"]], [["hist", "cates"]]), "item": ("item", "hist")}.items():
+        torch.manual_seed(0)
+        m = create("DIN", fmap, embedding_dim=16, dnn_hidden_units=[64, 64], din_target_field=fields[0],
+                   din_sequence_field=fields[1])
+        aucs[name] = auc(fit(m, train, epochs=6, lr=1e-2), test)
+    assert aucs["grouped"] > 0.75 and aucs["grouped"] > aucs["item"] + 0.05, aucs
+
+
 # ---- real data ----------------------------------------------------------------------------------
 def test_movielens_100k(data_dir, tmp_path, monkeypatch, one_thread):
     """Measured: test AUC 0.711 after 2 epochs over the 80k train rows (~6 s on 2 threads)."""
