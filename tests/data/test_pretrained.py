@@ -50,9 +50,9 @@ def test_config_validation():
     base = {"name": "d", "files": {"train": "t.csv"}}
     with pytest.raises(ConfigError, match="hashed field"):
         load_dataset_config({**base, "features": [{"name": "a", "hash_buckets": 10, "pretrained_emb": "e.npz"}]})
-    with pytest.raises(ConfigError, match="share_vocab_with uses the rows of 'a'"):
+    with pytest.raises(ConfigError, match="share_vocab_with uses the rows of 'a'; set pretrained_emb there"):
         load_dataset_config({**base, "features": [
-            {"name": "a"}, {"name": "h", "kind": "sequence", "share_vocab_with": "a", "embedding_dim": 4}]})
+            {"name": "a"}, {"name": "h", "kind": "sequence", "share_vocab_with": "a", "pretrained_emb": "e.npz"}]})
     with pytest.raises(ConfigError, match="embedding_dim: must be >= 1"):
         load_dataset_config({**base, "features": [{"name": "a", "embedding_dim": 0}]})
 

@@ -130,9 +130,9 @@ class SequenceSpec:
     def validate(self, where: str) -> None:
         if self.max_len < 1:
             raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
-        if self.share_vocab_with is not None and (self.pretrained_emb is not None or self.embedding_dim is not None):
+        if self.share_vocab_with is not None and self.pretrained_emb is not None:
             raise ConfigError(f"{where}: a sequence with share_vocab_with uses the rows of "
-                              f"{self.share_vocab_with!r}; set embedding_dim / pretrained_emb there instead")
+                              f"{self.share_vocab_with!r}; set pretrained_emb there instead")
         if not self.splitter:
             raise ConfigError(f"{where}.splitter: must be a non-empty string")
 
