@@ -312,6 +312,8 @@ def test_pretrained_vectors_aligned_by_token(tmp_path, freeze):
     else:
         assert emb.groups is None and emb.embedding.weight.grad[5 + 4].abs().sum() > 0
     assert LinearLogit(fmap).weights.embedding.weight.abs().max() < 1e-3  # the LR term ignores them
+    only_hist = FeatureEmbedding(fmap, 2, fields=["hist"])  # its own copy of item's rows, vectors included
+    torch.testing.assert_close(only_hist.sequence_embedding(b, "hist")[0], hist)
 
 
 def test_pretrained_file_errors(tmp_path):

@@ -212,7 +212,8 @@ class FeatureEmbedding(nn.Module):
         self._pretrained: list[tuple[str, str, int, list[str]]] = []
         if self.use_pretrained:
             for f in [*fmap.categorical, *fmap.sequences]:
-                if getattr(f, "pretrained_emb", None) and f.name in wanted:
+                # a field's block may be here only as a sharing sequence's copy: it gets the vectors too
+                if getattr(f, "pretrained_emb", None) and (f.name in block or f.name in self._seq_offset):
                     first = block[f.name] if f.name in block else self._seq_offset[f.name]
                     vocab = fmap.encoders.get(f.name, {}).get("vocab")
                     if vocab is None:
