@@ -456,7 +456,8 @@ def test_feature_map_json_is_readable(tmp_path):
     data = prepare(small_csv(tmp_path, group_field="a"), tmp_path / "cache", log=Log())
     raw = json.loads((data.path / "feature_map.json").read_text(encoding="utf-8"))
     assert raw["dataset"] == "small" and raw["labels"] == ["label"] and raw["group_field"] == "a"
-    assert raw["categorical"] == [{"name": "a", "vocab_size": 4, "embedding_dim": None, "origin": "categorical"}]
+    assert raw["categorical"] == [{"name": "a", "vocab_size": 4, "embedding_dim": None, "origin": "categorical",
+                                   "pretrained_emb": None, "freeze_emb": True}]
     assert raw["numeric"] == [{"name": "x", "embedding_dim": None}]
     assert raw["encoders"]["a"]["vocab"] == ["p", "q"]
     assert raw["encoders"]["x"]["stats"]["mean"] == pytest.approx(2.0)
@@ -605,3 +606,13 @@ def test_oov_rates_are_logged_and_a_high_rate_warns(tmp_path):
         again = prepare(cfg, tmp_path / "cache", log=log2)
     assert again.reused and again.oov_rates == manifest["oov_rates"]
     assert any("valid OOV rate: user 100.0%" in line for line in log2), log2
+
+
+def test_feature_map_keeps_the_configs_field_order(tmp_path):
+    """Issue 14.13: the fitted map records the dataset config's feature order (what a model's
+    embedding stacks), not the kind-grouped order; a bucketized numeric stays in its place."""
+    cfg, train, test = parquet_dataset(tmp_path)
+    cfg.features = [cfg.features[i] for i in (2, 0, 4, 3, 5, 1)]  # price, item, hist, price_b, vec, user
+    fmap = pipeline.fit_feature_map(cfg, train)
+    assert fmap.field_names() == ["price", "item", "hist", "price_b", "vec", "user"]
+    assert FeatureMap.from_dict(json.loads(json.dumps(fmap.to_dict()))).field_names() == fmap.field_names()

@@ -48,3 +48,44 @@ def test_no_activation_layer_k_is_homogeneous_of_degree_k_plus_1():
 def test_needs_a_layer():
     with pytest.raises(ValueError, match="at least one layer"):
         CIN(3, [])
+
+
+@pytest.mark.parametrize("activation", [None, "relu", "tanh"])
+def test_split_half_and_activation_match_the_xdeepfm_paper(activation):
+    """Issue 14.15: the paper's (and DeepCTR's) options. Layer k's maps go through the activation;
+    with ``split_half`` the first H_k/2 feed layer k+1 and the other H_k/2 go to the output
+    (the last layer outputs all of its maps). Off by default, as in FuxiCTR."""
+    B, F, D, H = 4, 3, 5, [4, 6, 3]
+    cin = CIN(F, H, activation=activation, split_half=True).double()
+    with torch.no_grad():
+        for conv in cin.convs:
+            conv.bias.normal_()
+    act = {None: lambda x: x, "relu": torch.relu, "tanh": torch.tanh}[activation]
+    E = torch.randn(B, F, D, dtype=torch.float64)
+    X, pooled = E, []
+    for k, conv in enumerate(cin.convs):
+        W = conv.weight[:, :, 0].reshape(conv.out_channels, X.shape[1], F)
+        Z = act(torch.stack([
+            sum(W[h, i, j] * X[:, i] * E[:, j] for i in range(X.shape[1]) for j in range(F)) + conv.bias[h]
+            for h in range(conv.out_channels)], dim=1))
+        if k < len(H) - 1:
+            X, out_maps = Z[:, :H[k] // 2], Z[:, H[k] // 2:]
+        else:
+            out_maps = Z
+        pooled.append(out_maps.sum(dim=-1))
+    assert [c.in_channels for c in cin.convs] == [F * F, 2 * F, 3 * F]
+    assert cin.output_dim == 2 + 3 + 3
+    torch.testing.assert_close(cin(E), torch.cat(pooled, dim=-1))
+
+
+def test_split_half_needs_even_layers_but_the_last():
+    CIN(3, [4, 5], split_half=True)
+    with pytest.raises(ValueError, match="even"):
+        CIN(3, [5, 4], split_half=True)
+
+
+def test_activation_without_split_half():
+    cin = CIN(3, [2, 2], activation="relu")
+    out = cin(torch.randn(5, 3, 4))
+    assert out.shape == (5, 4) and cin.output_dim == 4
+    assert (out >= 0).all() and (CIN(3, [2, 2])(torch.randn(50, 3, 4)) < 0).any()  # pooled ReLU maps

@@ -160,3 +160,174 @@ def test_row_lookup_matches_nn_embedding_bit_for_bit():
     assert "Embedding" in type(lookup(table, ids).grad_fn).__name__
     with torch.no_grad():  # inference: no graph at all
         assert lookup(table, ids).grad_fn is None
+
+
+def test_out_of_range_ids_raise_naming_the_field():
+    """Issue 14.1: an id encoded with a grown vocabulary (>= the field's vocab size) used to read
+    the next field's rows silently; now it raises, naming the field and the sizes."""
+    emb = FeatureEmbedding(FMAP, 4)
+    b = _batch()
+    b["cat"][2, 0] = 7  # user has 7 ids (0..6): id 7 is item's row 0 in the fused table
+    with pytest.raises(IndexError, match=r"'user'.*7.*vocab_size 7"):
+        emb(b)
+    with pytest.raises(IndexError, match="'user'"):
+        emb.categorical_embedding(b, "user")
+    b = _batch()
+    b["cat"][0, 2] = -1
+    with pytest.raises(IndexError, match="'ctx'.*-1"):
+        emb(b)
+    b = _batch()
+    b["seq:tags"][1, 1] = 9  # own vocabulary of 9 ids
+    with pytest.raises(IndexError, match="'tags'.*9"):
+        emb(b)
+    b = _batch()
+    b["seq:hist"][1, 1] = 11  # shares item's 11 rows
+    with pytest.raises(IndexError, match="'hist'"):
+        emb.sequence_embedding(b, "hist")
+    with pytest.raises(IndexError, match="'user'"):  # the subset layers check too
+        b = _batch()
+        b["cat"][0, 0] = 100
+        LinearLogit(FMAP)(b)
+    emb(_batch())  # in-range ids pass
+
+
+@pytest.mark.parametrize("dim", [1, 10])
+def test_numeric_vectors_start_xavier_normal_like_fuxictr(dim):
+    """Issue 14.13: FuxiCTR embeds a numeric field with ``nn.Linear(1, D, bias=False)``, which
+    its ``reset_parameters`` Xavier-normal initialises: std ``sqrt(2 / (1 + D))`` (1 for the LR
+    term's D = 1), not the N(0, 1e-4²) of the categorical rows."""
+    torch.manual_seed(0)
+    fmap = FeatureMap.from_fields({"a": 2000}, numeric=[f"n{i}" for i in range(4000)])
+    emb = FeatureEmbedding(fmap, dim)
+    want = (2.0 / (1 + dim)) ** 0.5
+    assert abs(emb.numeric.weight.std().item() / want - 1) < 0.03
+    assert abs(emb.embedding.weight.std().item() - 1e-4) < 1e-5  # categorical rows unchanged
+
+
+def test_fields_follow_the_feature_maps_order():
+    """Issue 14.13: a map built from a dataset config lists its fields in the config's order
+    (``field_order``), and the embedding stacks them in that order (FuxiCTR stacks fields in its
+    feature_cols order; FGCNN's convolutions see neighbours in that order). A map saved before
+    (no ``field_order``) keeps the old kind-grouped layout."""
+    fmap = FeatureMap.from_fields({"user": 7, "item": 11}, numeric=["price"], sequences={"hist": (4, "item")})
+    assert fmap.field_names() == ["user", "item", "price", "hist"]  # no order given: by kind
+    fmap.field_order = ["price", "item", "hist", "user"]
+    assert fmap.field_names() == ["price", "item", "hist", "user"]
+    emb = FeatureEmbedding(fmap, 3)
+    assert emb.field_names == ["price", "item", "hist", "user"]
+    b = {"cat": torch.tensor([[1, 2], [3, 4]]), "num": torch.tensor([[0.5], [2.0]]),
+         "seq:hist": torch.tensor([[0, 0, 2, 3], [1, 1, 1, 1]])}
+    out = emb(b)
+    torch.testing.assert_close(out[:, 0], b["num"] * emb.numeric.weight[0])
+    torch.testing.assert_close(out[:, 1], emb.categorical_embedding(b, "item"))
+    torch.testing.assert_close(out[:, 3], emb.categorical_embedding(b, "user"))
+    sub = FeatureEmbedding(fmap, 3, fields=["user", "price"])
+    assert sub.field_names == ["price", "user"]
+    # JSON round trip keeps the order; an old map (no field_order key) loads with the kind order
+    d = fmap.to_dict()
+    assert FeatureMap.from_dict(d).field_names() == ["price", "item", "hist", "user"]
+    d.pop("field_order")
+    for f in d["categorical"] + d["sequences"]:  # nor the pretrained keys, as written before issue 14
+        del f["pretrained_emb"], f["freeze_emb"]
+    old = FeatureMap.from_dict(d)
+    assert old.field_names() == ["user", "item", "price", "hist"]
+    assert FeatureEmbedding(old, 3).field_perm is None  # the old layout, as the saved weights expect
+    fmap.field_order = ["price", "item", "user"]  # inconsistent with the fields: clear error
+    with pytest.raises(ValueError, match="field_order.*hist"):
+        fmap.field_names()
+
+
+# ---- per-field sizes and pretrained vectors (issue 14.15) -----------------------------------------
+def _sized_map():
+    fmap = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price"],
+                                  sequences={"hist": (4, "item"), "tags": (3, 9)}, dense={"img": 6})
+    fmap.categorical[1].embedding_dim = 6   # item (and hist, which shares its rows)
+    fmap.numeric[0].embedding_dim = 2       # price
+    fmap.field_order = ["price", "user", "hist", "item", "img", "ctx", "tags"]
+    return fmap
+
+
+def test_per_field_embedding_dims_flatten_in_field_order():
+    """Issue 14.15: a field's own embedding_dim overrides the model's; the layer's flat output
+    has each field's vector at its size, in field order, and a stacking read raises naming the
+    fields."""
+    fmap = _sized_map()
+    emb = FeatureEmbedding(fmap, 4, mixed_dims=True)
+    assert emb.field_names == ["price", "user", "hist", "item", "img", "ctx", "tags"]
+    assert emb.field_dims == [2, 4, 6, 6, 4, 4, 4] and emb.output_dim == 30
+    b = _batch()
+    b["num"] = b["num"][:, :1]
+    flat = emb.forward_flat(b)
+    assert flat.shape == (6, 30)
+    sizes = {n: d for n, d in zip(emb.field_names, emb.field_dims)}
+    parts = dict(zip(emb.field_names, flat.split(emb.field_dims, dim=1)))
+    torch.testing.assert_close(parts["item"], emb.categorical_embedding(b, "item"))
+    torch.testing.assert_close(parts["user"], emb.categorical_embedding(b, "user"))
+    hist, mask = emb.sequence_embedding(b, "hist")
+    assert hist.shape[-1] == sizes["hist"] == 6
+    price_group = emb.groups[emb._group_of["price"]]
+    torch.testing.assert_close(parts["price"], b["num"] * price_group.numeric.weight[0])
+    with pytest.raises(ValueError, match="forward_flat"):
+        emb(b)
+    with pytest.raises(ValueError, match=r"'price' \(embedding_dim 2\).*'item' \(embedding_dim 6\)"):
+        FeatureEmbedding(fmap, 4)  # a stacking model: one size
+    fmap.sequences[0].embedding_dim = 3  # hist shares item's rows: its size is item's
+    with pytest.raises(ValueError, match="'hist' shares the rows of 'item'"):
+        FeatureEmbedding(fmap, 4, mixed_dims=True)
+
+
+def _vocab_map(tmp_path, freeze):
+    import numpy as np
+    fmap = FeatureMap.from_fields({"user": 5, "item": 6}, sequences={"hist": (3, "item")})
+    fmap.encoders = {"item": {"vocab": ["10", "11", "12", "13"]}, "user": {"vocab": ["a", "b", "c"]}}
+    path = tmp_path / "item.npz"
+    np.savez(path, key=np.array([12, 10, 99]), value=np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]))
+    fmap.categorical[1].pretrained_emb = str(path)
+    fmap.categorical[1].freeze_emb = freeze
+    return fmap
+
+
+@pytest.mark.parametrize("freeze", [True, False])
+def test_pretrained_vectors_aligned_by_token(tmp_path, freeze):
+    """Issue 14.15: rows of tokens in the file get their vectors (matched by token, not position;
+    keys outside the vocabulary ignored), the others keep N(0, 1e-4²); frozen ones get no
+    gradient and no regularizer, trained ones do."""
+    fmap = _vocab_map(tmp_path, freeze)
+    emb = FeatureEmbedding(fmap, 2)
+    b = {"cat": torch.tensor([[2, 4], [3, 2], [1, 3], [0, 5]]), "seq:hist": torch.tensor([[0, 4, 2]] * 4)}
+    item = emb.categorical_embedding(b, "item")
+    torch.testing.assert_close(item[0], torch.tensor([1.0, 2.0]))   # id 4 = token "12"
+    torch.testing.assert_close(item[1], torch.tensor([3.0, 4.0]))   # id 2 = token "10"
+    assert item[2].abs().max() < 1e-3 and item[3].abs().max() < 1e-3  # "11", "13": not in the file
+    hist, _ = emb.sequence_embedding(b, "hist")  # the sharing sequence reads the same rows
+    torch.testing.assert_close(hist[0, 1:], torch.tensor([[1.0, 2.0], [3.0, 4.0]]))
+    out = emb(b)
+    assert emb.field_names == ["user", "item", "hist"] and out.shape == (4, 3, 2)
+    out.sum().backward()
+    trainable = [p for p in emb.parameters() if p.requires_grad]
+    if freeze:
+        assert emb.groups is not None and len(trainable) == 1  # user's table only
+        frozen = emb.groups[emb._group_of["item"]].embedding.weight
+        assert not frozen.requires_grad and frozen.grad is None
+    else:
+        assert emb.groups is None and emb.embedding.weight.grad[5 + 4].abs().sum() > 0
+    assert LinearLogit(fmap).weights.embedding.weight.abs().max() < 1e-3  # the LR term ignores them
+    only_hist = FeatureEmbedding(fmap, 2, fields=["hist"])  # its own copy of item's rows, vectors included
+    torch.testing.assert_close(only_hist.sequence_embedding(b, "hist")[0], hist)
+
+
+def test_pretrained_file_errors(tmp_path):
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    fmap = _vocab_map(tmp_path, True)
+    with pytest.raises(Exception, match="embedding_dim is 3; set embedding_dim: 2"):
+        FeatureEmbedding(fmap, 3)
+    save_file({"13": np.array([7.0, 8.0], dtype=np.float32)}, str(tmp_path / "item.safetensors"))
+    fmap.categorical[1].pretrained_emb = str(tmp_path / "item.safetensors")
+    emb = FeatureEmbedding(fmap, 2)
+    torch.testing.assert_close(emb.categorical_embedding({"cat": torch.tensor([[0, 5]])}, "item")[0],
+                               torch.tensor([7.0, 8.0]))
+    fmap.categorical[1].pretrained_emb = str(tmp_path / "gone.npz")
+    with pytest.warns(UserWarning, match="gone.npz"):  # serving rebuilds the model, then loads weights
+        FeatureEmbedding(fmap, 2)

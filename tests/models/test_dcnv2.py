@@ -65,3 +65,59 @@ def test_low_rank_mixture_and_tower_overrides(cat_map):
 def test_bad_structure(cat_map):
     with pytest.raises(ValueError, match="model_structure"):
         create("DCNv2", cat_map, model_structure="serial")
+
+
+def test_low_rank_mixture_init_matches_fuxictr_whole_tensor_xavier():
+    """Issue 14.13: FuxiCTR's (and DeepCTR-Torch's) CrossNetMix runs ``xavier_normal_`` on each
+    layer's whole ``(E, rows, cols)`` tensor: torch's fans of a 3-D tensor are
+    ``fan_in = rows·cols``, ``fan_out = E·cols``. The old per-expert init was ~9x larger here.
+    Each expert's gate is a ``Linear(d, 1)`` (Xavier: ``2 / (d + 1)``); biases start at 0."""
+    from ctrlab.layers import CrossNetV2
+
+    torch.manual_seed(0)
+    d, r, E, L = 400, 32, 4, 3
+    net = CrossNetV2(d, L, low_rank=r, num_experts=E)
+
+    def xavier_std(rows, cols):
+        return (2.0 / (rows * cols + E * cols)) ** 0.5
+
+    for name, want in (("U", xavier_std(d, r)), ("V", xavier_std(d, r)), ("C", xavier_std(r, r))):
+        got = torch.stack(list(getattr(net, name))).std().item()
+        assert abs(got / want - 1) < 0.03, (name, got, want)
+    assert abs(net.gate.weight.std().item() / (2.0 / (d + 1)) ** 0.5 - 1) < 0.05
+    assert all(b.abs().sum() == 0 for b in net.bias)
+
+
+def _sized_map(mixed_map):
+    mixed_map.categorical[1].embedding_dim = 6  # item, and hist sharing its rows
+    mixed_map.numeric[0].embedding_dim = 2
+    mixed_map.field_order = ["price", "user", "hist", "item", "img", "ctx", "tags", "age"]
+    return mixed_map
+
+
+def test_per_field_embedding_dims(mixed_map, tmp_path):
+    """Issue 14.15: DCNv2 flattens the embeddings, so fields may set their own embedding_dim
+    (x0 = their concatenation); it exports to ONNX with parity. Stacking models refuse such a
+    map, naming the fields."""
+    import numpy as np
+
+    from ctrlab.serve.artifact import check_parity, example_arrays, export_onnx, torch_probabilities
+
+    fmap = _sized_map(mixed_map)
+    D = 4
+    m = create("DCNv2", fmap, embedding_dim=D, hidden_units=[8], num_cross_layers=2).eval()
+    d = sum({"price": 2, "item": 6, "hist": 6}.get(n, D) for n in fmap.field_names())
+    assert m.embedding.output_dim == d == m.crossnet.input_dim == 2 + 4 + 6 + 6 + 4 + 4 + 4 + 4
+    b = random_batch(fmap, batch_size=16)
+    with torch.no_grad():
+        for table in m.embedding_parameters():
+            table.normal_(0.0, 0.3)
+        torch.testing.assert_close(m(b)["logit"], m.fc(torch.cat([m.crossnet(m.embedding.forward_flat(b)),
+                                                                   m.parallel_dnn(m.embedding.forward_flat(b))], 1))[:, 0])
+    export_onnx(m, fmap, tmp_path / "model.onnx")
+    rows = example_arrays(fmap, 500)
+    parity = check_parity(tmp_path / "model.onnx", m, fmap, rows)
+    assert parity["max_abs_diff"] <= 1e-5 and np.isfinite(parity["max_abs_diff"]), parity
+    assert torch_probabilities(m, rows, fmap).std() > 1e-3  # parity on varying outputs
+    with pytest.raises(ValueError, match=r"'price' \(embedding_dim 2\)"):
+        create("DeepFM", fmap, embedding_dim=D)

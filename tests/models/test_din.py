@@ -189,8 +189,83 @@ def test_field_errors(mixed_map):
         create("DIN", mixed_map, din_target_field="item", din_sequence_field="tags")
     with pytest.raises(ValueError, match="as many target fields"):
         create("DIN", mixed_map, din_target_field=["item", "user"], din_sequence_field="hist")
-    with pytest.raises(ValueError, match="grouped"):
+    with pytest.raises(ValueError, match=r"target group \['item', 'ctx'\] has 2 fields but sequence group \['hist'\]"):
         create("DIN", mixed_map, din_target_field=[["item", "ctx"]], din_sequence_field=["hist"])
+
+
+# ---- grouped fields (item + category as one target) ---------------------------------------------
+def _grouped_map():
+    return FeatureMap.from_fields({"user": 5, "item": 6, "cate": 4},
+                                  sequences={"hist": (3, "item"), "cates": (3, "cate")})
+
+
+def test_grouped_target_and_sequence_match_a_hand_computation():
+    """Issue 14.14: ``din_target_field=[["item", "cate"]]`` with
+    ``din_sequence_field=[["hist", "cates"]]`` (FuxiCTR: a tuple of fields) attends over the
+    concatenated ``[e_hist_j ; e_cates_j]`` with the concatenated ``[e_item ; e_cate]`` as the
+    query, masks by the first sequence, and splits ``u`` back into the two sequences' columns.
+    Checked against explicit loops over rows and positions."""
+    fmap = _grouped_map()
+    D = 2
+    m = create("DIN", fmap, embedding_dim=D, din_target_field=[["item", "cate"]],
+               din_sequence_field=[("hist", "cates")], attention_hidden_units=[3],
+               attention_hidden_activations="relu", dnn_hidden_units=[4]).eval()
+    assert len(m.attention) == 1 and m.attention[0].embedding_dim == 2 * D
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    b = {"cat": torch.tensor([[1, 2, 3], [4, 5, 1], [2, 3, 2]]),
+         "seq:hist": torch.tensor([[0, 2, 5], [3, 4, 1], [0, 0, 0]]),
+         "seq:cates": torch.tensor([[0, 3, 1], [2, 2, 3], [0, 0, 0]])}
+    W = m.embedding.embedding.weight
+    off = {"user": 0, "item": 5, "cate": 11}
+    mlp_att = m.attention[0].mlp
+    W1, b1 = mlp_att.hidden[0].weight, mlp_att.hidden[0].bias
+    w2, b2 = mlp_att.out.weight[0], mlp_att.out.bias[0]
+    rows = []
+    for r in range(3):
+        e = {f: W[b["cat"][r, i] + off[f]] for i, f in enumerate(["user", "item", "cate"])}
+        t = torch.cat([e["item"], e["cate"]])
+        u = torch.zeros(2 * D)
+        for j in range(3):
+            if b["seq:hist"][r, j] == 0:  # padding of the first sequence: no attention
+                continue
+            s = torch.cat([W[b["seq:hist"][r, j] + off["item"]], W[b["seq:cates"][r, j] + off["cate"]]])
+            a = w2 @ torch.relu(W1 @ torch.cat([t, s, t - s, t * s]) + b1) + b2
+            u = u + a * s
+        rows.append(torch.cat([e["user"], e["item"], e["cate"], u[:D], u[D:]]))
+    x = torch.stack(rows)
+    want = m.mlp.out(torch.relu(m.mlp.hidden[0](x)))[:, 0]
+    with torch.no_grad():
+        torch.testing.assert_close(m(b)["logit"], want)
+        torch.testing.assert_close(m.interests(b), x[:, 3 * D:].reshape(3, 2, D))
+
+
+def test_grouped_and_single_pairs_mix_and_fuxictr_tuple_form():
+    fmap = FeatureMap.from_fields({"item": 6, "cate": 4, "shop": 5},
+                                  sequences={"hist": (3, "item"), "cates": (3, "cate"), "shops": (2, "shop")})
+    m = create("DIN", fmap, embedding_dim=3, dnn_hidden_units=[4], din_target_field=[("item", "cate"), "shop"],
+               din_sequence_field=[["hist", "cates"], "shops"])
+    assert [a.embedding_dim for a in m.attention] == [6, 3]
+    assert m.sequence_columns.tolist() == [3, 4, 5]
+    assert m(random_batch(fmap, batch_size=8))["logit"].shape == (8,)
+    one = create("DIN", fmap, embedding_dim=3, din_target_field=("item", "cate"),  # a bare tuple: one group
+                 din_sequence_field=("hist", "cates"))
+    assert len(one.attention) == 1 and one.attention[0].embedding_dim == 6
+
+
+def test_grouped_field_errors():
+    fmap = FeatureMap.from_fields({"item": 6, "cate": 4},
+                                  sequences={"hist": (3, "item"), "cates": (3, "cate"), "short": (2, "cate")})
+    with pytest.raises(ValueError, match="'cates' must share the vocabulary of target 'item'"):
+        create("DIN", fmap, din_target_field=[["item", "cate"]], din_sequence_field=[["cates", "hist"]])
+    with pytest.raises(ValueError, match="same max_len.*'hist' 3.*'short' 2"):
+        create("DIN", fmap, din_target_field=[["item", "cate"]], din_sequence_field=[["hist", "short"]])
+    with pytest.raises(ValueError, match="attended once"):
+        create("DIN", fmap, din_target_field=[["item", "cate"], "item"], din_sequence_field=[["hist", "cates"], "hist"])
+    with pytest.raises(ValueError, match="empty"):
+        create("DIN", fmap, din_target_field=[[]], din_sequence_field=[[]])
 
 
 # ---- learning: is the candidate in the history? ------------------------------------------------
@@ -238,6 +313,46 @@ def test_target_attention_learns_membership_mean_pooling_cannot(membership, soft
     assert din_auc > bayes - 0.03, f"DIN AUC {din_auc:.4f}, Bayes {bayes:.4f}"
     assert din_auc > dnn_auc + 0.1, f"DIN AUC {din_auc:.4f} vs DNN {dnn_auc:.4f}"
     assert dnn_auc < 0.8
+
+
+def category_membership(n=12_000, n_items=1000, n_cates=10, hist_len=5, noise=0.1, seed=0):
+    """1000 items in 10 random categories; history: 5 random items; candidate: an item of a category
+    present in the history (half the time) or of an absent one; label ~ Bernoulli(0.9 if the
+    candidate's category is in the history's else 0.1). Items are too many to learn their
+    categories from 10k rows: the category fields carry the signal."""
+    rng = np.random.default_rng(seed)
+    cate_of = rng.integers(0, n_cates, n_items)
+    by_cate = [np.flatnonzero(cate_of == c) for c in range(n_cates)]
+    hist = rng.integers(0, n_items, (n, hist_len))
+    inside = rng.random(n) < 0.5
+    cand = np.zeros(n, dtype=np.int64)
+    for r in range(n):
+        present = set(cate_of[hist[r]].tolist())
+        pool = sorted(present) if inside[r] else sorted(set(range(n_cates)) - present)
+        if not pool:
+            pool, inside[r] = sorted(present), True
+        cand[r] = rng.choice(by_cate[rng.choice(pool)])
+    y = (rng.random(n) < np.where(inside, 1 - noise, noise)).astype(np.float32)
+    fmap = FeatureMap.from_fields({"item": n_items + 2, "cate": n_cates + 2},
+                                  sequences={"hist": (hist_len, "item"), "cates": (hist_len, "cate")})
+    batch = {"cat": torch.from_numpy(np.stack([cand + 2, cate_of[cand] + 2], 1)),
+             "seq:hist": torch.from_numpy(hist + 2), "seq:cates": torch.from_numpy(cate_of[hist] + 2),
+             "label": torch.from_numpy(y)[:, None]}
+    return fmap, batch
+
+
+def test_grouped_attention_learns_category_membership(one_thread):
+    """Issue 14.14. Measured (seed 0, 6 epochs): grouped (item + category) DIN 0.794, item-only
+    DIN (category fields plain inputs, mean-pooled history) 0.705; Bayes 0.907."""
+    fmap, batch = category_membership()
+    train, test = take(batch, slice(0, 9_600)), take(batch, slice(9_600, None))
+    aucs = {}
+    for name, fields in {"grouped": ([["item", "cate"]], [["hist", "cates"]]), "item": ("item", "hist")}.items():
+        torch.manual_seed(0)
+        m = create("DIN", fmap, embedding_dim=16, dnn_hidden_units=[64, 64], din_target_field=fields[0],
+                   din_sequence_field=fields[1])
+        aucs[name] = auc(fit(m, train, epochs=6, lr=1e-2), test)
+    assert aucs["grouped"] > 0.75 and aucs["grouped"] > aucs["item"] + 0.05, aucs
 
 
 # ---- real data ----------------------------------------------------------------------------------

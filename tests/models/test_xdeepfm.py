@@ -55,8 +55,22 @@ def test_official_defaults(mixed_map):
     hp = default_hparams("xDeepFM")
     assert hp == {"embedding_dim": 10, "cin_hidden_units": [32, 32, 32], "hidden_units": [500, 500, 500],
                   "hidden_activations": "relu", "net_dropout": 0.0, "batch_norm": False,
+                  "cin_activation": None, "cin_split_half": False,
                   "embedding_regularizer": 0.0, "net_regularizer": 0.0}
     assert create("xDeepFM", mixed_map)(random_batch(mixed_map))["logit"].shape == (8,)
+
+
+def test_cin_activation_and_split_half_options(cat_map):
+    """Issue 14.15: the xDeepFM paper's / DeepCTR's CIN options reach the CIN layer (off by
+    default, as in FuxiCTR); with split_half the CIN's output (and cin_fc) is narrower."""
+    m = create("xDeepFM", cat_map, embedding_dim=4, cin_hidden_units=[4, 6, 3], hidden_units=[],
+               cin_activation="relu", cin_split_half=True)
+    assert m.cin.split_half and isinstance(m.cin.activation, torch.nn.ReLU)
+    assert m.cin.output_dim == m.cin_fc.in_features == 2 + 3 + 3
+    b = random_batch(cat_map)
+    torch.testing.assert_close(m(b)["logit"], (m.linear(b) + m.cin_fc(m.cin(m.embedding(b)))).squeeze(-1))
+    with pytest.raises(ValueError, match="even"):
+        create("xDeepFM", cat_map, cin_hidden_units=[5, 4], cin_split_half=True)
 
 
 # ---- planted interactions ---------------------------------------------------------------------

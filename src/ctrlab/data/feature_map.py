@@ -34,6 +34,10 @@ class CategoricalField:
     embedding_dim: int | None = None
     origin: str = "categorical"
     """``categorical`` or ``bucketized`` (a numeric feature cut into buckets)."""
+    pretrained_emb: str | None = None
+    """Path of pretrained vectors keyed by token (see :mod:`ctrlab.data.pretrained`)."""
+    freeze_emb: bool = True
+    """With ``pretrained_emb``: the field's rows are not trained."""
 
 
 @dataclass
@@ -50,6 +54,8 @@ class SequenceField:
     shares: str | None = None
     """Name of the categorical field whose vocabulary and embedding rows this sequence uses."""
     embedding_dim: int | None = None
+    pretrained_emb: str | None = None
+    freeze_emb: bool = True
 
 
 @dataclass
@@ -70,6 +76,10 @@ class FeatureMap:
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Fitted state per feature name (vocabulary, normaliser statistics, bucket edges)."""
     version: int = 1
+    field_order: list[str] | None = None
+    """Every field's name in the dataset config's feature order: the order a model's embedding
+    stacks the fields in (as FuxiCTR does). None (maps written before it existed, maps built
+    with :meth:`from_fields`): grouped by kind, categorical, numeric, sequences, dense."""
 
     # ---- lookups -------------------------------------------------------------------------
     @property
@@ -84,13 +94,22 @@ class FeatureMap:
         raise KeyError(f"{name!r} is not a categorical field; fields are {[f.name for f in self.categorical]}")
 
     def field_names(self) -> list[str]:
-        """All field names in the order a FeatureEmbedding stacks them."""
-        return (
+        """All field names in the order a FeatureEmbedding stacks them: ``field_order`` if set,
+        else grouped by kind."""
+        by_kind = (
             [f.name for f in self.categorical]
             + [f.name for f in self.numeric]
             + [f.name for f in self.sequences]
             + [f.name for f in self.dense]
         )
+        if self.field_order is None:
+            return by_kind
+        if sorted(self.field_order) != sorted(by_kind):
+            raise ValueError(
+                f"feature map {self.dataset!r}: field_order {list(self.field_order)} does not list exactly "
+                f"its fields {by_kind}; refit the feature map (or remove field_order to stack by kind)"
+            )
+        return list(self.field_order)
 
     # ---- construction for tests and synthetic data ----------------------------------------
     @classmethod
@@ -140,6 +159,7 @@ class FeatureMap:
             group_field=d.get("group_field"),
             encoders=d.get("encoders", {}),
             version=d.get("version", 1),
+            field_order=d.get("field_order"),
         )
 
     def save(self, path: str | Path) -> None:

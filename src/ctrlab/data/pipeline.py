@@ -53,7 +53,7 @@ from .streaming import (
     split_groups,
     with_text_fallback,
 )
-from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, column_of
+from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, _expand, column_of
 
 CACHE_VERSION = 2
 """The cache folder's layout. What is in it is keyed by the library version and the code (:func:`cache_key`)."""
@@ -112,7 +112,9 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
     for spec in cfg.features:  # keep the config's order inside each group
         enc = encoders[spec.name]
         if isinstance(enc, CategoricalEncoder):
-            fmap.categorical.append(CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim))
+            fmap.categorical.append(CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim,
+                                                     pretrained_emb=_pretrained_path(cfg, spec),
+                                                     freeze_emb=spec.freeze_emb))
         elif isinstance(enc, NumericEncoder):
             if enc.boundaries is not None:
                 fmap.categorical.append(
@@ -122,12 +124,27 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
                 fmap.numeric.append(NumericField(spec.name, spec.embedding_dim))
         elif isinstance(enc, SequenceEncoder):
             fmap.sequences.append(
-                SequenceField(spec.name, spec.max_len, enc.vocab_size, spec.share_vocab_with, spec.embedding_dim)
+                SequenceField(spec.name, spec.max_len, enc.vocab_size, spec.share_vocab_with, spec.embedding_dim,
+                              pretrained_emb=_pretrained_path(cfg, spec), freeze_emb=spec.freeze_emb)
             )
         else:
             fmap.dense.append(DenseField(spec.name, spec.dim))
+    fmap.field_order = [spec.name for spec in cfg.features]  # models stack fields in this order
     fmap.encoders = {name: enc.state() for name, enc in encoders.items()}
     return fmap
+
+
+def _pretrained_path(cfg: DatasetConfig, spec: CategoricalSpec | SequenceSpec) -> str | None:
+    """A feature's ``pretrained_emb`` as an absolute path (relative ones resolve against the
+    config's ``root``, like ``files``); the file must exist when the map is fitted."""
+    if spec.pretrained_emb is None:
+        return None
+    path = Path(_expand(spec.pretrained_emb, f"features[{spec.name}].pretrained_emb"))
+    if not path.is_absolute() and cfg.root is not None:
+        path = Path(_expand(str(cfg.root), "root")) / path
+    if not path.is_file():
+        raise DataError(f"feature {spec.name!r}: pretrained_emb file {path} does not exist")
+    return str(path.resolve())
 
 
 def load_encoders(fmap: FeatureMap) -> dict[str, Any]:

@@ -41,13 +41,27 @@ class CategoricalSpec:
     hash_buckets: int | None = None
     """If set, ids are ``hash(value) % hash_buckets`` (+2 for pad/OOV) instead of a fitted vocabulary."""
     embedding_dim: int | None = None
-    """Per-field embedding size; None uses the model's ``embedding_dim``."""
+    """Per-field embedding size; None uses the model's ``embedding_dim``. Models that stack the
+    fields into one ``(B, F, D)`` tensor need every field at their size (they raise otherwise);
+    models that flatten the embeddings (e.g. DCNv2) take any sizes."""
+    pretrained_emb: str | None = None
+    """File of pretrained vectors keyed by token (``.parquet`` key/value columns, ``.npz`` key/value
+    arrays, ``.safetensors`` one tensor per token; see :mod:`ctrlab.data.pretrained`); relative
+    paths resolve like ``files``. The vectors (of the field's embedding size) initialise the
+    rows of the tokens they cover; the other rows start as usual."""
+    freeze_emb: bool = True
+    """With ``pretrained_emb``: keep the field's rows fixed (FuxiCTR's default) or train them."""
 
     def validate(self, where: str) -> None:
         if self.min_count < 1:
             raise ConfigError(f"{where}.min_count: must be >= 1, got {self.min_count}")
         if self.hash_buckets is not None and self.hash_buckets < 1:
             raise ConfigError(f"{where}.hash_buckets: must be >= 1, got {self.hash_buckets}")
+        if self.embedding_dim is not None and self.embedding_dim < 1:
+            raise ConfigError(f"{where}.embedding_dim: must be >= 1, got {self.embedding_dim}")
+        if self.pretrained_emb is not None and self.hash_buckets is not None:
+            raise ConfigError(f"{where}.pretrained_emb: a hashed field has no vocabulary to align the vectors "
+                              "with; drop hash_buckets or pretrained_emb")
 
 
 @dataclass
@@ -111,11 +125,19 @@ class SequenceSpec:
     min_count: int = 1
     """For an own vocabulary: tokens seen fewer times in train map to OOV."""
     embedding_dim: int | None = None
-    """Own-vocabulary embedding size; None uses the model's ``embedding_dim``."""
+    """Own-vocabulary embedding size; None uses the model's ``embedding_dim`` (a sequence with
+    ``share_vocab_with`` has the shared field's size)."""
+    pretrained_emb: str | None = None
+    """Own vocabulary only: pretrained vectors keyed by token, as for a categorical feature."""
+    freeze_emb: bool = True
+    """With ``pretrained_emb``: keep the rows fixed or train them."""
 
     def validate(self, where: str) -> None:
         if self.max_len < 1:
             raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
+        if self.share_vocab_with is not None and self.pretrained_emb is not None:
+            raise ConfigError(f"{where}: a sequence with share_vocab_with uses the rows of "
+                              f"{self.share_vocab_with!r}; set pretrained_emb there instead")
         if not self.splitter:
             raise ConfigError(f"{where}.splitter: must be a non-empty string")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .mlp import init_linear
+from .mlp import get_activation, init_linear
 
 
 class FactorizationMachine(nn.Module):
@@ -46,7 +46,9 @@ class CrossNetV2(nn.Module):
       ``x_{l+1} = Σ_e g_e(x_l) · [x0 ⊙ (U_e,l tanh(C_e,l tanh(V_e,lᵀ x_l)) + b_l)] + x_l`` with
       ``U, V ∈ R^{d×r}``, ``C ∈ R^{r×r}``, ``g = softmax_e(w_eᵀ x_l)``. As in FuxiCTR the bias
       ``b_l`` is per layer and shared by the experts, and the gate vectors ``w_e`` are shared by
-      all layers: ``L·(E·(2dr + r²) + d) + E·d`` parameters.
+      all layers: ``L·(E·(2dr + r²) + d) + E·d`` parameters. Initialisation as FuxiCTR: each
+      layer's ``(E, d, r)`` / ``(E, r, r)`` tensor is Xavier-normal as a whole (std
+      ``sqrt(2 / (d·r + E·r))`` for U and V), gate rows Xavier as ``Linear(d, 1)``, ``b_l = 0``.
     ``num_layers=0`` is the identity.
     """
 
@@ -63,19 +65,18 @@ class CrossNetV2(nn.Module):
             E, r = self.num_experts, self.low_rank
 
             def experts(rows: int, cols: int) -> nn.ParameterList:
-                ps = []
-                for _ in range(self.num_layers):
-                    w = torch.empty(E, rows, cols)
-                    for e in range(E):
-                        nn.init.xavier_normal_(w[e])
-                    ps.append(nn.Parameter(w))
-                return nn.ParameterList(ps)
+                # Xavier-normal over the whole (E, rows, cols) tensor, as FuxiCTR's and
+                # DeepCTR-Torch's CrossNetMix: torch's fans of a 3-D tensor are rows·cols and E·cols.
+                return nn.ParameterList(nn.Parameter(nn.init.xavier_normal_(torch.empty(E, rows, cols)))
+                                        for _ in range(self.num_layers))
 
             self.U = experts(d, r)
             self.V = experts(d, r)
             self.C = experts(r, r)
             self.bias = nn.ParameterList(nn.Parameter(torch.zeros(d)) for _ in range(self.num_layers))
-            self.gate = init_linear(nn.Linear(d, E, bias=False))
+            # one row per expert, each initialised like FuxiCTR's per-expert Linear(d, 1)
+            self.gate = nn.Linear(d, E, bias=False)
+            nn.init.normal_(self.gate.weight, std=(2.0 / (d + 1)) ** 0.5)
         self.input_dim = self.output_dim = d
 
     def forward(self, x0: torch.Tensor) -> torch.Tensor:
@@ -131,35 +132,54 @@ class CIN(nn.Module):
     ``X^k_h = Σ_i Σ_j W^{k,h}_{ij} (X^{k−1}_i ⊙ X⁰_j) + b^k_h`` (i < H_{k−1}, j < F, H_0 = F),
     computed as the outer product ``(B, H_{k−1}·F, D)`` (channel ``i·F + j``) followed by a 1×1
     ``Conv1d(H_{k−1}·F, H_k)``; each layer is sum-pooled over the embedding axis,
-    ``p^k = Σ_D X^k ∈ R^{H_k}``, and the output is ``[p¹; …; p^K]``. As in FuxiCTR: no activation,
-    no split-half (every map feeds the next layer and the output), conv weights Xavier-normal,
+    ``p^k = Σ_D X^k ∈ R^{H_k}``, and the output is ``[p¹; …; p^K]``. Conv weights Xavier-normal,
     biases 0. Parameters: ``Σ_k (H_k·H_{k−1}·F + H_k)``. The final ``wᵀ[p¹;…;p^K]`` lives in the model.
+
+    Defaults as FuxiCTR: no activation, no split-half. The xDeepFM paper's (and DeepCTR's) options:
+    ``activation`` (a name, e.g. ``"relu"``) is applied to every map ``X^k``; with ``split_half``
+    the first ``H_k/2`` maps of each layer but the last feed the next layer and only the other
+    ``H_k/2`` are pooled into the output (``H_k`` must be even), so the output has
+    ``Σ_{k<K} H_k/2 + H_K`` entries.
     """
 
-    def __init__(self, num_fields: int, hidden_units: list[int]):
+    def __init__(self, num_fields: int, hidden_units: list[int], activation: str | None = None,
+                 split_half: bool = False):
         super().__init__()
         self.num_fields = int(num_fields)
         self.hidden_units = [int(h) for h in hidden_units]
+        self.split_half = bool(split_half)
         if not self.hidden_units or min(self.hidden_units) < 1:
             raise ValueError(f"CIN needs at least one layer of >= 1 maps, got {hidden_units}")
-        convs, prev = [], self.num_fields
-        for h in self.hidden_units:
+        if self.split_half and any(h % 2 for h in self.hidden_units[:-1]):
+            raise ValueError(f"CIN split_half needs an even number of maps in every layer but the last, "
+                             f"got {self.hidden_units}")
+        convs, prev, self._kept = [], self.num_fields, []
+        for k, h in enumerate(self.hidden_units):
             conv = nn.Conv1d(prev * self.num_fields, h, kernel_size=1)
             nn.init.xavier_normal_(conv.weight)
             nn.init.zeros_(conv.bias)
             convs.append(conv)
-            prev = h
+            last = k == len(self.hidden_units) - 1
+            self._kept.append(h // 2 if self.split_half and not last else h)  # maps fed to layer k+1
+            prev = self._kept[-1]
         self.convs = nn.ModuleList(convs)
-        self.output_dim = sum(self.hidden_units)
+        self.activation = get_activation(activation)
+        self.output_dim = sum(h - kept for h, kept in zip(self.hidden_units[:-1], self._kept)) \
+            + self.hidden_units[-1] if self.split_half else sum(self.hidden_units)
 
     def forward(self, emb: torch.Tensor) -> torch.Tensor:
         B, F, D = emb.shape
         x, pooled = emb, []
-        for conv in self.convs:
+        for k, conv in enumerate(self.convs):
             z = torch.einsum("bid,bjd->bijd", x, emb).reshape(B, -1, D)  # X^{k-1}_i ⊙ X⁰_j
-            x = conv(z)                                                   # (B, H_k, D)
-            pooled.append(x.sum(dim=-1))                                  # sum over D
+            x = self.activation(conv(z))                                  # (B, H_k, D)
+            if self.split_half and k < len(self.convs) - 1:
+                x, direct = x[:, :self._kept[k]], x[:, self._kept[k]:]
+            else:
+                direct = x
+            pooled.append(direct.sum(dim=-1))                             # sum over D
         return torch.cat(pooled, dim=-1)
 
     def extra_repr(self) -> str:
-        return f"num_fields={self.num_fields}, hidden_units={self.hidden_units}"
+        return (f"num_fields={self.num_fields}, hidden_units={self.hidden_units}, "
+                f"split_half={self.split_half}")

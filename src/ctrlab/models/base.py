@@ -1,6 +1,10 @@
 """Base class of every ctrlab model: forward returns outputs, the model owns its loss."""
 from __future__ import annotations
 
+import math
+import re
+from typing import Any
+
 import torch
 from torch import nn
 import torch.nn.functional as F
@@ -8,22 +12,62 @@ import torch.nn.functional as F
 from ..data.feature_map import FeatureMap
 
 
+_REGULARIZER = re.compile(r"(l1|l2|l1_l2)\((.*)\)")
+
+
+def parse_regularizer(value: Any, name: str = "regularizer") -> tuple[float, float]:
+    """A regularizer as FuxiCTR writes it -> ``(l1, l2)`` weights: a number (an L2 weight, as in
+    FuxiCTR), ``None`` (none), or a string ``"l2(x)"``, ``"l1(x)"``, ``"l1_l2(a, b)"`` (or a bare
+    number). ``name`` (the hyperparameter) is named in the error for anything else."""
+    def weight(text: Any) -> float:
+        w = float(text)
+        if not math.isfinite(w) or w < 0:
+            raise ValueError
+        return w
+
+    try:
+        if value is None:
+            return 0.0, 0.0
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return 0.0, weight(value)
+        if isinstance(value, str):
+            m = _REGULARIZER.fullmatch(value.strip().lower().replace(" ", ""))
+            if m is None:
+                return 0.0, weight(value)
+            args = m.group(2).split(",")
+            if m.group(1) == "l1_l2":
+                if len(args) != 2:
+                    raise ValueError
+                return weight(args[0]), weight(args[1])
+            if len(args) == 1:
+                return (weight(args[0]), 0.0) if m.group(1) == "l1" else (0.0, weight(args[0]))
+    except ValueError:
+        pass
+    raise ValueError(f"{name}={value!r} is not a regularizer: use a number >= 0 (an L2 weight), null, "
+                     "'l2(x)', 'l1(x)' or 'l1_l2(a, b)'")
+
+
 class CTRModel(nn.Module):
     """A CTR model maps a batch (dict of tensors, see :mod:`ctrlab.data.feature_map`) to outputs.
 
     ``forward(batch)`` returns a dict with at least ``"logit"`` of shape ``(B,)`` (the main task).
     ``loss(batch, outputs)`` returns the scalar training loss: BCE on the first label plus the
-    L2 regularizers, following FuxiCTR's rule ``(lambda / 2) * ||param||_2^2`` over whole
+    regularizers, following FuxiCTR's rule ``(lambda / p) * ||param||_p^p`` over whole
     embedding tables (``embedding_regularizer``) and over every other parameter
-    (``net_regularizer``). Models with special losses (multi-task, Tri-BCE, distillation)
+    (``net_regularizer``). Each takes FuxiCTR's forms (:func:`parse_regularizer`): a number
+    (L2 weight), ``"l2(x)"``, ``"l1(x)"`` or ``"l1_l2(a, b)"``; the attributes
+    ``embedding_regularizer`` / ``net_regularizer`` hold the L2 weights, ``embedding_l1`` /
+    ``net_l1`` the L1 ones. Models with special losses (multi-task, Tri-BCE, distillation)
     override :meth:`task_loss` and keep the regularizer.
     """
 
-    def __init__(self, feature_map: FeatureMap, embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+    def __init__(self, feature_map: FeatureMap, embedding_regularizer: float | str | None = 0.0,
+                 net_regularizer: float | str | None = 0.0):
         super().__init__()
         self.feature_map = feature_map
-        self.embedding_regularizer = float(embedding_regularizer)
-        self.net_regularizer = float(net_regularizer)
+        self.embedding_l1, self.embedding_regularizer = parse_regularizer(embedding_regularizer,
+                                                                          "embedding_regularizer")
+        self.net_l1, self.net_regularizer = parse_regularizer(net_regularizer, "net_regularizer")
 
     # ---- parameters ------------------------------------------------------------------------
     def embedding_parameters(self) -> list[nn.Parameter]:
@@ -36,12 +80,14 @@ class CTRModel(nn.Module):
 
     def regularization(self) -> torch.Tensor:
         reg = torch.zeros((), device=self._device())
-        if self.embedding_regularizer > 0:
-            for p in self.embedding_parameters():
-                reg = reg + (self.embedding_regularizer / 2) * p.pow(2).sum()
-        if self.net_regularizer > 0:
-            for p in self.net_parameters():
-                reg = reg + (self.net_regularizer / 2) * p.pow(2).sum()
+        for l1, l2, params in ((self.embedding_l1, self.embedding_regularizer, self.embedding_parameters),
+                               (self.net_l1, self.net_regularizer, self.net_parameters)):
+            if l1 > 0 or l2 > 0:
+                for p in params():
+                    if l1 > 0:
+                        reg = reg + l1 * p.abs().sum()
+                    if l2 > 0:
+                        reg = reg + (l2 / 2) * p.pow(2).sum()
         return reg
 
     def _device(self) -> torch.device:

@@ -22,7 +22,8 @@ class DCNv2(CTRModel):
     * ``parallel``:         ``logit = fc([x_L ; MLP_p(x0)])``
     * ``stacked_parallel``: ``logit = fc([MLP_s(x_L) ; MLP_p(x0)])``
 
-    ``fc`` is one Linear(·, 1); the MLPs end at their last hidden layer.
+    ``fc`` is one Linear(·, 1); the MLPs end at their last hidden layer. Fields may set their own
+    ``embedding_dim`` in the dataset config (``x0`` is their concatenation).
 
     Hyperparameters (defaults; FuxiCTR template): ``embedding_dim=10``,
     ``model_structure="parallel"``, ``num_cross_layers=3``, ``hidden_units=[500, 500, 500]``
@@ -46,8 +47,9 @@ class DCNv2(CTRModel):
         if model_structure not in STRUCTURES:
             raise ValueError(f"model_structure must be one of {STRUCTURES}, got {model_structure!r}")
         self.model_structure = model_structure
-        self.embedding = FeatureEmbedding(feature_map, embedding_dim)
-        d = self.embedding.num_fields * embedding_dim
+        # flattened embeddings: fields may have their own embedding_dim (d = Σ_f D_f)
+        self.embedding = FeatureEmbedding(feature_map, embedding_dim, mixed_dims=True)
+        d = self.embedding.output_dim
         self.crossnet = CrossNetV2(d, num_cross_layers,
                                    low_rank=low_rank if use_low_rank_mixture else None,
                                    num_experts=num_experts if use_low_rank_mixture else 1)
@@ -64,7 +66,7 @@ class DCNv2(CTRModel):
         self.fc = init_linear(nn.Linear(final_dim, 1))
 
     def forward(self, batch):
-        x0 = self.embedding(batch).flatten(start_dim=1)
+        x0 = self.embedding.forward_flat(batch)
         h = self.crossnet(x0)
         if self.stacked_dnn is not None:
             h = self.stacked_dnn(h)

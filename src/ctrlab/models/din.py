@@ -12,31 +12,53 @@ from .base import CTRModel
 from .registry import register
 
 
-def din_pairs(feature_map: FeatureMap, target_field, sequence_field) -> list[tuple[str, str]]:
-    """``(target, sequence)`` pairs from one name each or two equally long lists of names; each
-    target must be a categorical field and each sequence a sequence sharing its vocabulary."""
-    targets = [target_field] if isinstance(target_field, str) else list(target_field)
-    sequences = [sequence_field] if isinstance(sequence_field, str) else list(sequence_field)
+def _entries(value) -> list[tuple[str, ...]]:
+    """A ``din_*_field`` value -> its entries, each a tuple of field names: a name is one entry of
+    one field, a tuple is one group (FuxiCTR's form), a list holds entries (names or groups)."""
+    if isinstance(value, str):
+        return [(value,)]
+    if isinstance(value, tuple):
+        return [value]
+    return [(e,) if isinstance(e, str) else tuple(e) for e in value]
+
+
+def din_pairs(feature_map: FeatureMap, target_field, sequence_field) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
+    """``(targets, sequences)`` groups, paired in order, from ``din_target_field`` /
+    ``din_sequence_field``: one name each, a group of names (a tuple, or a list inside the list),
+    or a list of names and groups. The k-th sequence of a group must share the vocabulary of the
+    group's k-th target, and a group's sequences must have one ``max_len``."""
+    targets, sequences = _entries(target_field), _entries(sequence_field)
     if not targets or len(targets) != len(sequences):
-        raise ValueError(f"DIN needs as many target fields as sequence fields, got {targets} and {sequences}")
-    if not all(isinstance(f, str) for f in targets + sequences):
-        raise ValueError(f"DIN pairs single field names (grouped/tuple fields are not supported), "
-                         f"got {targets} and {sequences}")
-    if len(set(sequences)) != len(sequences):
-        raise ValueError(f"DIN: each sequence field may be attended once, got {sequences}")
+        raise ValueError(f"DIN needs as many target fields (or groups) as sequence fields, got "
+                         f"{[list(t) for t in targets]} and {[list(s) for s in sequences]}")
+    for t, s in zip(targets, sequences):
+        if not t or not all(isinstance(f, str) for f in t + s):
+            raise ValueError(f"DIN: a target or sequence group is empty or not field names: {list(t)}, {list(s)}")
+        if len(t) != len(s):
+            raise ValueError(f"DIN target group {list(t)} has {len(t)} fields but sequence group {list(s)} "
+                             f"has {len(s)}; each target needs its own sequence")
+    flat = [f for s in sequences for f in s]
+    if len(set(flat)) != len(flat):
+        raise ValueError(f"DIN: each sequence field may be attended once, got {flat}")
     cats = {f.name for f in feature_map.categorical}
     seqs = {s.name: s for s in feature_map.sequences}
-    for t, s in zip(targets, sequences):
-        if t not in cats:
-            raise ValueError(f"DIN target field {t!r} is not a categorical field; "
-                             f"categorical fields are {sorted(cats)}")
-        if s not in seqs:
-            raise ValueError(f"DIN sequence field {s!r} is not a sequence field; sequence fields are {sorted(seqs)}")
-        if seqs[s].shares != t:
-            raise ValueError(
-                f"DIN sequence {s!r} must share the vocabulary of target {t!r} (it shares {seqs[s].shares!r}); "
-                f"set share_vocab_with: {t} on {s!r} in the dataset config"
-            )
+    for group_t, group_s in zip(targets, sequences):
+        for t, s in zip(group_t, group_s):
+            if t not in cats:
+                raise ValueError(f"DIN target field {t!r} is not a categorical field; "
+                                 f"categorical fields are {sorted(cats)}")
+            if s not in seqs:
+                raise ValueError(f"DIN sequence field {s!r} is not a sequence field; "
+                                 f"sequence fields are {sorted(seqs)}")
+            if seqs[s].shares != t:
+                raise ValueError(
+                    f"DIN sequence {s!r} must share the vocabulary of target {t!r} (it shares {seqs[s].shares!r}); "
+                    f"set share_vocab_with: {t} on {s!r} in the dataset config"
+                )
+        lens = {s: seqs[s].max_len for s in group_s}
+        if len(set(lens.values())) > 1:
+            raise ValueError(f"DIN: the sequences of a group must have the same max_len (their positions are "
+                             f"attended together), got {', '.join(f'{k!r} {v}' for k, v in lens.items())}")
     return list(zip(targets, sequences))
 
 
@@ -49,10 +71,21 @@ class DIN(CTRModel):
     :class:`FeatureEmbedding`); ``logit = MLP(flatten(E))``. Only real history positions reach
     ``MLP_att``, so Dice's batch statistics ignore padding (FuxiCTR's include it).
 
+    Grouped fields (FuxiCTR's tuples, BARS' AmazonElectronics_x1): a target group
+    ``(t_1, …, t_k)`` paired with a sequence group ``(s_1, …, s_k)`` (s_i sharing t_i's
+    vocabulary, one ``max_len``) attends with ``e_t = [e_t1; …; e_tk]`` over
+    ``e_j = [e_s1,j; …; e_sk,j]`` (an ``MLP_att`` of input ``4kD``), masked by s_1's padding as in
+    FuxiCTR; ``u`` is split back into k vectors that replace s_1 … s_k in ``E``. In YAML::
+
+        din_target_field: [[item_id, cate_id]]
+        din_sequence_field: [[click_history, cate_history]]
+
+    (a flat list ``[item_id, cate_id]`` is two separate pairs; in Python a tuple is one group).
+
     Hyperparameters (FuxiCTR class/template defaults; D = 10 like the other ctrlab models):
     ``embedding_dim=10``, ``din_target_field="item_id"``, ``din_sequence_field="history"``
-    (or two equally long lists, paired in order; each sequence must share its target's
-    vocabulary), ``attention_hidden_units=[64]``, ``attention_hidden_activations="Dice"``,
+    (or two equally long lists of names or groups, paired in order; each sequence must share its
+    target's vocabulary), ``attention_hidden_units=[64]``, ``attention_hidden_activations="Dice"``,
     ``attention_output_activation=None``, ``attention_dropout=0.``, ``din_use_softmax=False``,
     ``dnn_hidden_units=[500, 500, 500]``, ``dnn_activations="ReLU"`` (``"Dice"`` allowed),
     ``net_dropout=0.``, ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
@@ -69,20 +102,26 @@ class DIN(CTRModel):
         self.pairs = din_pairs(feature_map, din_target_field, din_sequence_field)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         self.attention = nn.ModuleList(
-            TargetAttention(embedding_dim, attention_hidden_units, attention_hidden_activations,
+            TargetAttention(embedding_dim * len(targets), attention_hidden_units, attention_hidden_activations,
                             attention_output_activation, attention_dropout, din_use_softmax)
-            for _ in self.pairs)
-        columns = [self.embedding.field_names.index(s) for _, s in self.pairs]
+            for targets, _ in self.pairs)
+        columns = [self.embedding.field_names.index(s) for _, group in self.pairs for s in group]
         self.register_buffer("sequence_columns", torch.tensor(columns, dtype=torch.long), persistent=False)
         self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, dnn_hidden_units,
                             activation=activations_with_dice(dnn_activations, dnn_hidden_units),
                             dropout=net_dropout, batch_norm=batch_norm, output_dim=1)
 
     def interests(self, batch) -> torch.Tensor:
-        """``(B, n_pairs, D)``: the attention-pooled sequences ``u_s``."""
-        return torch.stack([att(self.embedding.categorical_embedding(batch, t),
-                                *self.embedding.sequence_embedding(batch, s))
-                            for att, (t, s) in zip(self.attention, self.pairs)], dim=1)
+        """``(B, n_sequences, D)``: the attention-pooled sequences ``u_s``, in pair order (a
+        group's sequences in the group's order)."""
+        out = []
+        for att, (targets, sequences) in zip(self.attention, self.pairs):
+            target = torch.cat([self.embedding.categorical_embedding(batch, t) for t in targets], dim=-1)
+            seqs = [self.embedding.sequence_embedding(batch, s) for s in sequences]
+            mask = seqs[0][1]  # the group's first sequence marks the real positions (as FuxiCTR)
+            u = att(target, torch.cat([e for e, _ in seqs], dim=-1), mask)
+            out.append(u.view(u.shape[0], len(sequences), -1))
+        return torch.cat(out, dim=1)
 
     def forward(self, batch):
         E = self.embedding(batch).index_copy(1, self.sequence_columns, self.interests(batch))

@@ -13,25 +13,29 @@ from .registry import register
 class xDeepFM(CTRModel):
     """``logit = LR(x) + wᵀ[p¹; …; p^K] + MLP(flatten(E))``, with ``p^k = Σ_D X^k`` the sum-pooled
     maps of the CIN layers ``X^k_h = Σ_i Σ_j W^{k,h}_{ij} (X^{k−1}_i ⊙ X⁰_j)``, ``X⁰ = E``
-    (FuxiCTR: no activation, no split-half). ``w`` is one Linear(Σ_k H_k, 1) and carries the
+    (by default, as FuxiCTR: no activation, no split-half). ``w`` is one Linear(Σ_k H_k, 1) and carries the
     model's only output bias (the LR term has none, as in FuxiCTR).
     With ``hidden_units=[]`` there is no MLP term (LR + CIN, as in FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template): ``embedding_dim=10``,
     ``cin_hidden_units=[32, 32, 32]`` (numbers of maps H_k), ``hidden_units=[500, 500, 500]``
     (FuxiCTR ``dnn_hidden_units``), ``hidden_activations="relu"``, ``net_dropout=0.``,
-    ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
+    ``batch_norm=False``, ``cin_activation=None`` and ``cin_split_half=False`` (the paper's and
+    DeepCTR's CIN options, see :class:`~ctrlab.layers.CIN`; DeepCTR uses ``"relu"`` and ``True``),
+    ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  cin_hidden_units: list[int] = [32, 32, 32],
                  hidden_units: list[int] = [500, 500, 500], hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
+                 cin_activation: str | None = None, cin_split_half: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         self.linear = LinearLogit(feature_map, bias=False)  # cin_fc has the bias
-        self.cin = CIN(self.embedding.num_fields, cin_hidden_units)
+        self.cin = CIN(self.embedding.num_fields, cin_hidden_units, activation=cin_activation,
+                       split_half=cin_split_half)
         self.cin_fc = init_linear(nn.Linear(self.cin.output_dim, 1))
         self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, hidden_units,
                             activation=hidden_activations, dropout=net_dropout,

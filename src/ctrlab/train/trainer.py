@@ -464,7 +464,7 @@ class Trainer:
         self._params = [p for _, p in named]
         self._sparse_tables: list[nn.Parameter] = []
         if config.sparse_embeddings:
-            if float(getattr(self.model, "embedding_regularizer", 0.0) or 0.0) > 0:
+            if max(getattr(self.model, "embedding_regularizer", 0.0), getattr(self.model, "embedding_l1", 0.0)) > 0:
                 raise ConfigError(
                     "trainer.sparse_embeddings: the model's embedding_regularizer "
                     f"({self.model.embedding_regularizer}) is an L2 term over whole tables, whose gradient "
