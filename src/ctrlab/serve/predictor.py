@@ -120,9 +120,10 @@ class Predictor:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        # by the manifest's (checked) format: a model.onnx the manifest does not list is never loaded
         if backend == "auto":
-            backend = "onnx" if (self.artifact.path / "model.onnx").exists() else "torch"
-        if backend == "onnx" and not (self.artifact.path / "model.onnx").exists():
+            backend = "onnx" if self.artifact.format == "onnx" else "torch"
+        if backend == "onnx" and self.artifact.format != "onnx":
             raise ValueError(f"{self.artifact.path} has no model.onnx (format {self.artifact.format}); use backend torch")
         self.backend_name = backend
         self.backend = _ONNXBackend(self.artifact, threads) if backend == "onnx" else _TorchBackend(self.artifact, threads)
