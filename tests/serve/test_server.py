@@ -20,6 +20,7 @@ from ctrlab.config import ConfigError
 from ctrlab.data.readers import read_split
 from ctrlab.serve.config import ServeConfig
 from ctrlab.serve.predictor import Predictor, RequestError
+from ctrlab.serve.parsing import RECORDS_CHUNK
 from ctrlab.serve.server import MicroBatcher, create_app
 
 
@@ -343,25 +344,46 @@ def test_an_error_in_a_later_slice_names_the_row_within_the_request():
     assert len(fake.calls) == 3  # the rest of the request is not scored
 
 
-def test_a_large_records_request_is_checked_in_chunks_with_request_row_numbers(served):
-    """Records bodies over 32 KiB are checked chunk by chunk in the parse thread; an error names
-    the row within the whole request, and a good request scores like the Predictor."""
-    client, predictor, records = served
-    many = (records * 10)[:100]
+@pytest.mark.parametrize("parse_process", [True, False], ids=["worker process", "thread"])
+def test_a_large_records_request_is_checked_in_chunks_with_request_row_numbers(served, parse_process):
+    """Records bodies over 32 KiB are checked (in the parse worker process, or a thread) chunk by
+    chunk; an error names the row within the whole request, and a good request scores like the
+    Predictor."""
+    _, predictor, records = served
+    many = (records * 40)[:RECORDS_CHUNK + 500]
     bad = [dict(r) for r in many]
-    bad[97]["price"] = "cheap"
-    import ctrlab.serve.server as server_module
-
-    old = server_module.RECORDS_CHUNK
-    server_module.RECORDS_CHUNK = 16
-    try:
-        r = client.post("/predict", content=json.dumps({"records": bad}).encode() + b" " * (40 << 10))
-        assert r.status_code == 422 and r.json()["row"] == 97 and r.json()["field"] == "price", r.text
-        r = client.post("/predict", content=json.dumps({"records": many}).encode() + b" " * (40 << 10))
+    bad[RECORDS_CHUNK + 97]["price"] = "cheap"
+    with TestClient(create_app(predictor, ServeConfig(parse_process=parse_process))) as client:
+        r = client.post("/predict", content=json.dumps({"records": bad}).encode())
+        assert r.status_code == 422 and r.json()["row"] == RECORDS_CHUNK + 97, r.text
+        assert r.json()["error"].startswith(f"records[{RECORDS_CHUNK + 97}], field 'price': expected"), r.text
+        r = client.post("/predict", content=json.dumps({"records": many}).encode())
         assert r.status_code == 200, r.text
         np.testing.assert_allclose(r.json()["probabilities"], predictor.predict_records(many), rtol=1e-6)
-    finally:
-        server_module.RECORDS_CHUNK = old
+        r = client.post("/predict", content=b'{"records": [' + b" " * (40 << 10) + b"]}")
+        assert r.status_code == 422 and "empty" in r.json()["error"]
+
+
+def test_the_parse_worker_is_restarted_after_it_dies(served):
+    """A parse worker that died (killed, out of memory) is started again for the next large body."""
+    _, predictor, records = served
+    body = json.dumps({"records": (records * 40)[:3000]}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+
+    async def go():
+        app = create_app(predictor, ServeConfig())
+        statuses = []
+        async with app.router.lifespan_context(app):
+            worker = app.state.parse_worker
+            statuses.append((await _asgi_call(app, "POST", "/predict", headers, [{"type": "http.request", "body": body}]))[0])
+            first_pid = worker.pid
+            worker.proc.kill()
+            await worker.proc.wait()
+            statuses.append((await _asgi_call(app, "POST", "/predict", headers, [{"type": "http.request", "body": body}]))[0])
+            return statuses, first_pid, worker.pid
+
+    statuses, first_pid, second_pid = asyncio.run(go())
+    assert statuses == [200, 200] and first_pid != second_pid
 
 
 # ---- issue 14.22: the port ---------------------------------------------------------------------------

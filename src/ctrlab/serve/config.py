@@ -37,6 +37,9 @@ class ServeConfig:
     max_body_bytes_in_flight: int = 64 << 20
     """Most bytes of request bodies over 32 KiB held at once (received, parsed, or waiting for room in
     ``max_rows_in_flight``); further large bodies are read only when room frees (they wait in TCP)."""
+    parse_process: bool = True
+    """Parse and check bodies over 32 KiB in a child process (one at a time), so that the parse of a
+    large body never holds up the event loop; off: in a thread of the server's process."""
     api_docs: bool = False
     """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` (off: they describe the service to anyone who asks)."""
     access_log: bool = False

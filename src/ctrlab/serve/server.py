@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import re
 import socket
 import sys
 import time
@@ -47,13 +46,14 @@ from typing import Any, Callable
 
 import numpy as np
 import orjson
-import polars as pl
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 from starlette.requests import ClientDisconnect
 
 from ..config import ConfigError
 from .config import ServeConfig
+from .parse_worker import ParseWorker, ParseWorkerFailed
+from .parsing import BODY_FORMS, check_body, parse_body  # noqa: F401 - parse_body, BODY_FORMS: public here too
 from .predictor import Predictor, RequestError
 
 log = logging.getLogger("ctrlab.serve")
@@ -61,9 +61,6 @@ log = logging.getLogger("ctrlab.serve")
 SMALL_BODY_BYTES = 32 << 10
 """Bodies up to this size are parsed and checked on the event loop (cheaper than a thread hop) and
 take nothing from ``max_body_bytes_in_flight``; larger ones go to the parse thread."""
-RECORDS_CHUNK = 2048
-"""Records checked per step in the parse thread: between steps the thread gives the interpreter lock
-back, so that a 65,536-record request does not stall the event loop for its whole transposition."""
 
 
 class Overloaded(RuntimeError):
@@ -275,36 +272,6 @@ class MicroBatcher:
             self.jobs = deque(j for j in self.jobs if not j.fut.done())
 
 
-BODY_FORMS = '{"records": [{...}, ...]} or {"columns": {"field": [...], ...}}'
-
-
-def parse_body(body: bytes, max_rows: int) -> tuple[str, Any]:
-    """The request body -> ``("records", list)`` or ``("columns", dict)``, or a RequestError
-    (400 not JSON, 413 too many rows, 422 wrong shape)."""
-    if not body or body.isspace():  # (no strip(): it would copy a large body)
-        raise RequestError(f"the body is empty; send {BODY_FORMS}", status=400)
-    try:
-        doc = orjson.loads(body)  # strict JSON: NaN, Infinity and numbers beyond float range are errors
-    except orjson.JSONDecodeError as exc:
-        hint = ("; NaN and Infinity are not JSON: send null for a missing value"
-                if re.search(rb"NaN|Infinity", body) else "")
-        raise RequestError(f"the body is not valid JSON: {exc}{hint}", status=400) from None
-    if not isinstance(doc, dict):
-        raise RequestError(f"the body must be a JSON object: {BODY_FORMS}")
-    unknown = sorted(set(doc) - {"records", "columns"})
-    if unknown:
-        raise RequestError(f"unknown top-level key; the body is {BODY_FORMS}", field=str(unknown[0]))
-    if len(doc) != 1:
-        raise RequestError(f"give exactly one of 'records' and 'columns'; the body is {BODY_FORMS}")
-    form, payload = next(iter(doc.items()))
-    rows = len(payload) if form == "records" and isinstance(payload, list) else max(
-        (len(v) for v in payload.values() if isinstance(v, list)), default=0) if isinstance(payload, dict) else 0
-    if rows > max_rows:
-        raise RequestError(f"{rows} rows in one request; the limit is {max_rows} (split the request, or start "
-                           "the server with a larger --max-request-rows)", status=413, field=form)
-    return form, payload
-
-
 def _json_response(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None):
     # orjson writes a float32 array directly (shortest round-trip digits): 25x faster than
     # json.dumps(array.tolist()) for a 4096-row answer
@@ -324,10 +291,16 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         state["batcher"] = batcher
         state["bodies"] = Budget(cfg.max_body_bytes_in_flight, fifo=True)
         state["parse_thread"] = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ctrlab-parse")
+        state["parse_worker"] = ParseWorker(predictor.artifact.path, cfg.max_request_rows) if cfg.parse_process else None
+        if state["parse_worker"] is not None:
+            await state["parse_worker"].start()  # it loads while the server starts
+        app.state.parse_worker = state["parse_worker"]
         state["started"] = time.time()
         state["aborted_uploads"] = 0
         yield
         await batcher.stop()
+        if state["parse_worker"] is not None:
+            await state["parse_worker"].stop()
         state["parse_thread"].shutdown(wait=False, cancel_futures=True)
 
     docs = {} if cfg.api_docs else {"docs_url": None, "redoc_url": None, "openapi_url": None}
@@ -343,25 +316,6 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         {"type": "object", "additionalProperties": False, "required": ["records"], "properties": {"records": records}},
         {"type": "object", "additionalProperties": False, "required": ["columns"], "properties": {"columns": columns}},
     ]}
-
-    def _validate(body) -> pl.DataFrame:
-        form, payload = parse_body(body, cfg.max_request_rows)
-        if form == "columns":
-            return predictor.columns_to_frame(payload)
-        if not isinstance(payload, list) or len(payload) <= RECORDS_CHUNK:
-            return predictor.records_to_frame(payload)
-        frames, offset = [], 0
-        while payload:  # chunk by chunk, freeing each chunk's objects as it goes
-            chunk = payload[:RECORDS_CHUNK]
-            del payload[:RECORDS_CHUNK]
-            try:
-                frames.append(predictor.records_to_frame(chunk))
-            except RequestError as exc:
-                raise RequestError(exc.message, exc.status, exc.field,
-                                   None if exc.row is None else exc.row + offset) from None
-            offset += len(chunk)
-            del chunk
-        return pl.concat(frames, how="vertical")
 
     @app.post("/predict", openapi_extra={"requestBody": {"required": True, "content": {
         "application/json": {"schema": request_schema}}}})
@@ -391,7 +345,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
                             small = False
                             break
                     if small:
-                        frame = _validate(bytes(body))
+                        frame = check_body(predictor, bytes(body), cfg.max_request_rows)
                 finally:
                     batcher.arriving -= 1
             if frame is None:
@@ -402,7 +356,11 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
                     body += chunk
                     if len(body) > cfg.max_body_bytes:
                         return _too_large(cfg)
-                frame = await asyncio.get_running_loop().run_in_executor(state["parse_thread"], _validate, body)
+                if state["parse_worker"] is not None:
+                    frame = await state["parse_worker"].check(body)
+                else:
+                    frame = await asyncio.get_running_loop().run_in_executor(
+                        state["parse_thread"], check_body, predictor, body, cfg.max_request_rows)
                 del body
 
             def admitted():  # the body's bytes are held until its rows are admitted: waiting frames stay bounded
@@ -414,7 +372,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
             probs = await batcher.submit(frame, admitted)
         except RequestError as exc:
             return _json_response(exc.status, exc.detail())
-        except Overloaded as exc:
+        except (Overloaded, ParseWorkerFailed) as exc:
             return _json_response(503, {"error": f"server busy: {exc}; retry shortly"}, {"Retry-After": "1"})
         except ClientDisconnect:
             state["aborted_uploads"] += 1
