@@ -44,8 +44,12 @@ class ParseWorker:
 
     async def start(self) -> None:
         if self.proc is None or self.proc.returncode is not None:
+            # the worker imports the very ctrlab this server runs (not another install of it)
+            package_root = str(Path(__file__).resolve().parents[2])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
             self.proc = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.PIPE,
-                                                             stdout=asyncio.subprocess.PIPE)
+                                                             stdout=asyncio.subprocess.PIPE, env=env)
 
     @property
     def pid(self) -> int | None:

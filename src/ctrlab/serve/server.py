@@ -60,7 +60,7 @@ log = logging.getLogger("ctrlab.serve")
 
 SMALL_BODY_BYTES = 32 << 10
 """Bodies up to this size are parsed and checked on the event loop (cheaper than a thread hop) and
-take nothing from ``max_body_bytes_in_flight``; larger ones go to the parse thread."""
+take nothing from ``max_body_bytes_in_flight``; larger ones go to the parse worker process."""
 
 
 class Overloaded(RuntimeError):
@@ -96,7 +96,10 @@ class Budget:
             if fut.done() and not fut.cancelled():  # granted just as the waiter was cancelled
                 self.release(n)
             else:
-                self._waiters.remove((n, fut))
+                try:
+                    self._waiters.remove((n, fut))
+                except ValueError:  # _wake already dropped the cancelled waiter
+                    pass
                 self._wake()
             raise
 
