@@ -336,6 +336,29 @@ def test_rows_in_flight_are_bounded_and_small_requests_pass_a_waiting_large_one(
     assert info.value.status == 413
 
 
+def test_a_cancelled_waiter_gives_its_place_back():
+    """A request waiting for room that goes away (its client left) takes nothing from the budget, and
+    the next waiter that fits is admitted when room frees."""
+    from ctrlab.serve.server import Budget
+
+    async def go():
+        budget = Budget(10, fifo=True)
+        await budget.acquire(8)
+        gone = asyncio.ensure_future(budget.acquire(5))
+        later = asyncio.ensure_future(budget.acquire(2))
+        await asyncio.sleep(0)
+        assert budget.waiting == 2 and not later.done()  # fifo: 2 would fit, but waits behind 5
+        gone.cancel()
+        for _ in range(3):
+            await asyncio.sleep(0)
+        assert later.done() and budget.used == 10 and budget.waiting == 0
+        budget.release(8)
+        budget.release(2)
+        return budget.used, budget.peak
+
+    assert asyncio.run(go()) == (0, 10)
+
+
 def test_an_error_in_a_later_slice_names_the_row_within_the_request():
     fake = FakePredictor(bad_x=250)
     cfg = ServeConfig(max_batch_rows=100, max_wait_ms=0)
