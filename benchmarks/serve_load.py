@@ -5,9 +5,14 @@
 
 It exports the run (default: the FinalMLP run of `make demo` on frappe_x1_subset, trained first if
 missing), starts `ctrlab serve` on a free 127.0.0.1 port in its own process, and sends real
-`frappe_x1_subset` test rows as raw JSON records in three scenarios, each bounded by a request count
+`frappe_x1_subset` test rows as raw JSON records in scenarios each bounded by a request count
 and a duration: single-row requests at concurrency 1 and 32, and 4096-row batches (one client,
-as records and as columns: two clients gain nothing on 2 cores, measured). It then stops the
+as records and as columns: two clients gain nothing on 2 cores, measured). Then two availability
+scenarios (issue 14.23): head-of-line, single rows sent at a fixed rate (latency counted from
+the planned send time, so that a stalled server cannot hide by slowing the client) while one
+client sends 65,536-row requests back to back; and memory, 8 clients sending 65,536-row
+requests at once, with the server's peak RSS (VmHWM) against the bound that its
+--max-body-mb-in-flight and --max-rows-in-flight settings give (docs/serving.md). It then stops the
 server and measures, in this process, eager PyTorch against the exported ONNX model on the same
 encoded rows. The report (a section of docs/performance.md between the serve-load markers, which
 `make bench-peers` keeps) gives requests/s, rows/s, p50/p99 latency, non-200 answers and 5xx.
@@ -40,7 +45,15 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from script_io import markers, write_section  # noqa: E402
 
 BEGIN, END = markers("serve-load")
-TARGETS = {"single_p99_ms": 5.0, "batch_rows_per_s": 100_000}
+TARGETS = {"single_p99_ms": 5.0, "batch_rows_per_s": 100_000, "hol_single_p99_ms": 10.0}
+LARGE_ROWS = 65536
+
+
+def memory_bound_mib(body_mb_in_flight: float, max_body_mb: float, rows_in_flight: int) -> float:
+    """The documented bound on what the server holds above its idle RSS (docs/serving.md): the large
+    bodies it holds, the Python objects of the one body being parsed (≤ 8× the body; 6× measured for
+    Frappe records), and about 100 bytes per row in flight (raw columns, encoded slice, answer)."""
+    return body_mb_in_flight + 8 * max_body_mb + rows_in_flight * 100 / 2**20
 
 
 # ---- a small keep-alive HTTP client ---------------------------------------------------------------
@@ -143,6 +156,91 @@ async def run_scenario(host: str, port: int, sc: Scenario, bodies: list[bytes]) 
 
     await asyncio.gather(*(worker() for _ in range(sc.concurrency)))
     out.seconds = time.perf_counter() - start
+    return out
+
+
+async def run_head_of_line(host: str, port: int, singles: list[bytes], large: bytes, large_rows: int,
+                           seconds: float, rate: float) -> tuple[Outcome, Outcome]:
+    """Single-row requests at ``rate`` per second for ``seconds`` (latency from each one's planned
+    send time, on a pool of connections), while one client sends ``large`` requests back to back."""
+    single_raws = [post(host, port, "/predict", b) for b in singles]
+    large_raw = post(host, port, "/predict", large)
+    small = Outcome(Scenario("single rows during large requests", 1, 1, int(seconds * rate), seconds))
+    big = Outcome(Scenario("large requests beside single rows", 1, large_rows, 0, seconds))
+    stop = asyncio.Event()
+
+    async def large_client():
+        conn = Connection(host, port)
+        try:
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    status, _ = await conn.request(large_raw)
+                except (OSError, asyncio.IncompleteReadError, ValueError):
+                    big.failures += 1
+                    conn.close()
+                    continue
+                big.latencies_ms.append((time.perf_counter() - t0) * 1000)
+                big.statuses[status] = big.statuses.get(status, 0) + 1
+        finally:
+            conn.close()
+
+    pool: asyncio.Queue = asyncio.Queue()
+    for _ in range(32):
+        pool.put_nowait(Connection(host, port))
+
+    async def one(raw: bytes, planned: float):
+        conn = await pool.get()
+        try:
+            status, _ = await conn.request(raw)
+        except (OSError, asyncio.IncompleteReadError, ValueError):
+            small.failures += 1
+            conn.close()
+            return
+        finally:
+            pool.put_nowait(conn)
+        small.latencies_ms.append((time.perf_counter() - planned) * 1000)
+        small.statuses[status] = small.statuses.get(status, 0) + 1
+
+    t_large = time.perf_counter()
+    background = asyncio.ensure_future(large_client())
+    await asyncio.sleep(0.5)  # the first large request is being read and parsed
+    start = time.perf_counter()
+    sent = []
+    for k in range(small.scenario.requests):
+        planned = start + k / rate
+        await asyncio.sleep(max(0.0, planned - time.perf_counter()))
+        sent.append(asyncio.ensure_future(one(single_raws[k % len(single_raws)], planned)))
+    await asyncio.gather(*sent)
+    small.seconds = time.perf_counter() - start
+    stop.set()
+    await background
+    big.seconds = time.perf_counter() - t_large
+    big.scenario.requests = sum(big.statuses.values()) + big.failures
+    while not pool.empty():
+        pool.get_nowait().close()
+    return small, big
+
+
+def rss_mib(pid: int) -> dict[str, float]:
+    """Resident memory now (VmRSS) and at its peak (VmHWM), MiB (Linux), of the server and its child
+    processes (the parse worker) together; the peaks are summed, which can only overstate."""
+    out = {"VmRSS": 0.0, "VmHWM": 0.0, "processes": {}}
+    pids, seen = [pid], set()
+    while pids:
+        p = pids.pop()
+        seen.add(p)
+        try:
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                key, _, value = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    mib = round(int(value.split()[0]) / 1024, 1)
+                    out[key] = round(out[key] + mib, 1)
+                    out["processes"].setdefault(str(p), {})[key] = mib
+            for task in Path(f"/proc/{p}/task").iterdir():
+                pids += [int(c) for c in (task / "children").read_text().split() if int(c) not in seen]
+        except FileNotFoundError:
+            continue
     return out
 
 
@@ -291,6 +389,43 @@ def render(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def render_availability(result: dict) -> str:
+    """The head-of-line and memory scenarios (issue 14.23): their own section of the report."""
+    begin, end = markers("serve-availability")
+    avail = {o["scenario"]: o for o in result["availability"]}
+    hol, hol_big, burst = (avail["single rows during large requests"], avail["large requests beside single rows"],
+                           avail["8 large requests at once"])
+    mem, h = result["memory"], result["head_of_line"]
+    lines = [begin, "## Serving: availability under large requests (issue 14.23)", "",
+             f"`{result['command']}` ({result['date']}, {result['machine']}{result.get('note', '')}). "
+             f"Default server options. Single rows are sent at {h['rate_per_s']:g}/s for {h['seconds']:g} s, latency "
+             "counted from each one's planned send time, while one client sends "
+             f"{h['large_rows']:,}-row requests ({mem['body_mb']} MB of records each) back to back. Then 8 clients "
+             f"send {h['large_rows']:,}-row requests at once.", "",
+             "| scenario | requests | errors | 5xx | rows/s | p50 ms | p99 ms | max ms |", "|---|---|---|---|---|---|---|---|"]
+    for o in (hol, hol_big, burst):
+        lines.append(f"| {o['scenario']} | {o['requests']:,} | {o['errors']} | {o['http_5xx']} | "
+                     f"{o['rows_per_s']:,.0f} | {o['p50_ms']:.2f} | {o['p99_ms']:.2f} | {o['max_ms']:.2f} |")
+    lines += ["", f"Server memory (the server and its parse worker process): {mem['idle_mib']:,.0f} MiB resident before "
+              f"these scenarios, peak (VmHWM) "
+              f"{mem['VmHWM']:,.0f} MiB, {mem['VmRSS']:,.0f} MiB after them. The bound that "
+              f"[serving.md](serving.md#memory) gives for the default settings is {mem['bound_mib']:,.0f} MiB: idle, "
+              "plus the large bodies in flight, plus 8 times the largest body, plus 100 B per row in flight.", ""]
+    errors = sum(o["errors"] for o in (hol, hol_big, burst))
+    checks = [
+        ("zero errors and zero 5xx", errors == 0, f"{errors} errors"),
+        (f"single-row p99 ≤ {TARGETS['hol_single_p99_ms']:g} ms while large requests are scored",
+         hol["p99_ms"] <= TARGETS["hol_single_p99_ms"], f"{hol['p99_ms']:.2f} ms"),
+        ("peak RSS within the bound of the memory settings", mem["VmHWM"] <= mem["bound_mib"],
+         f"{mem['VmHWM']:,.0f} MiB ≤ {mem['bound_mib']:,.0f} MiB" if mem["VmHWM"] <= mem["bound_mib"]
+         else f"{mem['VmHWM']:,.0f} MiB > {mem['bound_mib']:,.0f} MiB"),
+    ]
+    lines += ["| target | met | measured |", "|---|---|---|"]
+    lines += [f"| {name} | {'yes' if ok else '**no**'} | {what} |" for name, ok, what in checks]
+    lines += ["", end]
+    return "\n".join(lines) + "\n"
+
+
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -302,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(default docs/performance.md; none with --smoke)")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     ap.add_argument("--repeats", type=int, default=5, help="repeats of the in-process runtime comparison")
+    ap.add_argument("--only-availability", action="store_true",
+                    help="run only the head-of-line and memory scenarios (and write only their section)")
+    ap.add_argument("--note", default="", help="a remark on the machine's state for the report (e.g. its load)")
     args = ap.parse_args(argv)
     log = lambda m: print(m, flush=True)  # noqa: E731
     artifact = ensure_artifact(args.run, args.artifact, log)
@@ -317,10 +455,17 @@ def main(argv: list[str] | None = None) -> int:
         (Scenario("4096-row batches, records", 1, len(records), max(int(600 * k), 4), 60 * k), batches),
         (Scenario("4096-row batches, columns", 1, len(records), max(int(600 * k), 4), 60 * k), columnar),
     ]
+    if args.only_availability:
+        scenarios = []
+    large_rows = 8192 if args.smoke else LARGE_ROWS
+    large = (records * (large_rows // len(records) + 1))[:large_rows]
+    large_body = json.dumps({"records": large}).encode()
+    del large
+    hol_seconds, hol_rate = (3.0, 50.0) if args.smoke else (20.0, 100.0)
     port = free_port()
     log(f"[serve-load] starting ctrlab serve {artifact} on 127.0.0.1:{port}")
     proc = start_server(artifact, port)
-    outcomes = []
+    outcomes, availability = [], []
     try:
         for sc, bodies in scenarios:
             asyncio.run(run_scenario("127.0.0.1", port, Scenario(sc.name + " warm-up", sc.concurrency,
@@ -328,28 +473,51 @@ def main(argv: list[str] | None = None) -> int:
             o = asyncio.run(run_scenario("127.0.0.1", port, sc, bodies)).summary()
             outcomes.append(o)
             log(f"[serve-load] {o}")
+        # one large request first, so that the parse worker has loaded: idle then counts both processes
+        asyncio.run(run_scenario("127.0.0.1", port, Scenario("large warm-up", 1, large_rows, 1, 300), [large_body]))
+        rss_idle = rss_mib(proc.pid)["VmRSS"]
+        small, big = asyncio.run(run_head_of_line("127.0.0.1", port, singles, large_body, large_rows,
+                                                  hol_seconds, hol_rate))
+        for o in (small.summary(), big.summary()):
+            availability.append(o)
+            log(f"[serve-load] {o}")
+        burst = Scenario("8 large requests at once", 8, large_rows, 8 if args.smoke else 16, 300)
+        o = asyncio.run(run_scenario("127.0.0.1", port, burst, [large_body])).summary()
+        memory = {**rss_mib(proc.pid), "idle_mib": rss_idle, "body_mb": round(len(large_body) / 2**20, 1)}
+        availability.append(o)
+        log(f"[serve-load] {o} {memory}")
     finally:
         server_log = stop_server(proc)
-    runtimes = compare_runtimes(artifact, records, 1 if args.smoke else args.repeats)
+    from ctrlab.serve.config import ServeConfig
+
+    sc_default = ServeConfig()
+    memory["bound_mib"] = round(rss_idle + memory_bound_mib(sc_default.max_body_bytes_in_flight / 2**20,
+                                                            sc_default.max_body_bytes / 2**20,
+                                                            sc_default.max_rows_in_flight), 1)
+    runtimes = [] if args.only_availability else compare_runtimes(artifact, records, 1 if args.smoke else args.repeats)
     for r in runtimes:
         log(f"[serve-load] {r}")
     from ctrlab.bench.runner import cpu_name
 
     result = {
-        "command": "python benchmarks/serve_load.py" + (" --smoke" if args.smoke else ""),
+        "command": "python benchmarks/serve_load.py" + (" --smoke" if args.smoke else "")
+                   + (" --only-availability" if args.only_availability else ""),
+        "note": f"; {args.note}" if args.note else "",
         "date": time.strftime("%Y-%m-%d"), "machine": f"{os.cpu_count()} cores, {cpu_name()}",
         "model": manifest["model"]["name"], "dataset": manifest["dataset"], "repeats": args.repeats,
-        "scenarios": outcomes, "runtimes": runtimes,
+        "scenarios": outcomes, "runtimes": runtimes, "availability": availability, "memory": memory,
+        "head_of_line": {"seconds": hol_seconds, "rate_per_s": hol_rate, "large_rows": large_rows},
     }
-    section = render(result)
-    print(section)
+    sections = ([] if args.only_availability else [render(result)]) + [render_availability(result)]
+    print("\n".join(sections))
     output = args.output or (None if args.smoke else REPO / "docs" / "performance.md")
     if output:
-        write_section(output, section)
+        for section in sections:
+            write_section(output, section)
         log(f"[serve-load] wrote the serving section of {output}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
-    bad = [o for o in outcomes if o["errors"] or o["http_5xx"]]
+    bad = [o for o in outcomes + availability if o["errors"] or o["http_5xx"]]
     if bad:
         log(f"[serve-load] errors under load: {bad}\n{server_log[-3000:]}")
         return 1

@@ -86,7 +86,8 @@ def cmd_serve(args) -> int:
     cfg = ServeConfig(host=args.host, port=args.port, backend=args.backend, threads=args.threads,
                       max_body_bytes=int(args.max_body_mb * (1 << 20)), max_request_rows=args.max_request_rows,
                       max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
-                      access_log=args.access_log)
+                      access_log=args.access_log, max_rows_in_flight=args.max_rows_in_flight,
+                      max_body_bytes_in_flight=int(args.max_body_mb_in_flight * (1 << 20)), api_docs=args.api_docs)
     serve(args.artifact, cfg)
     return 0
 
@@ -220,6 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
                     help="longest wait for concurrent requests to join a batch (default %(default)s)")
     sv.add_argument("--queue-size", type=int, default=sc.queue_size,
                     help="requests that may wait for the model before 503 (default %(default)s)")
+    sv.add_argument("--max-rows-in-flight", type=int, default=sc.max_rows_in_flight,
+                    help="most rows held for scoring at once; bounds memory (default %(default)s)")
+    sv.add_argument("--max-body-mb-in-flight", type=float, default=sc.max_body_bytes_in_flight / (1 << 20),
+                    help="most MiB of large request bodies held at once; bounds memory (default %(default)s)")
+    sv.add_argument("--api-docs", action="store_true", help="serve /docs, /redoc and /openapi.json (off by default)")
     sv.add_argument("--access-log", action="store_true", help="log every request")
     sv.set_defaults(func=cmd_serve)
 

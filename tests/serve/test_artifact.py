@@ -2,7 +2,10 @@
 rows; artifact folders are complete, checksummed, pickle-free, and score raw rows like the run."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import shutil
 
 import numpy as np
@@ -19,6 +22,7 @@ from ctrlab.serve.artifact import (
     ArtifactError,
     check_parity,
     export_onnx,
+    export_run,
     load_artifact,
     torch_probabilities,
 )
@@ -105,6 +109,125 @@ def test_altered_or_missing_file_is_refused(frappe_export, tmp_path):
         load_artifact(copy, verify=False)
     with pytest.raises(ArtifactError, match="no manifest.json"):
         load_artifact(tmp_path)
+
+
+def _copy(art, tmp_path):
+    copy = tmp_path / "art"
+    shutil.copytree(art, copy)
+    return copy
+
+
+def _edit_manifest(folder, change):
+    m = json.loads((folder / "manifest.json").read_text())
+    change(m)
+    (folder / "manifest.json").write_text(json.dumps(m))
+
+
+def _swap_two_vocabulary_entries(folder):
+    fm = json.loads((folder / "feature_map.json").read_text())
+    vocab = fm["encoders"]["user"]["vocab"]
+    vocab[0], vocab[1] = vocab[1], vocab[0]
+    (folder / "feature_map.json").write_text(json.dumps(fm))
+
+
+FRAPPE_RECORD = {"user": "204", "item": "4798", "daytime": "5041", "weekday": "5046", "isweekend": "5053",
+                 "homework": "5055", "cost": "5058", "weather": "5060", "country": "5073", "city": "5183"}
+
+
+@pytest.mark.parametrize("how", ["entry removed", "files key removed"])
+def test_a_file_dropped_from_the_manifest_is_still_verified(frappe_export, tmp_path, how):
+    """issue 14.21: removing a file's entry (or the whole `files` key) from manifest.json must not skip
+    its checksum: an edited vocabulary would change every probability without a word."""
+    _, art = frappe_export
+    copy = _copy(art, tmp_path)
+    _swap_two_vocabulary_entries(copy)
+    _edit_manifest(copy, (lambda m: m["files"].pop("feature_map.json")) if how == "entry removed"
+                   else (lambda m: m.pop("files")))
+    fragment = r"'files' lacks \['feature_map.json'\]" if how == "entry removed" else "has no 'files' object"
+    with pytest.raises(ArtifactError, match=fragment):
+        load_artifact(copy)
+    with pytest.raises(ArtifactError, match=fragment):
+        Predictor(copy)
+
+
+@pytest.mark.parametrize("entry,fragment", [
+    ("/dev/zero", "not a file name inside the artifact folder"),
+    ("../run/model.safetensors", "not a file name inside the artifact folder"),
+    ("notes.txt", "unknown entry 'notes.txt'"),
+])
+def test_manifest_entries_are_confined_to_the_required_files(frappe_export, tmp_path, entry, fragment):
+    """issue 14.21: an entry of /dev/zero hung the load (hashing an endless device); a path outside
+    the folder or a file the format does not have is refused before anything is read."""
+    _, art = frappe_export
+    copy = _copy(art, tmp_path)
+    (copy / "notes.txt").write_text("hello")
+    _edit_manifest(copy, lambda m: m["files"].update({entry: hashlib.sha256(b"hello").hexdigest()}))
+    with pytest.raises(ArtifactError, match=re.escape(fragment)):
+        load_artifact(copy)
+
+
+def test_symlinks_out_of_the_folder_and_special_files_are_refused(frappe_export, tmp_path):
+    """issue 14.21: a required file that is a symlink to a file outside the folder (even an identical
+    one) or to a device, or that is not a regular file (a FIFO would block the read), is refused."""
+    _, art = frappe_export
+    copy = _copy(art, tmp_path)
+    outside = tmp_path / "elsewhere.json"
+    shutil.copy(copy / "feature_map.json", outside)
+    (copy / "feature_map.json").unlink()
+    (copy / "feature_map.json").symlink_to(outside)
+    with pytest.raises(ArtifactError, match="feature_map.json points outside the artifact folder"):
+        load_artifact(copy)
+    copy = _copy(art, tmp_path / "b")
+    (copy / "model.onnx").unlink()
+    (copy / "model.onnx").symlink_to("/dev/zero")
+    with pytest.raises(ArtifactError, match="model.onnx points outside the artifact folder"):
+        load_artifact(copy)
+    (copy / "model.onnx").unlink()
+    os.mkfifo(copy / "model.onnx")
+    with pytest.raises(ArtifactError, match="model.onnx is not a regular file"):
+        load_artifact(copy)
+    # a symlink that stays inside the folder is followed (and its content checked as usual)
+    copy = _copy(art, tmp_path / "c")
+    (copy / "model.onnx").rename(copy / "graph.onnx")
+    (copy / "model.onnx").symlink_to("graph.onnx")
+    assert load_artifact(copy).format == "onnx"
+
+
+def test_manifest_schema_and_inputs_must_match_the_verified_files(frappe_export, tmp_path):
+    """issue 14.21: the manifest is not covered by a checksum; its derived parts are checked against
+    the files that are."""
+    _, art = frappe_export
+    copy = _copy(art, tmp_path)
+    _edit_manifest(copy, lambda m: m["schema"].pop())
+    with pytest.raises(ArtifactError, match="'schema' does not match the artifact's dataset_config.json"):
+        load_artifact(copy)
+    copy = _copy(art, tmp_path / "b")
+    _edit_manifest(copy, lambda m: m["inputs"][0].update(width=3))
+    with pytest.raises(ArtifactError, match="'inputs' does not match the artifact's feature_map.json"):
+        load_artifact(copy)
+
+
+def test_a_torch_artifact_never_loads_an_unlisted_onnx_graph(frappe_export, tmp_path):
+    """issue 14.21: the backend follows the manifest's format; a model.onnx dropped into a torch
+    artifact's folder (and so never verified) is not picked by backend auto."""
+    run, art = frappe_export
+    torch_art = export_run(run, tmp_path / "t", format="torch")
+    shutil.copy(art / "model.onnx", torch_art / "model.onnx")
+    assert Predictor(torch_art).backend_name == "torch"
+    with pytest.raises(ValueError, match="has no model.onnx"):
+        Predictor(torch_art, backend="onnx")
+
+
+def test_a_hash_consistent_but_malformed_feature_map_is_an_artifact_error(frappe_export, tmp_path):
+    _, art = frappe_export
+    copy = _copy(art, tmp_path)
+    fm = json.loads((copy / "feature_map.json").read_text())
+    fm["categorical"][0].pop("name")
+    text = json.dumps(fm).encode()
+    (copy / "feature_map.json").write_bytes(text)
+    _edit_manifest(copy, lambda m: m["files"].update({"feature_map.json": hashlib.sha256(text).hexdigest()}))
+    with pytest.raises(ArtifactError, match="feature_map.json is not a valid feature map"):
+        load_artifact(copy)
 
 
 def test_raw_rows_score_like_the_eager_run(frappe_export, tmp_path):

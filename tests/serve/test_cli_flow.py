@@ -53,7 +53,20 @@ def test_export_serve_predict_from_the_command_line(frappe_export, tmp_path, cap
                                      headers={"Content-Type": "application/json"})
         answer = json.load(urllib.request.urlopen(req, timeout=10))
         assert answer["model"] == "FinalMLP" and answer["rows"] == 1 and 0 < answer["probabilities"][0] < 1
-        bad = urllib.request.Request(f"{url}/predict", data=b'{"records": [{"user": 1}]}', method="POST")
+        form = urllib.request.Request(f"{url}/predict", data=_readme_request(), method="POST")  # urllib: a form type
+        try:
+            urllib.request.urlopen(form, timeout=10)
+            raise AssertionError("a form-encoded body was accepted")
+        except urllib.error.HTTPError as err:
+            assert err.code == 415 and "application/json" in json.load(err)["error"]
+        for path in ("/docs", "/openapi.json"):
+            try:
+                urllib.request.urlopen(f"{url}{path}", timeout=10)
+                raise AssertionError(f"{path} is served by default")
+            except urllib.error.HTTPError as err:
+                assert err.code == 404
+        bad = urllib.request.Request(f"{url}/predict", data=b'{"records": [{"user": 1}]}', method="POST",
+                                     headers={"Content-Type": "application/json"})
         try:
             urllib.request.urlopen(bad, timeout=10)
             raise AssertionError("a record without most fields was accepted")

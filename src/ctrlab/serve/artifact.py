@@ -22,7 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import re
 import shutil
+import stat
 import time
 import warnings
 from dataclasses import dataclass
@@ -371,26 +373,127 @@ class Artifact:
         return [TensorSpec(**s) for s in self.manifest["inputs"]]
 
 
-def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
-    """Read an artifact folder; with ``verify`` every file's sha256 must match the manifest."""
-    path = Path(path)
-    manifest_file = path / "manifest.json"
-    if not manifest_file.exists():
-        raise ArtifactError(f"{path} is not a ctrlab artifact (no manifest.json); create one with ctrlab export RUN")
+REQUIRED_FILES = {
+    "onnx": ("dataset_config.json", "feature_map.json", "model.onnx", "model.safetensors"),
+    "torch": ("dataset_config.json", "feature_map.json", "model.safetensors"),
+}
+"""The files an artifact of each format holds besides ``manifest.json``: fixed by the format, not by
+the manifest, so that a manifest with an entry removed (or no ``files`` at all) cannot skip a check."""
+MAX_MANIFEST_BYTES = 64 << 20
+"""Largest ``manifest.json`` read (it holds the schema and metrics: kilobytes)."""
+MAX_FILE_BYTES = 64 << 30
+"""Largest artifact file hashed; reads are bounded by it, so that no entry can make loading endless."""
+
+
+def _artifact_file(folder: Path, name: str, limit: int = MAX_FILE_BYTES) -> tuple[Path, int]:
+    """``folder / name`` as a checked path: it exists, resolves (symlinks followed) to a regular file
+    inside ``folder``, and is at most ``limit`` bytes. Returns the resolved path and its size."""
+    f = folder / name
     try:
-        manifest = json.loads(manifest_file.read_text())
-    except json.JSONDecodeError as exc:
+        real = f.resolve(strict=True)
+    except FileNotFoundError:
+        raise ArtifactError(f"{f} is missing from the artifact; copy the whole folder or export again") from None
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a permission problem
+        raise ArtifactError(f"{f} cannot be opened ({exc}); export the run again") from None
+    if real.parent != folder.resolve():
+        raise ArtifactError(f"{f} points outside the artifact folder (to {real}); an artifact holds its own "
+                            "files: copy them in or export again")
+    st = real.stat()
+    if not stat.S_ISREG(st.st_mode):
+        raise ArtifactError(f"{f} is not a regular file; export the run again")
+    if st.st_size > limit:
+        raise ArtifactError(f"{f} has {st.st_size:,} bytes, more than the {limit:,} an artifact file may have")
+    return real, st.st_size
+
+
+def _read_bounded(path: Path, size: int) -> bytes:
+    """Exactly the ``size`` bytes stat reported (a file that grows meanwhile is read no further)."""
+    with open(path, "rb") as fh:
+        return fh.read(size)
+
+
+def _sha256_bounded(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as fh:
+        while left > 0:
+            block = fh.read(min(1 << 20, left))
+            if not block:
+                break
+            h.update(block)
+            left -= len(block)
+    return h.hexdigest()
+
+
+def _check_file_list(manifest_file: Path, manifest: dict[str, Any]) -> dict[str, str]:
+    """The manifest's ``files`` must name exactly the format's required files, each with a sha256."""
+    fmt = manifest.get("format")
+    if fmt not in REQUIRED_FILES:
+        raise ArtifactError(f"{manifest_file}: format {fmt!r} is not one of {list(REQUIRED_FILES)}; export the run again")
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        raise ArtifactError(f"{manifest_file} has no 'files' object (the sha256 of each file); export the run again")
+    required = REQUIRED_FILES[fmt]
+    for name in files:
+        if not isinstance(name, str) or Path(name).is_absolute() or Path(name).name != name or name in (".", ".."):
+            raise ArtifactError(f"{manifest_file}: 'files' entry {name!r} is not a file name inside the artifact "
+                                "folder; export the run again")
+        if name not in required:
+            raise ArtifactError(f"{manifest_file}: 'files' has an unknown entry {name!r}; a {fmt} artifact holds "
+                                f"exactly {list(required)}; export the run again")
+    missing = [n for n in required if n not in files]
+    if missing:
+        raise ArtifactError(f"{manifest_file}: 'files' lacks {missing} (a {fmt} artifact holds exactly "
+                            f"{list(required)}, each checked by sha256); export the run again")
+    for name, digest in files.items():
+        if not (isinstance(digest, str) and re.fullmatch(r"[0-9a-f]{64}", digest)):
+            raise ArtifactError(f"{manifest_file}: the checksum of {name} is not a sha256 hex digest; export the run again")
+    return files
+
+
+def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
+    """Read an artifact folder and check it.
+
+    The files are the ones its format requires (:data:`REQUIRED_FILES`), each a regular file inside the
+    folder, each listed in the manifest; with ``verify`` (the default) each one's sha256 must match.
+    The manifest's derived parts (raw schema, model inputs) must agree with the verified files.
+    The checksums catch damage and edits of single files, not a forged manifest (they are not a signature).
+    """
+    path = Path(path)
+    if not (path / "manifest.json").exists():
+        raise ArtifactError(f"{path} is not a ctrlab artifact (no manifest.json); create one with ctrlab export RUN")
+    manifest_file = path / "manifest.json"
+    real, size = _artifact_file(path, "manifest.json", MAX_MANIFEST_BYTES)
+    try:
+        manifest = json.loads(_read_bounded(real, size))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ArtifactError(f"{manifest_file} is not valid JSON ({exc}); export the run again") from None
+    if not isinstance(manifest, dict):
+        raise ArtifactError(f"{manifest_file} is not a JSON object; export the run again")
     if manifest.get("ctrlab_artifact") != ARTIFACT_VERSION:
         raise ArtifactError(f"{manifest_file}: artifact version {manifest.get('ctrlab_artifact')!r}, this ctrlab reads "
                             f"version {ARTIFACT_VERSION}; export the run again with this ctrlab")
-    for name, digest in manifest.get("files", {}).items():
-        f = path / name
-        if not f.exists():
-            raise ArtifactError(f"{f} is missing from the artifact; copy the whole folder or export again")
-        if verify and _sha256(f) != digest:
-            raise ArtifactError(f"{f} does not match its checksum in manifest.json (altered or truncated); "
+    files = _check_file_list(manifest_file, manifest)
+    contents: dict[str, bytes] = {}
+    for name, digest in files.items():
+        real, size = _artifact_file(path, name)
+        if name.endswith(".json"):  # parsed from the very bytes that were hashed
+            contents[name] = _read_bounded(real, size)
+            actual = hashlib.sha256(contents[name]).hexdigest() if verify else digest
+        else:
+            actual = _sha256_bounded(real, size) if verify else digest
+        if actual != digest:
+            raise ArtifactError(f"{path / name} does not match its checksum in manifest.json (altered or truncated); "
                                 "export the run again")
-    fmap = FeatureMap.load(path / "feature_map.json")
-    dcfg = load_dataset_config(json.loads((path / "dataset_config.json").read_text()))
+    try:
+        fmap = FeatureMap.from_dict(json.loads(contents["feature_map.json"]))
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise ArtifactError(f"{path / 'feature_map.json'} is not a valid feature map ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}); export the run again") from None
+    dcfg = load_dataset_config(json.loads(contents["dataset_config.json"]))
+    derived = {"schema": raw_schema(dcfg), "inputs": [vars(s) for s in model_inputs(fmap)]}
+    for key, expected in derived.items():
+        if manifest.get(key) != expected:
+            raise ArtifactError(f"{manifest_file}: '{key}' does not match the artifact's "
+                                f"{'dataset_config.json' if key == 'schema' else 'feature_map.json'}; export the run again")
     return Artifact(path, manifest, fmap, dcfg)

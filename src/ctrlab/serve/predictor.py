@@ -103,7 +103,7 @@ class _TorchBackend:
             return torch.sigmoid(self.model(batch)["logit"]).float().numpy()
 
 
-BACKENDS = ("auto", "onnx", "torch")
+BACKENDS = ("auto", "onnx", "torch", "none")
 
 
 class Predictor:
@@ -111,8 +111,9 @@ class Predictor:
 
     Args:
         artifact: an artifact folder (``ctrlab export``) or a loaded :class:`Artifact`.
-        backend: ``onnx`` (ONNX Runtime), ``torch`` (eager PyTorch from the safetensors weights) or
-            ``auto`` (ONNX when the artifact has a graph).
+        backend: ``onnx`` (ONNX Runtime), ``torch`` (eager PyTorch from the safetensors weights),
+            ``auto`` (ONNX when the artifact has a graph) or ``none`` (no model: only the request checks,
+            for the server's parse worker; scoring raises).
         threads: intra-op threads of the backend (default: the runtime's own choice).
     """
 
@@ -120,14 +121,19 @@ class Predictor:
         self.artifact = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
+        # by the manifest's (checked) format: a model.onnx the manifest does not list is never loaded
         if backend == "auto":
-            backend = "onnx" if (self.artifact.path / "model.onnx").exists() else "torch"
-        if backend == "onnx" and not (self.artifact.path / "model.onnx").exists():
+            backend = "onnx" if self.artifact.format == "onnx" else "torch"
+        if backend == "onnx" and self.artifact.format != "onnx":
             raise ValueError(f"{self.artifact.path} has no model.onnx (format {self.artifact.format}); use backend torch")
         self.backend_name = backend
-        self.backend = _ONNXBackend(self.artifact, threads) if backend == "onnx" else _TorchBackend(self.artifact, threads)
         self.fmap = self.artifact.feature_map
-        self.encoders = load_encoders(self.fmap)
+        if backend == "none":
+            self.backend = self.encoders = None
+        else:
+            self.backend = (_ONNXBackend(self.artifact, threads) if backend == "onnx"
+                            else _TorchBackend(self.artifact, threads))
+            self.encoders = load_encoders(self.fmap)
         self.inputs = self.artifact.inputs
         self.schema = self.artifact.manifest["schema"]
         self.columns = [c["name"] for c in self.schema]

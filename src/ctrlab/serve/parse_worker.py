@@ -1,0 +1,135 @@
+"""The server's parse worker: a child process that parses and checks large request bodies.
+
+orjson holds the interpreter lock for a whole parse (about 0.1 s for a 10 MB body on an idle core),
+and so does the transposition of records: done in the server's process, that stalls the event loop
+and every single-row request with it. In a child process it runs beside the server instead.
+
+The protocol is framed bytes on the child's stdin and stdout (no pickle): the server sends the 8-byte
+little-endian length of a body, then the body; the child answers one status byte, the 8-byte length
+of the payload, then the payload: status 0, the checked frame as an Arrow IPC stream; status 1, a
+:class:`RequestError` as JSON (``message``, ``status``, ``field``, ``row``); status 2, an unexpected
+error as JSON (``error``). Bodies are handled one at a time, so the child holds the Python objects of
+one body at most.
+
+    python -m ctrlab.serve.parse_worker ARTIFACT MAX_REQUEST_ROWS
+"""
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import signal
+import sys
+from pathlib import Path
+
+import orjson
+import polars as pl
+
+from .predictor import RequestError
+
+_LENGTH = 8
+
+
+class ParseWorkerFailed(RuntimeError):
+    """The parse worker died or answered out of protocol (it is restarted for the next request)."""
+
+
+class ParseWorker:
+    """The server's handle on its parse worker process (one body at a time, started on demand)."""
+
+    def __init__(self, artifact: str | Path, max_request_rows: int):
+        self.command = [sys.executable, "-m", "ctrlab.serve.parse_worker", str(artifact), str(max_request_rows)]
+        self.proc: asyncio.subprocess.Process | None = None
+        self.lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            # the worker imports the very ctrlab this server runs (not another install of it)
+            package_root = str(Path(__file__).resolve().parents[2])
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+                [package_root] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])}
+            self.proc = await asyncio.create_subprocess_exec(*self.command, stdin=asyncio.subprocess.PIPE,
+                                                             stdout=asyncio.subprocess.PIPE, env=env)
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    async def check(self, body) -> pl.DataFrame:
+        """The checked frame of ``body``, or its RequestError."""
+        async with self.lock:
+            await self.start()
+            proc = self.proc
+            try:
+                proc.stdin.write(len(body).to_bytes(_LENGTH, "little"))
+                proc.stdin.write(body)
+                await proc.stdin.drain()
+                head = await proc.stdout.readexactly(1 + _LENGTH)
+                payload = await proc.stdout.readexactly(int.from_bytes(head[1:], "little"))
+            except (OSError, asyncio.IncompleteReadError) as exc:
+                self._discard()
+                raise ParseWorkerFailed(f"the parse worker stopped ({type(exc).__name__}); it is restarted") from None
+            except BaseException:  # cancelled mid-exchange: the stream is out of step, start afresh
+                self._discard()
+                raise
+        if head[0] == 0:
+            return pl.read_ipc_stream(io.BytesIO(payload))
+        detail = orjson.loads(payload)
+        if head[0] == 1:
+            raise RequestError(detail["message"], detail["status"], detail["field"], detail["row"])
+        raise ParseWorkerFailed(f"the parse worker failed: {detail['error']}")
+
+    def _discard(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+        self.proc = None
+
+    async def stop(self) -> None:
+        proc, self.proc = self.proc, None
+        if proc is None or proc.returncode is not None:
+            return
+        proc.stdin.close()
+        try:
+            await asyncio.wait_for(proc.wait(), 5)
+        except asyncio.TimeoutError:
+            proc.kill()
+            await proc.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    from .artifact import load_artifact
+    from .parsing import check_body
+    from .predictor import Predictor
+
+    artifact, max_rows = (argv or sys.argv[1:])[:2]
+    # Ctrl-C reaches the whole process group: the server stops this worker by closing its stdin.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # The protocol owns the real stdout; anything a library prints goes to stderr instead.
+    out = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    source = sys.stdin.buffer
+    # The server verified the artifact's checksums before it started this process.
+    predictor = Predictor(load_artifact(artifact, verify=False), backend="none")
+    while True:
+        head = source.read(_LENGTH)
+        if len(head) < _LENGTH:
+            return 0  # the server closed the pipe
+        body = source.read(int.from_bytes(head, "little"))
+        try:
+            frame = check_body(predictor, body, int(max_rows))
+            del body
+            buffer = io.BytesIO()
+            frame.write_ipc_stream(buffer)
+            status, payload = 0, buffer.getvalue()
+        except RequestError as exc:
+            status, payload = 1, orjson.dumps({"message": exc.message, "status": exc.status, "field": exc.field,
+                                               "row": exc.row})
+        except Exception as exc:  # noqa: BLE001 - reported to the server, which answers 500
+            status, payload = 2, orjson.dumps({"error": f"{type(exc).__name__}: {str(exc)[:500]}"})
+        out.write(bytes([status]) + len(payload).to_bytes(_LENGTH, "little"))
+        out.write(payload)
+        out.flush()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
