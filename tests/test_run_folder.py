@@ -281,7 +281,7 @@ def test_damaged_checkpoint_on_resume_is_a_one_line_error(finished, capsys):
     weights = run / "checkpoints" / "last.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])  # truncated
     assert main(["train", "--output", str(run), "--resume"]) == 1
-    _one_line_error(capsys, 1, str(run / "checkpoints"), "damaged or truncated")
+    _one_line_error(capsys, 1, str(run / "checkpoints"), "damaged", "from scratch")
     (run / "checkpoints" / "last_state.json").write_text("{truncated")
     assert main(["train", "--output", str(run), "--resume"]) == 1
     _one_line_error(capsys, 1, "last_state.json")

@@ -42,7 +42,7 @@ from .data.readers import read_split
 from .data.schema import DatasetConfig, column_of, load_dataset_config
 from .models import create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
-from .train import CheckpointError, Trainer, TrainerConfig, seed_everything
+from .train import Trainer, TrainerConfig, seed_everything
 from .train.distributed import SINGLE, DistContext
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
@@ -399,13 +399,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         + (f", data-parallel over {ctx.world_size} ranks ({ctx.backend})" if ctx.active else "")
     )
     t0 = time.time()
-    from safetensors import SafetensorError
-
-    try:
-        history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)
-    except SafetensorError as exc:  # only checkpoint files are read during fit
-        raise CheckpointError(f"a checkpoint file in {trainer.ckpt_dir} is damaged or truncated ({exc}); the run "
-                              "cannot continue from it: train it again with --overwrite") from exc
+    history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)  # damaged checkpoint: CheckpointError
     train_seconds = time.time() - t0
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):
