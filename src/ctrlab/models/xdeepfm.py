@@ -1,6 +1,8 @@
 """xDeepFM: LR + compressed interaction network (CIN) + MLP, sharing one embedding table."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from ..data.feature_map import FeatureMap
@@ -18,14 +20,14 @@ class xDeepFM(CTRModel):
     With ``hidden_units=[]`` there is no MLP term (LR + CIN, as in FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template): ``embedding_dim=10``,
-    ``cin_hidden_units=[32, 32, 32]`` (numbers of maps H_k), ``hidden_units=[500, 500, 500]``
+    ``cin_hidden_units=(32, 32, 32)`` (numbers of maps H_k), ``hidden_units=(500, 500, 500)``
     (FuxiCTR ``dnn_hidden_units``), ``hidden_activations="relu"``, ``net_dropout=0.``,
     ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 cin_hidden_units: list[int] = [32, 32, 32],
-                 hidden_units: list[int] = [500, 500, 500], hidden_activations: str = "relu",
+                 cin_hidden_units: Sequence[int] = (32, 32, 32),
+                 hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
