@@ -245,3 +245,22 @@ def test_broken_entry_point_is_named(clean_registry, tmp_path, monkeypatch):
     for _ in range(2):  # not silently skipped on the next lookup either
         with pytest.raises(registry.PluginError, match="entry point bad.*bad-ctr-plugin.*ModuleNotFoundError"):
             list_models()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_defaults_saved_as_lists_rebuild_the_same_model(mixed_map, name):
+    """Run configs, metrics.json and manifests store the (tuple) defaults as YAML/JSON lists: lists are
+    accepted and build the same model."""
+    import json
+
+    import yaml
+
+    saved = yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(default_hparams(name)))))
+    assert saved == json.loads(json.dumps(default_hparams(name)))
+    torch.manual_seed(0)
+    a = create(name, mixed_map)
+    torch.manual_seed(0)
+    b = create(name, mixed_map, **saved)
+    assert a.count_parameters() == b.count_parameters()
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), k

@@ -165,3 +165,100 @@ def test_loading_and_scoring_never_unpickles(frappe_export, monkeypatch):
     for backend in ("onnx", "torch"):
         probs = Predictor(art, backend=backend).predict_records([record])
         assert probs.shape == (1,) and 0 < probs[0] < 1
+
+
+# ---- issue 14.16: a model of the user's own, defined outside the package --------------------------
+PLUGIN_MODEL = '''
+"""A model defined outside ctrlab (docs/adding_a_model.md), registered when this file is imported."""
+from collections.abc import Sequence
+
+from ctrlab.layers import FeatureEmbedding, MLPBlock
+from ctrlab.models import CTRModel, register
+
+
+@register
+class ShallowTower(CTRModel):
+    """``logit = MLP(flatten(E))`` with one hidden layer of ``width`` units.
+
+    Hyperparameters: ``width`` (required), ``embedding_dim=4``, ``hidden_activations=("relu",)``,
+    ``embedding_regularizer=0.``, ``net_regularizer=0.``.
+    """
+
+    def __init__(self, feature_map, width: int, embedding_dim: int = 4, hidden_activations: Sequence[str] = ("relu",),
+                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+        super().__init__(feature_map, embedding_regularizer, net_regularizer)
+        self.embedding = FeatureEmbedding(feature_map, embedding_dim)
+        self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, [width], activation=hidden_activations,
+                            output_dim=1)
+
+    def forward(self, batch):
+        return {"logit": self.mlp(self.embedding(batch).flatten(start_dim=1)).squeeze(-1)}
+'''
+
+
+def _ctrlab(*args: str, plugins: str | None = None):
+    """``python -m ctrlab.cli ARGS`` in a fresh process (this checkout's sources first)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k != "CTRLAB_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                         *filter(None, [env.get("PYTHONPATH")])])
+    if plugins:
+        env["CTRLAB_PLUGINS"] = plugins
+    return subprocess.run([sys.executable, "-m", "ctrlab.cli", *args], env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_plugin_model_trains_exports_and_serves(mixed_export, tmp_path):
+    """A model in a file outside the package: `ctrlab --import FILE` trains it (with a required
+    hyperparameter), exports it (ONNX and torch), and the torch backend of the server rebuilds it;
+    the ONNX artifact serves without the model's code (this process never imports the file)."""
+    plugin = tmp_path / "my_ctr_models.py"
+    plugin.write_text(PLUGIN_MODEL)
+    config = mixed_export[0].parent / "data" / "mixed.yaml"  # every feature kind (tests/serve/conftest.py)
+    run, onnx_art, torch_art = tmp_path / "run", tmp_path / "art-onnx", tmp_path / "art-torch"
+    train = ["train", "--dataset", str(config), "--model", "ShallowTower", "--preset", "none", "--epochs", "1",
+             "--set", "trainer.progress=false", "--output"]
+
+    res = _ctrlab("train", *train[1:], str(tmp_path / "unknown"))
+    assert res.returncode == 2 and "unknown model 'ShallowTower'" in res.stderr and "--import" in res.stderr
+    res = _ctrlab("--import", str(plugin), *train, str(tmp_path / "no-width"))
+    assert res.returncode == 2 and "ShallowTower needs hyperparameter(s) ['width']" in res.stderr, res.stderr
+    res = _ctrlab("--import", str(plugin), *train, str(run), "--set", "model_params.width=6")
+    assert res.returncode == 0, res.stderr
+    assert "ShallowTower on mixed" in res.stdout
+    res = _ctrlab("--import", str(plugin), "export", str(run), "--output", str(onnx_art))
+    assert res.returncode == 0 and "parity ONNX Runtime vs PyTorch" in res.stdout, res.stderr
+    # the environment variable works as --import does (a worker process inherits it)
+    res = _ctrlab("export", str(run), "--format", "torch", "--output", str(torch_art), plugins=str(plugin))
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((torch_art / "manifest.json").read_text())
+    assert manifest["model"]["plugin"] == str(plugin) and manifest["model"]["params"] == {"width": 6}
+
+    assert "ShallowTower" not in list_models()  # this process has not imported the plugin
+    onnx = Predictor(onnx_art)
+    dcfg = onnx.artifact.dataset_config
+    frame = read_split(dcfg, dcfg.resolve("test"), onnx.columns)
+    expected = onnx.predict_frame(frame)
+    assert expected.std() > 0
+    with pytest.raises(ValueError, match=r"from the plugin '.*my_ctr_models.py'.*ctrlab --import"):
+        Predictor(torch_art)
+    # the server's torch backend in a process that imports the plugin (as `ctrlab --import FILE serve`)
+    script = ("import sys, polars as pl; from ctrlab.serve.predictor import Predictor; "
+              "p = Predictor(sys.argv[1], backend='torch'); "
+              "print(p.backend_name, *p.predict_frame(pl.read_parquet(sys.argv[2])).tolist())")
+    frame.write_parquet(tmp_path / "rows.parquet")
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CTRLAB_PLUGINS": str(plugin)}
+    out = subprocess.run([sys.executable, "-c", script, str(torch_art), str(tmp_path / "rows.parquet")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    backend, *probs = out.stdout.split()
+    assert backend == "torch"
+    np.testing.assert_allclose(np.array(probs, dtype=float), expected, rtol=0, atol=PARITY_TOLERANCE)

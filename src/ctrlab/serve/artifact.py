@@ -266,6 +266,8 @@ def export_run(
     out = Path(output) if output else run_dir / f"export-{format}"
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise ArtifactError(f"{out} exists and is not empty; choose another --output or pass --overwrite")
+    from ..models.registry import plugin_source
+
     model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -293,7 +295,8 @@ def export_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": str(run_dir.resolve()),
         "model": {"name": type(model).__name__, "params": cfg.get("model_params") or {},
-                  "parameters": int(sum(p.numel() for p in model.parameters()))},
+                  "parameters": int(sum(p.numel() for p in model.parameters())),
+                  **({"plugin": plugin} if (plugin := plugin_source(type(model))) else {})},
         "dataset": dcfg.name,
         "schema": raw_schema(dcfg),
         "labels": list(dcfg.labels),
