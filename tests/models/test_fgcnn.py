@@ -197,3 +197,11 @@ def test_state_dict_roundtrip_through_safetensors(mixed_map, gate):
     b.eval()
     batch = random_batch(mixed_map)
     torch.testing.assert_close(a(batch)["logit"], b(batch)["logit"])
+
+
+def test_gated_weights_into_the_default_model_name_the_option(mixed_map):
+    """A run trained before the default changed has the gate in its weights: say which option rebuilds it."""
+    hp = dict(embedding_dim=4, channels=[3], kernel_heights=3, dnn_hidden_units=[8])
+    gated = create("FGCNN", mixed_map, gate_new_features=True, **hp).state_dict()
+    with pytest.raises(RuntimeError, match="gate_new_features=True"):
+        create("FGCNN", mixed_map, **hp).load_state_dict(gated)

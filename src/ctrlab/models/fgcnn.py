@@ -58,6 +58,16 @@ class FGCNN(CTRModel):
                             activation=dnn_activations, dropout=net_dropout, batch_norm=dnn_batch_norm,
                             output_dim=1)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # weights of a gated model (ctrlab's default before issue 14.12) into a model without the gate
+        if self.gate is None and prefix + "gate" in state_dict:
+            error_msgs.append("these FGCNN weights have the gate α ('gate'): they were trained with "
+                              "gate_new_features=True (ctrlab's default before issue 14.12); build the model with "
+                              "gate_new_features=True (for a run: add it to model_params in run_config.yaml)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def new_features(self, batch, e_c: torch.Tensor | None = None) -> torch.Tensor:
         """The generated feature embeddings ``[α ·] FeatureGenerationCNN(E_g)``, (B, N_new, D)."""
         if self.gen_embedding is not None:
