@@ -168,6 +168,14 @@ def test_loading_and_scoring_never_unpickles(frappe_export, monkeypatch):
 
 
 # ---- issue 14.16: a model of the user's own, defined outside the package --------------------------
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
 PLUGIN_MODEL = '''
 """A model defined outside ctrlab (docs/adding_a_model.md), registered when this file is imported."""
 from collections.abc import Sequence
@@ -196,20 +204,21 @@ class ShallowTower(CTRModel):
 '''
 
 
-def _ctrlab(*args: str, plugins: str | None = None):
-    """``python -m ctrlab.cli ARGS`` in a fresh process (this checkout's sources first)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
+def _env(plugins: str | None = None) -> dict[str, str]:
+    """This process's environment for a fresh ctrlab process: this checkout's sources first, and
+    CTRLAB_PLUGINS only when given."""
     env = {k: v for k, v in os.environ.items() if k != "CTRLAB_PLUGINS"}
     env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
                                          *filter(None, [env.get("PYTHONPATH")])])
     if plugins:
         env["CTRLAB_PLUGINS"] = plugins
-    return subprocess.run([sys.executable, "-m", "ctrlab.cli", *args], env=env, capture_output=True, text=True,
-                          timeout=600)
+    return env
+
+
+def _ctrlab(*args: str, plugins: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m ctrlab.cli ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "ctrlab.cli", *args], env=_env(plugins), capture_output=True,
+                          text=True, timeout=600)
 
 
 def test_plugin_model_trains_exports_and_serves(mixed_export, tmp_path):
@@ -246,19 +255,29 @@ def test_plugin_model_trains_exports_and_serves(mixed_export, tmp_path):
     assert expected.std() > 0
     with pytest.raises(ValueError, match=r"from the plugin '.*my_ctr_models.py'.*ctrlab --import"):
         Predictor(torch_art)
-    # the server's torch backend in a process that imports the plugin (as `ctrlab --import FILE serve`)
-    script = ("import sys, polars as pl; from ctrlab.serve.predictor import Predictor; "
-              "p = Predictor(sys.argv[1], backend='torch'); "
-              "print(p.backend_name, *p.predict_frame(pl.read_parquet(sys.argv[2])).tolist())")
-    frame.write_parquet(tmp_path / "rows.parquet")
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "CTRLAB_PLUGINS": str(plugin)}
-    out = subprocess.run([sys.executable, "-c", script, str(torch_art), str(tmp_path / "rows.parquet")], env=env,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    backend, *probs = out.stdout.split()
-    assert backend == "torch"
-    np.testing.assert_allclose(np.array(probs, dtype=float), expected, rtol=0, atol=PARITY_TOLERANCE)
+    # `ctrlab --import FILE serve --backend torch` rebuilds the model; its answers match the ONNX artifact
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    records = frame.select(onnx.columns).drop_nulls().head(20).to_dicts()
+    server = subprocess.Popen([sys.executable, "-m", "ctrlab.cli", "--import", str(plugin), "serve", str(torch_art),
+                               "--backend", "torch", "--port", str(port)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.2)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", method="POST",
+                                     data=json.dumps({"records": records}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(req, timeout=30))
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert "serving ShallowTower (torch)" in log, log
+    assert answer["model"] == "ShallowTower" and answer["rows"] == len(records) == 20
+    np.testing.assert_allclose(answer["probabilities"], onnx.predict_records(records), rtol=0, atol=PARITY_TOLERANCE)
