@@ -212,8 +212,7 @@ FRAPPE_INTRO = """* Data: `frappe_x1_subset`: train/valid = a seeded (2023) 80/2
 * Hyperparameters: the shipped presets `src/ctrlab/configs/presets/frappe_x1/*.yaml`: the BARS Frappe_x1
   tuned values (run ids in each file) for every model BARS has, embedding_dim 10, batch 4096, Adam lr 1e-3;
   FGCNN and FCN/ECN/LCN have no BARS run: their preset files say where their values come from.
-* Parameters: ctrlab's count; FuxiCTR's is shown beside it where the two differ (FGCNN: ctrlab's one
-  extra parameter is the gate α on the generated features, see `src/ctrlab/models/fgcnn.py`).
+* Parameters: ctrlab's count; FuxiCTR's is shown beside it where the two differ.
 * The BARS column is the published leaderboard number on the full Frappe_x1 train split: **not comparable**
   (4.4× more training rows); it is shown for orientation only."""
 

@@ -40,7 +40,7 @@ from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.readers import read_split
 from .data.schema import DatasetConfig, column_of, load_dataset_config
-from .models import create, default_hparams, get_model_class
+from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
 from .train import Trainer, TrainerConfig, seed_everything
 from .train.distributed import SINGLE, DistContext
@@ -135,10 +135,10 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
             params = load_yaml(preset)
             source = str(preset)
     params.update(cfg.model_params)
-    allowed = default_hparams(cfg.model)
-    unknown = sorted(set(params) - set(allowed))
-    if unknown:
-        raise ConfigError(f"model_params: {cfg.model} has no hyperparameter(s) {unknown}; allowed: {sorted(allowed)}")
+    try:
+        check_hparams(cfg.model, params)  # unknown names, and required ones (no default) not given
+    except ValueError as exc:
+        raise ConfigError(f"model_params: {exc}") from None
     _check_param_types(cfg.model, params)
     return params, source
 

@@ -154,6 +154,10 @@ def cmd_models(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ctrlab", description="CTR prediction: train, evaluate, predict.")
+    p.add_argument("--import", dest="plugins", action="append", metavar="MODULE",
+                   help="import a module or .py file that registers models of your own (repeatable; before the "
+                        "command: ctrlab --import my_models.py train ...); also CTRLAB_PLUGINS=a,b and entry "
+                        "points in the group ctrlab.models. See docs/adding_a_model.md")
     sub = p.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train and evaluate a model on a dataset")
@@ -280,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     from .train.trainer import CheckpointError
 
     try:
+        if args.plugins:
+            from .models import add_plugins
+
+            add_plugins(args.plugins)  # also into CTRLAB_PLUGINS, for worker processes
         return args.func(args)
     except (ConfigError, DataError, StoreError, ArtifactError, FileNotFoundError, ValueError,
             CheckpointError, SafetensorError, OSError) as exc:

@@ -219,3 +219,35 @@ def test_dataset_config_defaults_beside_the_model_config(tmp_path):
     assert plan.grids[0].datasets == ["frappe_x1"]
     with pytest.raises(ConfigError, match="frappe_x1_04e961e9"):  # the available ids are listed
         plan_from_fuxictr(edited_config(tmp_path, FINALMLP, dataset_id="frappe_x1_missing"), FINALMLP)
+
+
+# FuxiCTR's FGCNN experiment behind docs/results.md's FuxiCTR column (the "params" of its runs in
+# benchmarks/peers/results/fuxictr_frappe_x1_subset.json, runtime keys as in Base above)
+FGCNN_EXPERIMENT = {
+    "model": "FGCNN", "dataset_id": "frappe_x1_subset", "loss": "binary_crossentropy", "metrics": ["AUC", "logloss"],
+    "task": "binary_classification", "optimizer": "adam", "learning_rate": 1.0e-3, "batch_size": 4096,
+    "epochs": 100, "shuffle": True, "seed": 2021, "monitor": {"AUC": 1, "logloss": 0}, "monitor_mode": "max",
+    "embedding_dim": 10, "share_embedding": False, "channels": [14, 16, 18, 20], "kernel_heights": [7, 7, 7, 7],
+    "pooling_sizes": [2, 2, 2, 2], "recombined_channels": [3, 3, 3, 3], "conv_activation": "Tanh",
+    "conv_batch_norm": True, "dnn_hidden_units": [400, 400, 400], "dnn_activations": "ReLU",
+    "dnn_batch_norm": True, "net_dropout": 0.2, "embedding_regularizer": 0.05, "net_regularizer": 0,
+}
+
+
+def test_fgcnn_import_builds_fuxictrs_model(tmp_path, data_dir):
+    """issue 14.12: rerunning a FuxiCTR/BARS FGCNN experiment trains FuxiCTR's model: no gate on the
+    generated features, and exactly the parameter count FuxiCTR reported for it (1,145,477)."""
+    from ctrlab.data.datasets import get_dataset
+    from ctrlab.data.pipeline import prepare
+    from ctrlab.models import create
+
+    path = edited_config(tmp_path, FINALMLP)
+    sections = yaml.safe_load(path.read_text())
+    sections["FGCNN_frappe"] = FGCNN_EXPERIMENT
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    (job,) = expand(plan_from_fuxictr(path, "FGCNN_frappe", dataset="frappe_x1_subset"))
+    params = job.resolved["model_params"]
+    assert job.model == "FGCNN" and not params.get("gate_new_features", False)
+    fmap = prepare(get_dataset("frappe_x1_subset", data_dir=data_dir), log=lambda *a: None).feature_map
+    model = create("FGCNN", fmap, **params)
+    assert model.gate is None and model.count_parameters() == 1_145_477

@@ -42,7 +42,7 @@ def test_logit_is_fc_of_attention_plus_dnn_on_raw_embeddings_plus_wide(mixed_map
 def test_autoint_plus_is_autoint_with_a_dnn(cat_map):
     assert issubclass(get_model_class("AutoIntPlus"), get_model_class("AutoInt"))
     plain, plus = default_hparams("AutoInt"), default_hparams("AutoIntPlus")
-    assert plain.pop("hidden_units") == [] and plus.pop("hidden_units") == [400, 400]
+    assert plain.pop("hidden_units") == () and plus.pop("hidden_units") == (400, 400)
     assert plain == plus
     assert create("AutoInt", cat_map).mlp is None and create("AutoIntPlus", cat_map).mlp is not None
     a = create("AutoInt", cat_map, embedding_dim=4, attention_dim=4, num_heads=1)
@@ -57,7 +57,7 @@ def test_official_defaults(mixed_map, name):
     hp = default_hparams(name)
     assert hp == {"embedding_dim": 10, "attention_layers": 3, "num_heads": 2, "attention_dim": 40,
                   "use_residual": True, "use_scale": False, "layer_norm": False, "use_wide": False,
-                  "hidden_units": [] if name == "AutoInt" else [400, 400], "hidden_activations": "relu",
+                  "hidden_units": () if name == "AutoInt" else (400, 400), "hidden_activations": "relu",
                   "net_dropout": 0.0, "batch_norm": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0}
     m = create(name, mixed_map, net_dropout=0.1, layer_norm=True, use_scale=True, use_wide=True).eval()
     assert m(random_batch(mixed_map))["logit"].shape == (8,)

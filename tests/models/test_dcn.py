@@ -63,7 +63,7 @@ def test_parameter_count(cat_map, H):
 
 def test_official_defaults(mixed_map):
     hp = default_hparams("DCN")
-    assert hp == {"embedding_dim": 10, "num_cross_layers": 3, "hidden_units": [1024, 512, 256],
+    assert hp == {"embedding_dim": 10, "num_cross_layers": 3, "hidden_units": (1024, 512, 256),
                   "hidden_activations": "relu", "net_dropout": 0.0, "batch_norm": False,
                   "embedding_regularizer": 0.0, "net_regularizer": 0.0}
     assert create("DCN", mixed_map)(random_batch(mixed_map))["logit"].shape == (8,)

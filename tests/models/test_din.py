@@ -53,9 +53,9 @@ def _constant_attention(model, value=1.0):
 def test_defaults_and_registration():
     hp = default_hparams("DIN")
     assert hp["din_target_field"] == "item_id" and hp["din_sequence_field"] == "history"
-    assert hp["attention_hidden_units"] == [64] and hp["attention_hidden_activations"] == "Dice"
+    assert hp["attention_hidden_units"] == (64,) and hp["attention_hidden_activations"] == "Dice"
     assert hp["attention_output_activation"] is None and hp["attention_dropout"] == 0
-    assert hp["din_use_softmax"] is False and hp["dnn_hidden_units"] == [500, 500, 500]
+    assert hp["din_use_softmax"] is False and hp["dnn_hidden_units"] == (500, 500, 500)
     assert hp["dnn_activations"] == "ReLU" and hp["embedding_dim"] == 10
     assert hp["net_dropout"] == 0 and hp["batch_norm"] is False
     assert hp["embedding_regularizer"] == 0.0 and hp["net_regularizer"] == 0.0

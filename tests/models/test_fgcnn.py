@@ -1,8 +1,11 @@
-"""FGCNN (sheet: /work/shared/docs/models/FGCNN.md), including its training guard."""
+"""FGCNN (sheet: /work/shared/docs/models/FGCNN.md), including its optional training guard."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 from sklearn.metrics import roc_auc_score
 
 import ctrlab.models.fgcnn  # noqa: F401  (registers FGCNN)
@@ -11,13 +14,41 @@ from ctrlab.models import create, default_hparams
 
 from .synthetic import auc, fit, planted_pairwise, random_batch, take
 
+PRESETS = Path(__file__).resolve().parents[2] / "src" / "ctrlab" / "configs" / "presets" / "frappe_x1"
+# FuxiCTR 2.3.9's FGCNN with ctrlab's Frappe preset values on frappe_x1_subset: the "parameters" of
+# its runs in benchmarks/peers/results/fuxictr_frappe_x1_subset.json (docs/results.md)
+FUXICTR_FRAPPE_PARAMETERS = 1_145_477
 SMALL = dict(embedding_dim=8, channels=[6, 8], kernel_heights=5, recombined_channels=3, dnn_hidden_units=[64, 64])
 
 
 def test_official_defaults():
     hp = default_hparams("FGCNN")
     assert hp["embedding_dim"] == 10 and hp["embedding_regularizer"] == 0.0 and hp["net_regularizer"] == 0.0
-    assert hp["channels"] == [14, 16, 18, 20] and hp["conv_batch_norm"] and not hp["share_embedding"]
+    assert hp["channels"] == (14, 16, 18, 20) and hp["conv_batch_norm"] and not hp["share_embedding"]
+    assert hp["gate_new_features"] is False  # the published model; the gate is an option
+
+
+@pytest.fixture(scope="module")
+def frappe(data_dir):
+    from ctrlab.data.datasets import get_dataset
+    from ctrlab.data.pipeline import prepare
+
+    return prepare(get_dataset("frappe_x1_subset", data_dir=data_dir), log=lambda *a: None)
+
+
+def test_preset_builds_fuxictrs_model_parameter_for_parameter(frappe):
+    """issue 14.12: `ctrlab train --model FGCNN` (preset auto) on Frappe trains FuxiCTR's FGCNN (no
+    gate), with exactly FuxiCTR's parameter count; the gate is on only in the extra preset."""
+    from ctrlab import api
+
+    params, source = api.resolve_model_params(api.load_run_config(None, dataset="frappe_x1_subset", model="FGCNN"))
+    assert Path(source).name == "FGCNN.yaml" and "gate_new_features" not in params
+    m = create("FGCNN", frappe.feature_map, **params)
+    assert m.gate is None and m.count_parameters() == FUXICTR_FRAPPE_PARAMETERS
+    gated = yaml.safe_load((PRESETS / "FGCNN-gated.yaml").read_text())
+    assert gated == {**yaml.safe_load((PRESETS / "FGCNN.yaml").read_text()), "gate_new_features": True}
+    m = create("FGCNN", frappe.feature_map, **gated)
+    assert m.gate is not None and m.count_parameters() == FUXICTR_FRAPPE_PARAMETERS + 1
 
 
 def test_criteo_classifier_input_size():
@@ -79,7 +110,7 @@ def _ipnn_from_fgcnn_weights(m, b):
 def test_reduces_to_ipnn_at_initialisation_and_with_zero_recombination(cat_map):
     b = random_batch(cat_map, batch_size=16)
     gated = create("FGCNN", cat_map, embedding_dim=4, channels=[3], kernel_heights=3, recombined_channels=2,
-                   dnn_hidden_units=[12, 6]).eval()
+                   dnn_hidden_units=[12, 6], gate_new_features=True).eval()
     with torch.no_grad():
         for p in gated.embedding.parameters():
             p.normal_()
@@ -87,7 +118,7 @@ def test_reduces_to_ipnn_at_initialisation_and_with_zero_recombination(cat_map):
     torch.testing.assert_close(gated(b)["logit"], _ipnn_from_fgcnn_weights(gated, b))
     # the sheet's version, without the gate: zero recombination -> tanh(0) = 0
     plain = create("FGCNN", cat_map, embedding_dim=4, channels=[3], kernel_heights=3, recombined_channels=2,
-                   dnn_hidden_units=[12, 6], gate_new_features=False).eval()
+                   dnn_hidden_units=[12, 6]).eval()
     assert plain.gate is None
     with torch.no_grad():
         for p in plain.embedding.parameters():
@@ -140,12 +171,9 @@ def test_guard_prevents_the_stuck_at_half_failure():
     assert results[True] > 0.87 and dead[True] < 0.5, (results, dead)
 
 
-def test_trains_on_real_frappe(data_dir):
+def test_trains_on_real_frappe(frappe):
     """2 epochs on frappe_x1_subset (real data, 10 fields, 46k training rows): valid AUC well above 0.5."""
-    from ctrlab.data.datasets import get_dataset
-    from ctrlab.data.pipeline import prepare
-
-    data = prepare(get_dataset("frappe_x1_subset", data_dir=data_dir), log=lambda *a: None)
+    data = frappe
 
     def tensors(split):
         a = data.splits[split].arrays
@@ -169,3 +197,11 @@ def test_state_dict_roundtrip_through_safetensors(mixed_map, gate):
     b.eval()
     batch = random_batch(mixed_map)
     torch.testing.assert_close(a(batch)["logit"], b(batch)["logit"])
+
+
+def test_gated_weights_into_the_default_model_name_the_option(mixed_map):
+    """A run trained before the default changed has the gate in its weights: say which option rebuilds it."""
+    hp = dict(embedding_dim=4, channels=[3], kernel_heights=3, dnn_hidden_units=[8])
+    gated = create("FGCNN", mixed_map, gate_new_features=True, **hp).state_dict()
+    with pytest.raises(RuntimeError, match="gate_new_features=True"):
+        create("FGCNN", mixed_map, **hp).load_state_dict(gated)

@@ -34,7 +34,7 @@ def test_parameter_count(cat_map):
 
 def test_official_defaults(mixed_map):
     hp = default_hparams("IPNN")
-    assert hp == {"embedding_dim": 10, "hidden_units": [300, 300, 300], "hidden_activations": "relu",
+    assert hp == {"embedding_dim": 10, "hidden_units": (300, 300, 300), "hidden_activations": "relu",
                   "net_dropout": 0.0, "batch_norm": False, "embedding_regularizer": 0.0, "net_regularizer": 0.0}
     assert create("IPNN", mixed_map)(random_batch(mixed_map))["logit"].shape == (8,)
 

@@ -53,7 +53,7 @@ def test_parameter_count(cat_map, H):
 
 def test_official_defaults(mixed_map):
     hp = default_hparams("xDeepFM")
-    assert hp == {"embedding_dim": 10, "cin_hidden_units": [32, 32, 32], "hidden_units": [500, 500, 500],
+    assert hp == {"embedding_dim": 10, "cin_hidden_units": (32, 32, 32), "hidden_units": (500, 500, 500),
                   "hidden_activations": "relu", "net_dropout": 0.0, "batch_norm": False,
                   "cin_activation": None, "cin_split_half": False,
                   "embedding_regularizer": 0.0, "net_regularizer": 0.0}

@@ -288,3 +288,119 @@ def test_loading_and_scoring_never_unpickles(frappe_export, monkeypatch):
     for backend in ("onnx", "torch"):
         probs = Predictor(art, backend=backend).predict_records([record])
         assert probs.shape == (1,) and 0 < probs[0] < 1
+
+
+# ---- issue 14.16: a model of the user's own, defined outside the package --------------------------
+import os  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+import urllib.request  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+PLUGIN_MODEL = '''
+"""A model defined outside ctrlab (docs/adding_a_model.md), registered when this file is imported."""
+from collections.abc import Sequence
+
+from ctrlab.layers import FeatureEmbedding, MLPBlock
+from ctrlab.models import CTRModel, register
+
+
+@register
+class ShallowTower(CTRModel):
+    """``logit = MLP(flatten(E))`` with one hidden layer of ``width`` units.
+
+    Hyperparameters: ``width`` (required), ``embedding_dim=4``, ``hidden_activations=("relu",)``,
+    ``embedding_regularizer=0.``, ``net_regularizer=0.``.
+    """
+
+    def __init__(self, feature_map, width: int, embedding_dim: int = 4, hidden_activations: Sequence[str] = ("relu",),
+                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+        super().__init__(feature_map, embedding_regularizer, net_regularizer)
+        self.embedding = FeatureEmbedding(feature_map, embedding_dim)
+        self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, [width], activation=hidden_activations,
+                            output_dim=1)
+
+    def forward(self, batch):
+        return {"logit": self.mlp(self.embedding(batch).flatten(start_dim=1)).squeeze(-1)}
+'''
+
+
+def _env(plugins: str | None = None) -> dict[str, str]:
+    """This process's environment for a fresh ctrlab process: this checkout's sources first, and
+    CTRLAB_PLUGINS only when given."""
+    env = {k: v for k, v in os.environ.items() if k != "CTRLAB_PLUGINS"}
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[2] / "src"),
+                                         *filter(None, [env.get("PYTHONPATH")])])
+    if plugins:
+        env["CTRLAB_PLUGINS"] = plugins
+    return env
+
+
+def _ctrlab(*args: str, plugins: str | None = None) -> subprocess.CompletedProcess:
+    """``python -m ctrlab.cli ARGS`` in a fresh process."""
+    return subprocess.run([sys.executable, "-m", "ctrlab.cli", *args], env=_env(plugins), capture_output=True,
+                          text=True, timeout=600)
+
+
+def test_plugin_model_trains_exports_and_serves(mixed_export, tmp_path):
+    """A model in a file outside the package: `ctrlab --import FILE` trains it (with a required
+    hyperparameter), exports it (ONNX and torch), and the torch backend of the server rebuilds it;
+    the ONNX artifact serves without the model's code (this process never imports the file)."""
+    plugin = tmp_path / "my_ctr_models.py"
+    plugin.write_text(PLUGIN_MODEL)
+    config = mixed_export[0].parent / "data" / "mixed.yaml"  # every feature kind (tests/serve/conftest.py)
+    run, onnx_art, torch_art = tmp_path / "run", tmp_path / "art-onnx", tmp_path / "art-torch"
+    train = ["train", "--dataset", str(config), "--model", "ShallowTower", "--preset", "none", "--epochs", "1",
+             "--set", "trainer.progress=false", "--output"]
+
+    res = _ctrlab("train", *train[1:], str(tmp_path / "unknown"))
+    assert res.returncode == 2 and "unknown model 'ShallowTower'" in res.stderr and "--import" in res.stderr
+    res = _ctrlab("--import", str(plugin), *train, str(tmp_path / "no-width"))
+    assert res.returncode == 2 and "ShallowTower needs hyperparameter(s) ['width']" in res.stderr, res.stderr
+    res = _ctrlab("--import", str(plugin), *train, str(run), "--set", "model_params.width=6")
+    assert res.returncode == 0, res.stderr
+    assert "ShallowTower on mixed" in res.stdout
+    res = _ctrlab("--import", str(plugin), "export", str(run), "--output", str(onnx_art))
+    assert res.returncode == 0 and "parity ONNX Runtime vs PyTorch" in res.stdout, res.stderr
+    # the environment variable works as --import does (a worker process inherits it)
+    res = _ctrlab("export", str(run), "--format", "torch", "--output", str(torch_art), plugins=str(plugin))
+    assert res.returncode == 0, res.stderr
+    manifest = json.loads((torch_art / "manifest.json").read_text())
+    assert manifest["model"]["plugin"] == str(plugin) and manifest["model"]["params"] == {"width": 6}
+
+    assert "ShallowTower" not in list_models()  # this process has not imported the plugin
+    onnx = Predictor(onnx_art)
+    dcfg = onnx.artifact.dataset_config
+    frame = read_split(dcfg, dcfg.resolve("test"), onnx.columns)
+    expected = onnx.predict_frame(frame)
+    assert expected.std() > 0
+    with pytest.raises(ValueError, match=r"from the plugin '.*my_ctr_models.py'.*ctrlab --import"):
+        Predictor(torch_art)
+    # `ctrlab --import FILE serve --backend torch` rebuilds the model; its answers match the ONNX artifact
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    records = frame.select(onnx.columns).drop_nulls().head(20).to_dicts()
+    server = subprocess.Popen([sys.executable, "-m", "ctrlab.cli", "--import", str(plugin), "serve", str(torch_art),
+                               "--backend", "torch", "--port", str(port)], env=_env(),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()
+                time.sleep(0.2)
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/predict", method="POST",
+                                     data=json.dumps({"records": records}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        answer = json.load(urllib.request.urlopen(req, timeout=30))
+    finally:
+        server.terminate()
+        log = server.communicate(timeout=30)[0]
+    assert "serving ShallowTower (torch)" in log, log
+    assert answer["model"] == "ShallowTower" and answer["rows"] == len(records) == 20
+    np.testing.assert_allclose(answer["probabilities"], onnx.predict_records(records), rtol=0, atol=PARITY_TOLERANCE)

@@ -482,7 +482,7 @@ def plan_from_fuxictr(
     plan's results store and workers (BenchPlan's defaults otherwise). See the module docstring
     for the key mapping; unmappable keys raise :class:`~ctrlab.config.ConfigError`.
     """
-    from ..models import default_hparams
+    from ..models import hyperparameters
     from ..train.trainer import TrainerConfig
 
     if not expid:
@@ -500,7 +500,7 @@ def plan_from_fuxictr(
         raise ConfigError(f"{where}: task {config['task']!r} is not supported; ctrlab does binary_classification")
     consumed |= {"model", "loss", "task", "seed", "dataset_id"}
 
-    allowed = default_hparams(model)
+    allowed = hyperparameters(model).names
     renames = MODEL_RENAMES.get(model, {})
     params: dict[str, Any] = {}
     trainer: dict[str, Any] = {}

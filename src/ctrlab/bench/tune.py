@@ -121,13 +121,14 @@ def load_tune_config(source: str | Path | dict, **overrides: Any) -> TuneConfig:
         raise ConfigError(f"{where}: give a budget: trials and/or minutes")
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"{where}: protocol {cfg.protocol!r} unknown; known: {sorted(PROTOCOLS)}")
-    from ..models import default_hparams
+    from ..models import hyperparameters
 
-    allowed = default_hparams(cfg.model)
+    model = hyperparameters(cfg.model)
+    allowed = model.names
     for name, spec in cfg.space.items():
         w = f"{where}: space.{name}"
-        if name not in allowed:
-            raise ConfigError(f"{w}: {cfg.model} has no hyperparameter {name!r}; allowed: {sorted(allowed)}")
+        if name not in allowed and not model.open:
+            raise ConfigError(f"{w}: {cfg.model} has no hyperparameter {name!r}; allowed: {allowed}")
         if spec.type == "categorical":
             if not spec.choices:
                 raise ConfigError(f"{w}: a categorical parameter needs a non-empty choices list")

@@ -1,6 +1,8 @@
 """AutoInt / AutoInt+: stacked multi-head self-attention over the fields (+ a parallel MLP)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from ..data.feature_map import FeatureMap
@@ -17,13 +19,13 @@ class AutoInt(CTRModel):
     raw embeddings, in parallel: AutoInt+), ``+ LR(x)`` (no bias of its own) when ``use_wide``.
 
     ``AutoInt`` defaults to no DNN (the paper's AutoInt); :class:`AutoIntPlus` is the same model
-    with ``hidden_units=[400, 400]``. ``net_dropout`` applies to the attention weights and to the
+    with ``hidden_units=(400, 400)``. ``net_dropout`` applies to the attention weights and to the
     MLP (FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template, embedding_dim 10): ``embedding_dim=10``,
     ``attention_layers=3``, ``num_heads=2``, ``attention_dim=40`` (A, divisible by num_heads),
     ``use_residual=True``, ``use_scale=False`` (divide scores by √(A/H)), ``layer_norm=False``,
-    ``use_wide=False``, ``hidden_units=[]`` (FuxiCTR ``dnn_hidden_units``),
+    ``use_wide=False``, ``hidden_units=()`` (FuxiCTR ``dnn_hidden_units``),
     ``hidden_activations="relu"``, ``net_dropout=0.``, ``batch_norm=False``,
     ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
@@ -31,7 +33,7 @@ class AutoInt(CTRModel):
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, attention_layers: int = 3,
                  num_heads: int = 2, attention_dim: int = 40, use_residual: bool = True,
                  use_scale: bool = False, layer_norm: bool = False, use_wide: bool = False,
-                 hidden_units: list[int] = [], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
@@ -57,25 +59,13 @@ class AutoInt(CTRModel):
         return {"logit": logit.squeeze(-1)}
 
 
-@register
+@register(defaults={"hidden_units": (400, 400)})
 class AutoIntPlus(AutoInt):
     """AutoInt+ (created as ``"AutoIntPlus"``): :class:`AutoInt` whose default ``hidden_units`` is
-    ``[400, 400]`` (FuxiCTR template), i.e. a parallel MLP on the raw embeddings is on by default.
+    ``(400, 400)`` (FuxiCTR template), i.e. a parallel MLP on the raw embeddings is on by default.
 
-    Hyperparameters (defaults; as :class:`AutoInt` except the MLP): ``embedding_dim=10``,
-    ``attention_layers=3``, ``num_heads=2``, ``attention_dim=40``, ``use_residual=True``,
-    ``use_scale=False``, ``layer_norm=False``, ``use_wide=False``, ``hidden_units=[400, 400]``,
-    ``hidden_activations="relu"``, ``net_dropout=0.``, ``batch_norm=False``,
-    ``embedding_regularizer=0.``, ``net_regularizer=0.``.
+    Hyperparameters: those of :class:`AutoInt` with the same defaults (``embedding_dim``,
+    ``attention_layers``, ``num_heads``, ``attention_dim``, ``use_residual``, ``use_scale``,
+    ``layer_norm``, ``use_wide``, ``hidden_activations``, ``net_dropout``, ``batch_norm``,
+    ``embedding_regularizer``, ``net_regularizer``), except ``hidden_units=(400, 400)``.
     """
-
-    def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, attention_layers: int = 3,
-                 num_heads: int = 2, attention_dim: int = 40, use_residual: bool = True,
-                 use_scale: bool = False, layer_norm: bool = False, use_wide: bool = False,
-                 hidden_units: list[int] = [400, 400], hidden_activations: str = "relu",
-                 net_dropout: float = 0.0, batch_norm: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
-        super().__init__(feature_map, embedding_dim, attention_layers, num_heads, attention_dim,
-                         use_residual, use_scale, layer_norm, use_wide, hidden_units,
-                         hidden_activations, net_dropout, batch_norm,
-                         embedding_regularizer, net_regularizer)

@@ -1,6 +1,8 @@
 """DCN: cross network (v1, vector weights) in parallel with an MLP."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -14,16 +16,16 @@ from .registry import register
 class DCN(CTRModel):
     """``x0 = flatten(E)``, ``x_L = CrossNet(x0)`` (``x_{l+1} = x0 · (w_lᵀ x_l) + b_l + x_l``),
     ``h = MLP(x0)`` (ends at its last hidden layer), ``logit = fc([x_L ; h])`` with one
-    Linear(·, 1). With ``hidden_units=[]`` there is no DNN: ``logit = fc(x_L)`` (FuxiCTR).
+    Linear(·, 1). With ``hidden_units=()`` there is no DNN: ``logit = fc(x_L)`` (FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template): ``embedding_dim=10``,
-    ``num_cross_layers=3``, ``hidden_units=[1024, 512, 256]`` (FuxiCTR ``dnn_hidden_units``),
+    ``num_cross_layers=3``, ``hidden_units=(1024, 512, 256)`` (FuxiCTR ``dnn_hidden_units``),
     ``hidden_activations="relu"`` (FuxiCTR ``dnn_activations``), ``net_dropout=0.``,
     ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, num_cross_layers: int = 3,
-                 hidden_units: list[int] = [1024, 512, 256], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (1024, 512, 256), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)

@@ -1,6 +1,8 @@
 """DCNv2: matrix cross network (optionally a mixture of low-rank experts) with an MLP."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -26,7 +28,7 @@ class DCNv2(CTRModel):
     ``embedding_dim`` in the dataset config (``x0`` is their concatenation).
 
     Hyperparameters (defaults; FuxiCTR template): ``embedding_dim=10``,
-    ``model_structure="parallel"``, ``num_cross_layers=3``, ``hidden_units=[500, 500, 500]``
+    ``model_structure="parallel"``, ``num_cross_layers=3``, ``hidden_units=(500, 500, 500)``
     (every MLP tower), ``hidden_activations="relu"``, ``net_dropout=0.``, ``batch_norm=False``,
     ``use_low_rank_mixture=False``, ``low_rank=32``, ``num_experts=4``,
     ``stacked_dnn_hidden_units=None`` / ``parallel_dnn_hidden_units=None`` (FuxiCTR names;
@@ -37,11 +39,11 @@ class DCNv2(CTRModel):
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  model_structure: str = "parallel", num_cross_layers: int = 3,
-                 hidden_units: list[int] = [500, 500, 500], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  use_low_rank_mixture: bool = False, low_rank: int = 32, num_experts: int = 4,
-                 stacked_dnn_hidden_units: list[int] | None = None,
-                 parallel_dnn_hidden_units: list[int] | None = None,
+                 stacked_dnn_hidden_units: Sequence[int] | None = None,
+                 parallel_dnn_hidden_units: Sequence[int] | None = None,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         if model_structure not in STRUCTURES:

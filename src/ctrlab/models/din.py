@@ -1,6 +1,8 @@
 """DIN: deep interest network — target attention pools the behaviour history per candidate item."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -85,17 +87,17 @@ class DIN(CTRModel):
     Hyperparameters (FuxiCTR class/template defaults; D = 10 like the other ctrlab models):
     ``embedding_dim=10``, ``din_target_field="item_id"``, ``din_sequence_field="history"``
     (or two equally long lists of names or groups, paired in order; each sequence must share its
-    target's vocabulary), ``attention_hidden_units=[64]``, ``attention_hidden_activations="Dice"``,
+    target's vocabulary), ``attention_hidden_units=(64,)``, ``attention_hidden_activations="Dice"``,
     ``attention_output_activation=None``, ``attention_dropout=0.``, ``din_use_softmax=False``,
-    ``dnn_hidden_units=[500, 500, 500]``, ``dnn_activations="ReLU"`` (``"Dice"`` allowed),
+    ``dnn_hidden_units=(500, 500, 500)``, ``dnn_activations="ReLU"`` (``"Dice"`` allowed),
     ``net_dropout=0.``, ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  din_target_field: str | list[str] = "item_id", din_sequence_field: str | list[str] = "history",
-                 attention_hidden_units: list[int] = [64], attention_hidden_activations: str = "Dice",
+                 attention_hidden_units: Sequence[int] = (64,), attention_hidden_activations: str = "Dice",
                  attention_output_activation: str | None = None, attention_dropout: float = 0.0,
-                 din_use_softmax: bool = False, dnn_hidden_units: list[int] = [500, 500, 500],
+                 din_use_softmax: bool = False, dnn_hidden_units: Sequence[int] = (500, 500, 500),
                  dnn_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)

@@ -1,6 +1,8 @@
 """DNN: an MLP on the concatenated field embeddings."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..data.feature_map import FeatureMap
 from ..layers import FeatureEmbedding, MLPBlock
 from .base import CTRModel
@@ -12,13 +14,13 @@ class DNN(CTRModel):
     """``x0 = flatten(E)`` (d = F·D), ``logit = MLP(x0)`` (hidden layers, then Linear(·, 1)).
 
     Hyperparameters (defaults; widths from the FuxiCTR config template, D from the class
-    default / BARS tuning): ``embedding_dim=10``, ``hidden_units=[500, 500, 500]``,
+    default / BARS tuning): ``embedding_dim=10``, ``hidden_units=(500, 500, 500)``,
     ``hidden_activations="relu"`` (one name or one per layer), ``net_dropout=0.``,
     ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 hidden_units: list[int] = [500, 500, 500], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)

@@ -58,17 +58,9 @@ class FCN(_CrossStreams):
     Loss (Tri-BCE, :func:`tri_bce`): ``L + w_D·L_D + w_S·L_S``, ``w = max(0, L_stream − L)``,
     batch-mean BCEs, plus the L2 regularizers. The weights are NOT detached
     (``detach_loss_weights=False``), as in the official code (``salmon1802/FCN``
-    ``DCNv3.add_loss``), because every published FCN number was trained that way. Keeping the
-    gradient through an active ``w`` (``L_D > L``) changes the objective:
-    ``d(w_D·L_D) = (2L_D − L)·dL_D − L_D·dL``: a lagging stream's own loss gets weight
-    ``2L_D − L`` (≈ L_D) instead of ``L_D − L`` (≈ 0 while the gap is small), and the fused
-    loss's weight drops to ``1 − L_D − L_S`` when both are active, so the streams' losses
-    dominate training. ``detach_loss_weights=True`` gives the "weights as coefficients" reading
-    of the paper's equation, ``dL + w_D·dL_D + w_S·dL_S``; same loss value, and on
-    frappe_x1_subset the same valid AUC (0.9281 vs 0.9285, mean of 3 seeds).
-    The degrees (LCN L + 1, ECN 2^L) hold with the mask off: ``ReLU(LN(c))`` is not polynomial
-    (LayerNorm divides by a norm over all fields), and with it a 1-layer LCN fits a 3rd-order
-    parity too.
+    ``DCNv3.add_loss``), because every published FCN number was trained that way;
+    ``detach_loss_weights=True`` gives ``dL + w_D·dL_D + w_S·dL_S`` (how the two differ, and
+    the polynomial degrees: docs/models.md, FCN).
 
     Hyperparameters (official ``DCNv3`` class defaults): ``embedding_dim=10`` (D per head, even),
     ``num_deep_cross_layers=4`` (ECN), ``num_shallow_cross_layers=4`` (LCN),

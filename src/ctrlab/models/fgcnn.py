@@ -1,6 +1,8 @@
 """FGCNN: CNN-generated feature embeddings added to the raw ones, classified by an IPNN."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -13,36 +15,23 @@ from .registry import register
 
 @register
 class FGCNN(CTRModel):
-    """``New = α · FeatureGenerationCNN(E_g)`` (B, N_new, D); ``E' = [E_c ; New]`` (B, N, D),
+    """``New = FeatureGenerationCNN(E_g)`` (B, N_new, D); ``E' = [E_c ; New]`` (B, N, D),
     N = F + N_new; ``logit = MLP([flatten(E') ; <e'_j, e'_k>_{j<k}])`` (IPNN classifier, input
     ``N·D + N(N−1)/2``). ``E_c`` and ``E_g`` are separate tables unless ``share_embedding``.
     Field order (the feature map's) is part of the model: convolutions only mix neighbouring fields.
+    The defaults are FuxiCTR's FGCNN, parameter for parameter.
 
-    Guard (``gate_new_features=True``): ``α`` is one learnable scalar, initialised to 0; with
-    ``False`` there is no α (α ≡ 1, FuxiCTR's model, parameter-for-parameter).
-    Why: the raw embeddings start at N(0, 1e-4²) but the generated features are tanh outputs
-    of size 0.1–1 from the first step (conv BatchNorm rescales the 1e-4 embedding noise to unit
-    scale, the Xavier recombination keeps it there). So the classifier's input — N·D + N(N−1)/2
-    numbers, nearly all involving generated features — carries an L1 mass in the thousands per
-    sample that says nothing about the label, against ~1e-2 for an IPNN. Adam moves every
-    first-layer weight by ≈ lr per step, so a pre-activation can move by lr × that mass per step:
-    the logits swing past the label mean (loss above ln 2) and most first-layer ReLUs end up off
-    for every input (80–100 % in our traces), the output goes constant and AUC sits at 0.5; how
-    long grows with the number of generated features (the mass grows with N_new²) and with lr,
-    and it may not end (BARS issue #10; the maintainers' workaround, a smaller lr, shrinks
-    lr × mass). With α = 0 the model starts as exactly an IPNN on ``E_c`` (every new feature and
-    every product with one is 0); α then grows by ≈ lr per step like the embeddings, phasing the
-    generated features in. Tried and not enough: smaller or zero recombination init, larger
-    generator-embedding init, smaller conv-BN eps. At the BARS Criteo_x4 size (39 fields,
-    N = 153, DNN [4096, 2048, 1024]; synthetic data, lr 1e-3 and 2e-3, batch 10,000) the gate gave
-    +0.05 to +0.14 valid AUC after 2 epochs.
+    Option ``gate_new_features=True`` (off by default; not in the paper or FuxiCTR):
+    ``New = α · FeatureGenerationCNN(E_g)`` with one learnable scalar ``α`` initialised to 0, so
+    training starts from an IPNN on ``E_c`` and phases the generated features in. It avoids the
+    stuck-at-AUC-0.5 runs of BARS issue #10; why and the measurements: docs/models.md (FGCNN).
 
-    Hyperparameters (FuxiCTR class defaults, plus the guard): ``embedding_dim=10``,
-    ``share_embedding=False``, ``channels=[14, 16, 18, 20]``, ``kernel_heights=7``,
+    Hyperparameters (FuxiCTR class defaults, plus the option): ``embedding_dim=10``,
+    ``share_embedding=False``, ``channels=(14, 16, 18, 20)``, ``kernel_heights=7``,
     ``pooling_sizes=2``, ``recombined_channels=2`` (these three: one value or one per conv
     layer), ``conv_activation="tanh"``, ``conv_batch_norm=True``,
-    ``dnn_hidden_units=[4096, 2048, 1024, 512]``, ``dnn_activations="relu"``,
-    ``dnn_batch_norm=False``, ``net_dropout=0.``, ``gate_new_features=True``,
+    ``dnn_hidden_units=(4096, 2048, 1024, 512)``, ``dnn_activations="relu"``,
+    ``dnn_batch_norm=False``, ``net_dropout=0.``, ``gate_new_features=False``,
     ``embedding_regularizer=0.``, ``net_regularizer=0.``. BARS tuned: Criteo_x4_002 D 10,
     channels [38, 40, 42, 44], kernel 9, recombined 3, DNN [4096, 2048, 1024]; Avazu_x4_002 D 20,
     channels [14, 16, 18, 20], kernel 7, recombined 3, DNN [4096, 2048, 1024, 512].
@@ -50,11 +39,11 @@ class FGCNN(CTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, share_embedding: bool = False,
-                 channels: list[int] = [14, 16, 18, 20], kernel_heights: int | list[int] = 7,
-                 pooling_sizes: int | list[int] = 2, recombined_channels: int | list[int] = 2,
+                 channels: Sequence[int] = (14, 16, 18, 20), kernel_heights: int | Sequence[int] = 7,
+                 pooling_sizes: int | Sequence[int] = 2, recombined_channels: int | Sequence[int] = 2,
                  conv_activation: str = "tanh", conv_batch_norm: bool = True,
-                 dnn_hidden_units: list[int] = [4096, 2048, 1024, 512], dnn_activations: str = "relu",
-                 dnn_batch_norm: bool = False, net_dropout: float = 0.0, gate_new_features: bool = True,
+                 dnn_hidden_units: Sequence[int] = (4096, 2048, 1024, 512), dnn_activations: str = "relu",
+                 dnn_batch_norm: bool = False, net_dropout: float = 0.0, gate_new_features: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
@@ -69,8 +58,18 @@ class FGCNN(CTRModel):
                             activation=dnn_activations, dropout=net_dropout, batch_norm=dnn_batch_norm,
                             output_dim=1)
 
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        # weights of a gated model (ctrlab's default before issue 14.12) into a model without the gate
+        if self.gate is None and prefix + "gate" in state_dict:
+            error_msgs.append("these FGCNN weights have the gate α ('gate'): they were trained with "
+                              "gate_new_features=True (ctrlab's default before issue 14.12); build the model with "
+                              "gate_new_features=True (for a run: add it to model_params in run_config.yaml)")
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def new_features(self, batch, e_c: torch.Tensor | None = None) -> torch.Tensor:
-        """The generated feature embeddings ``α · FeatureGenerationCNN(E_g)``, (B, N_new, D)."""
+        """The generated feature embeddings ``[α ·] FeatureGenerationCNN(E_g)``, (B, N_new, D)."""
         if self.gen_embedding is not None:
             e_g = self.gen_embedding(batch)
         else:

@@ -1,6 +1,8 @@
 """FinalMLP: two gated MLP streams fused by a multi-head bilinear layer."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..data.feature_map import FeatureMap
 from ..layers import FeatureEmbedding, FeatureGating, MLPBlock, MultiHeadBilinearFusion
 from .base import CTRModel
@@ -17,22 +19,22 @@ class FinalMLP(CTRModel):
     shared with the main one), or a zero-initialised learnable vector when empty.
 
     Hyperparameters (FuxiCTR class defaults): ``embedding_dim=10``,
-    ``mlp1_hidden_units=[64, 64, 64]``, ``mlp1_hidden_activations="relu"``, ``mlp1_dropout=0.``,
-    ``mlp1_batch_norm=False``, ``mlp2_hidden_units=[64, 64, 64]``, ``mlp2_hidden_activations="relu"``,
-    ``mlp2_dropout=0.``, ``mlp2_batch_norm=False``, ``use_fs=True``, ``fs_hidden_units=[64]``,
-    ``fs1_context=[]``, ``fs2_context=[]``, ``num_heads=1``, ``embedding_regularizer=0.``,
+    ``mlp1_hidden_units=(64, 64, 64)``, ``mlp1_hidden_activations="relu"``, ``mlp1_dropout=0.``,
+    ``mlp1_batch_norm=False``, ``mlp2_hidden_units=(64, 64, 64)``, ``mlp2_hidden_activations="relu"``,
+    ``mlp2_dropout=0.``, ``mlp2_batch_norm=False``, ``use_fs=True``, ``fs_hidden_units=(64,)``,
+    ``fs1_context=()``, ``fs2_context=()``, ``num_heads=1``, ``embedding_regularizer=0.``,
     ``net_regularizer=0.``. BARS Frappe_x1: mlp1 [400] BN dropout 0.4, mlp2 [100] BN dropout 0.4,
     fs_hidden [400], fs1_context ["user"], fs2_context ["item"], 5 heads, embedding_regularizer 0.05.
     ``mlp1_hidden_units[-1]`` and ``mlp2_hidden_units[-1]`` must be divisible by ``num_heads``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 mlp1_hidden_units: list[int] = [64, 64, 64], mlp1_hidden_activations: str = "relu",
+                 mlp1_hidden_units: Sequence[int] = (64, 64, 64), mlp1_hidden_activations: str = "relu",
                  mlp1_dropout: float = 0.0, mlp1_batch_norm: bool = False,
-                 mlp2_hidden_units: list[int] = [64, 64, 64], mlp2_hidden_activations: str = "relu",
+                 mlp2_hidden_units: Sequence[int] = (64, 64, 64), mlp2_hidden_activations: str = "relu",
                  mlp2_dropout: float = 0.0, mlp2_batch_norm: bool = False,
-                 use_fs: bool = True, fs_hidden_units: list[int] = [64],
-                 fs1_context: list[str] = [], fs2_context: list[str] = [], num_heads: int = 1,
+                 use_fs: bool = True, fs_hidden_units: Sequence[int] = (64,),
+                 fs1_context: Sequence[str] = (), fs2_context: Sequence[str] = (), num_heads: int = 1,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)

@@ -1,6 +1,8 @@
 """IPNN: product-based neural network with inner products."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 from ..data.feature_map import FeatureMap
@@ -17,12 +19,12 @@ class IPNN(CTRModel):
     paper's product layer multiplies them by learned kernels first).
 
     Hyperparameters (defaults; widths from the FuxiCTR config template): ``embedding_dim=10``,
-    ``hidden_units=[300, 300, 300]``, ``hidden_activations="relu"``, ``net_dropout=0.``,
+    ``hidden_units=(300, 300, 300)``, ``hidden_activations="relu"``, ``net_dropout=0.``,
     ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 hidden_units: list[int] = [300, 300, 300], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (300, 300, 300), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)

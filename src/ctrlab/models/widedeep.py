@@ -1,6 +1,8 @@
 """Wide&Deep: logistic regression (wide) plus an MLP on the embeddings (deep)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from ..data.feature_map import FeatureMap
 from ..layers import FeatureEmbedding, LinearLogit, MLPBlock
 from .base import CTRModel
@@ -16,12 +18,12 @@ class WideDeep(CTRModel):
     and without a bias of its own: the MLP's output layer carries it (FuxiCTR's ``use_bias=False``).
 
     Hyperparameters (defaults; widths from the FuxiCTR config template): ``embedding_dim=10``,
-    ``hidden_units=[300, 300, 300]``, ``hidden_activations="relu"``, ``net_dropout=0.``,
+    ``hidden_units=(300, 300, 300)``, ``hidden_activations="relu"``, ``net_dropout=0.``,
     ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 hidden_units: list[int] = [300, 300, 300], hidden_activations: str = "relu",
+                 hidden_units: Sequence[int] = (300, 300, 300), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)

@@ -1,6 +1,8 @@
 """xDeepFM: LR + compressed interaction network (CIN) + MLP, sharing one embedding table."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch import nn
 
 from ..data.feature_map import FeatureMap
@@ -18,7 +20,7 @@ class xDeepFM(CTRModel):
     With ``hidden_units=[]`` there is no MLP term (LR + CIN, as in FuxiCTR).
 
     Hyperparameters (defaults; FuxiCTR config template): ``embedding_dim=10``,
-    ``cin_hidden_units=[32, 32, 32]`` (numbers of maps H_k), ``hidden_units=[500, 500, 500]``
+    ``cin_hidden_units=(32, 32, 32)`` (numbers of maps H_k), ``hidden_units=(500, 500, 500)``
     (FuxiCTR ``dnn_hidden_units``), ``hidden_activations="relu"``, ``net_dropout=0.``,
     ``batch_norm=False``, ``cin_activation=None`` and ``cin_split_half=False`` (the paper's and
     DeepCTR's CIN options, see :class:`~ctrlab.layers.CIN`; DeepCTR uses ``"relu"`` and ``True``),
@@ -26,8 +28,8 @@ class xDeepFM(CTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 cin_hidden_units: list[int] = [32, 32, 32],
-                 hidden_units: list[int] = [500, 500, 500], hidden_activations: str = "relu",
+                 cin_hidden_units: Sequence[int] = (32, 32, 32),
+                 hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  cin_activation: str | None = None, cin_split_half: bool = False,
                  embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):

@@ -279,6 +279,8 @@ def export_run(
         # --overwrite replaces an artifact, never a run folder (or anything else) given as --output
         raise ArtifactError(f"{out} is not a ctrlab artifact folder (no manifest.json), so --overwrite does not "
                             "replace it; choose another --output")
+    from ..models.registry import plugin_source
+
     model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -306,7 +308,8 @@ def export_run(
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": str(run_dir.resolve()),
         "model": {"name": type(model).__name__, "params": cfg.get("model_params") or {},
-                  "parameters": int(sum(p.numel() for p in model.parameters()))},
+                  "parameters": int(sum(p.numel() for p in model.parameters())),
+                  **({"plugin": plugin} if (plugin := plugin_source(type(model))) else {})},
         "dataset": dcfg.name,
         "schema": raw_schema(dcfg),
         "labels": list(dcfg.labels),

@@ -85,11 +85,19 @@ class _TorchBackend:
         import torch
         from safetensors.torch import load_file
 
-        from ..models import create
+        from ..models import create, get_model_class
 
         if threads:
             torch.set_num_threads(threads)
         spec = artifact.manifest["model"]
+        if spec.get("plugin"):
+            try:
+                get_model_class(spec["name"])
+            except ValueError:
+                raise ValueError(
+                    f"{artifact.path}: model {spec['name']} comes from the plugin {spec['plugin']!r}, which is not "
+                    f"imported here: serve with `ctrlab --import {spec['plugin']} serve ...` (or CTRLAB_PLUGINS), "
+                    f"or export to ONNX, which needs no model code") from None
         self.model = create(spec["name"], artifact.feature_map, **spec["params"])
         self.model.load_state_dict(load_file(str(artifact.path / "model.safetensors")))
         self.model.eval()
