@@ -20,6 +20,7 @@ never with a map re-fitted on the current train file.
 """
 from __future__ import annotations
 
+import collections.abc
 import json
 import time
 import types
@@ -149,7 +150,7 @@ def _checkable(tp: Any) -> bool:
     if origin is typing.Literal:
         return True
     if origin is not None:
-        return origin in (typing.Union, types.UnionType, list, tuple, dict) and all(
+        return origin in (typing.Union, types.UnionType, list, tuple, dict, collections.abc.Sequence) and all(
             a is Ellipsis or _checkable(a) for a in typing.get_args(tp))
     return tp in (int, float, str, bool, type(None), Any)
 

@@ -7,6 +7,7 @@ dotted key path and the allowed values. No ``eval`` anywhere.
 """
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import types
 import typing
@@ -47,7 +48,7 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         if value not in args:
             raise ConfigError(f"{where}: {value!r} is not allowed; choose one of {list(args)}")
         return value
-    if origin in (list, tuple):
+    if origin in (list, tuple, collections.abc.Sequence):  # Sequence: the models' tuple defaults
         if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
         item_tp = args[0] if args else Any
