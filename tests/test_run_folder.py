@@ -329,3 +329,17 @@ def test_malformed_feature_map_names_the_field(finished, capsys):
     (run / "feature_map.json").write_text(json.dumps(fmap))
     assert main(["evaluate", str(run)]) == 2
     _one_line_error(capsys, 2, "categorical[0] ('user')", "vocab_size")
+
+
+def test_model_param_types_accept_tuple_defaults_and_din_groups():
+    """The type check reads the models' annotations (Sequence[...] since the defaults are tuples):
+    YAML lists and DIN's nested field groups pass, a wrong shape names the key."""
+    ok = api.load_run_config({"dataset": "movielens_100k", "model": "DIN", "preset": "none", "model_params": {
+        "dnn_hidden_units": [64, 32],
+        "din_target_field": [["item_id", "genres"]], "din_sequence_field": [["history", "history_genres"]]}})
+    params, _ = api.resolve_model_params(ok)
+    assert params["din_target_field"] == [["item_id", "genres"]]
+    bad = api.load_run_config({"dataset": "movielens_100k", "model": "DIN", "preset": "none",
+                               "model_params": {"dnn_hidden_units": [64, "wide"]}})
+    with pytest.raises(api.ConfigError, match=r"model_params\.dnn_hidden_units"):
+        api.resolve_model_params(bad)

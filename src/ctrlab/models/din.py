@@ -94,7 +94,8 @@ class DIN(CTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 din_target_field: str | list[str] = "item_id", din_sequence_field: str | list[str] = "history",
+                 din_target_field: str | Sequence[str | Sequence[str]] = "item_id",
+                 din_sequence_field: str | Sequence[str | Sequence[str]] = "history",
                  attention_hidden_units: Sequence[int] = (64,), attention_hidden_activations: str = "Dice",
                  attention_output_activation: str | None = None, attention_dropout: float = 0.0,
                  din_use_softmax: bool = False, dnn_hidden_units: Sequence[int] = (500, 500, 500),
