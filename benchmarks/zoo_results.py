@@ -239,7 +239,9 @@ def more_seeds_section(models: list[str], more_seeds: list[int], bars: list[dict
              "of `benchmarks/plans/zoo.yaml`; n = runs per library). "
              f"{BAR_RULE}: the verdict column. Stalled = stopped ≥ 5 epochs before the model's median run. Epoch "
              "k = the last epoch that every run of the model (both libraries) trained: the mean validation AUC "
-             "there compares the learning curves before any early stop could cut a run short.", "",
+             "there compares the learning curves before any early stop could cut a run short. FinalMLP's gap: both "
+             "training procedures side by side, re-runs and a hybrid of the two in `benchmarks/peers/README.md` "
+             "(issue 14.11).", "",
              "| model | ctrlab test AUC | ctrlab stalled | FuxiCTR test AUC | FuxiCTR stalled | Δ ± SE "
              "| k | valid AUC at k: ctrlab / FuxiCTR | accuracy bar |",
              "|---|---|---|---|---|---|---|---|---|"]

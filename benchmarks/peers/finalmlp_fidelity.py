@@ -59,7 +59,7 @@ def summarize(args) -> int:
     """n, mean ± std of test AUC per ctrlab variant and for FuxiCTR, and Δ ± SE with the bar's verdict."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("zoo_results", Path(__file__).parents[1] / "zoo_results.py")
+    spec = importlib.util.spec_from_file_location("zoo_results", Path(__file__).resolve().parents[1] / "zoo_results.py")
     zoo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(zoo)
     ours: dict[str, dict[int, dict]] = {}
