@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import statistics
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,46 @@ def test_observation_verdict_against_the_bar(ours, verdict):
     text = zoo.observations(runs("M", ours, [20, 20, 20]), ["M"], peer)
     assert verdict in text
     assert f"Δ {sum(ours) / 3 - 0.9505:+.4f}" in text
+
+
+def spread(mean, half_width, n):
+    """n values with the given mean, alternating mean ± half_width (n even): sample std = half_width·√(n/(n−1))."""
+    return [mean + (half_width if i % 2 else -half_width) for i in range(n)]
+
+
+@pytest.mark.parametrize("n,ours_mean,half,passes,why", [
+    # Δ = -0.0005: within the margin at any n
+    (4, 0.9500, 0.0010, True, "Δ ≥ −0.001"),
+    # Δ = -0.0012, SE ≈ 0.0005 (the FinalMLP case of issue 14.11): Δ + 2·SE < 0 at 20 seeds → fails
+    (20, 0.9493, 0.0016, False, "significantly below"),
+    # Δ = -0.0015 with a wide spread: SE ≈ 0.0011 at 10 seeds, Δ + 2·SE ≥ 0 → not significantly below
+    (10, 0.9490, 0.0025, True, "not significantly below"),
+    # the same spread at 4 seeds: the significance test needs ≥ 10 seeds per library → fails
+    (4, 0.9490, 0.0025, False, "fewer than 10 seeds"),
+])
+def test_statistical_accuracy_bar(n, ours_mean, half, passes, why):
+    """Issue 14 'Done when': mean ≥ peer − 0.001, or, at ≥ 10 seeds per library, not significantly
+    below it (Δ + 2·SE ≥ 0, Welch SE). Reports n per side, mean ± std and the SE of Δ."""
+    ours, theirs = spread(ours_mean, half, n), spread(0.9505, half * 0.6, n)
+    c = zoo.compare(ours, theirs)
+    se = (statistics.variance(ours) / n + statistics.variance(theirs) / n) ** 0.5
+    assert c["n_ours"] == c["n_theirs"] == n
+    assert c["diff"] == pytest.approx(ours_mean - 0.9505)
+    assert c["se"] == pytest.approx(se)
+    assert c["passes"] is passes
+    assert why in c["reason"]
+    assert f"{statistics.mean(ours):.4f} ± {statistics.stdev(ours):.4f} (n={n})" in c["text"]
+    assert f"Δ {ours_mean - 0.9505:+.4f} ± {se:.4f}" in c["text"]
+
+
+def test_observations_report_n_se_and_the_statistical_verdict():
+    """The 20-seed FinalMLP shape: below the 0.001 margin and significantly below → **below the bar**,
+    with n per side and the SE of Δ in the line; the old 'seed std' wording is gone."""
+    ours = runs("M", spread(0.9493, 0.0016, 20), [20] * 20)
+    peer = {"M": runs("M", spread(0.9505, 0.0010, 20), [20] * 20)}
+    text = zoo.observations(ours, ["M"], peer)
+    assert "**below the bar**" in text and "(n=20)" in text and "Δ + 2·SE" in text
+    assert "seed std" not in text
 
 
 def test_stalled_runs_are_counted_against_the_median_epoch():
