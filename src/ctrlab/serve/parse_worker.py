@@ -28,6 +28,8 @@ import polars as pl
 from .predictor import RequestError
 
 _LENGTH = 8
+PARSE_WORKER_NICENESS = 10
+"""How much lower the worker's CPU priority is than the server's (``os.nice``)."""
 
 
 class ParseWorkerFailed(RuntimeError):
@@ -104,6 +106,12 @@ def main(argv: list[str] | None = None) -> int:
     artifact, max_rows = (argv or sys.argv[1:])[:2]
     # Ctrl-C reaches the whole process group: the server stops this worker by closing its stdin.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # Parsing large bodies is bulk work: at a lower CPU priority it yields the cores to the server's
+    # event loop and model thread, so single-row requests are not slowed by a large one being parsed.
+    try:
+        os.nice(PARSE_WORKER_NICENESS)
+    except OSError:  # not permitted here: run at the server's priority
+        pass
     # The protocol owns the real stdout; anything a library prints goes to stderr instead.
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)

@@ -72,6 +72,9 @@ class _ONNXBackend:
         if threads:
             opts.intra_op_num_threads = threads
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # No spin-waiting between runs: ORT's pool threads otherwise keep the cores busy after each call,
+        # taking them from the event loop (request parsing, answers) and the other requests' work.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(artifact.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
