@@ -172,7 +172,7 @@ def load_trained_run(run_dir: Path):
         model.load_state_dict(load_file(str(run_dir / "model.safetensors")))
     except (SafetensorError, RuntimeError, OSError) as exc:  # corrupt / truncated file, or other tensors
         raise ArtifactError(f"{run_dir / 'model.safetensors'} cannot be loaded into {cfg['model']} "
-                            f"({type(exc).__name__}: {str(exc)[:200]}); the file is damaged or from another "
+                            f"({type(exc).__name__}: {str(exc)[:800]}); the file is damaged or from another "
                             "run: train the run again") from None
     model.eval()
     metrics_file = run_dir / "metrics.json"
