@@ -88,7 +88,11 @@ def cmd_serve(args) -> int:
                       max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                       access_log=args.access_log, max_rows_in_flight=args.max_rows_in_flight,
                       max_body_bytes_in_flight=int(args.max_body_mb_in_flight * (1 << 20)), api_docs=args.api_docs)
-    serve(args.artifact, cfg)
+    try:
+        serve(args.artifact, cfg)
+    except KeyboardInterrupt:  # Ctrl-C / SIGINT: uvicorn has shut down cleanly and re-raises it
+        print("ctrlab serve: stopped", file=sys.stderr)
+        return 130
     return 0
 
 

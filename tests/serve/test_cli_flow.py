@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_export_serve_predict_from_the_command_line(frappe_export, tmp_path, cap
         except urllib.error.HTTPError as err:
             assert err.code == 422 and "missing field" in json.load(err)["error"]
     finally:
-        server.terminate()
+        server.send_signal(signal.SIGINT)  # Ctrl-C: a clean stop, not a traceback
         log = server.communicate(timeout=20)[0]
     assert f"serving FinalMLP (onnx) from {art} on http://127.0.0.1:{port}" in log
+    assert "Traceback" not in log and "ctrlab serve: stopped" in log, log
+    assert server.returncode == 130
