@@ -355,16 +355,21 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
                 need = declared if declared is not None else cfg.max_body_bytes  # chunked: assume the worst
                 await bodies.acquire(need)
                 reserved = need
+                # kept as the chunks received: growing one buffer would copy the whole body now and then,
+                # on the event loop, while single-row requests wait
+                chunks, size = [bytes(body)], len(body)
+                del body
                 async for chunk in stream:
-                    body += chunk
-                    if len(body) > cfg.max_body_bytes:
+                    chunks.append(chunk)
+                    size += len(chunk)
+                    if size > cfg.max_body_bytes:
                         return _too_large(cfg)
                 if state["parse_worker"] is not None:
-                    frame = await state["parse_worker"].check(body)
+                    frame = await state["parse_worker"].check(chunks)
                 else:
                     frame = await asyncio.get_running_loop().run_in_executor(
-                        state["parse_thread"], check_body, predictor, body, cfg.max_request_rows)
-                del body
+                        state["parse_thread"], _check_chunks, predictor, chunks, cfg.max_request_rows)
+                del chunks
 
             def admitted():  # the body's bytes are held until its rows are admitted: waiting frames stay bounded
                 nonlocal reserved
@@ -401,6 +406,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         return {**predictor.metadata(), "serving": asdict(cfg)}
 
     return app
+
+
+def _check_chunks(predictor: Predictor, chunks: list[bytes], max_rows: int):
+    return check_body(predictor, b"".join(chunks), max_rows)
 
 
 def _is_json(content_type: str) -> bool:
