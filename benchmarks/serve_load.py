@@ -116,6 +116,11 @@ class Outcome:
     """Requests that got no HTTP answer (connection errors) or a wrong answer (row count)."""
     seconds: float = 0.0
 
+    def record(self, status: int, since: float) -> None:
+        """One answer: its latency from ``since`` (a perf_counter time) and its status."""
+        self.latencies_ms.append((time.perf_counter() - since) * 1000)
+        self.statuses[status] = self.statuses.get(status, 0) + 1
+
     def summary(self) -> dict:
         lat = np.asarray(self.latencies_ms) if self.latencies_ms else np.zeros(1)
         ok = self.statuses.get(200, 0)
@@ -154,8 +159,7 @@ async def run_scenario(host: str, port: int, sc: Scenario, bodies: list[bytes]) 
                     out.failures += 1
                     conn.close()
                     continue
-                out.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                out.statuses[status] = out.statuses.get(status, 0) + 1
+                out.record(status, t0)
                 if status == 200 and sc.rows_per_request > 1 and len(json.loads(body)["probabilities"]) != sc.rows_per_request:
                     out.failures += 1
         finally:
@@ -187,8 +191,7 @@ async def run_head_of_line(host: str, port: int, singles: list[bytes], large: by
                     big.failures += 1
                     conn.close()
                     continue
-                big.latencies_ms.append((time.perf_counter() - t0) * 1000)
-                big.statuses[status] = big.statuses.get(status, 0) + 1
+                big.record(status, t0)
         finally:
             conn.close()
 
@@ -206,8 +209,7 @@ async def run_head_of_line(host: str, port: int, singles: list[bytes], large: by
             return
         finally:
             pool.put_nowait(conn)
-        small.latencies_ms.append((time.perf_counter() - planned) * 1000)
-        small.statuses[status] = small.statuses.get(status, 0) + 1
+        small.record(status, planned)
 
     t_large = time.perf_counter()
     background = asyncio.ensure_future(large_client())

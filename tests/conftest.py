@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -70,3 +72,19 @@ def check_error():
         return msg
 
     return _check
+
+
+@pytest.fixture
+def dead_owner() -> dict:
+    """The build-owner identity (:func:`ctrlab.data.cache.owner_identity`) of a process of this host
+    that has exited: what a build folder left by a killed build carries."""
+    from ctrlab.data.cache import owner_identity
+
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        owner = owner_identity(proc.pid)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert owner["start_ticks"] is not None
+    return owner

@@ -7,8 +7,6 @@ import hashlib
 import importlib
 import json
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -79,18 +77,6 @@ def test_code_fingerprint_follows_every_file_of_a_package(tmp_path, monkeypatch)
 
 
 # ---- build folders and their clean-up --------------------------------------------------------
-def dead_owner() -> dict:
-    """The owner identity of a process of this host that has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        owner = owner_identity(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-    assert owner["start_ticks"] is not None
-    return owner
-
-
 def tmp_folder(parent, name, owner: dict | None = None, age_h: float = 0.0):
     folder = parent / name
     (folder / "train").mkdir(parents=True)
@@ -105,12 +91,12 @@ def tmp_folder(parent, name, owner: dict | None = None, age_h: float = 0.0):
     return folder
 
 
-def test_remove_abandoned_only_removes_folders_no_live_build_can_own(tmp_path):
+def test_remove_abandoned_only_removes_folders_no_live_build_can_own(tmp_path, dead_owner):
     """Issue 14.24: removed: a folder whose owner process on this host is gone, or that nobody
     (no lock) has written to for a day. Kept: everything a live build may own, and non-build folders."""
     me = owner_identity()
     foreign = {**me, "host": "another-host", "pid": 1}
-    dead = tmp_folder(tmp_path, ".ds-aaaa.tmp-dead01", dead_owner())
+    dead = tmp_folder(tmp_path, ".ds-aaaa.tmp-dead01", dead_owner)
     live = tmp_folder(tmp_path, ".ds-aaaa.tmp-live01", me, age_h=72)  # live owner: kept at any age
     recent = tmp_folder(tmp_path, ".ds-aaaa.tmp-recent", foreign)
     stale = tmp_folder(tmp_path, ".ds-aaaa.tmp-stale1", foreign, age_h=25)

@@ -10,8 +10,6 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -163,20 +161,14 @@ def test_prepared_folder_rebuilt_when_the_builder_code_changes(tmp_path, monkeyp
         _REGISTRY.pop("_counting_dataset", None)
 
 
-def test_prepare_removes_abandoned_and_keeps_live_build_folders(tmp_path, monkeypatch, capsys):
+def test_prepare_removes_abandoned_and_keeps_live_build_folders(tmp_path, monkeypatch, capsys, dead_owner):
     """Issue 14.24: a build folder whose owner process is gone is removed on the next prepare (and
     logged); one owned by a live process is kept. Issue 14.7: each build gets a fresh folder."""
     from ctrlab.data.cache import OWNER_FILE, owner_identity
 
     monkeypatch.setenv("CTRLAB_CACHE_DIR", str(tmp_path))
     prepared = tmp_path / "prepared"
-    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        gone = owner_identity(proc.pid)
-    finally:
-        proc.kill()
-        proc.wait()
-    for name, owner in ((".x-1.tmp-gone", gone), (".x-1.tmp-live", owner_identity())):
+    for name, owner in ((".x-1.tmp-gone", dead_owner), (".x-1.tmp-live", owner_identity())):
         (prepared / name).mkdir(parents=True)
         (prepared / name / OWNER_FILE).write_text(json.dumps(owner))
     builds: list = []
