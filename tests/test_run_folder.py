@@ -339,6 +339,11 @@ def test_model_param_types_accept_tuple_defaults_and_din_groups():
         "din_target_field": [["item_id", "genres"]], "din_sequence_field": [["history", "history_genres"]]}})
     params, _ = api.resolve_model_params(ok)
     assert params["din_target_field"] == [["item_id", "genres"]]
+    # FuxiCTR's regulariser strings pass the check on every model, not only in Python
+    for model in ("DNN", "DIN", "FCN"):
+        given = api.load_run_config({"dataset": "movielens_100k", "model": model, "preset": "none", "model_params": {
+            "embedding_regularizer": "l2(1.e-2)", "net_regularizer": "l1_l2(1e-5, 1e-4)"}})
+        assert api.resolve_model_params(given)[0]["embedding_regularizer"] == "l2(1.e-2)"
     bad = api.load_run_config({"dataset": "movielens_100k", "model": "DIN", "preset": "none",
                                "model_params": {"dnn_hidden_units": [64, "wide"]}})
     with pytest.raises(api.ConfigError, match=r"model_params\.dnn_hidden_units"):

@@ -20,11 +20,8 @@ never with a map re-fitted on the current train file.
 """
 from __future__ import annotations
 
-import collections.abc
 import json
 import time
-import types
-import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -34,7 +31,7 @@ import numpy as np
 import polars as pl
 import yaml
 
-from .config import ConfigError, _convert, apply_overrides, from_dict, load_yaml, to_dict
+from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
@@ -137,36 +134,12 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
             source = str(preset)
     params.update(cfg.model_params)
     try:
-        check_hparams(cfg.model, params)  # unknown names, and required ones (no default) not given
+        check_hparams(cfg.model, params)  # unknown names, required ones (no default) not given, types
+    except ConfigError:
+        raise  # names the key already
     except ValueError as exc:
         raise ConfigError(f"model_params: {exc}") from None
-    _check_param_types(cfg.model, params)
     return params, source
-
-
-def _checkable(tp: Any) -> bool:
-    """Whether :func:`ctrlab.config._convert` understands every part of a type hint (others are not checked)."""
-    origin = typing.get_origin(tp)
-    if origin is typing.Literal:
-        return True
-    if origin is not None:
-        return origin in (typing.Union, types.UnionType, list, tuple, dict, collections.abc.Sequence) and all(
-            a is Ellipsis or _checkable(a) for a in typing.get_args(tp))
-    return tp in (int, float, str, bool, type(None), Any)
-
-
-def _check_param_types(model: str, params: dict[str, Any]) -> None:
-    """Each hyperparameter against its annotation in the model's ``__init__`` (when it has a plain
-    one), so that ``model_params.hidden_units=abc`` names the key instead of failing deep in a layer."""
-    cls = get_model_class(model)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # an annotation this Python cannot evaluate: leave the check to the model
-        return
-    for key, value in params.items():
-        tp = hints.get(key)
-        if tp is not None and _checkable(tp):
-            _convert(value, tp, f"model_params.{key} ({cls.__name__})")
 
 
 def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:

@@ -22,6 +22,16 @@ def test_unknown_hparam_is_named(cat_map):
         create("DNN", cat_map, hiden_units=[8])
 
 
+def test_wrong_hparam_type_is_named_by_create(cat_map):
+    """The registry checks values against the model's annotations, so ``create`` (the Python API,
+    not only the CLI) names the key instead of failing inside a layer."""
+    from ctrlab.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model_params\.hidden_units \(DNN\): expected a list, got 'abc'"):
+        create("DNN", cat_map, hidden_units="abc")
+    create("DNN", cat_map, hidden_units=[8, 4])  # a YAML list for a tuple default is fine
+
+
 @pytest.mark.parametrize("name", MODELS)
 def test_hparams_have_defaults_and_docs(name):
     cls = get_model_class(name)

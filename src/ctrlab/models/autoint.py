@@ -35,7 +35,7 @@ class AutoInt(CTRModel):
                  use_scale: bool = False, layer_norm: bool = False, use_wide: bool = False,
                  hidden_units: Sequence[int] = (), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         F = self.embedding.num_fields

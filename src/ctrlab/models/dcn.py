@@ -27,7 +27,7 @@ class DCN(CTRModel):
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, num_cross_layers: int = 3,
                  hidden_units: Sequence[int] = (1024, 512, 256), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         d = self.embedding.num_fields * embedding_dim

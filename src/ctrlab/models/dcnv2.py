@@ -44,7 +44,7 @@ class DCNv2(CTRModel):
                  use_low_rank_mixture: bool = False, low_rank: int = 32, num_experts: int = 4,
                  stacked_dnn_hidden_units: Sequence[int] | None = None,
                  parallel_dnn_hidden_units: Sequence[int] | None = None,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         if model_structure not in STRUCTURES:
             raise ValueError(f"model_structure must be one of {STRUCTURES}, got {model_structure!r}")

@@ -100,7 +100,7 @@ class DIN(CTRModel):
                  attention_output_activation: str | None = None, attention_dropout: float = 0.0,
                  din_use_softmax: bool = False, dnn_hidden_units: Sequence[int] = (500, 500, 500),
                  dnn_activations: str = "ReLU", net_dropout: float = 0.0, batch_norm: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.pairs = din_pairs(feature_map, din_target_field, din_sequence_field)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)

@@ -22,7 +22,7 @@ class DNN(CTRModel):
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         self.mlp = MLPBlock(self.embedding.num_fields * embedding_dim, hidden_units,

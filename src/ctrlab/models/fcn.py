@@ -32,7 +32,7 @@ class _CrossStreams(CTRModel):
     table of width D·H; a stream's logit is ``mean_h Linear(d, 1)(net(X0))_h``."""
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int, num_heads: int,
-                 embedding_regularizer: float, net_regularizer: float):
+                 embedding_regularizer: float | str | None, net_regularizer: float | str | None):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.num_heads = int(num_heads)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim * self.num_heads)
@@ -79,7 +79,7 @@ class FCN(_CrossStreams):
                  deep_net_dropout: float = 0.1, shallow_net_dropout: float = 0.3,
                  layer_norm: bool = True, batch_norm: bool = False, num_heads: int = 1,
                  detach_loss_weights: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_dim, num_heads, embedding_regularizer, net_regularizer)
         d = self.input_dim
         self.ecn = ExponentialCrossNetwork(d, num_deep_cross_layers, deep_net_dropout, layer_norm,
@@ -122,7 +122,8 @@ class ECN(_CrossStreams):
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, num_cross_layers: int = 3,
                  net_dropout: float = 0.0, layer_norm: bool = True, batch_norm: bool = False,
-                 num_heads: int = 1, embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 num_heads: int = 1, embedding_regularizer: float | str | None = 0.0,
+                 net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_dim, num_heads, embedding_regularizer, net_regularizer)
         self.ecn = ExponentialCrossNetwork(self.input_dim, num_cross_layers, net_dropout, layer_norm,
                                            batch_norm, self.num_heads)
@@ -144,7 +145,8 @@ class LCN(_CrossStreams):
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, num_cross_layers: int = 4,
                  net_dropout: float = 0.3, layer_norm: bool = True, batch_norm: bool = False,
-                 num_heads: int = 1, embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 num_heads: int = 1, embedding_regularizer: float | str | None = 0.0,
+                 net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_dim, num_heads, embedding_regularizer, net_regularizer)
         self.lcn = LinearCrossNetwork(self.input_dim, num_cross_layers, net_dropout, layer_norm,
                                       batch_norm, self.num_heads)

@@ -44,7 +44,7 @@ class FGCNN(CTRModel):
                  conv_activation: str = "tanh", conv_batch_norm: bool = True,
                  dnn_hidden_units: Sequence[int] = (4096, 2048, 1024, 512), dnn_activations: str = "relu",
                  dnn_batch_norm: bool = False, net_dropout: float = 0.0, gate_new_features: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         self.gen_embedding = None if share_embedding else FeatureEmbedding(feature_map, embedding_dim)

@@ -35,7 +35,7 @@ class FinalMLP(CTRModel):
                  mlp2_dropout: float = 0.0, mlp2_batch_norm: bool = False,
                  use_fs: bool = True, fs_hidden_units: Sequence[int] = (64,),
                  fs1_context: Sequence[str] = (), fs2_context: Sequence[str] = (), num_heads: int = 1,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         d = self.embedding.num_fields * embedding_dim

@@ -18,7 +18,7 @@ class LR(CTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.linear = LinearLogit(feature_map)
 

@@ -20,6 +20,7 @@ raises :class:`PluginError` naming it, never a silently missing model.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import functools
 import importlib
@@ -27,11 +28,14 @@ import importlib.util
 import inspect
 import os
 import sys
+import types
+import typing
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from ..config import _convert
 from ..data.feature_map import FeatureMap
 
 ENTRY_POINT_GROUP = "ctrlab.models"
@@ -150,7 +154,8 @@ def default_hparams(name: str) -> dict:
 
 
 def check_hparams(name: str, hparams: Mapping[str, Any], complete: bool = True) -> None:
-    """Raise ValueError naming unknown hyperparameters, and (``complete``) required ones not given."""
+    """Raise ValueError naming unknown hyperparameters, (``complete``) required ones not given, and
+    values that do not match their annotation (a ConfigError, itself a ValueError)."""
     cls = get_model_class(name)
     spec = hyperparameters(name)
     unknown = [] if spec.open else sorted(set(hparams) - set(spec.names))
@@ -160,6 +165,32 @@ def check_hparams(name: str, hparams: Mapping[str, Any], complete: bool = True) 
     if missing:
         raise ValueError(f"{cls.__name__} needs hyperparameter(s) {missing} (no default): give them in "
                          f"model_params (CLI: --set model_params.{missing[0]}=VALUE)")
+    _check_types(cls, hparams)
+
+
+def _checkable(tp: Any) -> bool:
+    """Whether :func:`ctrlab.config._convert` understands every part of a type hint (others are not checked)."""
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return True
+    if origin is not None:
+        return origin in (typing.Union, types.UnionType, list, tuple, dict, collections.abc.Sequence) and all(
+            a is Ellipsis or _checkable(a) for a in typing.get_args(tp))
+    return tp in (int, float, str, bool, type(None), Any)
+
+
+def _check_types(cls: type, hparams: Mapping[str, Any]) -> None:
+    """Each hyperparameter against its annotation in the model's ``__init__`` (when it has a plain
+    one): a :class:`~ctrlab.config.ConfigError` naming the key (``model_params.hidden_units (DNN):
+    expected a list, got 'abc'``) instead of a failure deep in a layer."""
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # an annotation this Python cannot evaluate: leave the check to the model
+        return
+    for key, value in hparams.items():
+        tp = hints.get(key)
+        if tp is not None and _checkable(tp):
+            _convert(value, tp, f"model_params.{key} ({cls.__name__})")
 
 
 def create(name: str, feature_map: FeatureMap, **hparams):

@@ -32,7 +32,7 @@ class xDeepFM(CTRModel):
                  hidden_units: Sequence[int] = (500, 500, 500), hidden_activations: str = "relu",
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  cin_activation: str | None = None, cin_split_half: bool = False,
-                 embedding_regularizer: float = 0.0, net_regularizer: float = 0.0):
+                 embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         self.linear = LinearLogit(feature_map, bias=False)  # cin_fc has the bias
