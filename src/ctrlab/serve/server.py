@@ -14,8 +14,9 @@ Endpoints: ``POST /predict`` (raw records in, probabilities out, in request orde
 and ``/openapi.json`` only with ``api_docs`` (``--api-docs``).
 
 Each request is parsed and checked on its own (column-wise, see :mod:`ctrlab.serve.predictor`):
-small bodies on the event loop, larger ones (over 32 KiB) one at a time in a parse thread, records
-in chunks so that the interpreter lock is released between them. The checked raw columns then go
+small bodies on the event loop, larger ones (over 32 KiB) one at a time in the parse worker process
+(:mod:`ctrlab.serve.parse_worker`; with ``parse_process`` off, in a thread), passed to it and back in
+pieces so that the event loop never copies a whole large body at once. The checked raw columns then go
 to :class:`MicroBatcher`, which schedules model calls by rows: requests that fit are encoded and
 scored together (a Polars encode costs about the same for 1 row as for 100), a request larger
 than ``max_batch_rows`` is scored in slices that take turns with the small requests. It waits at
