@@ -404,3 +404,21 @@ def test_plugin_model_trains_exports_and_serves(mixed_export, tmp_path):
     assert "serving ShallowTower (torch)" in log, log
     assert answer["model"] == "ShallowTower" and answer["rows"] == len(records) == 20
     np.testing.assert_allclose(answer["probabilities"], onnx.predict_records(records), rtol=0, atol=PARITY_TOLERANCE)
+
+
+def test_export_builds_in_a_folder_of_its_own(frappe_export, tmp_path, monkeypatch):
+    """issue 14.7, the same for export: another export's temporary folder next to --output (once
+    the fixed name ``<output>.tmp``) is never deleted or reused, and a failed export leaves nothing."""
+    from ctrlab.serve import artifact
+
+    run, _ = frappe_export
+    other = tmp_path / "art.tmp"  # what a concurrent export to the same --output used to build in
+    other.mkdir()
+    (other / "model.safetensors").write_bytes(b"another export's half-written file")
+    export_run(run, tmp_path / "art", format="torch")
+    assert (other / "model.safetensors").read_bytes() == b"another export's half-written file"
+    before = sorted(p.name for p in tmp_path.iterdir())
+    monkeypatch.setattr(artifact, "PARITY_TOLERANCE", -1.0)  # every parity check fails
+    with pytest.raises(ArtifactError, match="disagree"):
+        export_run(run, tmp_path / "art2")
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..data.cache import temp_name
 from ..data.feature_map import FeatureMap
 from ..data.schema import (
     CategoricalSpec,
@@ -279,12 +280,26 @@ def export_run(
         # --overwrite replaces an artifact, never a run folder (or anything else) given as --output
         raise ArtifactError(f"{out} is not a ctrlab artifact folder (no manifest.json), so --overwrite does not "
                             "replace it; choose another --output")
+    model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
+    # a folder of this export's own (``.tmp`` was shared, and deleted, by two exports to one --output)
+    tmp = temp_name(out, "")
+    tmp.mkdir(parents=True)
+    try:
+        _write_artifact(tmp, model, fmap, dcfg, cfg, metrics, run_dir, format, opset, parity_rows)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    return out
+
+
+def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any], metrics: dict[str, Any],
+                    run_dir: Path, format: str, opset: int, parity_rows) -> None:
+    """Every file of the artifact into ``tmp`` (the manifest last, with the others' checksums)."""
     from ..models.registry import plugin_source
 
-    model, fmap, dcfg, cfg, metrics = load_trained_run(run_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
     inputs = model_inputs(fmap)
     parity: dict[str, Any] | None = None
     if format == "onnx":
@@ -292,7 +307,6 @@ def export_run(
         check, source = (parity_rows, "given rows") if parity_rows is not None else _parity_rows(fmap, metrics)
         parity = {**check_parity(tmp / "model.onnx", model, fmap, check), "source": source}
         if parity["max_abs_diff"] > PARITY_TOLERANCE:
-            shutil.rmtree(tmp, ignore_errors=True)
             raise ArtifactError(
                 f"{type(model).__name__}: ONNX Runtime and PyTorch disagree by {parity['max_abs_diff']:.2e} "
                 f"(> {PARITY_TOLERANCE}) on {parity['rows']} rows; export it with --format torch")
@@ -322,10 +336,6 @@ def export_run(
         "files": files,
     }
     (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
-    return out
 
 
 def _parity_rows(fmap: FeatureMap, metrics: dict[str, Any], rows: int = 4096) -> tuple[dict[str, np.ndarray], str]:
