@@ -85,7 +85,8 @@ def cmd_serve(args) -> int:
 
     cfg = ServeConfig(host=args.host, port=args.port, backend=args.backend, threads=args.threads,
                       max_body_bytes=int(args.max_body_mb * (1 << 20)), max_request_rows=args.max_request_rows,
-                      max_batch_rows=args.max_batch_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
+                      max_batch_rows=args.max_batch_rows,
+                      interleave_rows=args.interleave_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                       access_log=args.access_log, max_rows_in_flight=args.max_rows_in_flight,
                       max_body_bytes_in_flight=int(args.max_body_mb_in_flight * (1 << 20)), api_docs=args.api_docs)
     try:
@@ -225,6 +226,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="most records per request; more gets 413 (default %(default)s)")
     sv.add_argument("--max-batch-rows", type=int, default=sc.max_batch_rows,
                     help="most rows per micro-batched model call (default %(default)s)")
+    sv.add_argument("--interleave-rows", type=int, default=sc.interleave_rows,
+                    help="most rows per model call while small requests arrive: large requests are then "
+                         "scored in these shorter slices, for the small ones' latency (default %(default)s)")
     sv.add_argument("--max-wait-ms", type=float, default=sc.max_wait_ms,
                     help="longest wait for concurrent requests to join a batch (default %(default)s)")
     sv.add_argument("--queue-size", type=int, default=sc.queue_size,

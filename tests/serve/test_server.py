@@ -312,6 +312,25 @@ def test_a_large_request_is_scored_in_slices_that_take_turns_with_small_ones():
     assert [r.tolist() for r in results[1:]] == [[5000], [5001], [5002]]
 
 
+def test_while_small_requests_arrive_large_ones_are_scored_in_shorter_slices():
+    """issue 14.23: a single row waits for about one slice, so while small requests are arriving the
+    slices shrink to interleave_rows (the p99 target); a large request alone keeps max_batch_rows
+    slices (its rows/s)."""
+    cfg = ServeConfig(max_batch_rows=100, interleave_rows=25, max_wait_ms=0)
+    alone = FakePredictor()
+    asyncio.run(_run_with_blocked_first_call(alone, cfg, _frame(0, 1000), []))
+    assert alone.calls == [[100]] * 10, alone.calls
+
+    fake = FakePredictor()
+    _, results, finished, _ = asyncio.run(_run_with_blocked_first_call(fake, cfg, _frame(0, 1000), [_frame(5000, 1)]))
+    assert fake.calls[:3] == [[100], [1], [25]], fake.calls  # after the single row came: slices of 25
+    assert all(c == [25] for c in fake.calls[2:]) and sum(map(sum, fake.calls)) == 1001
+    assert finished == [1, 0]
+    np.testing.assert_array_equal(results[0], np.arange(1000))
+    with pytest.raises(ConfigError, match="interleave_rows must be a positive integer"):
+        ServeConfig(interleave_rows=0)
+
+
 def test_rows_in_flight_are_bounded_and_small_requests_pass_a_waiting_large_one():
     """issue 14.23: at most max_rows_in_flight rows are held; a request that does not fit waits (it is
     not dropped), and a small one that fits goes ahead of it."""

@@ -59,6 +59,13 @@ from .predictor import Predictor, RequestError
 
 log = logging.getLogger("ctrlab.serve")
 
+SMALL_TRAFFIC_WINDOW_S = 1.0
+"""Small requests count as arriving for this long after the last one (see ``ServeConfig.interleave_rows``)."""
+
+LARGE_ANSWER_ROWS = 16384
+"""Answers of more rows are serialised in a thread (65,536 probabilities take about 2.5 ms of orjson,
+which on the event loop every single-row request in flight would wait for)."""
+
 SMALL_BODY_BYTES = 32 << 10
 """Bodies up to this size are parsed and checked on the event loop (cheaper than a thread hop) and
 take nothing from ``max_body_bytes_in_flight``; larger ones go to the parse worker process."""
@@ -157,6 +164,9 @@ class MicroBatcher:
     def __init__(self, predictor: Predictor, cfg: ServeConfig):
         self.predictor = predictor
         self.max_rows = cfg.max_batch_rows
+        self.interleave_rows = min(cfg.interleave_rows, cfg.max_batch_rows)
+        self.last_small = -float("inf")
+        """When the last request of at most ``interleave_rows`` rows was submitted (perf_counter)."""
         self.max_wait = cfg.max_wait_ms / 1000.0
         self.queue_size = cfg.queue_size
         self.rows_in_flight = Budget(cfg.max_rows_in_flight, fifo=False)
@@ -191,6 +201,8 @@ class MicroBatcher:
                                "in flight (split the request, or raise --max-rows-in-flight)", status=413)
         if len(self.jobs) + self.rows_in_flight.waiting >= self.queue_size:
             raise Overloaded(f"{self.queue_size} requests are waiting for the model")
+        if rows <= self.interleave_rows:
+            self.last_small = time.perf_counter()
         await self.rows_in_flight.acquire(rows)
         try:
             if admitted is not None:
@@ -202,11 +214,18 @@ class MicroBatcher:
         finally:
             self.rows_in_flight.release(rows)
 
+    def call_rows(self) -> int:
+        """Most rows for the next model call: ``interleave_rows`` while small requests are arriving
+        (one came within :data:`SMALL_TRAFFIC_WINDOW_S`), so that they wait for short slices only;
+        else ``max_batch_rows``."""
+        small_traffic = self.arriving > 0 or time.perf_counter() - self.last_small < SMALL_TRAFFIC_WINDOW_S
+        return self.interleave_rows if small_traffic else self.max_rows
+
     def _pending_rows(self) -> int:
         return sum(j.rest for j in self.jobs)
 
     async def _collect(self) -> list[tuple[_Job, int, int]]:
-        """The next model call: (job, first row, end row) slices, at most ``max_rows`` rows in all."""
+        """The next model call: (job, first row, end row) slices, at most :meth:`call_rows` rows in all."""
         while True:
             while self.jobs and self.jobs[0].fut.done():  # a client that went away is not scored
                 self.jobs.popleft()
@@ -215,7 +234,7 @@ class MicroBatcher:
             self._wakeup.clear()
             await self._wakeup.wait()
         deadline = time.perf_counter() + self.max_wait
-        while self.arriving > 0 and self._pending_rows() < self.max_rows:
+        while self.arriving > 0 and self._pending_rows() < self.call_rows():
             left = deadline - time.perf_counter()
             if left <= 0:
                 break  # nobody else is coming soon: do not make this batch wait
@@ -224,22 +243,23 @@ class MicroBatcher:
                 await asyncio.wait_for(self._wakeup.wait(), left)
             except asyncio.TimeoutError:
                 break
+        limit = self.call_rows()
         live = [j for j in self.jobs if not j.fut.done()]
-        whole, budget = [], self.max_rows
+        whole, budget = [], limit
         for job in live:  # requests (or the last part of one) that fit whole, oldest first
             if job.rest <= budget:
                 whole.append((job, job.taken, job.rows))
                 budget -= job.rest
-        large = [j for j in live if j.rest > self.max_rows]
+        large = [j for j in live if j.rest > limit]
         if whole and not (self._slice_owed and large):
             picks = whole
             self._slice_owed = bool(large)  # the next call goes to a large request
         else:
-            picks, budget = [], self.max_rows
+            picks, budget = [], limit
             for job in live:
                 if budget <= 0:
                     break
-                if job.rest > 0 and (job.rest > self.max_rows or not whole):
+                if job.rest > 0 and (job.rest > limit or not whole):
                     n = min(budget, job.rest)
                     picks.append((job, job.taken, job.taken + n))
                     budget -= n
@@ -391,8 +411,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         finally:
             if reserved:
                 bodies.release(reserved)
-        return _json_response(200, {"probabilities": probs, "model": predictor.metadata_model,
-                                    "rows": len(probs)})
+        answer = {"probabilities": probs, "model": predictor.metadata_model, "rows": len(probs)}
+        if len(probs) > LARGE_ANSWER_ROWS:
+            return await asyncio.to_thread(_json_response, 200, answer)
+        return _json_response(200, answer)
 
     @app.get("/health")
     async def health():
