@@ -33,7 +33,9 @@ class CategoricalSpec:
     """A single-valued categorical field (one id per row)."""
 
     name: str
+    """Feature name: the model's field name, and the raw column read unless ``source`` is set."""
     kind: Literal["categorical"] = "categorical"
+    """Feature kind; ``categorical`` is also what an item without ``kind`` is."""
     source: str | None = None
     """Raw column to read; defaults to ``name``."""
     min_count: int = 1
@@ -69,7 +71,9 @@ class NumericSpec:
     """A real-valued field, optionally normalised or bucketized into a categorical field."""
 
     name: str
+    """Feature name: the model's field name, and the raw column read unless ``source`` is set."""
     kind: Literal["numeric"] = "numeric"
+    """Feature kind: ``numeric`` selects this spec."""
     source: str | None = None
     """Raw column to read; defaults to ``name``."""
     fill_value: float = 0.0
@@ -108,7 +112,9 @@ class SequenceSpec:
     """A variable-length token list (e.g. user behaviour history), padded to ``max_len``."""
 
     name: str
+    """Feature name: the model's field name, and the raw column read unless ``source`` is set."""
     kind: Literal["sequence"] = "sequence"
+    """Feature kind: ``sequence`` selects this spec."""
     source: str | None = None
     """Raw column to read; defaults to ``name``. Parquet list columns are read as-is."""
     splitter: str = "^"
@@ -147,9 +153,11 @@ class DenseVectorSpec:
     """A fixed-size float vector per row (pretrained or multimodal embedding)."""
 
     name: str
+    """Feature name: the model's field name, and the raw column read unless ``source`` is set."""
     dim: int
     """Vector length; every row must have exactly this many values."""
     kind: Literal["dense_vector"] = "dense_vector"
+    """Feature kind: ``dense_vector`` selects this spec."""
     source: str | None = None
     """Raw column to read; defaults to ``name``. Text cells are split by ``splitter``."""
     splitter: str = " "

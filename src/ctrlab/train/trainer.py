@@ -155,7 +155,7 @@ class TrainerConfig:
     epochs: int = 100
     """Maximum number of training epochs (early stopping usually ends training sooner)."""
     batch_size: int = 4096
-    """Rows per training batch (used by :meth:`make_train_loader`)."""
+    """Rows per training step; with data parallelism (DDP) the global batch, split evenly over the ranks."""
     eval_batch_size: int | None = None
     """Rows per evaluation / prediction batch; None = ``batch_size``."""
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"
@@ -179,7 +179,8 @@ class TrainerConfig:
     max_grad_norm: float | None = 10.0
     """Clip the global gradient norm to this value before each step; None = no clipping."""
     seed: int = 2021
-    """Seed for :func:`seed_everything` (called by the caller before building the model) and the loaders' shuffle."""
+    """Seed of the run: Python, numpy and torch are seeded with it before the model is built (initial
+    weights), and the training loader's shuffle uses it."""
     device: str = "auto"
     """``auto`` (cuda when available, else cpu), ``cpu``, ``cuda`` or ``cuda:N``."""
     num_threads: int | None = None
