@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser bench report results peers bench-peers bench-peers-10m venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ browser:
 ## The test suite (what CI runs). Passive OpenMP waits: many tiny models, so spinning threads only burn CPU.
 test: $(BIN)/.installed browser
 	OMP_WAIT_POLICY=passive $(BIN)/python -m pytest -q -p no:cacheprovider
+
+## The options reference in docs/training.md, docs/serving.md and docs/benchmark.md (between the
+## <!-- options:begin/end --> markers), from the config dataclasses' docstrings; a test fails when it is stale.
+docs: $(BIN)/.installed
+	$(BIN)/python -m ctrlab.docs_options
 
 ## Run the zoo plan (benchmarks/plans/zoo.yaml: every zoo model x seeds on the real datasets) into the
 ## results store runs/results/results.sqlite. Resumable: finished runs are skipped, a killed bench continues.

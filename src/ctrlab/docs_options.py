@@ -224,7 +224,8 @@ def expand(sections: list[Section]) -> list[Section]:
 
 
 def _anchor(cls: type) -> str:
-    return "options-" + re.sub(r"(?<!^)(?=[A-Z])", "-", cls.__name__).lower()
+    name = re.sub(r"[^A-Za-z0-9]", "", cls.__name__)
+    return "options-" + re.sub(r"(?<!^)(?=[A-Z])", "-", name).lower()
 
 
 def render_block(page: Page) -> str:
