@@ -105,3 +105,7 @@ def test_training_predict_artifact_and_server_agree(derived_run, tmp_path):
         assert r.status_code == 422 and r.json()["field"] == "hour"
         r = client.post("/predict", json={"records": [{"user": "1", "item": "2", "timestamp": "monday"}]})
         assert r.status_code == 422 and r.json()["field"] == "timestamp"
+        far = records[:3] + [{**records[3], "timestamp": 10**20}]  # not a time: the derivation names the row
+        r = client.post("/predict", json={"records": far})
+        assert r.status_code == 422 and r.json()["field"] == "timestamp" and r.json()["row"] == 3, r.text
+        assert "is not a time" in r.json()["error"]
