@@ -30,8 +30,7 @@ from typing import Any, Iterable
 
 import polars as pl
 
-from .errors import DataError
-from .readers import LINE
+from .encoders import _bad_row
 from .schema import column_of, encoded_column
 
 EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000}
@@ -86,7 +85,7 @@ def timestamps(df: pl.DataFrame, column: str, time_unit: str = "s", time_format:
         text = raw.cast(pl.String).str.strip_chars()
         parsed = text.str.strptime(pl.Datetime("us"), time_format, strict=False)
         present = text.is_not_null() & (text != "")
-        _bad_cell(df, parsed.is_null() & present, path, column,
+        _bad_row(df, parsed.is_null() & present, path, column,
                   f"value {{value!r}} does not match time_format {time_format!r}",
                   "fix the cell, or set time_format to the cells' layout (strptime directives); leave it "
                   "empty for a missing time")
@@ -94,14 +93,14 @@ def timestamps(df: pl.DataFrame, column: str, time_unit: str = "s", time_format:
     if raw.dtype == pl.String:
         text = raw.str.strip_chars()
         number = text.cast(pl.Float64, strict=False)
-        _bad_cell(df, number.is_null() & text.is_not_null() & (text != ""), path, column,
+        _bad_row(df, number.is_null() & text.is_not_null() & (text != ""), path, column,
                   "value {value!r} is not an epoch number",
                   f"write {_unit_name(time_unit)} since 1970 UTC, or set time_format for datetime strings")
     else:
         number = raw.cast(pl.Float64, strict=False)
     number = number.fill_nan(None)  # NaN is missing (pandas writes it for a missing integer)
     micros = (number * EPOCH_SCALE[time_unit]).floor()
-    _bad_cell(df, (~(micros.abs() <= EPOCH_LIMIT_US)).fill_null(False), path, column,
+    _bad_row(df, (~(micros.abs() <= EPOCH_LIMIT_US)).fill_null(False), path, column,
               f"value {{value!r}} is not a time: {_unit_name(time_unit)} since 1970 within about years 1685-2255 "
               "expected",
               "check time_unit (s or ms) and the cell; leave it empty for a missing time")
@@ -118,13 +117,3 @@ def _in_zone(times: pl.Series, timezone: str) -> pl.Series:
 
 def _unit_name(time_unit: str) -> str:
     return "seconds" if time_unit == "s" else "milliseconds"
-
-
-def _bad_cell(df: pl.DataFrame, mask: pl.Series, path: Path | None, column: str, problem: str, fix: str) -> None:
-    """A DataError for the first row of ``mask``: its source line (frames from the readers), or its
-    1-based row number (frames built by hand, e.g. a served request)."""
-    if not mask.any():
-        return
-    i = int(mask.arg_max())
-    line = int(df[LINE][i]) if LINE in df.columns else i + 1
-    raise DataError(problem.format(value=df[column][i]), file=path, line=line, column=column, fix=fix)
