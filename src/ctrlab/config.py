@@ -43,6 +43,8 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, arg, where)
             except ConfigError as exc:
                 errors.append(str(exc))
+        if len(errors) == 1:  # `X | None`: X's own message (e.g. a Literal's choices)
+            raise ConfigError(errors[0])
         raise ConfigError(f"{where}: {value!r} matches none of {', '.join(_type_name(a) for a in args)}")
     if origin is Literal:
         if value not in args:

@@ -35,6 +35,7 @@ from .schema import (
     NumericSpec,
     SequenceSpec,
     column_of,
+    encoded_column,
 )
 
 FIRST_ID = 2  # ids 0 and 1 are padding and OOV
@@ -163,7 +164,7 @@ class CategoricalEncoder:
 
     def __init__(self, spec: CategoricalSpec, vocab: list[str] | None = None):
         self.spec = spec
-        self.column = column_of(spec)
+        self.column = encoded_column(spec)
         self.vocab = vocab or []
 
     @property
@@ -238,7 +239,7 @@ class NumericEncoder:
 
     def __init__(self, spec: NumericSpec, stats: dict[str, float] | None = None, boundaries: list[float] | None = None):
         self.spec = spec
-        self.column = column_of(spec)
+        self.column = encoded_column(spec)
         self.stats = stats or {}
         self.boundaries = boundaries if boundaries is not None else (list(spec.bucketize) if spec.bucketize else None)
 

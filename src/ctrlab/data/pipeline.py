@@ -29,6 +29,7 @@ import polars as pl
 
 from ..config import to_dict
 from .cache import BuildFolder, code_fingerprint, content_sha256, library_version, remove_abandoned, stat_identity
+from .derive import with_derived
 from .errors import DataError
 from .encoders import (
     CategoricalEncoder,
@@ -98,6 +99,7 @@ def raw_columns(cfg: DatasetConfig, with_labels: bool = True) -> list[str]:
 def fit_feature_map(cfg: DatasetConfig, train: pl.DataFrame, path: Path | None = None) -> FeatureMap:
     """Fit all encoders on the train frame and describe the encoded inputs."""
     encoders = _make_encoders(cfg)
+    train = with_derived(train, cfg.features, path)
     by_vocab = [e for e in encoders.values() if isinstance(e, CategoricalEncoder) and not e.spec.hash_buckets]
     fit_vocabularies(train, by_vocab)  # all vocabulary columns in one parallel pass
     for enc in encoders.values():
@@ -169,6 +171,7 @@ def encode_frame(
     split's sorted distinct group values, when the frame is one block of a split (group ids are
     ranks among them); by default the frame's own."""
     encoders = encoders or load_encoders(fmap)
+    df = with_derived(df, [e.spec for e in encoders.values()], path)  # hour, weekday, ... of timestamps
     n = df.height
     arrays: dict[str, np.ndarray] = {}
     cat = np.zeros((n, len(fmap.categorical)), dtype=np.int32)

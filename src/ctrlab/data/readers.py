@@ -193,9 +193,10 @@ def _require(path: Path, available: list[str], wanted: list[str], line: int | No
 
 def _numeric_columns(cfg: DatasetConfig) -> set[str]:
     """Columns read only as numeric features (a column that also feeds a categorical feature, a
-    label or the group field stays text, so its tokens are the file's own strings)."""
-    numeric = {column_of(f) for f in cfg.features if isinstance(f, NumericSpec)}
-    other = {column_of(f) for f in cfg.features if not isinstance(f, NumericSpec)}
+    label or the group field stays text, so its tokens are the file's own strings; so does a
+    timestamp column, which :mod:`ctrlab.data.derive` parses)."""
+    numeric = {column_of(f) for f in cfg.features if isinstance(f, NumericSpec) and f.derive is None}
+    other = {column_of(f) for f in cfg.features if not isinstance(f, NumericSpec) or f.derive is not None}
     other |= set(cfg.labels) | ({cfg.group_field} if cfg.group_field else set())
     return numeric - other
 

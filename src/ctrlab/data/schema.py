@@ -27,6 +27,9 @@ from ..config import ConfigError, from_dict, load_yaml, to_dict
 PAD_ID = 0
 OOV_ID = 1
 
+DerivePart = Literal["year", "month", "day", "weekday", "dayofyear", "hour", "minute"]
+"""What a derived feature takes from a timestamp (``derive``; :mod:`ctrlab.data.derive`)."""
+
 
 @dataclass
 class CategoricalSpec:
@@ -53,8 +56,23 @@ class CategoricalSpec:
     rows of the tokens they cover; the other rows start as usual."""
     freeze_emb: bool = True
     """With ``pretrained_emb``: keep the field's rows fixed (FuxiCTR's default) or train them."""
+    derive: DerivePart | None = None
+    """Compute the feature from a timestamp in ``source`` instead of reading it as is: ``hour``
+    (0-23), ``minute`` (0-59), ``weekday`` (1 = Monday .. 7 = Sunday), ``day`` (of the month,
+    1-31), ``dayofyear`` (1-366), ``month`` (1-12) or ``year``, taken in ``timezone``
+    (:mod:`ctrlab.data.derive`). A missing timestamp is a missing cell (the ``""`` token)."""
+    time_unit: Literal["s", "ms"] = "s"
+    """With ``derive``: unit of epoch numbers in ``source`` (seconds or milliseconds since 1970 UTC)."""
+    time_format: str | None = None
+    """With ``derive``: ``source`` holds datetime strings in this strptime format (e.g.
+    ``"%Y-%m-%d %H:%M:%S"``; ``%z`` for an offset) instead of epoch numbers."""
+    timezone: str = "UTC"
+    """With ``derive``: the IANA zone (e.g. ``Europe/Berlin``) in which the hour, day, ... are taken.
+    Epoch numbers and strings with an offset are converted to it; strings without an offset are
+    read as already in it."""
 
     def validate(self, where: str) -> None:
+        check_derive(self, where)
         if self.min_count < 1:
             raise ConfigError(f"{where}.min_count: must be >= 1, got {self.min_count}")
         if self.hash_buckets is not None and self.hash_buckets < 1:
@@ -93,12 +111,22 @@ class NumericSpec:
     """Quantile buckets fitted on train; turns the field into a categorical one."""
     embedding_dim: int | None = None
     """Per-field embedding size; None uses the model's ``embedding_dim``."""
+    derive: DerivePart | None = None
+    """As for a categorical feature: the number (hour, weekday, ...) computed from a timestamp in
+    ``source``, then normalised or bucketized as set; a missing timestamp takes ``fill_value``."""
+    time_unit: Literal["s", "ms"] = "s"
+    """With ``derive``: unit of epoch numbers in ``source``."""
+    time_format: str | None = None
+    """With ``derive``: strptime format of datetime strings in ``source`` (instead of epoch numbers)."""
+    timezone: str = "UTC"
+    """With ``derive``: the IANA zone in which the parts are taken."""
 
     @property
     def is_bucketized(self) -> bool:
         return self.bucketize is not None or self.n_buckets is not None
 
     def validate(self, where: str) -> None:
+        check_derive(self, where)
         if self.bucketize is not None and self.n_buckets is not None:
             raise ConfigError(f"{where}: set either bucketize (boundaries) or n_buckets (quantiles), not both")
         if self.bucketize is not None and list(self.bucketize) != sorted(self.bucketize):
@@ -180,6 +208,36 @@ FEATURE_KINDS: dict[str, type] = {
 def column_of(spec: FeatureSpec) -> str:
     """The raw column a feature is read from."""
     return spec.source or spec.name
+
+
+def encoded_column(spec: FeatureSpec) -> str:
+    """The frame column a feature's encoder reads: its raw column, or for a derived feature the
+    column :func:`ctrlab.data.derive.with_derived` adds to the frame (named after the feature)."""
+    if getattr(spec, "derive", None):
+        return f"__derived__:{spec.name}"
+    return column_of(spec)
+
+
+def check_derive(spec: CategoricalSpec | NumericSpec, where: str) -> None:
+    """The timestamp options of a feature: only with ``derive``, and a zone Polars knows."""
+    if spec.derive is None:
+        if spec.time_format is not None or spec.time_unit != "s" or spec.timezone != "UTC":
+            raise ConfigError(f"{where}: time_unit, time_format and timezone apply to a derived feature; "
+                              "set derive (hour, weekday, ...) or drop them")
+        return
+    if spec.time_format is not None and spec.time_unit != "s":
+        raise ConfigError(f"{where}.time_unit: applies to epoch numbers, not to strings read with time_format; "
+                          "drop one of them")
+    if spec.time_format is not None and "%" not in spec.time_format:
+        raise ConfigError(f"{where}.time_format: {spec.time_format!r} has no strptime directive; "
+                          "write e.g. '%Y-%m-%d %H:%M:%S'")
+    import polars as pl
+
+    try:
+        pl.Series([0], dtype=pl.Datetime("us")).dt.replace_time_zone(spec.timezone)
+    except pl.exceptions.PolarsError:
+        raise ConfigError(f"{where}.timezone: {spec.timezone!r} is not an IANA time zone; write e.g. "
+                          "'UTC' or 'Europe/Berlin'") from None
 
 
 @dataclass

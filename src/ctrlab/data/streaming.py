@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import polars as pl
 
+from .derive import with_derived
 from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder
 from .errors import DataError
 from .readers import LINE, _numeric_columns, _require, csv_blocks
@@ -141,6 +142,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
     float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
     for block in iter_blocks(cfg, path, columns, block_rows, numbers):
         rows += block.height
+        block = with_derived(block, cfg.features, path)
         for name, running in counts.items():
             enc = encoders[name]
             if isinstance(enc, CategoricalEncoder):

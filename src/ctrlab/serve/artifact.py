@@ -108,7 +108,8 @@ def as_model_arrays(arrays: dict[str, np.ndarray], inputs: list[TensorSpec]) -> 
 # ---- the raw input schema --------------------------------------------------------------------
 def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
     """One entry per raw column a request must carry: the features that read it and the JSON types
-    it accepts. A column read by several features accepts what all of them accept."""
+    it accepts. A column read by several features accepts what all of them accept. A timestamp
+    column appears once, with the features derived from it (``derive``: the server computes them)."""
     accepts_by_kind = {
         CategoricalSpec: {"string", "integer", "null"},
         NumericSpec: {"number", "integer", "null"},
@@ -123,8 +124,12 @@ def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
             entry.update(splitter=spec.splitter, max_len=spec.max_len)
         elif isinstance(spec, DenseVectorSpec):
             entry.update(dim=spec.dim, splitter=spec.splitter)
-        col["features"].append(entry)
         kinds = accepts_by_kind[type(spec)]
+        if getattr(spec, "derive", None):  # the raw timestamp: epoch numbers, or strings in time_format
+            entry.update(derive=spec.derive, time_unit=spec.time_unit, time_format=spec.time_format,
+                         timezone=spec.timezone)
+            kinds = {"string", "null"} if spec.time_format else {"integer", "number", "null"}
+        col["features"].append(entry)
         col["accepts"] = kinds if col["accepts"] is None else col["accepts"] & kinds
     for col in columns.values():
         order = ["string", "integer", "number", "array", "null"]

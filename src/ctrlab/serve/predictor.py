@@ -13,7 +13,11 @@ Accepted JSON per raw column (the artifact's ``manifest.json`` lists them under 
 * numeric: number; ``null`` is missing and takes the feature's ``fill_value``;
 * sequence: a string with the feature's splitter (as in the source file) or an array of
   strings / integers; ``null`` is an empty history;
-* dense vector: an array of ``dim`` numbers, or a string of them with the splitter.
+* dense vector: an array of ``dim`` numbers, or a string of them with the splitter;
+* timestamp (features with ``derive``; the column is listed once, the derived features are not):
+  an epoch number (integer or number, in the features' ``time_unit``), or a string in their
+  ``time_format``; ``null`` is missing. The hour, weekday, ... are derived here as in training
+  (:mod:`ctrlab.data.derive`).
 """
 from __future__ import annotations
 
@@ -149,7 +153,7 @@ class Predictor:
         self.schema = self.artifact.manifest["schema"]
         self.columns = [c["name"] for c in self.schema]
         self._allowed = {c["name"]: tuple(chain.from_iterable(_JSON_TYPES[t] for t in c["accepts"])) for c in self.schema}
-        self._kinds = {c["name"]: {f["kind"] for f in c["features"]} for c in self.schema}
+        self._kinds = {c["name"]: {_read_as(f) for f in c["features"]} for c in self.schema}
         self._column_set = frozenset(self.columns)
         self._accepts_text = {c["name"]: _or_list(c["accepts"]) for c in self.schema}
         self._splitters = {c["name"]: next((f["splitter"] for f in c["features"] if "splitter" in f), " ")
@@ -336,6 +340,14 @@ class Predictor:
             "created": m.get("created"),
             "files": m.get("files", {}),
         }
+
+
+def _read_as(feature: dict[str, Any]) -> str:
+    """How a request's cells for a feature become a column: by its kind, except that a timestamp
+    (``derive``) is read as numbers (epoch) or text (``time_format``), as the derivation expects."""
+    if feature.get("derive"):
+        return "categorical" if feature.get("time_format") else "numeric"
+    return feature["kind"]
 
 
 def _or_list(words: list[str]) -> str:
