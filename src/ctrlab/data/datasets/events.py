@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ...config import ConfigError
+from ..errors import DataError
 
 SPLITS = ("train", "valid", "test")
 
@@ -114,3 +115,40 @@ def write_parquet_splits(
 
 def parquet_config_files(folder: Path) -> dict[str, str]:
     return {s: str(folder / f"{s}.parquet") for s in SPLITS}
+
+
+def split_fields(path: Path, lines: list[str], sep: str, names: list[str], first_line: int = 1) -> list[list[str]]:
+    """Each line split on ``sep``; a DataError names the first line whose field count is not ``len(names)``."""
+    rows = [ln.split(sep) for ln in lines]
+    for i, row in enumerate(rows):
+        if len(row) != len(names):
+            raise DataError(
+                f"expected {len(names)} fields ({', '.join(names)}) separated by {sep!r}, found {len(row)}: {lines[i]!r}",
+                path, line=i + first_line,
+                fix="replace the file with the published copy (its checksum was verified, so this is a code/format mismatch)",
+            )
+    return rows
+
+
+def int_column(path: Path, rows: list[list[str]], index: int, name: str, first_line: int = 1) -> np.ndarray:
+    """Field ``index`` of every row as int64; a DataError names the first line that is not an integer."""
+    return _number_column(path, rows, index, name, first_line, np.int64)
+
+
+def float_column(path: Path, rows: list[list[str]], index: int, name: str, first_line: int = 1) -> np.ndarray:
+    """Field ``index`` of every row as float64; a DataError names the first line that is not a number."""
+    return _number_column(path, rows, index, name, first_line, np.float64)
+
+
+def _number_column(path, rows, index, name, first_line, dtype) -> np.ndarray:
+    values = [r[index] for r in rows]
+    try:
+        return np.array(values, dtype=dtype)
+    except ValueError:
+        for i, v in enumerate(values):
+            try:
+                dtype(v)
+            except ValueError:
+                raise DataError(f"{v!r} is not a {'number' if dtype is np.float64 else 'whole number'}", path,
+                                line=i + first_line, column=name, fix="replace the file with the published copy") from None
+        raise
