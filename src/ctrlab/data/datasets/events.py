@@ -152,3 +152,27 @@ def _number_column(path, rows, index, name, first_line, dtype) -> np.ndarray:
                 raise DataError(f"{v!r} is not a {'number' if dtype is np.float64 else 'whole number'}", path,
                                 line=i + first_line, column=name, fix="replace the file with the published copy") from None
         raise
+
+
+def per_user_time_splits(
+    users: np.ndarray, ts: np.ndarray, tie_keys: tuple[np.ndarray, ...], train_fraction: float, valid_fraction: float
+) -> dict[str, np.ndarray]:
+    """Row indices of train/valid/test, cut **per user**: each user's rows sorted by (ts, *tie_keys);
+    their first ``train_fraction`` is train, the next ``valid_fraction`` valid, the rest test, each
+    cut moved forward past the user's rows sharing its timestamp (:func:`time_cuts`), so for every
+    user max(train ts) < min(valid ts) and max(valid ts) < min(test ts). Each split is returned in
+    global (ts, user, *tie_keys) order."""
+    order = np.lexsort((*reversed(tie_keys), ts, users))
+    su = users[order]
+    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
+    ends = np.r_[starts[1:], len(order)]
+    which = np.empty(len(order), dtype=np.int8)
+    for a, b in zip(starts, ends):
+        c1, c2 = time_cuts(ts[order[a:b]], (train_fraction, train_fraction + valid_fraction))
+        which[a:a + c1], which[a + c1:a + c2], which[a + c2:b] = 0, 1, 2
+    out = {}
+    for k, split in enumerate(SPLITS):
+        idx = order[which == k]
+        sub = np.lexsort((*(key[idx] for key in reversed(tie_keys)), users[idx], ts[idx]))
+        out[split] = idx[sub]
+    return out
