@@ -327,3 +327,18 @@ def test_frappe_subset_train_rows_errors_and_cli_path(env):
     cfg = api.load_run_config({"dataset": "frappe_x1_subset"}, overrides=["dataset_params.train_rows=5000"])
     assert cfg.dataset_params == {"train_rows": 5000}
     assert len(Path(api.dataset_config(cfg).files["train"]).read_bytes().split(b"\r\n")) == 5002
+
+
+def test_parse_errors_name_file_line_and_column(tmp_path, check_error):
+    from ctrlab.data.datasets.events import int_column, split_fields
+    from ctrlab.data.datasets.movielens_samples import lookup
+
+    path = tmp_path / "ratings.csv"
+    rows = split_fields(path, ["1,10,4.0,99", "1,11,3.5,1x0"], ",", ["userId", "movieId", "rating", "timestamp"], 2)
+    with pytest.raises(DataError) as info:
+        int_column(path, rows, 3, "timestamp", 2)
+    check_error(info.value, path, 3, "timestamp", "use the published file")
+    with pytest.raises(DataError) as info:
+        lookup(path, np.array([10, 11, 12]), {10: ("a",), 11: ("b",)}, "movieId", tmp_path / "movies.csv", first_line=2)
+    msg = check_error(info.value, path, 4, "movieId", "movies.csv from the same release")
+    assert "movieId 12 is not in" in msg

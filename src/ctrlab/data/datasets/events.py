@@ -14,6 +14,7 @@ from ...config import ConfigError
 from ..errors import DataError
 
 SPLITS = ("train", "valid", "test")
+PUBLISHED = "use the published file (the dataset's docstring gives its checksum)"
 
 
 def read_text(path: Path, encoding: str = "ascii") -> str:
@@ -123,9 +124,9 @@ def split_fields(path: Path, lines: list[str], sep: str, names: list[str], first
     for i, row in enumerate(rows):
         if len(row) != len(names):
             raise DataError(
-                f"expected {len(names)} fields ({', '.join(names)}) separated by {sep!r}, found {len(row)}: {lines[i]!r}",
-                path, line=i + first_line,
-                fix="replace the file with the published copy (its checksum was verified, so this is a code/format mismatch)",
+                f"expected {len(names)} fields ({', '.join(names)}) separated by {sep!r}, "
+                f"found {len(row)}: {lines[i]!r}",
+                path, line=i + first_line, fix=PUBLISHED,
             )
     return rows
 
@@ -150,7 +151,7 @@ def _number_column(path, rows, index, name, first_line, dtype) -> np.ndarray:
                 dtype(v)
             except ValueError:
                 raise DataError(f"{v!r} is not a {'number' if dtype is np.float64 else 'whole number'}", path,
-                                line=i + first_line, column=name, fix="replace the file with the published copy") from None
+                                line=i + first_line, column=name, fix=PUBLISHED) from None
         raise
 
 

@@ -77,13 +77,16 @@ def genre_tokens(genres: str) -> str:
     return "^".join(g for g in genres.split("|") if g)
 
 
-def _lookup(path: Path, ids: np.ndarray, table: dict[int, tuple], what: str, source: Path) -> list[tuple]:
-    """``table[id]`` for every id; a DataError names the first rating row whose id is not in ``source``."""
+def lookup(
+    path: Path, ids: np.ndarray, table: dict[int, tuple], what: str, source: Path, first_line: int = 1
+) -> list[tuple]:
+    """``table[id]`` for every id; a DataError names the first line of ``path`` whose id is not in
+    ``source`` (``first_line``: the file line of ``ids[0]``)."""
     try:
         return [table[int(x)] for x in ids]
     except KeyError as exc:
         row = int(np.flatnonzero(ids == int(exc.args[0]))[0])
-        raise DataError(f"{what} {exc.args[0]} is not in {source}", path, line=row + 1,
+        raise DataError(f"{what} {exc.args[0]} is not in {source}", path, line=row + first_line, column=what,
                         fix=f"use the matching {source.name} from the same release") from None
 
 
@@ -166,7 +169,7 @@ def movielens_latest_small(
                 raise DataError(f"expected 3 fields, found {len(r)}", movies_src, line=i,
                                 fix="use ml-latest-small's movies.csv")
             movie_info[int(r[0])] = (genre_tokens(r[2]), title_year(r[1]))
-        info = _lookup(ratings_src, items, movie_info, "movieId", movies_src)
+        info = lookup(ratings_src, items, movie_info, "movieId", movies_src, first_line=2)
         columns = {
             "label": (label, pa.int8()),
             "user_id": ([str(x) for x in users], pa.string()),
@@ -270,8 +273,8 @@ def movielens_1m_sample(
             int(mid): (genre_tokens(genres), title_year(title))
             for mid, title, genres in split_fields(movies_src, movie_lines, "::", ["MovieID", "Title", "Genres"])
         }
-        u = _lookup(ratings_src, users, user_info, "UserID", users_src)
-        it = _lookup(ratings_src, items, movie_info, "MovieID", movies_src)
+        u = lookup(ratings_src, users, user_info, "UserID", users_src)
+        it = lookup(ratings_src, items, movie_info, "MovieID", movies_src)
         columns = {
             "label": (label, pa.int8()),
             "user_id": ([str(x) for x in users], pa.string()),
