@@ -70,7 +70,7 @@ def test_registry_lists_every_entry_with_a_docstring():
     names = list_datasets()
     expected = {
         "frappe_x1", "movielenslatest_x1", "criteo_x1", "avazu_x1", "frappe_x1_subset", "criteo_head10k",
-        "avazu_head10k", "movielens_100k", "synthetic",
+        "avazu_head10k", "movielens_100k", "movielens_latest_small", "movielens_1m_sample", "taobao_head", "synthetic",
     }
     assert expected <= set(names) and names == sorted(names)
     for name in expected:

@@ -6,8 +6,9 @@ verifies their published checksums, builds any derived files once into
 Raw data: ``data_dir`` > ``$CTRLAB_DATA_DIR`` > ``~/.ctrlab/data``. See :mod:`.registry`.
 
 Registered: the BARS splits ``frappe_x1``, ``movielenslatest_x1``, ``criteo_x1``, ``avazu_x1``;
-``frappe_x1_subset``, ``criteo_head10k``, ``avazu_head10k``, ``movielens_100k`` (small real data)
-and ``synthetic`` (generated). Each entry's docstring gives its source, split rule, row counts,
+``frappe_x1_subset``, ``criteo_head10k``, ``avazu_head10k``, ``movielens_100k``,
+``movielens_latest_small``, ``movielens_1m_sample``, ``taobao_head`` (small real data) and
+``synthetic`` (generated). Each entry's docstring gives its source, split rule, row counts,
 checksums and data terms. The real data may not be redistributed: never commit or ship it.
 """
 from .fetch import ChecksumError, DownloadError, download, extract, verify_file
@@ -22,7 +23,7 @@ from .registry import (
 )
 
 # Importing the entry modules registers their datasets.
-from . import bars, frappe, kaggle_heads, movielens, synthetic  # noqa: E402,F401  isort: skip
+from . import bars, frappe, kaggle_heads, movielens, movielens_samples, synthetic, taobao  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "get_dataset",

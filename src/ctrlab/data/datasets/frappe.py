@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ...config import ConfigError
 from ..schema import DatasetConfig
 from .bars import BARS_X1, FRAPPE_FIELDS
 from .fetch import ChecksumError
@@ -61,8 +62,16 @@ def split_indices(n: int, holdout_fraction: float, seed: int) -> tuple[np.ndarra
     return np.sort(perm[n_hold:]), np.sort(perm[:n_hold])
 
 
+def subsample_indices(n: int, rows: int, seed: int) -> np.ndarray:
+    """``rows`` of ``range(n)`` chosen by ``numpy.random.default_rng([seed, 1]).permutation(n)[:rows]``
+    (a stream of its own, apart from :func:`split_indices`'), in ascending (original) order."""
+    return np.sort(np.random.default_rng([seed, 1]).permutation(n)[:rows])
+
+
 @register_dataset("frappe_x1_subset")
-def frappe_x1_subset(ctx: DatasetContext, seed: int = 2023, valid_fraction: float = 0.2) -> DatasetConfig:
+def frappe_x1_subset(
+    ctx: DatasetContext, seed: int = 2023, valid_fraction: float = 0.2, train_rows: int | None = None
+) -> DatasetConfig:
     """Frappe_x1 without its train split: train/valid from the published valid split, test as published.
 
     Why: the BARS Frappe_x1 train split (202,027 rows) is not available here; the published valid
@@ -87,6 +96,9 @@ def frappe_x1_subset(ctx: DatasetContext, seed: int = 2023, valid_fraction: floa
     the first ``round(57,722 * valid_fraction)`` indices form *valid*, the rest *train*; both keep
     the original row order. Rows (seed 2023, valid_fraction 0.2): **train 46,178 / valid 11,544 /
     test 28,860** (the published test split, unchanged).
+    ``train_rows`` (default None: all): keep only that many train rows, chosen by
+    ``numpy.random.default_rng([seed, 1]).permutation(46,178)[:train_rows]`` in their original
+    order (for small-data comparisons, e.g. ``train_rows=5000``); valid and test are unchanged.
     Features: all 10 fields categorical (min_count 1, as BARS); label ``label``.
     Numbers on it are **not** comparable with the BARS leaderboard (less training data).
     Terms: Frappe data: research use only; cite Baltrunas et al., arXiv:1505.03014 (2015); **may not
@@ -95,6 +107,8 @@ def frappe_x1_subset(ctx: DatasetContext, seed: int = 2023, valid_fraction: floa
     """
     if not 0.0 < valid_fraction < 1.0:
         raise ValueError(f"frappe_x1_subset: valid_fraction must be in (0, 1), got {valid_fraction}")
+    if train_rows is not None and train_rows < 1:
+        raise ConfigError(f"frappe_x1_subset: train_rows must be >= 1 (or unset for all rows), got {train_rows}")
     valid_src, test_src = ctx.find_sources(
         FRAPPE_SOURCES,
         hint="These are AFN's data/frappe/{valid,test}.libsvm (WeiyuCheng/AFN-AAAI-20), plain or gzipped.",
@@ -112,6 +126,13 @@ def frappe_x1_subset(ctx: DatasetContext, seed: int = 2023, valid_fraction: floa
                     "the libsvm -> csv conversion does not reproduce the published BARS file",
                 )
         keep, hold = split_indices(len(valid_rows), valid_fraction, seed)
+        if train_rows is not None:
+            if train_rows > len(keep):
+                raise ConfigError(
+                    f"frappe_x1_subset: train_rows={train_rows:,} is more than the {len(keep):,} train rows "
+                    f"(valid_fraction {valid_fraction}); leave train_rows unset for all of them"
+                )
+            keep = keep[subsample_indices(len(keep), train_rows, seed)]
         parts = {
             "train": [valid_rows[i] for i in keep],
             "valid": [valid_rows[i] for i in hold],
@@ -123,7 +144,10 @@ def frappe_x1_subset(ctx: DatasetContext, seed: int = 2023, valid_fraction: floa
             counts[split] = {"rows": len(rows), "positives": sum(r[0] == "1" for r in rows)}
         return {"splits": counts}
 
-    folder = ctx.prepare({"seed": seed, "valid_fraction": valid_fraction}, build, FRAPPE_SOURCES)
+    params = {"seed": seed, "valid_fraction": valid_fraction}
+    if train_rows is not None:  # unset keeps the key (and the folder) of the full split
+        params["train_rows"] = train_rows
+    folder = ctx.prepare(params, build, FRAPPE_SOURCES)
     return make_config(
         name="frappe_x1_subset",
         format="csv",

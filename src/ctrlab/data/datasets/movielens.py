@@ -1,16 +1,17 @@
 """``movielens_100k``: MovieLens 100K as a time-ordered CTR task with a leak-free behaviour history."""
 from __future__ import annotations
 
-import gzip
 import shutil
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from ..schema import DatasetConfig
+from .events import build_histories, check_split_params, parquet_config_files, time_ordered_splits
+from .events import read_text as _read
+from .events import time_cuts, write_parquet_splits  # noqa: F401  re-exported: used to live here
 from .fetch import download, extract
 from .registry import DatasetContext, SourceFile, make_config, register_dataset
 
@@ -47,12 +48,6 @@ COLUMNS = [
 ]
 
 
-def _read(path: Path, encoding: str = "ascii") -> str:
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as fh:
-        return fh.read().decode(encoding)
-
-
 def _download_ml100k(ctx: DatasetContext, missing: list[SourceFile]) -> None:
     folder = ctx.data_dir / "movielens_100k"
     folder.mkdir(parents=True, exist_ok=True)
@@ -72,47 +67,6 @@ def _download_ml100k(ctx: DatasetContext, missing: list[SourceFile]) -> None:
 def load_ratings(path: Path) -> np.ndarray:
     """u.data -> int64 array (n, 4): user_id, item_id, rating, timestamp."""
     return np.array(_read(path).split(), dtype=np.int64).reshape(-1, 4)
-
-
-def build_histories(
-    users: np.ndarray, items: np.ndarray, ts: np.ndarray, use: np.ndarray, max_len: int
-) -> list[str]:
-    """For every rating row: the ``^``-joined ids of the same user's items with ``use`` true and a
-    timestamp strictly earlier than the row's, oldest first, at most the ``max_len`` latest.
-
-    Items rated at the same second as the row (or later) are never included, so no row sees its
-    own or any future rating. Earlier items are ordered by (timestamp, item_id).
-    """
-    n = len(users)
-    out = [""] * n
-    order = np.lexsort((items, ts, users))
-    su, st, si, suse = users[order], ts[order], items[order], use[order]
-    starts = np.flatnonzero(np.r_[True, su[1:] != su[:-1]])
-    ends = np.r_[starts[1:], n]
-    item_str = np.array([str(i) for i in range(int(items.max()) + 1)], dtype=object)
-    for a, b in zip(starts, ends):
-        u_ts, u_items, u_use = st[a:b], si[a:b], suse[a:b]
-        h_ts, h_items = u_ts[u_use], item_str[u_items[u_use]]
-        k = np.searchsorted(h_ts, u_ts, side="left")  # number of used items strictly earlier
-        rows = order[a:b]
-        for j in range(b - a):
-            kj = k[j]
-            if kj:
-                out[rows[j]] = "^".join(h_items[max(0, kj - max_len):kj])
-    return out
-
-
-def time_cuts(ts_sorted: np.ndarray, fractions: tuple[float, float]) -> tuple[int, int]:
-    """Row cuts at the given cumulative fractions, moved forward past ties so that no timestamp
-    is shared by two splits."""
-    n = len(ts_sorted)
-    cuts = []
-    for frac in fractions:
-        c = int(round(n * frac))
-        while 0 < c < n and ts_sorted[c] == ts_sorted[c - 1]:
-            c += 1
-        cuts.append(c)
-    return cuts[0], cuts[1]
 
 
 @register_dataset("movielens_100k")
@@ -166,10 +120,8 @@ def movielens_100k(
     """
     if history not in ("positive", "all"):
         raise ValueError(f"movielens_100k: history must be 'positive' or 'all', got {history!r}")
-    if not (0 < train_fraction < 1 and 0 < valid_fraction < 1 and train_fraction + valid_fraction < 1):
-        raise ValueError("movielens_100k: need 0 < train_fraction, valid_fraction and train_fraction + valid_fraction < 1")
-    if history_max_len < 1 or zip_digits < 1:
-        raise ValueError("movielens_100k: history_max_len and zip_digits must be >= 1")
+    check_split_params("movielens_100k", train_fraction, valid_fraction,
+                       history_max_len=history_max_len, zip_digits=zip_digits)
     data_src, user_src, item_src = ctx.find_sources(ML100K_SOURCES, downloader=_download_ml100k)
 
     def build(out: Path) -> dict:
@@ -192,36 +144,23 @@ def movielens_100k(
             year = f[2][-4:] if len(f[2]) >= 4 and f[2][-4:].isdigit() else "unknown"
             item_info[int(f[0])] = (genres, year)
 
-        order = np.lexsort((items, users, ts))
-        c1, c2 = time_cuts(ts[order], (train_fraction, train_fraction + valid_fraction))
-        splits = {"train": order[:c1], "valid": order[c1:c2], "test": order[c2:]}
-        counts = {}
-        for split, idx in splits.items():
-            u = [user_info[int(x)] for x in users[idx]]
-            it = [item_info[int(x)] for x in items[idx]]
-            table = pa.table(
-                {
-                    "label": pa.array(label[idx], pa.int8()),
-                    "user_id": pa.array([str(x) for x in users[idx]], pa.string()),
-                    "item_id": pa.array([str(x) for x in items[idx]], pa.string()),
-                    "age": pa.array([x[0] for x in u], pa.string()),
-                    "gender": pa.array([x[1] for x in u], pa.string()),
-                    "occupation": pa.array([x[2] for x in u], pa.string()),
-                    "zip_prefix": pa.array([x[3] for x in u], pa.string()),
-                    "genres": pa.array([x[0] for x in it], pa.string()),
-                    "release_year": pa.array([x[1] for x in it], pa.string()),
-                    "history": pa.array([hist[i] for i in idx], pa.string()),
-                    "timestamp": pa.array(ts[idx], pa.int64()),
-                }
-            )
-            pq.write_table(table, out / f"{split}.parquet")
-            counts[split] = {
-                "rows": int(len(idx)),
-                "positives": int(label[idx].sum()),
-                "timestamp_min": int(ts[idx].min()),
-                "timestamp_max": int(ts[idx].max()),
-            }
-        return {"splits": counts}
+        u = [user_info[int(x)] for x in users]
+        it = [item_info[int(x)] for x in items]
+        columns = {
+            "label": (label, pa.int8()),
+            "user_id": ([str(x) for x in users], pa.string()),
+            "item_id": ([str(x) for x in items], pa.string()),
+            "age": ([x[0] for x in u], pa.string()),
+            "gender": ([x[1] for x in u], pa.string()),
+            "occupation": ([x[2] for x in u], pa.string()),
+            "zip_prefix": ([x[3] for x in u], pa.string()),
+            "genres": ([x[0] for x in it], pa.string()),
+            "release_year": ([x[1] for x in it], pa.string()),
+            "history": (hist, pa.string()),
+            "timestamp": (ts, pa.int64()),
+        }
+        splits = time_ordered_splits(ts, (users, items), train_fraction, valid_fraction)
+        return {"splits": write_parquet_splits(out, splits, columns, "label", "timestamp")}
 
     params = {
         "positive_threshold": positive_threshold,
@@ -241,7 +180,7 @@ def movielens_100k(
     return make_config(
         name="movielens_100k",
         format="parquet",
-        files={s: str(folder / f"{s}.parquet") for s in ("train", "valid", "test")},
+        files=parquet_config_files(folder),
         root=str(folder),
         labels=["label"],
         features=feats,
