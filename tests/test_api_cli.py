@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import pytest
 
 from ctrlab import api
 from ctrlab.cli import main
+from ctrlab.data.errors import DataWarning
 
 FAST = ["trainer.epochs=2", "trainer.progress=false", "trainer.batch_size=8192"]
 
@@ -74,6 +76,60 @@ def test_predict_raw_file_matches_evaluation(trained, tmp_path):
     ref = Trainer(model, cfg.trainer, trained).predict(BatchLoader(data.splits["test"].take(slice(0, 500)), 4096))
     np.testing.assert_allclose(probs, ref, rtol=0, atol=1e-6)
     assert np.array_equal(labels, data.splits["test"].arrays["label"][:500, 0])
+
+
+def test_predict_keeps_id_columns_before_the_probability(trained, tmp_path, capsys):
+    """issue 15.7: --keep-columns copies input columns (as written: "007" stays "007") into the output,
+    row-aligned, before probability; a name the file lacks is a clear error naming the file and its columns."""
+    dcfg = json.loads((trained / "dataset_config.json").read_text())
+    test_file = Path(dcfg["root"] or "") / dcfg["files"]["test"] if dcfg.get("root") else Path(dcfg["files"]["test"])
+    raw = pl.read_csv(test_file, infer_schema=False).head(300).drop("label")
+    raw = raw.with_columns(pl.Series("id", [f"{i:03d}" for i in range(300)]),
+                           pl.Series("ts", [str(1700000000 + 7 * i) for i in range(300)]))
+    raw_in, out = tmp_path / "raw.csv", tmp_path / "scores.csv"
+    raw.write_csv(raw_in)
+    assert main(["predict", str(trained), "--input", str(raw_in), "--output", str(out), "--keep-columns", "id,ts"]) == 0
+    scores = pl.read_csv(out, infer_schema=False)
+    assert scores.columns == ["id", "ts", "probability"]
+    assert scores["id"].to_list() == raw["id"].to_list() and scores["ts"].to_list() == raw["ts"].to_list()
+    np.testing.assert_allclose(scores["probability"].cast(pl.Float64).to_numpy(), api.predict(trained, raw_in),
+                               rtol=0, atol=1e-7)
+    capsys.readouterr()
+    assert main(["predict", str(trained), "--input", str(raw_in), "--output", str(out), "--keep-columns", "id,nope"]) == 2
+    err = capsys.readouterr().err
+    assert str(raw_in) in err and "['nope'] not found; the file has" in err and "'ts'" in err and "--keep-columns" in err
+
+
+def test_predict_warns_about_a_field_mostly_unseen_in_the_file(trained, tmp_path):
+    """issue 15.5: values in another form than in training ("4:1" for "4") are named, with the share of rows."""
+    dcfg = json.loads((trained / "dataset_config.json").read_text())
+    test_file = Path(dcfg["root"] or "") / dcfg["files"]["test"] if dcfg.get("root") else Path(dcfg["files"]["test"])
+    raw = pl.read_csv(test_file, infer_schema=False).head(200).drop("label")
+    good, bad = tmp_path / "good.csv", tmp_path / "bad.csv"
+    raw.write_csv(good)
+    raw.with_columns(pl.col("item") + ":1").write_csv(bad)
+    lines: list[str] = []
+    with pytest.warns(DataWarning) as caught:
+        api.predict(trained, bad, log=lines.append)
+    assert len(caught) == 1 and len(lines) == 1, lines
+    message = str(caught[0].message)
+    first = raw["item"][0]
+    assert message.startswith(f"{bad}: 100.0% of rows: field 'item': '{first}:1' not in the training vocabulary "
+                              "(known values look like '"), message
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DataWarning)
+        api.predict(trained, good, log=lines.append)
+    assert len(lines) == 1
+
+
+def test_python_m_ctrlab_is_the_ctrlab_command():
+    """issue 15.7: `python -m ctrlab` works like `ctrlab` (it was only `python -m ctrlab.cli`)."""
+    helped = subprocess.run([sys.executable, "-m", "ctrlab", "--help"], capture_output=True, text=True, timeout=120)
+    assert helped.returncode == 0, helped.stderr
+    assert helped.stdout.startswith("usage: ctrlab") and "predict" in helped.stdout
+    listed = subprocess.run([sys.executable, "-m", "ctrlab", "models"], capture_output=True, text=True, timeout=300)
+    assert listed.returncode == 0, listed.stderr
+    assert {"FinalMLP", "DeepFM", "DIN"} <= set(listed.stdout.split())
 
 
 def test_same_seed_repeats_bit_for_bit(data_dir, tmp_path):

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import yaml
 
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
@@ -36,7 +35,6 @@ from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
-from .data.readers import read_split
 from .data.schema import DatasetConfig, column_of, load_dataset_config
 from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
@@ -444,22 +442,28 @@ def predict(
     output_path: str | Path | None = None,
     input_format: str | None = None,
     batch_size: int = 65536,
+    keep_columns: list[str] | None = None,
+    log=print,
 ) -> np.ndarray:
     """Score a raw file (same columns/format as the training data; labels not needed).
 
     Raw values go through the run's saved feature map, so unseen categories map to OOV and
-    missing numerics to their fill value exactly as in training. Writes a CSV with one
-    ``probability`` column (one row per input row) when ``output_path`` is given.
+    missing numerics to their fill value exactly as in training; a field mostly unseen in the file
+    is warned about (``log`` and a :class:`~ctrlab.data.errors.DataWarning`). Writes a CSV with the
+    ``keep_columns`` of the input (e.g. ids), then a ``probability`` column, one row per input row,
+    when ``output_path`` is given.
     """
+    from .data.predict_io import read_with_kept, warn_unseen, write_scores
+
     model, fmap, dcfg, cfg = load_run(run_dir)
     if input_format:
         dcfg.format = input_format
     cols = list(dict.fromkeys(column_of(f) for f in dcfg.features))
-    df = read_split(dcfg, Path(input_path), cols)
+    df, keep = read_with_kept(dcfg, Path(input_path), cols, keep_columns)
     enc = encode_frame(df, fmap, Path(input_path), with_labels=False)
+    warn_unseen(fmap, df, enc.arrays, Path(input_path), log)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     probs = trainer.predict(BatchLoader(enc, batch_size, shuffle=False))
     if output_path is not None:
-        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-        pl.DataFrame({"probability": probs.astype(np.float64)}).write_csv(output_path)
+        write_scores(df.select(keep), probs, Path(output_path))
     return probs

@@ -2,7 +2,7 @@
 
     ctrlab train --dataset frappe_x1_subset --model FinalMLP [--config F] [--set key=value ...]
     ctrlab evaluate RUN
-    ctrlab predict RUN --input raw.csv --output scores.csv
+    ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
     ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
@@ -61,7 +61,8 @@ def cmd_evaluate(args) -> int:
 def cmd_predict(args) -> int:
     from .api import predict
 
-    probs = predict(args.run, args.input, args.output, input_format=args.format)
+    keep = [c.strip() for c in args.keep_columns.split(",") if c.strip()] if args.keep_columns else None
+    probs = predict(args.run, args.input, args.output, input_format=args.format, keep_columns=keep)
     print(f"[ctrlab] wrote {len(probs):,} probabilities to {args.output}")
     return 0
 
@@ -196,7 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="score a raw file through the run's saved preprocessing")
     pr.add_argument("run", help="run folder")
     pr.add_argument("--input", required=True, help="raw file in the training data's format")
-    pr.add_argument("--output", required=True, help="CSV to write (column: probability)")
+    pr.add_argument("--output", required=True, help="CSV to write (the --keep-columns, then probability)")
+    pr.add_argument("--keep-columns", metavar="A,B", help="input columns to copy into the output before probability, "
+                    "row-aligned (e.g. --keep-columns id,ts)")
     pr.add_argument("--format", help="input format if it differs from the training data's (csv, tsv, parquet, ...)")
     pr.set_defaults(func=cmd_predict)
 

@@ -127,8 +127,8 @@ def test_score_frames_isolates_a_bad_request(mixed):
     assert isinstance(results[1], RequestError)
     assert (results[1].field, results[1].row) == ("emb", 1) and "dim=3" in str(results[1])
     alone = predictor.predict_frame(frame.head(7))
-    np.testing.assert_allclose(results[0], alone[:2], rtol=0, atol=1e-6)
-    np.testing.assert_allclose(results[2], alone[5:], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(results[0].probabilities, alone[:2], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(results[2].probabilities, alone[5:], rtol=0, atol=1e-6)
 
 
 def test_requests_with_null_only_columns_batch_with_others(mixed):
@@ -140,5 +140,5 @@ def test_requests_with_null_only_columns_batch_with_others(mixed):
     frames = [predictor.records_to_frame(nulls), predictor.records_to_frame(recs[2:])]
     assert frames[0].schema == frames[1].schema
     together = predictor.score_frames(frames)
-    np.testing.assert_allclose(together[0], predictor.predict_records(nulls), rtol=0, atol=1e-6)
-    np.testing.assert_allclose(together[1], predictor.predict_records(recs[2:]), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together[0].probabilities, predictor.predict_records(nulls), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(together[1].probabilities, predictor.predict_records(recs[2:]), rtol=0, atol=1e-6)

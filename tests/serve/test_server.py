@@ -22,6 +22,7 @@ from ctrlab.serve.config import ServeConfig
 from ctrlab.serve.predictor import Predictor, RequestError
 from ctrlab.serve.parsing import RECORDS_CHUNK
 from ctrlab.serve.server import MicroBatcher, create_app
+from ctrlab.serve.unseen import Scores
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +110,8 @@ def test_micro_batcher_scores_queued_requests_together(served):
 
     results, batches = asyncio.run(go())
     assert 1 < batches < len(frames)  # batched, and max_batch_rows split them
-    for frame, probs in zip(frames, results):
-        np.testing.assert_allclose(probs, predictor.predict_frame(frame), rtol=0, atol=1e-6)
+    for frame, scores in zip(frames, results):
+        np.testing.assert_allclose(scores.probabilities, predictor.predict_frame(frame), rtol=0, atol=1e-6)
 
 
 # ---- fuzz: no input makes the server answer 5xx ----------------------------------------------------
@@ -261,7 +262,8 @@ class FakePredictor:
         for f in frames:
             x = f["x"].to_numpy()
             bad = np.flatnonzero(x == self.bad_x)
-            out.append(RequestError("bad value", field="x", row=int(bad[0])) if bad.size else x.astype(np.float32))
+            out.append(RequestError("bad value", field="x", row=int(bad[0])) if bad.size
+                       else Scores.of(x.astype(np.float32), np.zeros((len(x), 0), dtype=bool)))
         return out
 
 
@@ -308,8 +310,8 @@ def test_a_large_request_is_scored_in_slices_that_take_turns_with_small_ones():
     assert fake.calls[0] == [100] and fake.calls[1] == [1, 1, 1], fake.calls
     assert all(max(c) <= 100 for c in fake.calls) and sum(map(sum, fake.calls)) == 1003
     assert finished.index(0) == 3, finished  # the singles finished first
-    np.testing.assert_array_equal(results[0], np.arange(1000))  # slices put back together in order
-    assert [r.tolist() for r in results[1:]] == [[5000], [5001], [5002]]
+    np.testing.assert_array_equal(results[0].probabilities, np.arange(1000))  # slices put back together in order
+    assert [r.probabilities.tolist() for r in results[1:]] == [[5000], [5001], [5002]]
 
 
 def test_while_small_requests_arrive_large_ones_are_scored_in_shorter_slices():
@@ -326,7 +328,7 @@ def test_while_small_requests_arrive_large_ones_are_scored_in_shorter_slices():
     assert fake.calls[:3] == [[100], [1], [25]], fake.calls  # after the single row came: slices of 25
     assert all(c == [25] for c in fake.calls[2:]) and sum(map(sum, fake.calls)) == 1001
     assert finished == [1, 0]
-    np.testing.assert_array_equal(results[0], np.arange(1000))
+    np.testing.assert_array_equal(results[0].probabilities, np.arange(1000))
     with pytest.raises(ConfigError, match="interleave_rows must be a positive integer"):
         ServeConfig(interleave_rows=0)
 
@@ -342,7 +344,7 @@ def test_rows_in_flight_are_bounded_and_small_requests_pass_a_waiting_large_one(
     assert (used, waiting) == (1001, 1)  # the second 1000-row request waits, the single row is in
     assert batcher.rows_in_flight.peak <= 1500 and batcher.rows_in_flight.used == 0
     assert finished.index(2) < finished.index(0) < finished.index(1), finished
-    np.testing.assert_array_equal(results[1], np.arange(1000, 2000))
+    np.testing.assert_array_equal(results[1].probabilities, np.arange(1000, 2000))
     with pytest.raises(ConfigError, match="max_request_rows .* exceeds max_rows_in_flight"):
         ServeConfig(max_request_rows=2000, max_rows_in_flight=1500)
 

@@ -32,7 +32,9 @@ import polars as pl
 from ..data.errors import DataError
 from ..data.encoders import sequence_tokens, vector_values
 from ..data.pipeline import encode_frame, load_encoders
+from ..data.unseen import UnseenCheck
 from .artifact import Artifact, as_model_arrays, example_arrays, load_artifact, model_batch
+from .unseen import Scores
 
 
 class RequestError(ValueError):
@@ -143,6 +145,8 @@ class Predictor:
             raise ValueError(f"{self.artifact.path} has no model.onnx (format {self.artifact.format}); use backend torch")
         self.backend_name = backend
         self.fmap = self.artifact.feature_map
+        self.unseen = UnseenCheck(self.fmap)
+        """The fields whose values can be unseen (:mod:`ctrlab.data.unseen`), for each answer's counts."""
         if backend == "none":
             self.backend = self.encoders = None
         else:
@@ -262,22 +266,26 @@ class Predictor:
 
     def encode(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
         """Raw frame -> the model's input arrays (the fitted encoders of the run)."""
+        return as_model_arrays(self._encoded(frame), self.inputs)
+
+    def _encoded(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
+        """Raw frame -> the encoded arrays (``cat``, ``seq:<name>``, ...), or a RequestError."""
         try:
-            enc = encode_frame(frame, self.fmap, None, with_labels=False, encoders=self.encoders)
+            return encode_frame(frame, self.fmap, None, with_labels=False, encoders=self.encoders).arrays
         except DataError as exc:  # e.g. a vector with the wrong length, text in a numeric column
             row = exc.line - 1 if exc.line is not None else None
             raise RequestError(exc.problem + (f"; {exc.fix}" if exc.fix else ""), field=exc.column, row=row) from None
-        return as_model_arrays(enc.arrays, self.inputs)
 
     def encode_records(self, records: Any) -> dict[str, np.ndarray]:
         return self.encode(self.records_to_frame(records))
 
-    def score_frames(self, frames: list[pl.DataFrame]) -> list[np.ndarray | RequestError]:
-        """Score several requests' frames with one encode and one model call (micro-batching).
+    def score_frames(self, frames: list[pl.DataFrame]) -> list[Scores | RequestError]:
+        """Score several requests' frames with one encode and one model call (micro-batching): each
+        gets its :class:`~ctrlab.serve.unseen.Scores` (probabilities and unseen-field counts per row).
 
         A request whose rows the encoders reject (e.g. a vector of the wrong length) gets its own
         :class:`RequestError`, with the row number inside that request; the others are scored."""
-        results: list[np.ndarray | RequestError | None] = [None] * len(frames)
+        results: list[Scores | RequestError | None] = [None] * len(frames)
         live = list(range(len(frames)))
         while live:
             offsets = np.cumsum([0] + [frames[i].height for i in live])
@@ -288,7 +296,8 @@ class Predictor:
                     results[i] = self.score_frames([frames[i]])[0]
                 break
             try:
-                probs = self.run(self.encode(frame))
+                arrays = self._encoded(frame)
+                probs = self.run(as_model_arrays(arrays, self.inputs))
             except RequestError as exc:
                 if exc.row is None:
                     for i in live:
@@ -298,8 +307,8 @@ class Predictor:
                 results[live[k]] = RequestError(exc.message, exc.status, exc.field, exc.row - int(offsets[k]))
                 del live[k]
                 continue
-            for k, i in enumerate(live):
-                results[i] = probs[offsets[k]:offsets[k + 1]]
+            for i, scores in zip(live, Scores.split(probs, self.unseen.mask(frame, arrays), offsets)):
+                results[i] = scores
             break
         return results  # type: ignore[return-value]
 

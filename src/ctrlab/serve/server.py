@@ -2,9 +2,13 @@
 
     ctrlab serve artifacts/finalmlp --port 8000
     curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '{"records": [{"user": "12", "item": "7", ...}]}'
-    -> {"probabilities": [0.8312], "model": "FinalMLP", "rows": 1}
+    -> {"probabilities": [0.8312], "model": "FinalMLP", "rows": 1, "unseen_fields": [0]}
     curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '{"columns": {"user": ["12", "40"], ...}}'
-    -> {"probabilities": [0.8312, 0.1207], "model": "FinalMLP", "rows": 2}
+    -> {"probabilities": [0.8312, 0.1207], "model": "FinalMLP", "rows": 2, "unseen_fields": [0, 0]}
+
+``unseen_fields``: per row, how many of its categorical and sequence fields hold values the training
+vocabularies do not know (:mod:`ctrlab.data.unseen`); a request that is mostly such values is logged
+(rate-limited, :mod:`ctrlab.serve.unseen`) and counted in ``/health``.
 
 Records are the natural form for a few rows; columns (one array per field) skip the transposition
 and the repeated keys, for large batches.
@@ -45,7 +49,6 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
-import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
@@ -56,6 +59,7 @@ from .config import ServeConfig
 from .parse_worker import ParseWorker, ParseWorkerFailed
 from .parsing import BODY_FORMS, check_body, parse_body  # noqa: F401 - parse_body, BODY_FORMS: public here too
 from .predictor import Predictor, RequestError
+from .unseen import Scores, UnseenLog
 
 log = logging.getLogger("ctrlab.serve")
 
@@ -192,8 +196,8 @@ class MicroBatcher:
                 pass
         self.model_thread.shutdown(wait=False, cancel_futures=True)
 
-    async def submit(self, frame, admitted: Callable[[], None] | None = None) -> np.ndarray:
-        """Queue one request's validated raw frame; returns its probabilities (or raises its RequestError).
+    async def submit(self, frame, admitted: Callable[[], None] | None = None) -> Scores:
+        """Queue one request's validated raw frame; returns its scores (or raises its RequestError).
         Waits while its rows do not fit into ``max_rows_in_flight``; calls ``admitted`` once they do."""
         rows = frame.height
         if rows > self.rows_in_flight.capacity:
@@ -280,7 +284,7 @@ class MicroBatcher:
                 results = [exc] * len(picks)
             else:
                 self.batches += 1
-                self.rows += sum(len(r) for r in results if isinstance(r, np.ndarray))
+                self.rows += sum(r.rows for r in results if isinstance(r, Scores))
             for (job, lo, hi), res in zip(picks, results):
                 if job.fut.done():
                     continue
@@ -292,7 +296,7 @@ class MicroBatcher:
                 else:
                     job.parts.append(res)
                     if hi == job.rows:
-                        job.fut.set_result(job.parts[0] if len(job.parts) == 1 else np.concatenate(job.parts))
+                        job.fut.set_result(Scores.concat(job.parts))
             self.jobs = deque(j for j in self.jobs if not j.fut.done())
 
 
@@ -321,6 +325,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         app.state.parse_worker = state["parse_worker"]
         state["started"] = time.time()
         state["aborted_uploads"] = 0
+        state["unseen"] = UnseenLog(predictor.unseen, log)
         yield
         await batcher.stop()
         if state["parse_worker"] is not None:
@@ -398,7 +403,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
                     bodies.release(reserved)
                     reserved = 0
 
-            probs = await batcher.submit(frame, admitted)
+            scores = await batcher.submit(frame, admitted)
         except RequestError as exc:
             return _json_response(exc.status, exc.detail())
         except (Overloaded, ParseWorkerFailed) as exc:
@@ -411,8 +416,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         finally:
             if reserved:
                 bodies.release(reserved)
-        answer = {"probabilities": probs, "model": predictor.metadata_model, "rows": len(probs)}
-        if len(probs) > LARGE_ANSWER_ROWS:
+        state["unseen"].note(scores, frame)
+        answer = {"probabilities": scores.probabilities, "model": predictor.metadata_model, "rows": scores.rows,
+                  "unseen_fields": scores.unseen_fields}
+        if scores.rows > LARGE_ANSWER_ROWS:
             return await asyncio.to_thread(_json_response, 200, answer)
         return _json_response(200, answer)
 
@@ -422,6 +429,7 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         return {"status": "ok", "queued": len(batcher.jobs), "rows_in_flight": batcher.rows_in_flight.used,
                 "body_bytes_in_flight": state["bodies"].used,
                 "batches": batcher.batches, "rows_scored": batcher.rows, "aborted_uploads": state["aborted_uploads"],
+                "unseen_requests": state["unseen"].requests,
                 "uptime_s": round(time.time() - state["started"], 1)}
 
     @app.get("/metadata")
