@@ -42,9 +42,9 @@ from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
 from .train import Trainer, TrainerConfig, seed_everything
 from .train.distributed import SINGLE, DistContext
-from .train.run_checks import report_warnings, run_checks
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
+from .train.run_checks import report_warnings, run_checks
 
 
 @dataclass
@@ -380,11 +380,13 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     for split in ("valid", "test"):
         if split in loaders:
             metrics[split] = trainer.evaluate(loaders[split], split=split)
-    warnings = run_checks(fmap=data.feature_map, splits=data.splits, metrics=metrics, history=history,
-                          epochs=cfg.trainer.epochs, stopped_early=trainer.stopped_early,
-                          steps_per_epoch=len(loaders["train"]), batch_size=cfg.trainer.batch_size,
-                          oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir)) if ctx.is_main else []
-    report_warnings(warnings, log, trainer.log)
+    run_warnings = []  # checks that catch a bad run (docs/training.md, "Warnings"); rank 0 reports
+    if ctx.is_main:
+        run_warnings = run_checks(fmap=data.feature_map, splits=data.splits, metrics=metrics, history=history,
+                              epochs=cfg.trainer.epochs, stopped_early=trainer.stopped_early,
+                              steps_per_epoch=len(loaders["train"]), batch_size=cfg.trainer.batch_size,
+                              oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir))
+        report_warnings(run_warnings, log, trainer.log)
     epochs_run = len(history)
     summary = {
         "dataset": dcfg.name,
@@ -399,7 +401,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "cache": str(data.path),
         **({"world_size": ctx.world_size} if ctx.active else {}),
         **metrics,
-        "warnings": [w.to_dict() for w in warnings],
+        "warnings": [w.to_dict() for w in run_warnings],
     }
     if ctx.is_main:
         from safetensors.torch import save_file

@@ -11,6 +11,7 @@ import pytest
 
 import _trainkit as K
 from ctrlab import api
+from ctrlab.cli import main
 from ctrlab.data.feature_map import CategoricalField
 from ctrlab.data.loader import EncodedSplit
 from ctrlab.data.oov import high_oov_fix, oov_rates
@@ -50,16 +51,19 @@ def _codes(warnings) -> list[str]:
 
 
 # ---- end to end: metrics.json, train.log, console --------------------------------------------------
-def test_bad_run_warns_in_console_log_and_metrics(data_dir, tmp_path):
+def test_bad_run_warns_in_console_log_and_metrics(data_dir, tmp_path, capsys):
     """LR on criteo_head10k, 1 epoch at lr 1.0 and batch 2400: 3 steps per epoch, logloss far above the
     base rate's, the epoch cap reached while the first (improving) epoch ended it."""
-    lines: list[str] = []
-    res = api.train(dataset="criteo_head10k", model="LR", output=str(tmp_path / "bad"), log=lines.append,
-                    overrides=QUIET + ["trainer.epochs=1", "trainer.batch_size=2400", "trainer.lr=1.0"])
-    saved = json.loads((res.run_dir / "metrics.json").read_text())
-    assert _codes(saved["warnings"]) == ["few_steps_per_epoch", "logloss_above_base_rate", "logloss_above_base_rate",
-                                         "epoch_cap_while_improving"]
-    assert saved["warnings"] == res.metrics["warnings"]
+    run_dir = tmp_path / "bad"
+    sets = QUIET + ["trainer.epochs=1", "trainer.batch_size=2400", "trainer.lr=1.0"]
+    assert main(["train", "--dataset", "criteo_head10k", "--model", "LR", "--output", str(run_dir)]
+                + [a for s in sets for a in ("--set", s)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    codes = ["few_steps_per_epoch", "logloss_above_base_rate", "logloss_above_base_rate", "epoch_cap_while_improving"]
+    assert _codes(saved["warnings"]) == codes
+    assert lines[-1] == ("[ctrlab] WARNING: 4 warning(s) about this run (few_steps_per_epoch, logloss_above_base_rate, "
+                         "epoch_cap_while_improving); see above or metrics.json")
     steps = saved["warnings"][0]
     assert "only 3 optimizer steps" in steps["message"] and "7,200 train rows" in steps["message"]
     assert steps["fix"].startswith("lower trainer.batch_size to 512 or below")
@@ -71,8 +75,8 @@ def test_bad_run_warns_in_console_log_and_metrics(data_dir, tmp_path):
     test_warning = saved["warnings"][2]
     assert test_warning["message"].startswith(f"test logloss {saved['test']['logloss']:.6f}")
     assert f"(logloss {base:.6f})" in test_warning["message"] and "trainer.monitor=AUC-logloss" in test_warning["fix"]
-    assert f"--output {res.run_dir} --resume --epochs 2" in saved["warnings"][3]["fix"]
-    log_text = (res.run_dir / "train.log").read_text()
+    assert f"--output {run_dir} --resume --epochs 2" in saved["warnings"][3]["fix"]
+    log_text = (run_dir / "train.log").read_text()
     for w in saved["warnings"]:
         assert f"[ctrlab] WARNING: {w['message']}" in lines and f"[ctrlab]   fix: {w['fix']}" in lines
         assert f"[ctrlab] WARNING: {w['message']}" in log_text and f"[ctrlab]   fix: {w['fix']}" in log_text

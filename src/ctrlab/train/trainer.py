@@ -621,7 +621,8 @@ class Trainer:
         stopping): ``(mean loss, rows)``. For benchmarks and custom loops; :meth:`fit` uses it."""
         return self._train_epoch(loader, epoch)
 
-    def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None, split: str | None = None) -> dict[str, float]:
+    def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None,
+                 split: str | None = None) -> dict[str, float]:
         """Metrics (default ``config.metrics``) of the current model on ``loader``; ``split`` (e.g.
         ``"test"``) labels the ``[metrics]`` line in ``train.log``."""
         names = list(metrics) if metrics is not None else list(self.config.metrics)
