@@ -42,6 +42,7 @@ from .train import Trainer, TrainerConfig, seed_everything
 from .train.distributed import SINGLE, DistContext
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
+from .train.run_checks import report_warnings, run_checks
 
 
 @dataclass
@@ -376,7 +377,14 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     metrics: dict[str, Any] = {}
     for split in ("valid", "test"):
         if split in loaders:
-            metrics[split] = trainer.evaluate(loaders[split])
+            metrics[split] = trainer.evaluate(loaders[split], split=split)
+    run_warnings = []  # checks that catch a bad run (docs/training.md, "Warnings"); rank 0 reports
+    if ctx.is_main:
+        run_warnings = run_checks(fmap=data.feature_map, splits=data.splits, metrics=metrics, history=history,
+                              epochs=cfg.trainer.epochs, stopped_early=trainer.stopped_early,
+                              steps_per_epoch=len(loaders["train"]), batch_size=cfg.trainer.batch_size,
+                              oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir))
+        report_warnings(run_warnings, log, trainer.log)
     epochs_run = len(history)
     summary = {
         "dataset": dcfg.name,
@@ -391,6 +399,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "cache": str(data.path),
         **({"world_size": ctx.world_size} if ctx.active else {}),
         **metrics,
+        "warnings": [w.to_dict() for w in run_warnings],
     }
     if ctx.is_main:
         from safetensors.torch import save_file
@@ -433,7 +442,7 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
                    block_rows=cfg.stream_block_rows, feature_map=fmap)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     loaders = _loaders(data, cfg.trainer)
-    return {s: trainer.evaluate(loaders[s]) for s in splits if s in loaders}
+    return {s: trainer.evaluate(loaders[s], split=s) for s in splits if s in loaders}
 
 
 def predict(

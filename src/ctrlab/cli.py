@@ -44,6 +44,9 @@ def cmd_train(args) -> int:
             print(f"[ctrlab] {split}: {_fmt(m[split])}")
     print(f"[ctrlab] run folder: {result.run_dir.resolve()}")
     print(f"[ctrlab] report: {(result.run_dir / 'metrics.json').resolve()}")
+    if m.get("warnings"):  # printed above with their fixes; say so where the eye lands last
+        codes = ", ".join(dict.fromkeys(w["code"] for w in m["warnings"]))
+        print(f"[ctrlab] WARNING: {len(m['warnings'])} warning(s) about this run ({codes}); see above or metrics.json")
     return 0
 
 

@@ -70,8 +70,9 @@ def oov_rates(fmap: FeatureMap, split: EncodedSplit) -> dict[str, float]:
     return rates
 
 
-def high_oov(rates: dict[str, dict[str, float]], train: str = "train") -> list[str]:
-    """One message per (split, field) whose rate is high by the rule in the module docstring."""
+def high_oov_fields(rates: dict[str, dict[str, float]], train: str = "train") -> list[tuple[str, str, float, float]]:
+    """``(split, field, rate, train rate)`` for each field whose rate is high by the rule in the
+    module docstring."""
     base = rates.get(train, {})
     out = []
     for split, fields in rates.items():
@@ -80,11 +81,23 @@ def high_oov(rates: dict[str, dict[str, float]], train: str = "train") -> list[s
         for name, rate in fields.items():
             ref = base.get(name, 0.0)
             if rate >= HIGH_OOV_RATE and rate - ref >= OOV_RATE_JUMP:
-                out.append(
-                    f"{split} split, field {name!r}: {rate:.1%} of rows (or sequence tokens) are out of the "
-                    f"train vocabulary (train {ref:.1%}). Check that the {split} file writes this field's "
-                    f"values as train does (e.g. '10.0' vs '10', other ids, another column)"
-                )
+                out.append((split, name, rate, ref))
+    return out
+
+
+def high_oov_fix(split: str) -> str:
+    """What to change when a field of ``split`` is mostly out of the train vocabulary."""
+    return (f"check that the {split} file writes this field's values as train does "
+            "(e.g. '10.0' vs '10', other ids, another column)")
+
+
+def high_oov(rates: dict[str, dict[str, float]], train: str = "train") -> list[str]:
+    """One message per (split, field) whose rate is high by the rule in the module docstring."""
+    out = []
+    for split, name, rate, ref in high_oov_fields(rates, train):
+        fix = high_oov_fix(split)
+        out.append(f"{split} split, field {name!r}: {rate:.1%} of rows (or sequence tokens) are out of the "
+                   f"train vocabulary (train {ref:.1%}). {fix[0].upper()}{fix[1:]}")
     return out
 
 

@@ -190,7 +190,10 @@ class TrainerConfig:
     metrics: list[str] = field(default_factory=lambda: ["AUC", "logloss"])
     """Metrics reported on validation / test data (from ``AUC``, ``logloss``, ``gAUC``)."""
     progress: bool = True
-    """Show tqdm progress bars (samples/s) during training and evaluation."""
+    """Show progress: on a terminal, tqdm bars (samples/s, on stderr) during training and
+    evaluation; when stdout or stderr is not a terminal (a log file, a pipe), one plain line per
+    epoch on stdout (train loss, validation metrics, time), and no bars where they would leave
+    carriage returns in a file. False: neither."""
     min_epochs: int = 0
     """Not BARS: never stop early before this many epochs (lr still decays on plateaus); 0 = BARS protocol exactly."""
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
@@ -351,6 +354,14 @@ class TrainerConfig:
 
 def _fmt(v: float) -> str:
     return f"{v:.6f}"
+
+
+def _is_terminal(stream: Any) -> bool:
+    isatty = getattr(stream, "isatty", None)
+    try:
+        return bool(isatty and isatty())
+    except ValueError:  # a closed stream
+        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,11 +622,13 @@ class Trainer:
         stopping): ``(mean loss, rows)``. For benchmarks and custom loops; :meth:`fit` uses it."""
         return self._train_epoch(loader, epoch)
 
-    def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None) -> dict[str, float]:
-        """Metrics (default ``config.metrics``) of the current model on ``loader``."""
+    def evaluate(self, loader: Iterable, metrics: Sequence[str] | None = None,
+                 split: str | None = None) -> dict[str, float]:
+        """Metrics (default ``config.metrics``) of the current model on ``loader``; ``split`` (e.g.
+        ``"test"``) labels the ``[metrics]`` line in ``train.log``."""
         names = list(metrics) if metrics is not None else list(self.config.metrics)
-        logs = self._evaluate_names(loader, names, desc="evaluate")
-        self._log("[metrics] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
+        logs = self._evaluate_names(loader, names, desc=split or "evaluate")
+        self._log(f"[metrics{' ' + split if split else ''}] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
         return logs
 
     def predict(self, loader: Iterable) -> np.ndarray:
@@ -801,8 +814,17 @@ class Trainer:
             return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
         return {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
 
-    def _bar(self, loader: Iterable, desc: str):
+    def _progress(self) -> tuple[bool, bool]:
+        """(tqdm bars on stderr, one plain line per epoch on stdout). Bars only on a terminal: in a
+        file or pipe they leave a carriage return per refresh. The epoch lines replace them where
+        stdout (or stderr) is not a terminal, so that a log of the output shows each epoch."""
         if not self.config.progress or not self.dist.is_main:
+            return False, False
+        bars = _is_terminal(sys.stderr)
+        return bars, not (bars and _is_terminal(sys.stdout))
+
+    def _bar(self, loader: Iterable, desc: str):
+        if not self._progress()[0]:
             return None
         return tqdm(
             total=getattr(loader, "num_rows", None),
@@ -831,6 +853,10 @@ class Trainer:
     def _fmt_best(self) -> str:
         return _fmt(self.best_metric) if math.isfinite(self.best_metric) else "n/a"
 
+    def log(self, msg: str, level: int = logging.INFO) -> None:
+        """Append ``msg`` to ``train.log`` (with a time stamp) and the ``ctrlab.train`` logger."""
+        self._log(msg, level)
+
     def _log(self, msg: str, level: int = logging.INFO) -> None:
         if not self.dist.is_main:
             return
@@ -850,10 +876,11 @@ class Trainer:
             status = f"no improvement ({r['stopping_steps']}/{cfg.patience})"
             if cfg.reduce_lr_on_plateau:
                 status += f", lr -> {r['next_lr']:.3g}"
-        self._log(
-            f"epoch {r['epoch']}/{cfg.epochs} | lr {r['lr']:.3g} | train_loss {_fmt(r['train_loss'])} | "
-            f"valid {valid} | {status} | {r['seconds']:.1f} s, {r['samples_per_s']:,.0f} samples/s"
-        )
+        line = (f"epoch {r['epoch']}/{cfg.epochs} | lr {r['lr']:.3g} | train_loss {_fmt(r['train_loss'])} | "
+                f"valid {valid} | {status} | {r['seconds']:.1f} s, {r['samples_per_s']:,.0f} samples/s")
+        self._log(line)
+        if self._progress()[1]:
+            print(f"[ctrlab] {line}", flush=True)
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def _save_checkpoint(self, save_best: bool) -> None:
