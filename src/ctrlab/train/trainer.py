@@ -606,7 +606,8 @@ class Trainer:
                     cb(self, record)
         self._log(
             f"training finished after {self.epochs_done} epochs; best {self._monitor_name()}="
-            f"{self._fmt_best()} at epoch {self.best_epoch}"
+            f"{self._fmt_best()} at epoch {self.best_epoch}" if valid_loader is not None
+            else f"training finished after {self.epochs_done} epochs (no validation split: last epoch's weights)"
         )
         if cfg.restore_best and valid_loader is not None:
             self.dist.barrier()  # rank 0 has written the best checkpoint
