@@ -348,3 +348,44 @@ def test_model_param_types_accept_tuple_defaults_and_din_groups():
                                "model_params": {"dnn_hidden_units": [64, "wide"]}})
     with pytest.raises(api.ConfigError, match=r"model_params\.dnn_hidden_units"):
         api.resolve_model_params(bad)
+
+
+def _without_valid_file(data_dir, folder: Path, extra: str = "") -> Path:
+    """The tiny Frappe YAML listing only train and test files (issue 15.3)."""
+    yaml_file = write_tiny_frappe(folder, data_dir)
+    text = yaml_file.read_text().replace("valid: valid.csv, ", "")
+    assert "valid" not in text
+    yaml_file.write_text(text + extra)
+    return yaml_file
+
+
+def test_a_dataset_without_a_valid_file_trains_on_a_carved_valid_split(data_dir, tmp_path, capsys):
+    """Issue 15.3: `ctrlab train` on a dataset YAML with only train and test files holds out 10% of
+    train (seeded) as valid, writes its metrics, and evaluate and resume give the same numbers."""
+    yaml_file = _without_valid_file(data_dir, tmp_path / "data")
+    run = tmp_path / "run"
+    assert main(["train", "--dataset", str(yaml_file), "--model", "DNN", "--output", str(run)]
+                + sum((["--set", s] for s in TINY), [])) == 0
+    assert "valid: 10% of train.csv (seed 2021), 400 rows" in capsys.readouterr().out
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert 0.5 < metrics["valid"]["AUC"] <= 1.0 and metrics["epochs"] == 2
+    again = api.evaluate(run)
+    assert again["valid"] == pytest.approx(metrics["valid"], abs=1e-9)
+    assert again["test"] == pytest.approx(metrics["test"], abs=1e-9)
+    resumed = api.train(dataset=str(yaml_file), output=str(run), resume=True, **QUIET)
+    assert resumed.metrics["valid"] == pytest.approx(metrics["valid"], abs=1e-9)
+
+
+def test_no_validation_split_trains_every_epoch_without_a_best_checkpoint(data_dir, tmp_path):
+    """Issue 15.3: with `valid_fraction: 0` (no valid split at all) the trainer no longer crashes after
+    epoch 1: it trains the fixed epoch count, says so, and keeps the last epoch's weights."""
+    yaml_file = _without_valid_file(data_dir, tmp_path / "data", "valid_fraction: 0\n")
+    run = tmp_path / "run"
+    result = api.train(dataset=str(yaml_file), model="DNN", output=str(run),
+                       overrides=[*TINY, "trainer.epochs=3", "trainer.patience=1"], **QUIET)
+    assert [r["epoch"] for r in result.history] == [1, 2, 3]
+    assert all(r["monitor"] is None and not r["improved"] for r in result.history)
+    assert "valid" not in result.metrics and 0.5 < result.metrics["test"]["AUC"] <= 1.0
+    log = (run / "train.log").read_text()
+    assert "no validation split: training all 3 epochs without early stopping" in log
+    assert "loaded best weights" not in log and not list((run / "checkpoints").glob("best*"))

@@ -64,6 +64,7 @@ def parquet_dataset(tmp_path):
             "format": "parquet",
             "root": str(tmp_path),
             "files": {"train": "train.parquet", "test": "test.parquet"},
+            "valid_fraction": 0,
             "labels": ["click", "buy"],
             "group_field": "user",
             "features": [
@@ -141,6 +142,7 @@ def test_csv_text_sequence_and_dense_vector(tmp_path):
         {
             "root": str(tmp_path),
             "files": {"train": "train.csv"},
+            "valid_fraction": 0,
             "features": [
                 {"name": "item"},
                 {"name": "hist", "kind": "sequence", "max_len": 2, "padding": "post", "share_vocab_with": "item"},
@@ -165,6 +167,7 @@ def test_real_taobao_csv_with_click_sequence(data_dir, tmp_path):
             "name": "taobao_tiny",
             "root": str(base),
             "files": {"train": "train_sample.csv.gz", "test": "test_sample.csv.gz"},
+            "valid_fraction": 0,
             "labels": ["clk"],
             "features": [
                 {"name": "userid"},
@@ -195,6 +198,7 @@ def test_frappe_libsvm_end_to_end_oov_counts(data_dir, tmp_path):
             "format": "libsvm",
             "root": str(data_dir / "frappe_x1/afn_libsvm"),
             "files": {"train": "valid.libsvm.gz", "test": "test.libsvm.gz"},
+            "valid_fraction": 0,
             "column_names": ["label"] + fields,
             "features": [{"name": f} for f in fields],
         }
@@ -223,6 +227,7 @@ def small_csv(tmp_path, **extra):
             "name": "small",
             "root": str(tmp_path),
             "files": {"train": "train.csv", "test": "test.csv"},
+            "valid_fraction": 0,
             "features": [{"name": "a"}, {"name": "x", "kind": "numeric", "normalizer": "standard"}],
             **extra,
         }
@@ -308,8 +313,8 @@ def test_cache_rebuilt_after_same_size_edit_in_the_middle_of_a_big_file(tmp_path
     flip_file(path, labels)
     before, st = path.read_bytes(), path.stat()
     assert st.st_size > 2 << 20
-    cfg = load_dataset_config({"name": "big", "root": str(tmp_path), "files": {"train": "train.csv"},
-                               "features": [{"name": "a"}, {"name": "x"}]})
+    cfg = load_dataset_config({"name": "big", "root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0,
+                               "valid_fraction": 0, "features": [{"name": "a"}, {"name": "x"}]})
     first = prepare(cfg, tmp_path / "cache", log=Log())
     assert first.splits["train"].arrays["label"].sum() == labels.sum()
 
@@ -383,7 +388,7 @@ def _prepare_code(tmp_path, cache, after: str) -> str:
         "from ctrlab.data.pipeline import prepare\n"
         "from ctrlab.data.schema import load_dataset_config\n"
         f"cfg = load_dataset_config({{'name': 'small', 'root': {str(tmp_path)!r},\n"
-        "    'files': {'train': 'train.csv', 'test': 'test.csv'},\n"
+        "    'files': {'train': 'train.csv', 'test': 'test.csv'}, 'valid_fraction': 0,\n"
         "    'features': [{'name': 'a'}, {'name': 'x', 'kind': 'numeric', 'normalizer': 'standard'}]})\n"
         "def log(msg):\n"
         f"    {after}\n"
@@ -511,7 +516,7 @@ def test_gz_and_plain_give_same_cache_content(tmp_path):
 @pytest.mark.parametrize("bad", ["inf", "-inf", "nan", "NaN", "1e309", "-Infinity"])
 def test_non_finite_number_is_an_error(tmp_path, check_error, streaming, bad):
     (tmp_path / "train.csv").write_text(f"label,user,price\n1,a,3\n0,b,{bad}\n1,c,\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0,
                                "features": [{"name": "user"}, {"name": "price", "kind": "numeric"}]})
     with pytest.raises(DataError) as ei:
         prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
@@ -522,7 +527,7 @@ def test_non_finite_number_is_an_error(tmp_path, check_error, streaming, bad):
 @pytest.mark.parametrize("streaming", [False, True])
 def test_non_finite_fill_is_an_explicit_option(tmp_path, streaming):
     (tmp_path / "train.csv").write_text("label,user,price\n1,a,3\n0,b,inf\n1,c,\n0,d,1e309\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0, "features": [
         {"name": "user"}, {"name": "price", "kind": "numeric", "fill_value": -1.0, "non_finite": "fill"}]})
     data = prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=streaming)
     assert data.splits["train"].arrays["num"][:, 0].tolist() == [3.0, -1.0, -1.0, -1.0]
@@ -530,7 +535,7 @@ def test_non_finite_fill_is_an_explicit_option(tmp_path, streaming):
 
 def test_non_finite_in_a_dense_vector_is_an_error(tmp_path, check_error):
     (tmp_path / "train.csv").write_text("label,vec\n1,1 2\n0,3 inf\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0,
                                "features": [{"name": "vec", "kind": "dense_vector", "dim": 2}]})
     with pytest.raises(DataError) as ei:
         prepare(cfg, tmp_path / "cache", log=lambda *a: None)
@@ -542,7 +547,7 @@ def test_large_integers_under_normalizer_none_warn(tmp_path):
     from ctrlab.data.errors import DataWarning
 
     (tmp_path / "train.csv").write_text("label,ts,small\n1,1693526401,1\n0,1693526402,2\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0, "features": [
         {"name": "ts", "kind": "numeric"}, {"name": "small", "kind": "numeric"},
         {"name": "ts_std", "source": "ts", "kind": "numeric", "normalizer": "standard"}]})
     for streaming in (False, True):

@@ -66,7 +66,7 @@ def test_dataset_config_to_model_rows(tmp_path):
     np.savez(tmp_path / "items.npz", key=np.array(["i2", "i1", "zz"]),
              value=np.arange(9, dtype=np.float32).reshape(3, 3))
     (tmp_path / "d.yaml").write_text(yaml.safe_dump({
-        "name": "pre", "files": {"train": "train.csv"},
+        "name": "pre", "files": {"train": "train.csv"}, "valid_fraction": 0,
         "features": [{"name": "user"}, {"name": "item", "embedding_dim": 3, "pretrained_emb": "items.npz"}]}))
     data = prepare(load_dataset_config(tmp_path / "d.yaml"), tmp_path / "cache", log=lambda *a: None)
     fmap = data.feature_map

@@ -182,6 +182,7 @@ def test_libfm_missing_field_encodes_as_oov(tmp_path):
         format="libfm",
         root=str(tmp_path),
         files={"train": "train.libfm", "test": "test.libfm"},
+        valid_fraction=0,
         column_names=["label", "user", "item"],
         features=[{"name": "user"}, {"name": "item"}],
     )
@@ -248,7 +249,7 @@ def test_bad_libfm_token(write, check_error):
 def test_bad_text_in_numeric_column(tmp_path, check_error):
     path = tmp_path / "train.csv"
     path.write_text("label,user,price\n1,a,3.5\n0,b,\n1,c,abc\n0,d,1e3\n")
-    cfg = cfg_of(files={"train": str(path)}, features=[{"name": "user"}, {"name": "price", "kind": "numeric"}])
+    cfg = cfg_of(files={"train": str(path)}, valid_fraction=0, features=[{"name": "user"}, {"name": "price", "kind": "numeric"}])
     with pytest.raises(DataError) as ei:
         prepare(cfg, tmp_path / "cache", log=quiet)
     msg = check_error(ei.value, path, 4, "price", "declare 'price' as kind: categorical")
@@ -258,7 +259,7 @@ def test_bad_text_in_numeric_column(tmp_path, check_error):
 def test_bad_label_outside_0_1(tmp_path, check_error):
     path = tmp_path / "train.csv"
     path.write_text("label,user\n1,a\n0,b\n2,c\n")
-    cfg = cfg_of(files={"train": str(path)}, features=[{"name": "user"}])
+    cfg = cfg_of(files={"train": str(path)}, valid_fraction=0, features=[{"name": "user"}])
     with pytest.raises(DataError) as ei:
         prepare(cfg, tmp_path / "cache", log=quiet)
     msg = check_error(ei.value, path, 4, "label", "binarise the label")
@@ -291,7 +292,7 @@ def test_bad_duplicate_header_names(write, check_error):
 
 
 def test_bad_missing_file(tmp_path):
-    cfg = cfg_of(files={"train": str(tmp_path / "nope.csv")})
+    cfg = cfg_of(files={"train": str(tmp_path / "nope.csv")}, valid_fraction=0)
     with pytest.raises(DataError, match=r"nope\.csv.*does not exist\. Fix: check files/root"):
         prepare(cfg, tmp_path / "cache", log=quiet)
 
@@ -327,7 +328,7 @@ def test_quoted_comma_in_header_keeps_columns_aligned(tmp_path, streaming):
     third column, not the fourth (a naive split made `item` read the `hour` column)."""
     path = tmp_path / "train.csv"
     path.write_text('label,"city, state",item,hour\n1,"Austin, TX",i1,7\n0,"Reno, NV",i2,8\n')
-    cfg = cfg_of(files={"train": str(path)},
+    cfg = cfg_of(files={"train": str(path)}, valid_fraction=0,
                  features=[{"name": "item"}, {"name": "hour", "kind": "numeric"}, {"name": "city, state"}])
     prepared = prepare(cfg, tmp_path / "cache", log=quiet, streaming=streaming)
     item = prepared.feature_map.encoders["item"]["vocab"]
@@ -385,7 +386,7 @@ def test_blank_lines_are_not_rows_and_lines_stay_right(write, reader):
 def test_line_numbers_stay_right_after_quoted_newlines(tmp_path, check_error, streaming):
     path = tmp_path / "train.csv"
     path.write_text('label,note,price\n1,"two\nlines",3\n0,"three\nlines\nhere",4\n1,plain,oops\n')
-    cfg = cfg_of(files={"train": str(path)}, features=[{"name": "note"}, {"name": "price", "kind": "numeric"}])
+    cfg = cfg_of(files={"train": str(path)}, valid_fraction=0, features=[{"name": "note"}, {"name": "price", "kind": "numeric"}])
     with pytest.raises(DataError) as ei:
         prepare(cfg, tmp_path / "cache", log=quiet, streaming=streaming, block_rows=1)
     check_error(ei.value, path, 7, "price", "declare 'price' as kind: categorical")

@@ -49,7 +49,7 @@ def test_streaming_names_a_bad_numeric_cell(tmp_path, check_error):
     rows = ["label,a,x"] + [f"{i % 2},t{i % 5},{i * 0.5}" for i in range(50)]
     rows[37] = "1,t3,oops"  # file line 38
     (tmp_path / "train.csv").write_text("\n".join(rows) + "\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"},
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0,
                                "features": [{"name": "a"}, {"name": "x", "kind": "numeric"}]})
     with pytest.raises(DataError) as info:
         prepare(cfg, tmp_path / "cache", log=lambda *a: None, streaming=True, block_rows=8)
@@ -76,7 +76,7 @@ def test_quoted_newlines_do_not_split_rows(tmp_path):
 
     body = "".join(f'{i % 2},"multi\nline {i}",{i}\n' for i in range(3000))
     (tmp_path / "q.csv").write_text("label,text,n\n" + body)
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "q.csv"},
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "q.csv"}, "valid_fraction": 0,
                                "features": [{"name": "text"}, {"name": "n"}]})
     rows = pl.concat(list(iter_blocks(cfg, tmp_path / "q.csv", ["text", "n", "label"], block_rows=100)))
     assert rows.height == 3000 and rows["text"][1234] == "multi\nline 1234"
@@ -89,7 +89,7 @@ def test_streaming_numeric_normalisers_and_quantile_buckets(tmp_path):
     lines = ["label,a,x,y,z"] + [f"{i % 2},t{rng.integers(20)},{rng.gamma(2, 3):.4f},"
                                  f"{'' if i % 17 == 0 else format(rng.normal(), '.5f')},{rng.integers(0, 1000)}" for i in range(3000)]
     (tmp_path / "train.csv").write_text("\n".join(lines) + "\n")
-    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "features": [
+    cfg = load_dataset_config({"root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0, "features": [
         {"name": "a"},
         {"name": "x", "kind": "numeric", "normalizer": "standard"},
         {"name": "xq", "source": "x", "kind": "numeric", "n_buckets": 7},

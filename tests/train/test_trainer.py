@@ -591,3 +591,22 @@ def test_sparse_embeddings_refuse_a_whole_table_regularizer_and_adamw(tmp_path):
         TrainerConfig.from_dict({"sparse_embeddings": True, "optimizer": "adamw"})
     with pytest.raises(ConfigError, match="sparse_embeddings"):
         TrainerConfig.from_dict({"sparse_embeddings": "yes"})
+
+
+def test_fit_without_validation_trains_every_epoch_and_keeps_the_last_weights(tmp_path):
+    """Issue 15.3: fit(train, None) (a dataset with valid_fraction: 0) crashed after epoch 1
+    ('NoneType' object is not iterable); it now trains every epoch, saves no best checkpoint, keeps
+    the last epoch's weights, and says so in the log."""
+    cfg = K.config(epochs=3, patience=1)
+    seed_everything(0)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    train, _, test = K.loaders(cfg)
+    history = trainer.fit(train, None)
+    assert [r["epoch"] for r in history] == [1, 2, 3] and all(r["monitor"] is None for r in history)
+    assert not trainer.checkpoint.best_path.exists() and trainer.best_epoch is None
+    last = load_file(str(trainer.checkpoint.dir / "last.safetensors"))  # written after epoch 3
+    assert all(torch.equal(v.cpu(), last[k]) for k, v in trainer.model.state_dict().items())
+    log = (tmp_path / "train.log").read_text()
+    assert "no validation split: training all 3 epochs without early stopping" in log
+    assert "loaded best weights" not in log
+    assert 0.5 < trainer.evaluate(test)["AUC"] <= 1.0

@@ -75,7 +75,7 @@ def criteo_tsv_config(tsv: Path, perf: dict):
     return load_dataset_config({
         "name": "criteo_tsv", "format": "tsv", "header": False,
         "column_names": [perf["label"], *perf["numeric"], *perf["categorical"]],
-        "files": {"train": str(tsv)}, "labels": [perf["label"]],
+        "files": {"train": str(tsv)}, "valid_fraction": 0, "labels": [perf["label"]],
         "features": features(perf),
     })
 
@@ -98,7 +98,7 @@ def _prepared(cfg: dict):
     perf = cfg["_perf"]
     parquet = Path(cfg["train_parquet"])
     dcfg = load_dataset_config({
-        "name": "perf_parquet", "format": "parquet", "files": {"train": str(parquet)}, "labels": [perf["label"]],
+        "name": "perf_parquet", "format": "parquet", "files": {"train": str(parquet)}, "valid_fraction": 0, "labels": [perf["label"]],
         "features": features(perf),
     })
     t0 = time.perf_counter()

@@ -44,7 +44,8 @@ from .encoders import (
 from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
 from .loader import EncodedSplit, array_file_name
 from .oov import oov_rates, report_oov
-from .readers import read_split
+from .holdout import Holdout, holdout
+from .readers import file_columns, read_split
 from .streaming import (
     DEFAULT_BLOCK_ROWS,
     STREAM_FORMATS,
@@ -291,15 +292,23 @@ def prepare(
         if rebuild or not fitted.exists() or feature_map_digest(FeatureMap.load(folder / "feature_map.json")) != digest:
             key = hashlib.sha256(f"{key}:{digest}".encode()).hexdigest()[:16]
             folder = root / "encoded" / f"{cfg.name}-{key}"
+    names = list(files) + (["valid"] if cfg.carved_valid_fraction else [])  # the splits prepared
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
-        splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in files}
-        oov = json.loads((folder / "manifest.json").read_text()).get("oov_rates")
+        splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in names}
+        manifest = json.loads((folder / "manifest.json").read_text())
+        oov = manifest.get("oov_rates")
+        if manifest.get("valid_from_train"):
+            log(f"[ctrlab] {manifest['valid_from_train']}")
         report_oov(oov or {}, log)
         return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
     t0 = time.time()
     columns = raw_columns(cfg)
+    for split, p in files.items():  # once per file: what the config leaves out is not read
+        ignored = [c for c in file_columns(cfg, p) or [] if c not in columns and c != cfg.valid_time_column]
+        if ignored:
+            log(f"[ctrlab] ignored columns in {p.name}: {', '.join(ignored)} (not in the dataset config)")
     # A fresh folder of this build's own (never one another process, here or in another container
     # sharing the cache, could be writing); removed if the build fails, published at the end.
     build = BuildFolder(folder)
@@ -308,18 +317,33 @@ def prepare(
     encoded: dict[str, EncodedSplit] = {}
     if streaming and cfg.format in STREAM_FORMATS:
         log(f"[ctrlab] encoding dataset {cfg.name!r} in blocks of {block_rows:,} rows (streaming) -> {folder}")
-        fmap, counts = _encode_streaming(cfg, files, columns, tmp, block_rows, log, feature_map)
+        carved = holdout(cfg, files["train"], block_rows)
+        if carved is not None:
+            log(f"[ctrlab] {carved.description}")
+        fmap, counts = _encode_streaming(cfg, files, columns, tmp, block_rows, log, feature_map, carved)
         mmap = True  # the point of streaming: the splits need not fit in memory
     else:
         if streaming:
             log(f"[ctrlab] format {cfg.format} is not streamed; reading each split whole")
         log(f"[ctrlab] encoding dataset {cfg.name!r} -> {folder}")
         train_df = read_split(cfg, files["train"], columns)
+        carved = holdout(cfg, files["train"], block_rows, rows=train_df.height)
+        valid_df = None
+        if carved is not None:
+            log(f"[ctrlab] {carved.description}")
+            valid_df = train_df.filter(pl.Series(carved.valid))
+            train_df = train_df.filter(pl.Series(~carved.valid))  # vocabularies and statistics: the rest only
         fmap = feature_map or fit_feature_map(cfg, train_df, files["train"])
         encoders = load_encoders(fmap)
+        sources = {**files, "valid": files["train"]} if carved is not None else files
         # train first, wherever `files` lists it (yaml sorts keys): its raw frame is dropped once encoded
-        for split, p in sorted(files.items(), key=lambda item: item[0] != "train"):
-            df = train_df if split == "train" else read_split(cfg, p, columns)
+        for split, p in sorted(sources.items(), key=lambda item: item[0] != "train"):
+            if split == "train":
+                df = train_df
+            elif carved is not None and split == "valid":
+                df, valid_df = valid_df, None
+            else:
+                df = read_split(cfg, p, columns)
             train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
             enc = encode_frame(df, fmap, p, encoders=encoders)
             del df
@@ -330,7 +354,7 @@ def prepare(
                 encoded[split] = enc  # what the saved files hold: no need to read them back
             del enc
     fmap.save(tmp / "feature_map.json")
-    oov = {s: oov_rates(fmap, encoded[s] if s in encoded else EncodedSplit.load(tmp / s, mmap=True)) for s in files}
+    oov = {s: oov_rates(fmap, encoded[s] if s in encoded else EncodedSplit.load(tmp / s, mmap=True)) for s in names}
     (tmp / "dataset_config.json").write_text(json.dumps(to_dict(cfg), indent=1))
     manifest = {
         "key": key,
@@ -339,6 +363,7 @@ def prepare(
         "code": code_fingerprint(*ENCODING_CODE),
         "sources": {s: {**stat_identity(p), **_fingerprint(p, memo_dir)} for s, p in files.items()},
         "rows": counts,
+        "valid_from_train": carved.description if carved is not None else None,
         "oov_rates": oov,
         "seconds": round(time.time() - t0, 2),
     }
@@ -346,32 +371,37 @@ def prepare(
     # Renamed into place; if another process finished the same cache first, the key guarantees
     # identical content, so theirs is kept. `rebuild` replaces an existing folder.
     build.publish(replace=rebuild)
-    splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in files}
+    splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in names}
     report_oov(oov, log)
     return PreparedData(fmap, splits, folder, cfg, reused=False, oov_rates=oov)
 
 
 def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[str], out: Path,
-                      block_rows: int, log, feature_map: FeatureMap | None = None) -> tuple[FeatureMap, dict[str, int]]:
+                      block_rows: int, log, feature_map: FeatureMap | None = None,
+                      carved: Holdout | None = None) -> tuple[FeatureMap, dict[str, int]]:
     """Fit on train (unless ``feature_map`` is given) and encode every split block by block into
-    ``out/<split>/*.npy`` (:mod:`ctrlab.data.streaming`)."""
+    ``out/<split>/*.npy`` (:mod:`ctrlab.data.streaming`). ``carved``: the valid rows of the train file."""
+    sources: dict[str, tuple[Path, np.ndarray | None]] = {split: (p, None) for split, p in files.items()}
+    if carved is not None:
+        sources["train"] = (files["train"], ~carved.valid)
+        sources["valid"] = (files["train"], carved.valid)
 
     def fit(numbers: bool):
         encoders = _make_encoders(cfg)
-        fit_streaming(cfg, files["train"], columns, encoders, block_rows, numbers)
+        fit_streaming(cfg, files["train"], columns, encoders, block_rows, numbers, rows=sources["train"][1])
         return encoders
 
     fmap = feature_map or describe(cfg, with_text_fallback(cfg, fit))
     encoders = load_encoders(fmap)
     counts: dict[str, int] = {}
-    for split, p in files.items():
+    for split, (p, keep) in sources.items():
 
         def encode(numbers: bool) -> int:
-            groups = split_groups(cfg, p, fmap.group_field, block_rows, numbers)
+            groups = split_groups(cfg, p, fmap.group_field, block_rows, numbers, rows=keep)
             (out / split).mkdir(parents=True, exist_ok=True)
             writers: dict[str, NpyAppender] = {}
             try:
-                for block in iter_blocks(cfg, p, columns, block_rows, numbers):
+                for block in iter_blocks(cfg, p, columns, block_rows, numbers, rows=keep):
                     arrays = encode_frame(block, fmap, p, encoders=encoders, group_values=groups).arrays
                     for key, arr in arrays.items():
                         if key not in writers:

@@ -8,7 +8,8 @@ with its file, line and column.
 
 Formats:
 
-* ``csv`` / ``tsv``: optional header; without one, ``column_names`` names the columns.
+* ``csv`` / ``tsv``: optional header; without one, ``column_names`` names the columns (with one,
+  ``column_names`` renames the header's columns by position).
   ``.gz`` files are read transparently. One parser (:func:`csv_blocks`) reads header and rows with
   the same quoting rules; a UTF-8 BOM is dropped; blank lines are not rows; ``__line__`` is the line
   a row starts on (right after quoted newlines); a row with too few or too many fields, or bytes that
@@ -136,6 +137,16 @@ def _header_layout(cfg: DatasetConfig, path: Path) -> tuple[list[str], int, int]
     if cfg.header:
         names = fields
         first_data_line = 1 + row.count(b"\n")
+        if cfg.column_names:  # a rename by position: the header's names are replaced
+            if len(fields) != len(cfg.column_names):
+                raise DataError(
+                    f"the header has {len(fields)} columns but column_names lists {len(cfg.column_names)}",
+                    file=path,
+                    line=1,
+                    fix="give one name per header column in column_names (they replace the header's names), "
+                        "or drop column_names to use the header's",
+                )
+            names = list(cfg.column_names)
     else:
         if not cfg.column_names:
             raise DataError(
@@ -165,6 +176,21 @@ def _header_layout(cfg: DatasetConfig, path: Path) -> tuple[list[str], int, int]
             )
         seen[name] = i
     return names, skip, first_data_line
+
+
+def file_columns(cfg: DatasetConfig, path: Path) -> list[str] | None:
+    """The columns a csv/tsv (header or ``column_names``) or parquet file holds; None for
+    libSVM/libFM (their fields are named by ``column_names``)."""
+    if cfg.format in ("csv", "tsv"):
+        return read_header(cfg, path)
+    if cfg.format == "parquet":
+        _check_exists(path, text=False)
+        try:
+            return list(pl.read_parquet_schema(path))
+        except Exception as exc:  # noqa: BLE001 - pyarrow/polars raise several types
+            raise DataError(f"not a readable Parquet file: {exc}", file=path,
+                            fix="check the file format in the config") from None
+    return None
 
 
 def _check_exists(path: Path, text: bool = True) -> None:

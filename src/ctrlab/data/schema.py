@@ -255,7 +255,10 @@ class DatasetConfig:
     header: bool = True
     """csv/tsv: whether the first line holds column names."""
     column_names: list[str] | None = None
-    """csv/tsv without header: names of the columns. libsvm/libfm: label then field names."""
+    """csv/tsv without header: names of the columns. csv/tsv with ``header: true``: the columns'
+    names instead of the header's (a rename, by position; the counts must match). libsvm/libfm:
+    label then field names. Not for parquet (use a feature's ``source`` to read a column under
+    another name)."""
     separator: str | None = None
     """csv/tsv: field separator (default ``,`` for csv and a tab for tsv)."""
     labels: list[str] = field(default_factory=lambda: ["label"])
@@ -264,6 +267,17 @@ class DatasetConfig:
     """Feature specs; each item has a ``kind`` (categorical, numeric, sequence, dense_vector)."""
     group_field: str | None = None
     """Column used to group rows for gAUC (e.g. user id); kept as raw ids, not a model input."""
+    valid_fraction: float | None = None
+    """When ``files`` has no ``valid``: the fraction of the train file's rows held out as the
+    validation split (None: 0.1). The rest is the train split; vocabularies and statistics are
+    fitted on it alone. 0: no validation split (the trainer runs every epoch, no early stopping).
+    An error with a ``valid`` file."""
+    valid_time_column: str | None = None
+    """When ``files`` has no ``valid``: hold out the *latest* ``valid_fraction`` of train rows by
+    this column (numbers such as Unix timestamps, or ISO dates/datetimes) instead of a random
+    sample; ties keep file order. An error with a ``valid`` file."""
+    split_seed: int = 2021
+    """Seed of the random validation split (``valid_fraction`` without ``valid_time_column``)."""
 
     def validate(self, where: str) -> None:
         parsed = []
@@ -295,6 +309,31 @@ class DatasetConfig:
             raise ConfigError(f"{where}.labels: at least one label column is required")
         if self.separator is None:
             self.separator = "\t" if self.format == "tsv" else ","
+        if self.column_names is not None and self.format == "parquet":
+            raise ConfigError(f"{where}.column_names: parquet files name their own columns; drop column_names "
+                              "and read a column under another name with a feature's source")
+        self._validate_holdout(where)
+
+    def _validate_holdout(self, where: str) -> None:
+        """The validation-split options: a fraction in [0, 1), and none of them beside a valid file."""
+        given = [k for k in ("valid_fraction", "valid_time_column") if getattr(self, k) is not None]
+        if "valid" in self.files and given:
+            raise ConfigError(f"{where}.{given[0]}: the dataset has a valid file ({self.files['valid']}), so no "
+                              f"validation split is carved out of train; drop {given[0]} or the valid file")
+        f = self.valid_fraction
+        if f is not None and not (isinstance(f, (int, float)) and 0 <= f < 1):
+            raise ConfigError(f"{where}.valid_fraction: must be in (0, 1) (or 0 for no validation split), got {f!r}; "
+                              "e.g. 0.1 holds out 10% of the train rows")
+        if f == 0 and self.valid_time_column is not None:
+            raise ConfigError(f"{where}.valid_time_column: valid_fraction is 0 (no validation split); set a "
+                              "fraction such as 0.1 or drop valid_time_column")
+
+    @property
+    def carved_valid_fraction(self) -> float:
+        """The fraction of train rows held out as valid: 0 with a valid file or ``valid_fraction: 0``."""
+        if "valid" in self.files:
+            return 0.0
+        return 0.1 if self.valid_fraction is None else float(self.valid_fraction)
 
     def resolve(self, split: str, base: str | Path | None = None) -> Path:
         """Absolute path of a split's file."""

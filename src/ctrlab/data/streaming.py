@@ -43,14 +43,24 @@ def _check_parquet(path: Path, columns: list[str]) -> None:
 
 
 def iter_blocks(cfg: DatasetConfig, path: Path, columns: list[str], block_rows: int,
-                numbers: bool = True) -> Iterator[pl.DataFrame]:
+                numbers: bool = True, rows: np.ndarray | None = None) -> Iterator[pl.DataFrame]:
     """The split in blocks of about ``block_rows`` rows, in file order, each with the ``__line__``
-    column numbering the source lines (so that errors name the right line).
+    column numbering the source lines (so that errors name the right line). ``rows``: one bool per
+    data row of the file; only the rows marked True (a validation split carved out of train, or the
+    rest of train: :mod:`ctrlab.data.holdout`).
 
     Blocks are pulled one at a time, so memory holds one block: csv/tsv text is read in byte
     chunks cut at a row end by :func:`~ctrlab.data.readers.csv_blocks`, the in-memory reader's
     own parser; Parquet row batches come from PyArrow's ``iter_batches``. (Polars'
     ``collect_batches`` runs ahead of a slow consumer and buffers without a bound.)"""
+    if rows is not None:
+        start = 0
+        for block in iter_blocks(cfg, path, columns, block_rows, numbers):
+            keep = rows[start:start + block.height]
+            start += block.height
+            if keep.any():
+                yield block.filter(pl.Series(keep))
+        return
     if cfg.format != "parquet":
         yield from csv_blocks(cfg, path, columns, block_rows, numbers)  # numbers its lines itself
         return
@@ -127,8 +137,9 @@ class _RunningMoments:
 
 
 def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: dict[str, Any],
-                  block_rows: int, numbers: bool) -> int:
-    """Fit ``encoders`` (from ``_make_encoders``) on the train file block by block; returns its rows."""
+                  block_rows: int, numbers: bool, rows: np.ndarray | None = None) -> int:
+    """Fit ``encoders`` (from ``_make_encoders``) on the train file block by block (its ``rows``
+    only, when given: see :func:`iter_blocks`); returns the rows fitted on."""
     counts: dict[str, _RunningCounts] = {}
     moments: dict[str, _RunningMoments] = {}
     for name, enc in encoders.items():
@@ -138,9 +149,9 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
             counts[name] = _RunningCounts()
         elif isinstance(enc, NumericEncoder):
             moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
-    rows = 0
+    kept, rows = rows, 0
     float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
-    for block in iter_blocks(cfg, path, columns, block_rows, numbers):
+    for block in iter_blocks(cfg, path, columns, block_rows, numbers, rows=kept):
         rows += block.height
         block = with_derived(block, cfg.features, path)
         for name, running in counts.items():
@@ -213,12 +224,12 @@ class NpyAppender:
 
 
 def split_groups(cfg: DatasetConfig, path: Path, group_field: str | None, block_rows: int,
-                 numbers: bool) -> pl.Series | None:
+                 numbers: bool, rows: np.ndarray | None = None) -> pl.Series | None:
     """The split's sorted distinct group values, from a pass over its group column alone (memory
-    grows with the groups, not the rows)."""
+    grows with the groups, not the rows); ``rows`` as for :func:`iter_blocks`."""
     if not group_field:
         return None
     seen = pl.Series(group_field, [], dtype=pl.String)
-    for block in iter_blocks(cfg, path, [group_field], block_rows, numbers):
+    for block in iter_blocks(cfg, path, [group_field], block_rows, numbers, rows=rows):
         seen = pl.concat([seen, block[group_field].cast(pl.String).fill_null("").unique()]).unique()
     return seen.sort()

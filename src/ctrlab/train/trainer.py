@@ -526,8 +526,12 @@ class Trainer:
         return self.early_stopping.stopped
 
     # ---- public API ----------------------------------------------------------------------------
-    def fit(self, train_loader: Iterable, valid_loader: Iterable, resume: bool = False) -> list[dict]:
+    def fit(self, train_loader: Iterable, valid_loader: Iterable | None, resume: bool = False) -> list[dict]:
         """Train with early stopping on ``valid_loader``; returns the per-epoch history.
+
+        ``valid_loader=None`` (a dataset with ``valid_fraction: 0``): every one of ``epochs`` is
+        trained (no early stopping, no learning-rate decay on plateau), no best checkpoint is kept,
+        and the last epoch's weights are the result.
 
         ``resume=True`` continues from ``run_dir/checkpoints`` when a checkpoint exists (and
         starts fresh, saying so in the log, when none does); a finished run is not trained
@@ -563,6 +567,9 @@ class Trainer:
                 f"{self.device}; {self._batches(train_loader)} batches/epoch; config {json.dumps(cfg.to_dict())}"
             )
         eval_names = cfg.eval_metric_names()
+        if valid_loader is None:
+            self._log(f"no validation split: training all {cfg.epochs} epochs without early stopping; "
+                      "the last epoch's weights are kept (no best checkpoint)")
         if self.dist.active:
             self._check_equal_steps(train_loader)
         while not self.stopped_early and self.epochs_done < cfg.epochs:
@@ -576,11 +583,12 @@ class Trainer:
             # the batch; validate everywhere with rank 0's, which are the ones saved
             broadcast_buffers(self.dist, self.model)
             t1 = time.perf_counter()
-            logs = self._evaluate_names(valid_loader, eval_names, desc=f"valid {epoch + 1}")
+            logs = {} if valid_loader is None else self._evaluate_names(valid_loader, eval_names,
+                                                                         desc=f"valid {epoch + 1}")
             t2 = time.perf_counter()
-            value = sum(w * logs[k] for k, w in self.monitor.items())
-            improved = self.early_stopping.update(value, epoch + 1)
-            if not improved and cfg.reduce_lr_on_plateau:
+            value = sum(w * logs[k] for k, w in self.monitor.items()) if logs else None
+            improved = bool(logs) and self.early_stopping.update(value, epoch + 1)
+            if logs and not improved and cfg.reduce_lr_on_plateau:
                 self._decay_lr()
             self.epochs_done = epoch + 1
             record: dict[str, Any] = {"epoch": epoch + 1, "train_loss": train_loss}
@@ -610,9 +618,10 @@ class Trainer:
                     cb(self, record)
         self._log(
             f"training finished after {self.epochs_done} epochs; best {self._monitor_name()}="
-            f"{self._fmt_best()} at epoch {self.best_epoch}"
+            f"{self._fmt_best()} at epoch {self.best_epoch}" if valid_loader is not None
+            else f"training finished after {self.epochs_done} epochs (no validation split: last epoch's weights)"
         )
-        if cfg.restore_best:
+        if cfg.restore_best and valid_loader is not None:
             self.dist.barrier()  # rank 0 has written the best checkpoint
             self.restore_best()
         return [dict(r) for r in self.history]
@@ -869,8 +878,10 @@ class Trainer:
 
     def _log_epoch(self, r: dict, logs: Mapping[str, float]) -> None:
         cfg = self.config
-        valid = " ".join(f"{k} {_fmt(v)}" for k, v in logs.items())
-        if r["improved"]:
+        valid = " ".join(f"{k} {_fmt(v)}" for k, v in logs.items()) or "-"
+        if not logs:
+            status = "no validation"
+        elif r["improved"]:
             status = f"improved -> best {self._monitor_name()}={_fmt(r['monitor'])}, saved best"
         else:
             status = f"no improvement ({r['stopping_steps']}/{cfg.patience})"
