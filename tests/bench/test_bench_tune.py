@@ -81,3 +81,16 @@ def test_a_pruned_run_is_recorded_as_pruned(data_dir, tmp_path):
         assert [e["epoch"] for e in s.epochs(job.key)] == [1]
     # without the pruning callback the same job resumes from its epoch-1 checkpoint
     assert run_job(job, str(tmp_path / "r.sqlite")).how == "resumed"
+
+
+def test_a_dataset_without_a_validation_split_is_refused_before_any_trial(data_dir, tmp_path):
+    """Issue 15.3: trials are ranked by validation AUC, so `valid_fraction: 0` (no valid file, no
+    carved split) is a clear error up front, not a KeyError on valid_AUC after the first epoch."""
+    from test_run_folder import write_tiny_frappe
+
+    yaml_file = write_tiny_frappe(tmp_path / "data", data_dir)
+    yaml_file.write_text(yaml_file.read_text().replace("valid: valid.csv, ", "") + "valid_fraction: 0\n")
+    cfg = load_tune_config(tune_dict(tmp_path, dataset=str(yaml_file)))
+    with pytest.raises(ConfigError, match="has no validation split .* valid_fraction above 0"):
+        tune(cfg, log=lambda *_: None)
+    assert not (tmp_path / "runs").exists()  # no trial ran

@@ -170,12 +170,25 @@ class TuneResult:
     trials: list[dict[str, Any]]
 
 
+def _require_validation_split(cfg: TuneConfig) -> None:
+    """The search ranks trials by validation AUC: a dataset without a validation split is refused
+    before any trial runs (not with a KeyError after the first epoch)."""
+    from ..api import RunConfig, dataset_config
+
+    dcfg = dataset_config(RunConfig(dataset=cfg.dataset, dataset_params=dict(cfg.dataset_params)))
+    if "valid" not in dcfg.files and dcfg.carved_valid_fraction == 0:
+        raise ConfigError(f"tune: dataset {cfg.dataset!r} has no validation split (no valid file and "
+                          "valid_fraction: 0), and trials are ranked by validation AUC; give it a valid file "
+                          "or a valid_fraction above 0")
+
+
 def tune(cfg: TuneConfig, log: Callable[[str], None] = print) -> TuneResult:
     """Run (or continue) the search of ``cfg``; returns the best trial by the selection rule."""
     import optuna
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _require_validation_split(cfg)
     store = ResultsStore(cfg.db)
     pruner = (optuna.pruners.MedianPruner(n_startup_trials=cfg.pruner.n_startup_trials,
                                           n_warmup_steps=cfg.pruner.n_warmup_steps)
