@@ -153,3 +153,20 @@ class CTRModel(nn.Module):
             return [name for name, _, _ in chosen]
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def scale_numeric_init(self, rms: "torch.Tensor | list[float]") -> int:
+        """Divide each numeric field's initial embedding vector by that field's root mean square
+        value in train (``rms[j]`` for numeric field ``j``; values at most 1 are left alone), so
+        that ``x_f * v_f`` starts at the scale the Xavier init assumes (inputs of order 1) even for
+        unnormalised inputs such as log counts; returns the number of vectors scaled. Call it on an
+        untrained model. Works on every :class:`~ctrlab.layers.embedding.FeatureEmbedding` inside
+        the model (the ``numeric`` table and its ``num_cols``)."""
+        rms = torch.as_tensor(rms, dtype=torch.float32).clamp(min=1.0)
+        scaled = 0
+        for m in self.modules():
+            table, cols = getattr(m, "numeric", None), getattr(m, "num_cols", None)
+            if isinstance(table, nn.Embedding) and isinstance(cols, torch.Tensor) and len(cols):
+                table.weight.div_(rms[cols.cpu()].to(table.weight.device).unsqueeze(-1))
+                scaled += int((rms[cols.cpu()] > 1).sum())
+        return scaled

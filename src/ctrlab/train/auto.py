@@ -17,12 +17,16 @@ LR 100-fold) while every prediction is still near 0.5. :func:`derive` looks at t
 * ``min_count``: on small data (under :data:`SMALL_DATA_ROWS` train rows) values seen once in train
   share the OOV embedding instead of each getting an embedding trained on a single row, when at
   least :data:`RARE_SHARE` of some field's values are such singletons.
+* ``scale_numeric_init``: numeric inputs far from unit scale (e.g. log counts up to 10) start with
+  their embedding vectors divided by their root mean square, so the untrained model's logits are
+  not dominated by them.
 * ``init_output_bias``: the model's output bias starts at the train base rate's log-odds
   (``log(p / (1 - p))``), so the untrained model already predicts the base rate and its logloss
   starts at the constant predictor's instead of ``log 2``.
 
 Settings the user gave explicitly are never changed (:func:`derive` skips them), and datasets of a
-BARS family keep the BARS protocol exactly (:func:`is_bars_dataset`). Pure functions, except
+BARS family, and models with a shipped preset for the dataset, keep the BARS protocol exactly
+(:func:`keeps_bars_protocol`). Pure functions, except
 :func:`data_stats`, which reads encoded arrays.
 """
 from __future__ import annotations
@@ -44,6 +48,9 @@ FEW_VALID_POSITIVES = 2000
 (its standard error is about 0.5 / sqrt(positives): 0.02 at 600 positives)."""
 SMALL_DATA_ROWS = 200_000
 """Train rows below which single-occurrence values are pooled (``min_count: 2``)."""
+NUMERIC_RMS_LIMIT = 2.0
+"""Numeric inputs whose root mean square exceeds this make the Xavier-initialised numeric embeddings
+start with logits of several units (criteo_head10k's log counts: initial logit std 18 in DeepFM)."""
 RARE_SHARE = 0.2
 """Share of a field's train values seen only once that makes pooling them worthwhile."""
 
@@ -66,6 +73,8 @@ class DataStats:
     valid_rows: int = 0
     valid_positives: int = 0
     fields: list[FieldStats] = field(default_factory=list)
+    numeric_rms: dict[str, float] = field(default_factory=dict)
+    """Numeric field -> root mean square of its encoded train values."""
 
     @property
     def base_rate(self) -> float:
@@ -80,13 +89,16 @@ class AutoSetting:
     reason: str
 
 
-def is_bars_dataset(family: str, has_dataset_params: bool) -> bool:
-    """A dataset of a BARS family (``frappe_x1_subset`` -> ``frappe_x1``) keeps the BARS protocol,
-    unless ``dataset_params`` change its split (e.g. ``train_rows``), which makes it other data."""
-    return family in BARS_FAMILIES and not has_dataset_params
+def keeps_bars_protocol(family: str, has_shipped_preset: bool, has_dataset_params: bool) -> bool:
+    """Whether a run keeps the BARS protocol exactly instead of derived settings: a dataset of a BARS
+    family (``frappe_x1_subset`` -> ``frappe_x1``), or a model with a preset shipped for the dataset
+    (tuned under that protocol, e.g. DNN / DIN on ``movielens_100k``), unless ``dataset_params`` make
+    it other data than the published split (e.g. ``train_rows``)."""
+    return (family in BARS_FAMILIES or has_shipped_preset) and not has_dataset_params
 
 
-def data_stats(splits: dict[str, Any], cat_names: list[str] | None = None) -> DataStats:
+def data_stats(splits: dict[str, Any], cat_names: list[str] | None = None,
+               num_names: list[str] | None = None) -> DataStats:
     """:class:`DataStats` of encoded splits (``{"train": EncodedSplit, "valid": ...}``): rows and
     positives of the first label, and per categorical column the distinct train ids (ids 0/1 are
     padding / OOV) and how many of them occur once."""
@@ -100,10 +112,16 @@ def data_stats(splits: dict[str, Any], cat_names: list[str] | None = None) -> Da
             counts = np.bincount(cat[:, j].astype(np.int64))[2:]
             name = cat_names[j] if cat_names and j < len(cat_names) else f"cat[{j}]"
             fields.append(FieldStats(name, int((counts > 0).sum()), int((counts == 1).sum())))
+    num = train.get("num")
+    rms = {}
+    if num is not None and num.size:
+        values = np.sqrt((np.asarray(num, dtype=np.float64) ** 2).mean(axis=0))
+        rms = {(num_names[j] if num_names and j < len(num_names) else f"num[{j}]"): float(v) for j, v in enumerate(values)}
     valid = splits.get("valid")
     vlab = np.asarray(valid.arrays["label"])[:, 0] if valid is not None and "label" in valid.arrays else np.zeros(0)
     return DataStats(train_rows=int(len(labels)), train_positives=int(round(float(labels.sum()))),
-                     valid_rows=int(len(vlab)), valid_positives=int(round(float(vlab.sum()))), fields=fields)
+                     valid_rows=int(len(vlab)), valid_positives=int(round(float(vlab.sum()))), fields=fields,
+                     numeric_rms=rms)
 
 
 def _batch_size(rows: int) -> int:
@@ -144,6 +162,13 @@ def derive(stats: DataStats, explicit: set[str] = frozenset()) -> list[AutoSetti
             put("min_count", 2,
                 f"{rows:,} train rows; {rare.singletons:,} of {rare.values:,} values of {rare.name} ({share:.0%}) "
                 "occur once: each would get an embedding trained on one row, they share the OOV one instead")
+    if stats.numeric_rms:
+        name, big = max(stats.numeric_rms.items(), key=lambda kv: kv[1])
+        if big > NUMERIC_RMS_LIMIT:
+            n = sum(v > 1 for v in stats.numeric_rms.values())
+            put("scale_numeric_init", True,
+                f"{n} numeric fields have train values beyond unit scale (largest root mean square: {name} "
+                f"{big:.3g}): their embedding vectors start divided by it, so the first logits are not huge")
     p = stats.base_rate
     if 0 < p < 1:
         put("init_output_bias", True,
