@@ -91,10 +91,11 @@ class RunConfig:
     init_output_bias: bool = False
     """Start the model's output bias at the train base rate's log-odds, so that the untrained model
     predicts the base rate (:meth:`~ctrlab.models.base.CTRModel.init_output_bias`); not BARS."""
-    scale_numeric_init: bool = False
-    """Start each numeric field's embedding vector divided by the field's root mean square train
-    value (when above 1), so unnormalised inputs (log counts) do not start with huge logits
-    (:meth:`~ctrlab.models.base.CTRModel.scale_numeric_init`); not BARS."""
+    small_numeric_init: bool = False
+    """Start each numeric field's embedding vector at the embedding rows' scale (standard deviation
+    1e-4, divided by the field's root mean square train value when above 1) instead of Xavier's, so
+    numeric inputs do not dominate the untrained model's logits
+    (:meth:`~ctrlab.models.base.CTRModel.shrink_numeric_init`); not BARS."""
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
@@ -277,14 +278,17 @@ def _apply_auto(cfg: RunConfig, given: set[str], log) -> RunConfig:
     :func:`ctrlab.train.auto.derive` finds for the training data, except those in ``given``, applied
     to a copy of ``cfg`` (recorded in ``auto_settings``) and logged with their reasons."""
     family = _preset_family(Path(cfg.dataset).stem)
-    if auto_rules.keeps_bars_protocol(family, resolve_model_params(cfg)[1] is not None, bool(cfg.dataset_params)):
+    preset_params, preset_source = resolve_model_params(cfg)
+    if auto_rules.keeps_bars_protocol(family, preset_source is not None, bool(cfg.dataset_params)):
         return cfg
-    dcfg = dataset_config(cfg)
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=True, log=log, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows)
+    data = prepare(dataset_config(cfg), cache_dir=cfg.cache_dir, mmap=True, log=lambda *a: None,
+                   streaming=cfg.streaming, block_rows=cfg.stream_block_rows)  # training prepares (and logs) again
     stats = auto_rules.data_stats(data.splits, [f.name for f in data.feature_map.categorical],
                                   [f.name for f in data.feature_map.numeric])
-    settings = auto_rules.derive(stats, given)
+    given = given | {f"model_params.{k}" for k in preset_params}  # a preset's values are the user's choice too
+    hparams = default_hparams(cfg.model)
+    settings = [s for s in auto_rules.derive(stats, given)
+                if not s.key.startswith("model_params.") or s.key.split(".", 1)[1] in hparams]
     d = to_dict(cfg)
     for s in settings:
         section, _, key = s.key.rpartition(".")
@@ -421,10 +425,10 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         ctx.barrier()
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
     model = _build(cfg.model, data.feature_map, params)
-    if cfg.scale_numeric_init and not resume:  # a resumed run restores its weights anyway
+    if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
         num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
         if num.size:
-            model.scale_numeric_init(np.sqrt((num ** 2).mean(axis=0)).tolist())
+            model.shrink_numeric_init(np.sqrt((num ** 2).mean(axis=0)).tolist())
     if cfg.init_output_bias and not resume:
         _init_output_bias(model, data, log)
 

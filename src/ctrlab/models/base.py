@@ -155,18 +155,22 @@ class CTRModel(nn.Module):
             self.train(was_training)
 
     @torch.no_grad()
-    def scale_numeric_init(self, rms: "torch.Tensor | list[float]") -> int:
-        """Divide each numeric field's initial embedding vector by that field's root mean square
-        value in train (``rms[j]`` for numeric field ``j``; values at most 1 are left alone), so
-        that ``x_f * v_f`` starts at the scale the Xavier init assumes (inputs of order 1) even for
-        unnormalised inputs such as log counts; returns the number of vectors scaled. Call it on an
-        untrained model. Works on every :class:`~ctrlab.layers.embedding.FeatureEmbedding` inside
-        the model (the ``numeric`` table and its ``num_cols``)."""
+    def shrink_numeric_init(self, rms: "torch.Tensor | list[float]", std: float = 1e-4) -> int:
+        """Start each numeric field's embedding vector at the embedding rows' scale instead of
+        Xavier's: its Xavier-drawn values are scaled to standard deviation ``std`` (the rows'
+        N(0, 1e-4²)) and divided by the field's root mean square train value ``rms[j]`` (when above
+        1), so that ``x_f * v_f`` starts as small as a categorical field's term, whatever the
+        inputs' scale (Xavier's ``2 / (1 + D)`` gives a 1-dimensional LR weight standard deviation 1,
+        and log counts of 10 then move the first logits by several units). Call it on an untrained
+        model; returns the number of vectors scaled. Works on every
+        :class:`~ctrlab.layers.embedding.FeatureEmbedding` inside the model (its ``numeric`` table
+        and ``num_cols``)."""
         rms = torch.as_tensor(rms, dtype=torch.float32).clamp(min=1.0)
         scaled = 0
         for m in self.modules():
             table, cols = getattr(m, "numeric", None), getattr(m, "num_cols", None)
             if isinstance(table, nn.Embedding) and isinstance(cols, torch.Tensor) and len(cols):
-                table.weight.div_(rms[cols.cpu()].to(table.weight.device).unsqueeze(-1))
-                scaled += int((rms[cols.cpu()] > 1).sum())
+                xavier = (2.0 / (1 + table.embedding_dim)) ** 0.5
+                table.weight.mul_(std / xavier / rms[cols.cpu()].to(table.weight.device).unsqueeze(-1))
+                scaled += len(cols)
         return scaled
