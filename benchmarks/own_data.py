@@ -137,10 +137,10 @@ def base_rate(data) -> dict:
 
 
 def deepfm(spec: dict, seed: int, runs: Path) -> dict:
-    import ctrlab
+    from ctrlab.api import train  # (ctrlab.train is the subpackage once ctrlab.train.* is imported)
 
     name = Path(spec["dataset"]).stem
-    res = ctrlab.train(dataset=spec["dataset"], dataset_params=spec["dataset_params"], model="DeepFM",
+    res = train(dataset=spec["dataset"], dataset_params=spec["dataset_params"], model="DeepFM",
                        output=str(runs / name / f"DeepFM-s{seed}"), overwrite=True, log=lambda *a: None,
                        overrides=[f"trainer.seed={seed}", "trainer.progress=false"])
     m = res.metrics
