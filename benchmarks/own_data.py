@@ -160,7 +160,7 @@ def one_dataset(name: str, seeds: list[int], runs: Path, cache_dir: Path) -> dic
     dcfg = dataset_config(load_run_config(spec))
     data = prepare(dcfg, log=lambda *a: None)
     y = np.asarray(data.splits["train"].arrays["label"])[:, 0]
-    out = {"dataset": name, "available": True, **spec, "train_rows": int(len(y)), "train_positives": int(y.sum()),
+    out = {"dataset": name, "available": True, "run_dataset": spec["dataset"], "dataset_params": spec["dataset_params"], "train_rows": int(len(y)), "train_positives": int(y.sum()),
            "base_rate": base_rate(data), "LR": logistic_regression(data),
            "DeepFM": [deepfm(spec, s, runs) for s in seeds]}
     aucs = [r["test_AUC"] for r in out["DeepFM"]]
