@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -80,6 +80,11 @@ bench-peers-10m: $(BIN)/.installed
 	$(BIN)/python benchmarks/peers/bench_peers.py --peers-python $(FUXICTR_VENV)/bin/python --fuxictr $(FUXICTR) \
 	  --rows 10000000 --repeats 2 --tasks preprocess train --models DeepFM --timeout 2400 --no-notes \
 	  --output docs/performance-10m.md --json docs/performance-10m.json
+
+## Defaults on data without a preset (issue 15): DeepFM with `preset: auto` (3 seeds) against scikit-learn's
+## LogisticRegression and the base rate on the small real datasets, into docs/results.md (own-data section).
+own-data: $(BIN)/.installed
+	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/own_data.py --output docs/results.md --json docs/own_data.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -379,6 +379,12 @@ Per-run numbers: `docs/results.json`; per-epoch curves: the results store (`epoc
 `history.json` in each run folder.
 """
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    if Path(args.output).exists():  # other scripts' marked sections (own_data.py) are theirs: kept
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from script_io import sections
+
+        kept = sections(Path(args.output).read_text())
+        text = text.rstrip("\n") + "".join(f"\n\n{block}" for block in kept.values()) + "\n"
     Path(args.output).write_text(text)
     json_out = Path(args.output).with_suffix(".json")
     if not (args.from_json and json_out.resolve() == Path(args.from_json).resolve()):  # (same runs: keep the file)

@@ -35,10 +35,11 @@ from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
-from .data.schema import DatasetConfig, column_of, load_dataset_config
+from .data.schema import CategoricalSpec, DatasetConfig, SequenceSpec, column_of, load_dataset_config
 from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
 from .train import Trainer, TrainerConfig, seed_everything
+from .train import auto as auto_rules
 from .train.distributed import SINGLE, DistContext
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
@@ -57,8 +58,11 @@ class RunConfig:
     """A registered model name (``ctrlab models``)."""
     preset: str | None = "auto"
     """Hyperparameter preset: ``auto`` uses the BARS-tuned values for this model on this
-    dataset's benchmark family when ctrlab ships them (``configs/presets/<family>/<model>.yaml``),
-    ``none`` uses the model's class defaults, or a path to a preset YAML."""
+    dataset's benchmark family when ctrlab ships them (``configs/presets/<family>/<model>.yaml``)
+    and, for a dataset outside the BARS families, derives training settings from the data
+    (:mod:`ctrlab.train.auto`: batch size, early stopping, ``min_count``, ``init_output_bias``;
+    settings given explicitly are kept); ``none`` uses the model's class defaults and the trainer's
+    BARS defaults, or a path to a preset YAML."""
     model_params: dict[str, Any] = field(default_factory=dict)
     """Model hyperparameters; they override the preset."""
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
@@ -80,6 +84,20 @@ class RunConfig:
     are then memory-mapped. Same cache and same arrays as the default in-memory preprocessing."""
     stream_block_rows: int = 1 << 18
     """Rows per block when ``streaming``."""
+    min_count: int | None = None
+    """Raise the ``min_count`` of every categorical feature and own-vocabulary sequence (not hashed)
+    to at least this: train values seen fewer times share the OOV id. None: the dataset config's."""
+    init_output_bias: bool = False
+    """Start the model's output bias at the train base rate's log-odds, so that the untrained model
+    predicts the base rate (:meth:`~ctrlab.models.base.CTRModel.init_output_bias`); not BARS."""
+    small_numeric_init: bool = False
+    """Start each numeric field's embedding vector at the embedding rows' scale (standard deviation
+    1e-4, divided by the field's root mean square train value when above 1) instead of Xavier's, so
+    numeric inputs do not dominate the untrained model's logits
+    (:meth:`~ctrlab.models.base.CTRModel.shrink_numeric_init`); not BARS."""
+    auto_settings: dict[str, Any] = field(default_factory=dict)
+    """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
+    :func:`train` and saved with the run (the values themselves are in their own fields)."""
 
 
 @dataclass
@@ -107,8 +125,15 @@ def load_run_config(source: str | Path | dict | None = None, overrides: list[str
 def dataset_config(cfg: RunConfig) -> DatasetConfig:
     path = Path(cfg.dataset).expanduser()
     if path.suffix in (".yaml", ".yml") or path.exists():
-        return load_dataset_config(path)
-    return get_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, **cfg.dataset_params)
+        dcfg = load_dataset_config(path)
+    else:
+        dcfg = get_dataset(cfg.dataset, data_dir=cfg.data_dir, download=cfg.download, **cfg.dataset_params)
+    if cfg.min_count is not None:  # part of the dataset config, so of the cache key and the feature map
+        for spec in dcfg.features:
+            if isinstance(spec, (CategoricalSpec, SequenceSpec)) and getattr(spec, "hash_buckets", None) is None \
+                    and getattr(spec, "share_vocab_with", None) is None:
+                spec.min_count = max(spec.min_count, cfg.min_count)
+    return dcfg
 
 
 def _preset_family(dataset: str) -> str:
@@ -232,6 +257,46 @@ def _explicit_settings(source, overrides, kwargs) -> dict[str, Any]:
     return apply_overrides(data, overrides or [])
 
 
+def _given_settings(source, overrides, kwargs) -> set[str]:
+    """Flat names (``trainer.batch_size``) of the settings the caller gave; for a ready
+    :class:`RunConfig`, those that differ from the defaults."""
+    if isinstance(source, RunConfig):
+        base, mine = _flat(to_dict(RunConfig())), _flat(to_dict(source))
+        return {k for k, v in mine.items() if base.get(k, object()) != v}
+    return set(_flat(_explicit_settings(source, overrides, kwargs)))
+
+
+def _is_main() -> bool:
+    import os
+
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _apply_auto(cfg: RunConfig, given: set[str], log) -> RunConfig:
+    """``preset: auto`` on a dataset outside the BARS families: the settings
+    :func:`ctrlab.train.auto.derive` finds for the training data, except those in ``given``, applied
+    to a copy of ``cfg`` (recorded in ``auto_settings``) and logged with their reasons."""
+    family = _preset_family(Path(cfg.dataset).stem)
+    preset_params, preset_source = resolve_model_params(cfg)
+    if auto_rules.keeps_bars_protocol(family, preset_source is not None, bool(cfg.dataset_params)):
+        return cfg
+    data = prepare(dataset_config(cfg), cache_dir=cfg.cache_dir, mmap=True, log=lambda *a: None,
+                   streaming=cfg.streaming, block_rows=cfg.stream_block_rows)  # training prepares (and logs) again
+    stats = auto_rules.data_stats(data.splits, [f.name for f in data.feature_map.categorical],
+                                  [f.name for f in data.feature_map.numeric])
+    given = given | {f"model_params.{k}" for k in preset_params}  # a preset's values are the user's choice too
+    hparams = default_hparams(cfg.model)
+    settings = [s for s in auto_rules.derive(stats, given)
+                if not s.key.startswith("model_params.") or s.key.split(".", 1)[1] in hparams]
+    d = to_dict(cfg)
+    for s in settings:
+        section, _, key = s.key.rpartition(".")
+        (d[section] if section else d)[key] = s.value
+        log(f"[ctrlab] auto: {key} {s.value} ({s.reason})")
+    d["auto_settings"] = auto_rules.describe(settings)
+    return from_dict(RunConfig, d)
+
+
 def _on_rank0(ctx: DistContext, fn):
     """``fn()`` on rank 0 only; when it fails every rank raises (a rank never waits in a collective
     that rank 0 will not join)."""
@@ -293,6 +358,8 @@ def train(
     else:
         cfg = load_run_config(config, overrides, **kwargs)
     explicit = _explicit_settings(config, overrides, kwargs) if resume else {}
+    if not resume and cfg.preset == "auto":
+        cfg = _apply_auto(cfg, _given_settings(config, overrides, kwargs), log if _is_main() else (lambda *a, **k: None))
     ctx = setup_distributed(distributed, cfg.trainer.device)
     try:
         return _train(cfg, resume, overwrite, explicit, log if ctx.is_main else (lambda *a, **k: None), callbacks,
@@ -357,6 +424,12 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         ctx.barrier()
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
     model = _build(cfg.model, data.feature_map, params)
+    if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
+        num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
+        if num.size:
+            model.shrink_numeric_init(np.sqrt((num ** 2).mean(axis=0)).tolist())
+    if cfg.init_output_bias and not resume:
+        _init_output_bias(model, data, log)
 
     def write_map():
         data.feature_map.save(saved_map)
@@ -393,6 +466,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "parameters": model.count_parameters(),
         "model_params": {**default_hparams(cfg.model), **params},
         "preset": preset_source,
+        "auto_settings": cfg.auto_settings,
         "epochs": epochs_run,
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
@@ -409,6 +483,20 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return RunResult(run_dir, summary, history)
+
+
+def _init_output_bias(model, data: PreparedData, log) -> None:
+    """The model's output bias at the train base rate's log-odds, matched on the first 8192 train
+    rows (file order, so no random state is used)."""
+    from .data.loader import to_batch
+
+    train = data.splits["train"]
+    base_rate = float(np.asarray(train.arrays["label"])[:, 0].mean())
+    if not 0.0 < base_rate < 1.0:
+        raise ConfigError(f"init_output_bias: the train split's base rate is {base_rate}; it needs both classes "
+                          "(set init_output_bias=false)")
+    names = model.init_output_bias(to_batch(train.take(slice(0, 8192)).arrays), base_rate)
+    log(f"[ctrlab] output bias ({', '.join(names)}) set for the train base rate {base_rate:.4g}")
 
 
 def _build(model: str, fmap: FeatureMap, params: dict[str, Any]):

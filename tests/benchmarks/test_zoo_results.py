@@ -117,3 +117,22 @@ def test_parameter_count_differing_from_the_peer_is_shown():
     other = {"M": [{**r, "parameters": 100} for r in runs("M", [0.95, 0.95], [20, 20])]}
     assert "| 101 |" in zoo.table(ours, ["M"], same, {})
     assert "| 101 (FuxiCTR: 100) |" in zoo.table(ours, ["M"], other, {})
+
+
+def test_regenerating_keeps_other_scripts_sections(tmp_path, monkeypatch):
+    """Issue 15.1: docs/results.md also holds benchmarks/own_data.py's marked section; make report
+    (zoo_results) rewrote the file whole and dropped it (test fails before)."""
+    import shutil
+    import sys
+
+    runs = tmp_path / "results.json"
+    shutil.copy(REPO / "docs" / "results.json", runs)
+    out = tmp_path / "results.md"
+    section = "<!-- own-data:begin -->\n## Own data\n| a |\n<!-- own-data:end -->"
+    out.write_text("# Results\n\nold tables\n\n" + section + "\n")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", ["zoo_results.py", "--from-json", str(runs), "--output", str(out)])
+    zoo.main()
+    text = out.read_text()
+    assert "old tables" not in text and "frappe_x1_subset" in text
+    assert text.count(section) == 1

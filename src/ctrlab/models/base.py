@@ -109,3 +109,68 @@ class CTRModel(nn.Module):
     @torch.no_grad()
     def predict_proba(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return torch.sigmoid(self(batch)["logit"])
+
+    # ---- output bias ------------------------------------------------------------------------
+    @torch.no_grad()
+    def init_output_bias(self, batch: dict[str, torch.Tensor], base_rate: float) -> list[str]:
+        """Shift the model's output bias so that its mean prediction on ``batch`` equals
+        ``base_rate`` (about ``log(p / (1 - p))`` for an untrained model, whose other logit terms are
+        near 0); returns the names of the parameters moved. Works for any model without per-model
+        code: an output bias is a scalar parameter that moves every row's logit by the same amount
+        ``c`` per unit. The last one with ``c = 1`` (nearest the output) is moved; a model whose logit
+        averages several streams (DCNv3: ``(z_D + z_S) / 2``) has its stream biases moved together.
+        Raises ValueError when the model has no such parameter."""
+        if not 0.0 < base_rate < 1.0:
+            raise ValueError(f"base_rate must be in (0, 1), got {base_rate}")
+        was_training = self.training
+        self.eval()  # no dropout; batch norm on its running statistics, as at prediction time
+        try:
+            logit = self(batch)["logit"].double()
+            found: list[tuple[str, nn.Parameter, float]] = []
+            for name, p in self.named_parameters():
+                if p.numel() != 1 or not p.requires_grad:
+                    continue
+                p.add_(1.0)
+                moved = self(batch)["logit"].double() - logit
+                p.sub_(1.0)
+                c = moved.mean().item()
+                if c > 1e-3 and torch.allclose(moved, torch.full_like(moved, c), atol=1e-4 * max(c, 1.0)):
+                    found.append((name, p, c))
+            if not found:
+                raise ValueError(f"{type(self).__name__} has no scalar output bias to initialise")
+            unit = [f for f in found if abs(f[2] - 1.0) < 1e-3]
+            chosen = unit[-1:] or found
+            per_unit = sum(c for _, _, c in chosen)
+            lo, hi = -40.0, 40.0  # the logit shift whose mean sigmoid is base_rate (monotone: bisection)
+            for _ in range(80):
+                mid = (lo + hi) / 2
+                if torch.sigmoid(logit + mid).mean().item() < base_rate:
+                    lo = mid
+                else:
+                    hi = mid
+            for _, p, _ in chosen:
+                p.add_((lo + hi) / 2 / per_unit)
+            return [name for name, _, _ in chosen]
+        finally:
+            self.train(was_training)
+
+    @torch.no_grad()
+    def shrink_numeric_init(self, rms: "torch.Tensor | list[float]", std: float = 1e-4) -> int:
+        """Start each numeric field's embedding vector at the embedding rows' scale instead of
+        Xavier's: its Xavier-drawn values are scaled to standard deviation ``std`` (the rows'
+        N(0, 1e-4²)) and divided by the field's root mean square train value ``rms[j]`` (when above
+        1), so that ``x_f * v_f`` starts as small as a categorical field's term, whatever the
+        inputs' scale (Xavier's ``2 / (1 + D)`` gives a 1-dimensional LR weight standard deviation 1,
+        and log counts of 10 then move the first logits by several units). Call it on an untrained
+        model; returns the number of vectors scaled. Works on every
+        :class:`~ctrlab.layers.embedding.FeatureEmbedding` inside the model (its ``numeric`` table
+        and ``num_cols``)."""
+        rms = torch.as_tensor(rms, dtype=torch.float32).clamp(min=1.0)
+        scaled = 0
+        for m in self.modules():
+            table, cols = getattr(m, "numeric", None), getattr(m, "num_cols", None)
+            if isinstance(table, nn.Embedding) and isinstance(cols, torch.Tensor) and len(cols):
+                xavier = (2.0 / (1 + table.embedding_dim)) ** 0.5
+                table.weight.mul_(std / xavier / rms[cols.cpu()].to(table.weight.device).unsqueeze(-1))
+                scaled += len(cols)
+        return scaled

@@ -1,0 +1,227 @@
+"""Defaults on data without a BARS preset (issue 15.1): DeepFM with ctrlab's defaults against
+scikit-learn's LogisticRegression and the constant base-rate predictor, on every small real dataset.
+
+    python benchmarks/own_data.py                      # all datasets, 3 seeds -> docs/results.md (own-data section)
+    python benchmarks/own_data.py --datasets criteo_head10k avazu_head10k --output none
+
+Per dataset, on the same encoded split (the dataset config's own encoding):
+
+* DeepFM with defaults (``preset: auto``: the settings ctrlab derives from the data, see
+  docs/training.md), seeds 2021, 2022, 2023; mean ± sample std of test AUC, mean test logloss.
+* LogisticRegression (liblinear, L2) on one-hot categorical ids (multi-hot for sequences) and
+  standardised numerics (mean/std of train), C picked from {0.01, 0.1, 1, 10} by validation AUC,
+  refit on train only.
+* The constant predictor: the train base rate, everywhere.
+
+"bar met": DeepFM's mean test AUC >= LR's and its mean test logloss < the base rate's.
+
+``frappe_x1_subset_5k``: ``frappe_x1_subset`` with its first 5,000 training rows. When the dataset takes
+``train_rows`` (``dataset_params``) that is used; otherwise this script writes the cut train file into
+the cache folder and trains on a dataset YAML of its own (then no frappe_x1 model preset applies).
+Datasets not registered here are reported as "not available".
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from script_io import markers, publish  # noqa: E402
+
+DATASETS = ["criteo_head10k", "avazu_head10k", "movielens_100k", "frappe_x1_subset_5k",
+            "movielens_latest_small", "movielens_1m_sample", "taobao_head"]
+SEEDS = [2021, 2022, 2023]
+C_GRID = [0.01, 0.1, 1.0, 10.0]
+FRAPPE_CUT = 5000
+BEGIN, END = markers("own-data")
+
+
+def run_spec(name: str, cache_dir: Path) -> dict | None:
+    """``{"dataset": ..., "dataset_params": ...}`` for a RunConfig, or None when not available here."""
+    from ctrlab.data.datasets.registry import dataset_entry, list_datasets
+
+    if name == "frappe_x1_subset_5k":
+        if "frappe_x1_subset" not in list_datasets():
+            return None
+        if "train_rows" in dataset_entry("frappe_x1_subset").params:
+            return {"dataset": "frappe_x1_subset", "dataset_params": {"train_rows": FRAPPE_CUT}}
+        return {"dataset": str(_frappe_cut(cache_dir)), "dataset_params": {}}
+    return {"dataset": name, "dataset_params": {}} if name in list_datasets() else None
+
+
+def _frappe_cut(cache_dir: Path) -> Path:
+    """A dataset YAML: frappe_x1_subset with the first FRAPPE_CUT rows of its train file."""
+    import yaml
+
+    from ctrlab.data.datasets import get_dataset
+
+    dcfg = get_dataset("frappe_x1_subset")
+    folder = cache_dir / "own_data"
+    folder.mkdir(parents=True, exist_ok=True)
+    src = dcfg.resolve("train")
+    cut = folder / f"frappe_x1_subset_train_first{FRAPPE_CUT}{src.suffix}"
+    with open(src, encoding="utf-8") as f:
+        lines = [next(f) for _ in range(FRAPPE_CUT + int(dcfg.header))]
+    cut.write_text("".join(lines), encoding="utf-8")
+    d = dcfg.to_dict()
+    d["name"] = "frappe_x1_subset_5k"
+    d["files"] = {s: str(dcfg.resolve(s)) for s in dcfg.files}
+    d["files"]["train"] = str(cut)
+    d["root"] = None
+    path = folder / "frappe_x1_subset_5k.yaml"
+    path.write_text(yaml.safe_dump(d, sort_keys=False))
+    return path
+
+
+def _design(split, fmap, num_stats):
+    """Sparse one-hot / multi-hot / standardised-numeric matrix of an encoded split."""
+    import scipy.sparse as sp
+
+    a = split.arrays
+    n = len(split)
+    blocks = []
+    if "cat" in a and a["cat"].size:
+        cat = np.asarray(a["cat"], dtype=np.int64)
+        offsets = np.cumsum([0] + [f.vocab_size for f in fmap.categorical])
+        cols = (cat + offsets[:-1]).ravel()
+        rows = np.repeat(np.arange(n), cat.shape[1])
+        blocks.append(sp.csr_matrix((np.ones(len(cols)), (rows, cols)), shape=(n, int(offsets[-1]))))
+    for f in fmap.sequences:
+        key = f"seq:{f.name}"
+        if key not in a:
+            continue
+        seq = np.asarray(a[key], dtype=np.int64)
+        size = max(int(seq.max()) + 1, f.vocab_size) if seq.size else f.vocab_size
+        rows = np.repeat(np.arange(n), seq.shape[1])
+        vals = (seq.ravel() > 0).astype(float)  # 0 is padding
+        m = sp.csr_matrix((vals, (rows, seq.ravel())), shape=(n, size))
+        blocks.append(m)
+    if "num" in a and a["num"].size:
+        mean, std = num_stats
+        blocks.append(sp.csr_matrix((np.asarray(a["num"], dtype=np.float64) - mean) / std))
+    return sp.hstack(blocks).tocsr()
+
+
+def logistic_regression(data) -> dict:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss, roc_auc_score
+
+    train, valid, test = (data.splits[s] for s in ("train", "valid", "test"))
+    num = np.asarray(train.arrays.get("num", np.zeros((len(train), 0))), dtype=np.float64)
+    stats = (num.mean(0), np.where(num.std(0) > 0, num.std(0), 1.0)) if num.size else None
+    X = {s: _design(data.splits[s], data.feature_map, stats) for s in ("train", "valid", "test")}
+    y = {s: np.asarray(data.splits[s].arrays["label"])[:, 0] for s in ("train", "valid", "test")}
+    best = None
+    for c in C_GRID:
+        lr = LogisticRegression(C=c, solver="liblinear", max_iter=1000).fit(X["train"], y["train"])
+        auc = roc_auc_score(y["valid"], lr.predict_proba(X["valid"])[:, 1])
+        if best is None or auc > best[0]:
+            best = (auc, c, lr)
+    p = best[2].predict_proba(X["test"])[:, 1]
+    return {"C": best[1], "valid_AUC": best[0], "test_AUC": float(roc_auc_score(y["test"], p)),
+            "test_logloss": float(log_loss(y["test"], np.clip(p, 1e-7, 1 - 1e-7)))}
+
+
+def base_rate(data) -> dict:
+    p = float(np.asarray(data.splits["train"].arrays["label"])[:, 0].mean())
+    y = np.asarray(data.splits["test"].arrays["label"])[:, 0]
+    return {"train_base_rate": p, "test_logloss": float(-(y * math.log(p) + (1 - y) * math.log(1 - p)).mean())}
+
+
+def deepfm(spec: dict, seed: int, runs: Path) -> dict:
+    from ctrlab.api import train  # (ctrlab.train is the subpackage once ctrlab.train.* is imported)
+
+    name = Path(spec["dataset"]).stem
+    res = train(dataset=spec["dataset"], dataset_params=spec["dataset_params"], model="DeepFM",
+                       output=str(runs / name / f"DeepFM-s{seed}"), overwrite=True, log=lambda *a: None,
+                       overrides=[f"trainer.seed={seed}", "trainer.progress=false"])
+    m = res.metrics
+    return {"seed": seed, "test_AUC": m["test"]["AUC"], "test_logloss": m["test"]["logloss"],
+            "valid_AUC": m["valid"]["AUC"], "epochs": m["epochs"],
+            "auto_settings": {k: v["value"] for k, v in m.get("auto_settings", {}).items()}}
+
+
+def one_dataset(name: str, seeds: list[int], runs: Path, cache_dir: Path) -> dict:
+    from ctrlab.api import dataset_config, load_run_config
+    from ctrlab.data.pipeline import prepare
+
+    spec = run_spec(name, cache_dir)
+    if spec is None:
+        return {"dataset": name, "available": False}
+    t0 = time.time()
+    dcfg = dataset_config(load_run_config(spec))
+    data = prepare(dcfg, log=lambda *a: None)
+    y = np.asarray(data.splits["train"].arrays["label"])[:, 0]
+    out = {"dataset": name, "available": True, "run_dataset": spec["dataset"], "dataset_params": spec["dataset_params"], "train_rows": int(len(y)), "train_positives": int(y.sum()),
+           "base_rate": base_rate(data), "LR": logistic_regression(data),
+           "DeepFM": [deepfm(spec, s, runs) for s in seeds]}
+    aucs = [r["test_AUC"] for r in out["DeepFM"]]
+    out["DeepFM_test_AUC_mean"] = statistics.fmean(aucs)
+    out["DeepFM_test_AUC_std"] = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
+    out["DeepFM_test_logloss_mean"] = statistics.fmean(r["test_logloss"] for r in out["DeepFM"])
+    out["bar_met"] = bool(out["DeepFM_test_AUC_mean"] >= out["LR"]["test_AUC"]
+                          and out["DeepFM_test_logloss_mean"] < out["base_rate"]["test_logloss"])
+    out["seconds"] = round(time.time() - t0, 1)
+    return out
+
+
+def render(results: list[dict], seeds: list[int]) -> str:
+    rows = ["| dataset | train rows | positives | DeepFM test AUC (n=%d) | LR test AUC | DeepFM test logloss | "
+            "base-rate logloss | LR logloss | bar met |" % len(seeds), "|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if not r["available"]:
+            rows.append(f"| {r['dataset']} | not available | | | | | | | |")
+            continue
+        rows.append(
+            f"| {r['dataset']} | {r['train_rows']:,} | {r['train_positives']:,} "
+            f"({r['train_positives'] / r['train_rows']:.1%}) | {r['DeepFM_test_AUC_mean']:.4f} ± "
+            f"{r['DeepFM_test_AUC_std']:.4f} | {r['LR']['test_AUC']:.4f} | {r['DeepFM_test_logloss_mean']:.4f} | "
+            f"{r['base_rate']['test_logloss']:.4f} | {r['LR']['test_logloss']:.4f} | "
+            f"{'yes' if r['bar_met'] else 'no'} |")
+    return f"""{BEGIN}
+## Defaults on data without a preset (`make own-data`)
+
+DeepFM with ctrlab's defaults (`preset: auto`, settings derived from the data: docs/training.md,
+"Defaults for data without a preset") on each dataset's own split, seeds {", ".join(map(str, seeds))} (mean ±
+sample std), against scikit-learn's `LogisticRegression` on one-hot ids and standardised numerics of the same
+encoded split (C from {{{", ".join(map(str, C_GRID))}}} by validation AUC) and the constant train base rate.
+Bar: DeepFM's mean test AUC ≥ LR's and its mean test logloss below the base rate's. `frappe_x1_subset_5k`:
+the first {FRAPPE_CUT:,} training rows of `frappe_x1_subset`. Regenerate: `make own-data`
+(`python benchmarks/own_data.py`); raw numbers: `docs/own_data.json`.
+
+{chr(10).join(rows)}
+{END}"""
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--datasets", nargs="+", default=DATASETS, help=f"subset of {DATASETS}")
+    ap.add_argument("--seeds", nargs="+", type=int, default=SEEDS)
+    ap.add_argument("--runs", type=Path, default=Path("runs/own_data"), help="run folders")
+    ap.add_argument("--output", default=str(REPO / "docs" / "results.md"), help="Markdown file ('none': print only)")
+    ap.add_argument("--json", default=str(REPO / "docs" / "own_data.json"), help="raw results")
+    args = ap.parse_args(argv)
+    unknown = sorted(set(args.datasets) - set(DATASETS))
+    if unknown:
+        ap.error(f"unknown datasets {unknown}; choose from {DATASETS}")
+    from ctrlab.data.pipeline import default_cache_dir
+
+    results = []
+    for name in [d for d in DATASETS if d in args.datasets]:
+        r = one_dataset(name, args.seeds, args.runs, default_cache_dir())
+        print(json.dumps({k: v for k, v in r.items() if k != "DeepFM"}), file=sys.stderr)
+        results.append(r)
+    publish(render(results, args.seeds), args.output, args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
