@@ -181,3 +181,15 @@ def test_cli_resume_after_kill_matches_uninterrupted(data_dir, tmp_path):
     b = json.loads((killed / "metrics.json").read_text())
     assert a["test"] == b["test"] and a["valid"] == b["valid"]
     assert (full / "model.safetensors").read_bytes() == (killed / "model.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("first", ["import ctrlab", "import ctrlab.api; import ctrlab"])
+def test_ctrlab_train_stays_the_function_on_every_use(first):
+    """`ctrlab.train(...)` twice in one process (the README's example): loading the API imports the
+    subpackage ctrlab.train, which used to replace the function on the package after the first use
+    ("'module' object is not callable")."""
+    code = (f"{first}\nfirst = ctrlab.train\nimport ctrlab.train.auto\n"
+            "assert callable(first) and ctrlab.train is first, ctrlab.train\n"
+            "from ctrlab.train import Trainer\nassert ctrlab.evaluate.__module__ == 'ctrlab.api'\nprint('ok')")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

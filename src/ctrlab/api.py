@@ -564,3 +564,18 @@ def predict(
     if output_path is not None:
         write_scores(df.select(keep), probs, Path(output_path))
     return probs
+
+
+# Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the
+# package to that module: bind the API's functions over it, so that `ctrlab.train(...)` is the function
+# whichever of `import ctrlab` or `import ctrlab.api` came first (the subpackage's modules are still
+# importable as `ctrlab.train.<module>`).
+def _bind_package_names() -> None:
+    import sys
+
+    package = sys.modules[__package__]
+    for name in package._API:
+        setattr(package, name, globals()[name])
+
+
+_bind_package_names()
