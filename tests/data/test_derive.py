@@ -65,6 +65,17 @@ def test_datetime_strings_with_time_format():
     assert _derive(["14/11/2023"], derive="month", time_format="%d/%m/%Y") == [11]
 
 
+def test_an_hour_without_minutes_is_read_and_a_bad_format_is_a_config_error():
+    """Avazu's `hour` column is YYMMDDHH: Polars' parser refuses %H without %M (a ComputeError
+    traceback before); the cells are read with minute 00. A format it cannot use names the source."""
+    assert _derive(["14102100", "14102123", ""], derive="hour", time_format="%y%m%d%H") == [0, 23, None]
+    assert _derive(["14102115"], derive="weekday", time_format="%y%m%d%H") == [2]  # 2014-10-21, a Tuesday
+    with pytest.raises(DataError, match="'141021xx' does not match time_format"):
+        _derive(["141021xx"], derive="hour", time_format="%y%m%d%H")
+    with pytest.raises(ConfigError, match="feature source 'ts': time_format '%Y %I:%M' cannot be used .*meridiem"):
+        _derive(["2023 10:10"], derive="year", time_format="%Y %I:%M")  # a 12-hour clock needs %p
+
+
 def test_parquet_datetime_column_is_read_as_it_is():
     utc = pl.Series([T * 1_000_000], dtype=pl.Datetime("us", "UTC"))
     assert _derive(utc, derive="hour", timezone="Asia/Tokyo") == [7]

@@ -25,11 +25,13 @@ file, line and column.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Iterable
 
 import polars as pl
 
+from ..config import ConfigError
 from .encoders import _bad_row
 from .schema import column_of, encoded_column
 
@@ -83,7 +85,17 @@ def timestamps(df: pl.DataFrame, column: str, time_unit: str = "s", time_format:
         return pl.Series(column, [None] * len(raw), dtype=pl.Datetime("us"))
     if time_format is not None:
         text = raw.cast(pl.String).str.strip_chars()
-        parsed = text.str.strptime(pl.Datetime("us"), time_format, strict=False)
+        fmt, cells = time_format, text
+        if re.search(r"%[HIkl]", fmt) and not re.search(r"%[MRTXc]", fmt):
+            # Polars' parser (chrono) refuses an hour without minutes ("%y%m%d%H", Avazu's hour column):
+            # read such cells with minute 00 appended, which is what they mean
+            fmt, cells = fmt + "%M", text + "00"
+        try:
+            parsed = cells.str.strptime(pl.Datetime("us"), fmt, strict=False)
+        except pl.exceptions.PolarsError as exc:
+            reason = str(exc).strip().splitlines()[0]
+            raise ConfigError(f"feature source {column!r}: time_format {time_format!r} cannot be used ({reason}); "
+                              "write it with strptime directives, e.g. '%Y-%m-%d %H:%M:%S'") from None
         present = text.is_not_null() & (text != "")
         _bad_row(df, parsed.is_null() & present, path, column,
                   f"value {{value!r}} does not match time_format {time_format!r}",
