@@ -190,6 +190,7 @@ def test_ctrlab_train_stays_the_function_on_every_use(first):
     ("'module' object is not callable")."""
     code = (f"{first}\nfirst = ctrlab.train\nimport ctrlab.train.auto\n"
             "assert callable(first) and ctrlab.train is first, ctrlab.train\n"
-            "from ctrlab.train import Trainer\nassert ctrlab.evaluate.__module__ == 'ctrlab.api'\nprint('ok')")
+            "from ctrlab.train import Trainer\nimport ctrlab.train.trainer as trainer_module\n"
+            "assert trainer_module.Trainer is Trainer and ctrlab.evaluate.__module__ == 'ctrlab.api'\nprint('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]

@@ -567,15 +567,19 @@ def predict(
 
 
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the
-# package to that module: bind the API's functions over it, so that `ctrlab.train(...)` is the function
-# whichever of `import ctrlab` or `import ctrlab.api` came first (the subpackage's modules are still
-# importable as `ctrlab.train.<module>`).
+# package to that module: the module is made callable as the API's train() (see ctrlab/__init__.py),
+# so that `ctrlab.train(...)` works on every call whichever of `import ctrlab` or `import ctrlab.api`
+# came first, and `import ctrlab.train.<module>` keeps working.
 def _bind_package_names() -> None:
     import sys
 
     package = sys.modules[__package__]
     for name in package._API:
-        setattr(package, name, globals()[name])
+        if name != "train":
+            setattr(package, name, globals()[name])
+    subpackage = sys.modules[f"{__package__}.train"]
+    subpackage.__class__ = package._CallableTrainPackage
+    package.train = subpackage
 
 
 _bind_package_names()
