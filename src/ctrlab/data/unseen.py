@@ -94,8 +94,12 @@ class UnseenCheck:
                 out = np.zeros((n, len(self.fields)), dtype=bool)
                 out[:, :len(self._cat)] = oov
             if oov.any():
-                for j in np.flatnonzero(oov.any(axis=0)):  # only columns with an OOV id read the raw cells
-                    out[:, j] &= ~_missing(frame[self._cat[j].column])
+                # only columns with an OOV id read the raw cells, in one Polars call (one per column cost
+                # about 50 us each: 10% of a 1,024-row model call)
+                cols = np.flatnonzero(oov.any(axis=0))
+                missing = frame.select([_missing(frame.schema[self._cat[j].column], self._cat[j].column).alias(str(k))
+                                        for k, j in enumerate(cols)]).to_numpy()
+                out[:, cols] &= ~missing
         for j, f in enumerate(self.fields[len(self._cat):], start=len(self._cat)):
             ids = np.asarray(arrays[f.key])
             tokens = (ids != PAD_ID).sum(axis=1)
@@ -123,15 +127,16 @@ def _column(spec: dict[str, Any]) -> str:
     return spec.get("source") or spec["name"]
 
 
-def _missing(raw: pl.Series) -> np.ndarray:
+def _missing(dtype: pl.DataType, column: str) -> pl.Expr:
     """Cells that are missing values (null, ``""``, NaN): the encoders' empty token, not an unseen value."""
-    if raw.dtype == pl.String:
+    raw = pl.col(column)
+    if dtype == pl.String:
         missing = raw.is_null() | (raw == "")
-    elif raw.dtype.is_float():
+    elif dtype.is_float():
         missing = raw.is_null() | raw.is_nan()
     else:
         missing = raw.is_null()
-    return missing.fill_null(True).to_numpy()
+    return missing.fill_null(True)
 
 
 def _short(value: str) -> str:
