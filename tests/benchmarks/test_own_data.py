@@ -18,7 +18,7 @@ def test_one_seed_on_criteo_head10k_writes_the_row_and_its_verdict(data_dir, tmp
                      "--output", str(out), "--json", str(raw)]) == 0
     (r,) = json.loads(raw.read_text())
     assert r["train_rows"] == 7200 and r["train_positives"] == 1553
-    assert 0.65 < r["LR"]["test_AUC"] < 0.8 and r["LR"]["C"] in own.C_GRID
+    assert 0.65 < r["LR"]["test_AUC"] < 0.8 and r["LR"]["C"] in own.C_GRID and 0.6 < r["LR"]["default_C_test_AUC"] < 0.8
     assert r["DeepFM"][0]["auto_settings"]["trainer.batch_size"] == 128
     base = r["base_rate"]["test_logloss"]
     assert r["bar_met"] == (r["DeepFM_test_AUC_mean"] >= r["LR"]["test_AUC"] and r["DeepFM_test_logloss_mean"] < base)
