@@ -166,3 +166,20 @@ def test_streaming_option_keeps_run_identities():
     old = {k: v for k, v in job.resolved.items() if k not in LATER_TOP_LEVEL}
     assert run_key(old) == job.key
     assert run_key({**job.resolved, "streaming": True}) != job.key
+
+
+def test_a_plan_setting_at_its_default_is_not_re_derived_by_preset_auto(data_dir, tmp_path):
+    """Issue 15.1: preset auto never changes what the user set; a bench plan's `batch_size: 4096` (the
+    default value) counted as not given when the runner passed a ready RunConfig, and was derived."""
+    import json
+    from pathlib import Path
+
+    d = plan_dict(tmp_path, models=("LR",), trainer={"epochs": 1, "batch_size": 4096})
+    d["grids"][0]["datasets"] = ["criteo_head10k"]  # not a BARS family: auto derives for it
+    (out,) = run_plan(load_plan(d), log=lambda *_: None)
+    assert out.how == "trained"
+    (run,) = Path(d["runs_dir"]).glob("criteo_head10k/bars/LR-s1")
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert "init_output_bias" in metrics["auto_settings"]  # auto did derive the rest
+    assert "trainer.batch_size" not in metrics["auto_settings"] and "trainer.lr" not in metrics["auto_settings"]
+    assert "batch_size: 4096" in (run / "run_config.yaml").read_text()

@@ -109,7 +109,7 @@ def run_job(job: Job, db: str, fresh: bool = False, callbacks=()) -> JobOutcome:
     ``callbacks`` run after every epoch, after the store has the epoch; one that raises
     :class:`RunPruned` stops the run, which is then recorded as ``pruned`` (resumable later).
     """
-    from ..api import load_run_config, train
+    from ..api import train
 
     label = _label(job)
     with ResultsStore(db) as store:
@@ -129,10 +129,11 @@ def run_job(job: Job, db: str, fresh: bool = False, callbacks=()) -> JobOutcome:
                 history = json.loads((out / "history.json").read_text())
                 how = "adopted"
             else:
-                cfg = load_run_config(job.config)
                 # the plan owns the job's folder: what is there and not resumable (another config, a
-                # --fresh rerun) is replaced (run_folder never clears a folder that is not a run)
-                res = train(cfg, resume=resumable, overwrite=not resumable, log=lambda *a: None,
+                # --fresh rerun) is replaced (run_folder never clears a folder that is not a run).
+                # The config as a mapping, not a RunConfig: what the plan sets counts as given, so
+                # preset auto never re-derives it (even a value equal to its default).
+                res = train(dict(job.config), resume=resumable, overwrite=not resumable, log=lambda *a: None,
                             callbacks=[lambda trainer, record: store.record_epoch(job.key, record), *callbacks])
                 metrics, history = res.metrics, res.history
                 how = "resumed" if resumable else "trained"
