@@ -118,6 +118,24 @@ def parquet_config_files(folder: Path) -> dict[str, str]:
     return {s: str(folder / f"{s}.parquet") for s in SPLITS}
 
 
+def history_feature(max_len: int) -> dict[str, Any]:
+    """The ``history`` sequence feature that :func:`build_histories` writes (earlier items, ``^``-joined),
+    sharing ``item_id``'s vocabulary."""
+    return {"name": "history", "kind": "sequence", "splitter": "^", "max_len": max_len, "share_vocab_with": "item_id"}
+
+
+def event_log_config(name: str, folder: Path, categorical: list[str], sequences: list[dict[str, Any]] = ()):
+    """The config of a prepared event-log dataset (the parquet splits of :func:`write_parquet_splits`):
+    ``categorical`` columns (``min_count`` 1), then ``sequences`` (``^``-separated unless given),
+    label ``label``, gAUC groups by ``user_id``."""
+    from .registry import make_config
+
+    feats = [{"name": c, "kind": "categorical", "min_count": 1} for c in categorical]
+    feats += [{"kind": "sequence", "splitter": "^", **s} for s in sequences]
+    return make_config(name=name, format="parquet", files=parquet_config_files(folder), root=str(folder),
+                       labels=["label"], features=feats, group_field="user_id")
+
+
 def split_fields(path: Path, lines: list[str], sep: str, names: list[str], first_line: int = 1) -> list[list[str]]:
     """Each line split on ``sep``; a DataError names the first line whose field count is not ``len(names)``."""
     rows = [ln.split(sep) for ln in lines]

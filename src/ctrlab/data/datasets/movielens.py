@@ -9,11 +9,11 @@ import numpy as np
 import pyarrow as pa
 
 from ..schema import DatasetConfig
-from .events import build_histories, check_split_params, parquet_config_files, time_ordered_splits
+from .events import build_histories, check_split_params, event_log_config, history_feature, time_ordered_splits
 from .events import read_text as _read
 from .events import time_cuts, write_parquet_splits  # noqa: F401  re-exported: used to live here
 from .fetch import download, extract
-from .registry import DatasetContext, SourceFile, make_config, register_dataset
+from .registry import DatasetContext, SourceFile, register_dataset
 
 ML100K_ZIP_URL = "https://files.grouplens.org/datasets/movielens/ml-100k.zip"
 ML100K_ZIP_MD5 = "0e33842e24a9c977be4e0107933c0723"  # GroupLens sidecar ml-100k.zip.md5
@@ -172,17 +172,5 @@ def movielens_100k(
     }
     folder = ctx.prepare(params, build, ML100K_SOURCES)
     cats = ["user_id", "item_id", "age", "gender", "occupation", "zip_prefix", "release_year"]
-    feats = [{"name": c, "kind": "categorical", "min_count": 1} for c in cats]
-    feats.append({"name": "genres", "kind": "sequence", "splitter": "^", "max_len": 6})
-    feats.append(
-        {"name": "history", "kind": "sequence", "splitter": "^", "max_len": history_max_len, "share_vocab_with": "item_id"}
-    )
-    return make_config(
-        name="movielens_100k",
-        format="parquet",
-        files=parquet_config_files(folder),
-        root=str(folder),
-        labels=["label"],
-        features=feats,
-        group_field="user_id",
-    )
+    return event_log_config("movielens_100k", folder, cats,
+                            [{"name": "genres", "max_len": 6}, history_feature(history_max_len)])

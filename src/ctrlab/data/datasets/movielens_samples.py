@@ -16,9 +16,10 @@ from ..schema import DatasetConfig
 from .events import (
     build_histories,
     check_split_params,
+    event_log_config,
     float_column,
+    history_feature,
     int_column,
-    parquet_config_files,
     per_user_time_splits,
     read_text,
     split_fields,
@@ -26,7 +27,7 @@ from .events import (
     write_parquet_splits,
 )
 from .movielens import AGE_LABELS
-from .registry import DatasetContext, SourceFile, make_config, register_dataset
+from .registry import DatasetContext, SourceFile, register_dataset
 
 ML_LATEST_SOURCES = [
     SourceFile(
@@ -194,20 +195,8 @@ def movielens_latest_small(
         "valid_fraction": valid_fraction,
     }
     folder = ctx.prepare(params, build, ML_LATEST_SOURCES)
-    feats = [{"name": c, "kind": "categorical", "min_count": 1} for c in ("user_id", "item_id", "release_year")]
-    feats.append({"name": "genres", "kind": "sequence", "splitter": "^", "max_len": ML_LATEST_GENRES_MAX})
-    feats.append(
-        {"name": "history", "kind": "sequence", "splitter": "^", "max_len": history_max_len, "share_vocab_with": "item_id"}
-    )
-    return make_config(
-        name="movielens_latest_small",
-        format="parquet",
-        files=parquet_config_files(folder),
-        root=str(folder),
-        labels=["label"],
-        features=feats,
-        group_field="user_id",
-    )
+    return event_log_config("movielens_latest_small", folder, ["user_id", "item_id", "release_year"],
+                            [{"name": "genres", "max_len": ML_LATEST_GENRES_MAX}, history_feature(history_max_len)])
 
 
 @register_dataset("movielens_1m_sample")
@@ -298,14 +287,4 @@ def movielens_1m_sample(
     }
     folder = ctx.prepare(params, build, ML1M_SAMPLE_SOURCES)
     cats = ["user_id", "item_id", "gender", "age", "occupation", "zip_prefix", "release_year"]
-    feats = [{"name": c, "kind": "categorical", "min_count": 1} for c in cats]
-    feats.append({"name": "genres", "kind": "sequence", "splitter": "^", "max_len": ML1M_GENRES_MAX})
-    return make_config(
-        name="movielens_1m_sample",
-        format="parquet",
-        files=parquet_config_files(folder),
-        root=str(folder),
-        labels=["label"],
-        features=feats,
-        group_field="user_id",
-    )
+    return event_log_config("movielens_1m_sample", folder, cats, [{"name": "genres", "max_len": ML1M_GENRES_MAX}])

@@ -12,14 +12,15 @@ from ..schema import DatasetConfig
 from .events import (
     build_histories,
     check_split_params,
+    event_log_config,
+    history_feature,
     int_column,
-    parquet_config_files,
     read_text,
     split_fields,
     time_ordered_splits,
     write_parquet_splits,
 )
-from .registry import DatasetContext, SourceFile, make_config, register_dataset
+from .registry import DatasetContext, SourceFile, register_dataset
 
 TAOBAO_SOURCES = [
     SourceFile(
@@ -128,17 +129,5 @@ def taobao_head(
 
     params = {"history_max_len": history_max_len, "train_fraction": train_fraction, "valid_fraction": valid_fraction}
     folder = ctx.prepare(params, build, TAOBAO_SOURCES)
-    feats = [{"name": c, "kind": "categorical", "min_count": 1}
-             for c in ("user_id", "item_id", "category_id", "hour", "weekday")]
-    feats.append(
-        {"name": "history", "kind": "sequence", "splitter": "^", "max_len": history_max_len, "share_vocab_with": "item_id"}
-    )
-    return make_config(
-        name="taobao_head",
-        format="parquet",
-        files=parquet_config_files(folder),
-        root=str(folder),
-        labels=["label"],
-        features=feats,
-        group_field="user_id",
-    )
+    return event_log_config("taobao_head", folder, ["user_id", "item_id", "category_id", "hour", "weekday"],
+                            [history_feature(history_max_len)])
