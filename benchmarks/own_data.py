@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -108,9 +107,13 @@ def logistic_regression(data) -> dict:
 
 
 def base_rate(data) -> dict:
-    p = float(np.asarray(data.splits["train"].arrays["label"])[:, 0].mean())
+    """The constant predictor, as the run checks compute it (ctrlab.train.run_checks)."""
+    from ctrlab.train.metrics import logloss
+    from ctrlab.train.run_checks import base_rate as rate_of
+
+    p = rate_of(np.asarray(data.splits["train"].arrays["label"])[:, 0])
     y = np.asarray(data.splits["test"].arrays["label"])[:, 0]
-    return {"train_base_rate": p, "test_logloss": float(-(y * math.log(p) + (1 - y) * math.log(1 - p)).mean())}
+    return {"train_base_rate": p, "test_logloss": float(logloss(y, np.full(len(y), p)))}
 
 
 def deepfm(spec: dict, seed: int, runs: Path) -> dict:
