@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -154,7 +155,7 @@ def one_dataset(name: str, seeds: list[int], runs: Path) -> dict:
 
 
 def render(results: list[dict], seeds: list[int]) -> str:
-    rows = ["| dataset | train rows | positives | DeepFM test AUC (n=%d) | LR test AUC | LR test AUC, C = 1 | "
+    rows = ["| dataset | train rows | positives | DeepFM test AUC, mean ± std (SE), n=%d | LR test AUC | LR test AUC, C = 1 | "
             "DeepFM test logloss | base-rate logloss | LR logloss | bar met |" % len(seeds),
             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -164,7 +165,8 @@ def render(results: list[dict], seeds: list[int]) -> str:
         rows.append(
             f"| {r['dataset']} | {r['train_rows']:,} | {r['train_positives']:,} "
             f"({r['train_positives'] / r['train_rows']:.1%}) | {r['DeepFM_test_AUC_mean']:.4f} ± "
-            f"{r['DeepFM_test_AUC_std']:.4f} | {r['LR']['test_AUC']:.4f} | {r['LR']['default_C_test_AUC']:.4f} | "
+            f"{r['DeepFM_test_AUC_std']:.4f} ({r['DeepFM_test_AUC_std'] / math.sqrt(len(r['DeepFM'])):.4f}) | "
+            f"{r['LR']['test_AUC']:.4f} | {r['LR']['default_C_test_AUC']:.4f} | "
             f"{r['DeepFM_test_logloss_mean']:.4f} | "
             f"{r['base_rate']['test_logloss']:.4f} | {r['LR']['test_logloss']:.4f} | "
             f"{'yes' if r['bar_met'] else 'no'} |")
@@ -173,9 +175,9 @@ def render(results: list[dict], seeds: list[int]) -> str:
 
 DeepFM with ctrlab's defaults (`preset: auto`, settings derived from the data: docs/training.md,
 "Defaults for data without a preset") on each dataset's own split, seeds {", ".join(map(str, seeds))} (mean ±
-sample std), against scikit-learn's `LogisticRegression` on one-hot ids and standardised numerics of the same
+sample std, and the standard error std/√n), against scikit-learn's `LogisticRegression` on one-hot ids and standardised numerics of the same
 encoded split (C from {{{", ".join(map(str, C_GRID))}}} by validation AUC; also, for context, at scikit-learn's
-default C = 1, the LR a user tries first) and the constant train base rate.
+default C = 1, the LR a user tries first; LR is deterministic: one fit) and the constant train base rate.
 Bar: DeepFM's mean test AUC ≥ LR's and its mean test logloss below the base rate's. `frappe_x1_subset_5k`:
 `frappe_x1_subset` with `dataset_params: {{train_rows: {FRAPPE_CUT}}}` (a seeded cut of its training split;
 DeepFM's frappe_x1 preset applies). Regenerate: `make own-data` (`python benchmarks/own_data.py`); raw
