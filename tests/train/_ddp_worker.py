@@ -29,7 +29,7 @@ import _trainkit as K  # noqa: E402
 
 from ctrlab.data.loader import BatchLoader  # noqa: E402
 from ctrlab.train import TIMING_KEYS, Trainer, evaluate_metrics, seed_everything  # noqa: E402
-from ctrlab.train.distributed import DistContext  # noqa: E402
+from ctrlab.train.distributed import DistContext, teardown  # noqa: E402
 
 
 class BNDropModel(K.TinyModel):
@@ -116,8 +116,10 @@ def main() -> None:
     try:
         result = {"uneven": uneven, "details": details}[mode](ctx, out)
         (out / f"rank{ctx.rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
+    except BaseException:
+        teardown(ctx, finished=False)
+        raise
+    teardown(ctx)  # the library's own exit path, as ctrlab.train takes it
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ Backend: ``gloo`` on CPU, ``nccl`` on CUDA (each rank uses ``cuda:LOCAL_RANK``).
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 
@@ -188,6 +189,14 @@ def broadcast_buffers(ctx: DistContext, module: torch.nn.Module) -> None:
         dist.broadcast(buf.data, src=0)
 
 
-def teardown(ctx: DistContext) -> None:
+def teardown(ctx: DistContext, finished: bool = True) -> None:
+    """Leave the process group. After a clean finish every rank first meets the others at a barrier, so
+    that no rank closes its connections while a peer's last collective is still in flight (a gloo rank
+    then aborted at exit with "terminate called without an active exception"); after an error the
+    barrier is skipped, since a peer may be gone. The garbage collection frees whatever still holds the
+    group (a DDP reducer in a dropped trainer) while the interpreter is fully alive."""
     if ctx.active and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
