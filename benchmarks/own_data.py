@@ -13,7 +13,8 @@ Per dataset, on the same encoded split (the dataset config's own encoding):
   refit on train only.
 * The constant predictor: the train base rate, everywhere.
 
-"bar met": DeepFM's mean test AUC >= LR's and its mean test logloss < the base rate's.
+"bar met": DeepFM's mean test AUC >= LR's - TOLERANCE (0.001, the project's rule for an accuracy claim
+against a peer) and its mean test logloss < the base rate's.
 
 ``frappe_x1_subset_5k``: ``frappe_x1_subset`` with ``dataset_params: {train_rows: 5000}``, a seeded cut
 of its training split (valid and test unchanged); DeepFM's frappe_x1 preset (model hyperparameters)
@@ -40,6 +41,9 @@ DATASETS = ["criteo_head10k", "avazu_head10k", "movielens_100k", "frappe_x1_subs
 SEEDS = [2021, 2022, 2023]
 C_GRID = [0.01, 0.1, 1.0, 10.0]
 FRAPPE_CUT = 5000
+TOLERANCE = 0.001
+"""DeepFM's mean test AUC may be this far below LR's (the project's rule for accuracy against a peer)."""
+EXTRA: list[str] = []
 BEGIN, END = markers("own-data")
 
 
@@ -123,10 +127,10 @@ def deepfm(spec: dict, seed: int, runs: Path) -> dict:
     name = Path(spec["dataset"]).stem
     res = train(dataset=spec["dataset"], dataset_params=spec["dataset_params"], model="DeepFM",
                        output=str(runs / name / f"DeepFM-s{seed}"), overwrite=True, log=lambda *a: None,
-                       overrides=[f"trainer.seed={seed}", "trainer.progress=false"])
+                       overrides=[f"trainer.seed={seed}", "trainer.progress=false", *EXTRA])
     m = res.metrics
     return {"seed": seed, "test_AUC": m["test"]["AUC"], "test_logloss": m["test"]["logloss"],
-            "valid_AUC": m["valid"]["AUC"], "epochs": m["epochs"],
+            "valid_AUC": m["valid"]["AUC"], "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
             "auto_settings": {k: v["value"] for k, v in m.get("auto_settings", {}).items()}}
 
 
@@ -148,7 +152,7 @@ def one_dataset(name: str, seeds: list[int], runs: Path) -> dict:
     out["DeepFM_test_AUC_mean"] = statistics.fmean(aucs)
     out["DeepFM_test_AUC_std"] = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
     out["DeepFM_test_logloss_mean"] = statistics.fmean(r["test_logloss"] for r in out["DeepFM"])
-    out["bar_met"] = bool(out["DeepFM_test_AUC_mean"] >= out["LR"]["test_AUC"]
+    out["bar_met"] = bool(out["DeepFM_test_AUC_mean"] >= out["LR"]["test_AUC"] - TOLERANCE
                           and out["DeepFM_test_logloss_mean"] < out["base_rate"]["test_logloss"])
     out["seconds"] = round(time.time() - t0, 1)
     return out
@@ -156,19 +160,20 @@ def one_dataset(name: str, seeds: list[int], runs: Path) -> dict:
 
 def render(results: list[dict], seeds: list[int]) -> str:
     rows = ["| dataset | train rows | positives | DeepFM test AUC, mean ± std (SE), n=%d | LR test AUC | LR test AUC, C = 1 | "
-            "DeepFM test logloss | base-rate logloss | LR logloss | bar met |" % len(seeds),
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "DeepFM − LR AUC | DeepFM test logloss | base-rate logloss | LR logloss | seeds that kept the LR start | bar met |" % len(seeds),
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if not r["available"]:
-            rows.append(f"| {r['dataset']} | not available | | | | | | | | |")
+            rows.append(f"| {r['dataset']} | not available | | | | | | | | | | |")
             continue
         rows.append(
             f"| {r['dataset']} | {r['train_rows']:,} | {r['train_positives']:,} "
             f"({r['train_positives'] / r['train_rows']:.1%}) | {r['DeepFM_test_AUC_mean']:.4f} ± "
             f"{r['DeepFM_test_AUC_std']:.4f} ({r['DeepFM_test_AUC_std'] / math.sqrt(len(r['DeepFM'])):.4f}) | "
             f"{r['LR']['test_AUC']:.4f} | {r['LR']['default_C_test_AUC']:.4f} | "
-            f"{r['DeepFM_test_logloss_mean']:.4f} | "
+            f"{r['DeepFM_test_AUC_mean'] - r['LR']['test_AUC']:+.4f} | {r['DeepFM_test_logloss_mean']:.4f} | "
             f"{r['base_rate']['test_logloss']:.4f} | {r['LR']['test_logloss']:.4f} | "
+            f"{sum(d.get('best_epoch') == 0 for d in r['DeepFM'])} of {len(r['DeepFM'])} | "
             f"{'yes' if r['bar_met'] else 'no'} |")
     return f"""{BEGIN}
 ## Defaults on data without a preset (`make own-data`)
@@ -178,7 +183,10 @@ DeepFM with ctrlab's defaults (`preset: auto`, settings derived from the data: d
 sample std, and the standard error std/√n), against scikit-learn's `LogisticRegression` on one-hot ids and standardised numerics of the same
 encoded split (C from {{{", ".join(map(str, C_GRID))}}} by validation AUC; also, for context, at scikit-learn's
 default C = 1, the LR a user tries first; LR is deterministic: one fit) and the constant train base rate.
-Bar: DeepFM's mean test AUC ≥ LR's and its mean test logloss below the base rate's. `frappe_x1_subset_5k`:
+Bar: DeepFM's mean test AUC ≥ LR's − {TOLERANCE} (the project's rule for accuracy against a peer) and its
+mean test logloss below the base rate's. On small data the defaults start DeepFM's first-order term at a
+fitted logistic regression (`linear_warm_start`) and keep that start when no epoch beats it on validation:
+"seeds that kept the LR start" counts those runs, where DeepFM's deep part added nothing. `frappe_x1_subset_5k`:
 `frappe_x1_subset` with `dataset_params: {{train_rows: {FRAPPE_CUT}}}` (a seeded cut of its training split;
 DeepFM's frappe_x1 preset applies). Regenerate: `make own-data` (`python benchmarks/own_data.py`); raw
 numbers: `docs/own_data.json`.
@@ -207,7 +215,10 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", type=Path, default=Path("runs/own_data"), help="run folders")
     ap.add_argument("--output", default=str(REPO / "docs" / "results.md"), help="Markdown file ('none': print only)")
     ap.add_argument("--json", default=str(REPO / "docs" / "own_data.json"), help="raw results")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="extra settings for the DeepFM runs (e.g. trainer.lr=5e-4); the table then is not the defaults'")
     args = ap.parse_args(argv)
+    EXTRA[:] = args.set
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown:
         ap.error(f"unknown datasets {unknown}; choose from {DATASETS}")

@@ -20,6 +20,7 @@ never with a map re-fitted on the current train file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from .train import auto as auto_rules
 from .train.distributed import SINGLE, DistContext
 from .train.distributed import setup as setup_distributed
 from .train.distributed import teardown as teardown_distributed
+from .train.linear_init import C_GRID, HEAD_STD, MAX_ROWS, first_order_module, fit_first_order, quiet_output_heads
 from .train.run_checks import report_warnings, run_checks
 
 
@@ -95,6 +97,12 @@ class RunConfig:
     1e-4, divided by the field's root mean square train value when above 1) instead of Xavier's, so
     numeric inputs do not dominate the untrained model's logits
     (:meth:`~ctrlab.models.base.CTRModel.shrink_numeric_init`); not BARS."""
+    linear_warm_start: bool = False
+    """Start the model's first-order term (the ``LR(x)`` of DeepFM, FM, Wide&Deep, ...) at an L2
+    logistic regression fitted on train by L-BFGS, its ``C`` picked on the trainer's monitored
+    validation metric, and scale down the other terms' output heads where they would add noise to
+    it (:mod:`ctrlab.train.linear_init`); models without one first-order term are left alone; not
+    BARS. Pair it with ``trainer.validate_start``."""
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
@@ -286,7 +294,9 @@ def _apply_auto(cfg: RunConfig, given: set[str], log) -> RunConfig:
                                   [f.name for f in data.feature_map.numeric])
     given = given | {f"model_params.{k}" for k in preset_params}  # a preset's values are the user's choice too
     hparams = default_hparams(cfg.model)
-    settings = [s for s in auto_rules.derive(stats, given)
+    has_first_order = (stats.train_rows < auto_rules.SMALL_DATA_ROWS  # only small data warm-starts
+                       and first_order_module(_build(cfg.model, data.feature_map, preset_params)) is not None)
+    settings = [s for s in auto_rules.derive(stats, given, has_first_order)
                 if not s.key.startswith("model_params.") or s.key.split(".", 1)[1] in hparams]
     d = to_dict(cfg)
     for s in settings:
@@ -362,10 +372,13 @@ def train(
         cfg = _apply_auto(cfg, _given_settings(config, overrides, kwargs), log if _is_main() else (lambda *a, **k: None))
     ctx = setup_distributed(distributed, cfg.trainer.device)
     try:
-        return _train(cfg, resume, overwrite, explicit, log if ctx.is_main else (lambda *a, **k: None), callbacks,
-                      ctx)
-    finally:
-        teardown_distributed(ctx)
+        result = _train(cfg, resume, overwrite, explicit, log if ctx.is_main else (lambda *a, **k: None),
+                        callbacks, ctx)
+    except BaseException:
+        teardown_distributed(ctx, finished=False)
+        raise
+    teardown_distributed(ctx)
+    return result
 
 
 def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, Any], log, callbacks,
@@ -423,11 +436,20 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     if ctx.is_main:
         ctx.barrier()
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
+    if cfg.trainer.num_threads is not None:  # before the warm start's L-BFGS too: sums depend on it
+        import torch
+
+        torch.set_num_threads(cfg.trainer.num_threads)
     model = _build(cfg.model, data.feature_map, params)
     if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
         num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
         if num.size:
             model.shrink_numeric_init(np.sqrt((num ** 2).mean(axis=0)).tolist())
+    warm_file = run_dir / "linear_warm_start.json"  # what the fit chose, for metrics.json
+    if cfg.linear_warm_start and not resume:
+        fit = _linear_warm_start(model, data, cfg.trainer, log)
+        if fit is not None:
+            _on_rank0(ctx, lambda: warm_file.write_text(json.dumps(dataclasses.asdict(fit), indent=1)))
     if cfg.init_output_bias and not resume:
         _init_output_bias(model, data, log)
 
@@ -468,6 +490,8 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "preset": preset_source,
         "auto_settings": cfg.auto_settings,
         "epochs": epochs_run,
+        "best_epoch": 0 if trainer.kept_start else trainer.best_epoch,
+        **({"linear_warm_start": json.loads(warm_file.read_text())} if warm_file.exists() else {}),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
         "cache": str(data.path),
@@ -483,6 +507,30 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return RunResult(run_dir, summary, history)
+
+
+def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
+    """The model's first-order term at the L2 logistic regression on (a prefix of) train, with ``C``
+    picked on the valid split (:func:`ctrlab.train.linear_init.fit_first_order`), and the other
+    terms' loud output heads scaled down (:func:`~ctrlab.train.linear_init.quiet_output_heads`); the
+    :class:`~ctrlab.train.linear_init.LinearFit`, or None for a model without one first-order term."""
+    from .data.loader import to_batch
+
+    train = data.splits["train"]
+    valid = data.splits.get("valid")
+    fit = fit_first_order(model, to_batch(train.take(slice(0, MAX_ROWS)).arrays),
+                          to_batch(valid.take(slice(0, MAX_ROWS)).arrays) if valid is not None else None,
+                          monitor=tcfg.monitor_weights(), mode=tcfg.resolved_monitor_mode())
+    if fit is None:
+        log(f"[ctrlab] linear_warm_start: {type(model).__name__} has no single first-order term; nothing set")
+        return None
+    heads = quiet_output_heads(model, fit.module, to_batch(train.take(slice(0, 8192)).arrays))
+    picked = (f"C {fit.C:g} of {list(C_GRID)} by valid {tcfg.monitor} {fit.valid_score:.5f}" if valid is not None
+              else f"C {fit.C:g}: no valid split to pick it on")
+    log(f"[ctrlab] linear_warm_start: {fit.module} set to the L2 logistic regression on {fit.train_rows:,} train rows "
+        f"({picked})"
+        + "".join(f"; {name} scaled by {f:.3g} (its output std to {HEAD_STD:g})" for name, f in heads.items()))
+    return fit
 
 
 def _init_output_bias(model, data: PreparedData, log) -> None:

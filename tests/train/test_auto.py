@@ -156,3 +156,46 @@ def test_min_count_changes_the_encoding_cache_and_feature_map(data_dir, tmp_path
     assert all(v3[k] <= v1[k] for k in v1) and sum(v3.values()) < sum(v1.values())
     dcfg = json.loads((three.run_dir / "dataset_config.json").read_text())
     assert {f["min_count"] for f in dcfg["features"] if f["kind"] == "categorical"} == {3}
+
+
+def test_first_order_models_on_small_data_get_the_linear_warm_start():
+    stats = DataStats(train_rows=7_200, train_positives=1_500, valid_rows=1_400, valid_positives=300)
+    got = _by_key(derive(stats, has_first_order=True))
+    assert got["linear_warm_start"].value is True and got["trainer.validate_start"].value is True
+    assert "linear_warm_start" not in _by_key(derive(stats))  # DCN, FinalMLP, ...: no first-order term
+    no_valid = DataStats(train_rows=7_200, train_positives=1_500)
+    assert "linear_warm_start" not in _by_key(derive(no_valid, has_first_order=True))
+    big = DataStats(train_rows=5_000_000, train_positives=1_000_000, valid_rows=500_000, valid_positives=100_000)
+    assert "linear_warm_start" not in _by_key(derive(big, has_first_order=True))
+    assert "linear_warm_start" not in _by_key(derive(stats, {"linear_warm_start"}, has_first_order=True))
+    # values seen once: pooled for the embeddings of a model without the warm start only
+    rare = DataStats(train_rows=7_200, train_positives=1_500, valid_rows=1_400, valid_positives=300,
+                     fields=[FieldStats("item", 2_000, 1_500)])
+    assert "min_count" not in _by_key(derive(rare, has_first_order=True))
+    assert _by_key(derive(rare))["min_count"].value == 2
+    assert _by_key(derive(rare, {"linear_warm_start"}, has_first_order=True))["min_count"].value == 2
+
+
+def test_linear_warm_start_end_to_end_and_resume(data_dir, tmp_path):
+    """DeepFM under ``preset: auto`` on the real Criteo head: the run records the fit (the log line,
+    metrics.json) and validates its start; a run resumed after epoch 1 ends exactly as an
+    uninterrupted one (the start's score travels in the checkpoint)."""
+    lines = []
+    whole = _train(tmp_path, "whole", log=lines.append, overrides=["trainer.epochs=2"])
+    assert whole.metrics["auto_settings"]["linear_warm_start"]["value"] is True
+    fit = whole.metrics["linear_warm_start"]
+    assert fit["module"] == "linear" and fit["C"] in (0.01, 0.1, 1.0, 10.0)
+    assert fit["l2"] == pytest.approx(1 / (fit["C"] * 7200))
+    assert any(line.startswith("[ctrlab] linear_warm_start: linear set to the L2 logistic regression on 7,200 "
+                               f"train rows (C {fit['C']:g} of [0.01, 0.1, 1.0, 10.0] by valid logloss")
+               for line in lines)
+    assert "start (validate_start) | valid AUC" in (whole.run_dir / "train.log").read_text()
+    part = _train(tmp_path, "part", overrides=["trainer.epochs=1"])
+    from ctrlab.api import train
+
+    resumed = train(output=str(part.run_dir), resume=True, overrides=["trainer.epochs=2"], log=lambda *a: None)
+    from ctrlab.train import TIMING_KEYS
+
+    strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)
+    assert resumed.metrics["test"] == whole.metrics["test"]

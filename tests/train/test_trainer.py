@@ -610,3 +610,81 @@ def test_fit_without_validation_trains_every_epoch_and_keeps_the_last_weights(tm
     assert "no validation split: training all 3 epochs without early stopping" in log
     assert "loaded best weights" not in log
     assert 0.5 < trainer.evaluate(test)["AUC"] <= 1.0
+
+
+# ---------------------------------------------------------------------------------------------
+# validate_start: the starting weights compete at the end (issue 15.1, with linear_warm_start)
+# ---------------------------------------------------------------------------------------------
+class _StartScripted(K.ScriptedModel):
+    """ScriptedModel whose validation quality is ``start`` until the first training step."""
+
+    def __init__(self, start: float, first: float):
+        super().__init__()
+        self.quality, self.first = start, first
+        self.steps = 0
+
+    def forward(self, batch):
+        if self.training and self.steps == 0:
+            self.steps, self.quality = 1, self.first
+        return super().forward(batch)
+
+
+def _start_run(run_dir, start, schedule, resume=False, stop_after=None, **over):
+    seed_everything(0)
+    model = _StartScripted(start, schedule[0])
+    initial = K.weights(model)
+
+    def cb(trainer, record):
+        model.quality = schedule[min(record["epoch"], len(schedule) - 1)]
+        if record["epoch"] == stop_after:
+            raise KeyboardInterrupt
+
+    cfg = K.config(**{"epochs": 10, "lr": 0.01, "validate_start": True, **over})
+    trainer = Trainer(model, cfg, run_dir, callbacks=[cb])
+    train, valid, _ = K.loaders(cfg)
+    if resume:  # the script's state as the callback of the interrupted epoch 1 left it
+        model.steps, model.quality = 1, schedule[1]
+    history = trainer.fit(train, valid, resume=resume)
+    return trainer, history, initial
+
+
+def test_validate_start_keeps_the_start_when_no_epoch_beats_it(tmp_path):
+    """Early stopping and LR decay still compare epochs with each other (the same history as without
+    validate_start); at the end the better starting weights are loaded back."""
+    schedule = [0.5, 1.0, 1.0, 0.8, 0.8]
+    trainer, history, initial = _start_run(tmp_path / "a", 3.0, schedule)
+    plain, plain_history, _ = _start_run(tmp_path / "b", 3.0, schedule, validate_start=False)
+    assert [r["epoch"] for r in history] == [1, 2, 3, 4]
+    assert [r["improved"] for r in history] == [True, True, False, False]
+    strip = [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in history]
+    assert strip == [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in plain_history]
+    assert trainer.best_epoch == 2 and trainer.kept_start and not plain.kept_start
+    assert trainer.start_metric > trainer.best_metric
+    final = K.weights(trainer.model)
+    assert all(torch.equal(final[k], initial[k]) for k in final)
+    assert not all(torch.equal(final[k], K.weights(plain.model)[k]) for k in final)
+    assert "no epoch beat the starting weights" in (tmp_path / "a" / "train.log").read_text()
+
+
+def test_validate_start_gives_way_to_a_better_epoch(tmp_path):
+    trainer, history, initial = _start_run(tmp_path, 0.2, [0.5, 1.0, 1.0, 0.8, 0.8])
+    assert not trainer.kept_start and trainer.best_epoch == 2 and trainer.start_metric < trainer.best_metric
+    best = load_file(str(tmp_path / "checkpoints" / "best.safetensors"))
+    final = K.weights(trainer.model)
+    assert all(torch.equal(final[k], best[k]) for k in final)
+    start = load_file(str(tmp_path / "checkpoints" / "start.safetensors"))
+    assert all(torch.equal(start[k], initial[k]) for k in start)
+
+
+def test_validate_start_survives_a_resume(tmp_path):
+    """The start's score is in the checkpoint: a run interrupted after epoch 1 and resumed makes the
+    same final choice as an uninterrupted one (and does not validate its resumed weights as a start)."""
+    schedule = [0.5, 1.0, 1.0, 0.8, 0.8]
+    with pytest.raises(KeyboardInterrupt):
+        _start_run(tmp_path / "r", 3.0, schedule, stop_after=1)
+    resumed, history, _ = _start_run(tmp_path / "r", 0.0, schedule, resume=True)
+    whole, whole_history, initial = _start_run(tmp_path / "w", 3.0, schedule)
+    assert resumed.kept_start and resumed.start_metric == whole.start_metric
+    assert len(history) == len(whole_history)
+    final = K.weights(resumed.model)
+    assert all(torch.equal(final[k], initial[k]) for k in final)

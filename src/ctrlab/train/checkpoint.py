@@ -218,12 +218,31 @@ class CheckpointDir:
         """Whether a committed checkpoint is there."""
         return self.state_path.exists()
 
+    @property
+    def start_path(self) -> Path:
+        """The starting weights of a run with ``validate_start``."""
+        return self.dir / "start.safetensors"
+
     def remove(self) -> None:
         """Delete every checkpoint file (and leftover ``.tmp`` file)."""
-        for name in FILES:
+        for name in (*FILES, self.start_path.name):
             for path in (self.dir / name, self.dir / (name + ".tmp")):
                 if path.exists():
                     path.unlink()
+
+    def write_start(self, model: nn.Module) -> None:
+        """Save the starting weights (``validate_start``), atomically."""
+        tmp = self.dir / (self.start_path.name + ".tmp")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            save_model(model, str(tmp), metadata={"epoch": "0"})
+            _fsync_file(tmp)
+            os.replace(tmp, self.start_path)
+        except (OSError, SafetensorError) as exc:
+            tmp.unlink(missing_ok=True)
+            raise CheckpointError(f"cannot write the starting weights to {self.start_path}: {_one_line(exc)}; free "
+                                  "disk space or make the folder writable") from exc
+        _fsync_dir(self.dir)
 
     def write(self, model: nn.Module, epoch: int, optimizer_tensors: Mapping[str, torch.Tensor],
               state: Mapping[str, Any], save_best: bool) -> None:

@@ -214,6 +214,13 @@ class TrainerConfig:
     """Non-BARS option for memory-mapped data larger than memory: a bounded shuffle (blocks of this many
     consecutive rows in a seeded random order, rows shuffled inside windows of 8 blocks), so that
     batches read a few regions of the file at a time; None (default) = a full shuffle each epoch."""
+    validate_start: bool = False
+    """Non-BARS option. Validate the starting weights before the first epoch (saved as
+    ``checkpoints/start.safetensors``); when training ends and no epoch beat them on the monitored
+    metric (by ``min_delta``), ``restore_best`` brings them back instead of the best epoch. Early
+    stopping and LR decay still compare epochs with each other only. Meant for a warm-started model
+    (``linear_warm_start``), whose start is already a fitted logistic regression: the run then never
+    ends worse on validation than where it started."""
     bn_recalibration_batches: int = 0
     """Non-BARS option (0 = off, the BARS protocol). After each training epoch, re-estimate every
     BatchNorm layer's running mean/variance as an exact average over this many training batches
@@ -397,6 +404,12 @@ class EarlyStopping:
             return value >= self.best_metric + self.min_delta
         return value <= self.best_metric - self.min_delta
 
+    def beats(self, value: float, other: float) -> bool:
+        """Whether ``value`` is better than ``other`` by at least ``min_delta``."""
+        if self.mode == "max":
+            return value >= other + self.min_delta and value > other
+        return value <= other - self.min_delta and value < other
+
     def update(self, value: float, epoch: int) -> bool:
         """Record the monitor ``value`` of (1-based) ``epoch``; True when it improved."""
         improved = self.improves(value)
@@ -434,7 +447,9 @@ class Trainer:
             calls the callbacks.
 
     Attributes after / during :meth:`fit`: ``history`` (one dict per epoch), ``best_metric``,
-    ``best_epoch`` (1-based), ``stopping_steps``, ``epochs_done``, ``stopped_early``.
+    ``best_epoch`` (1-based), ``stopping_steps``, ``epochs_done``, ``stopped_early``; with
+    ``validate_start``: ``start_metric`` and ``kept_start`` (no epoch beat the starting weights,
+    which were loaded back).
     """
 
     def __init__(
@@ -572,6 +587,8 @@ class Trainer:
                       "the last epoch's weights are kept (no best checkpoint)")
         if self.dist.active:
             self._check_equal_steps(train_loader)
+        if cfg.validate_start and valid_loader is not None and self.epochs_done == 0 and self.start_metric is None:
+            self._validate_start(valid_loader, eval_names)
         while not self.stopped_early and self.epochs_done < cfg.epochs:
             epoch = self.epochs_done  # 0-based index of the epoch about to run
             lr = self._current_lr()
@@ -624,7 +641,28 @@ class Trainer:
         if cfg.restore_best and valid_loader is not None:
             self.dist.barrier()  # rank 0 has written the best checkpoint
             self.restore_best()
+            if self.start_metric is not None and (self.best_epoch is None or self.early_stopping.beats(
+                    self.start_metric, self.best_metric)):
+                self.checkpoint.load_weights(self.model, self.checkpoint.start_path)
+                self.kept_start = True
+                self._log(f"no epoch beat the starting weights on validation ({self._monitor_name()} "
+                          f"{_fmt(self.start_metric)} vs the best epoch's {self._fmt_best()}): loaded "
+                          f"{self.checkpoint.start_path} back", level=logging.WARNING)
         return [dict(r) for r in self.history]
+
+    def _validate_start(self, valid_loader: Iterable, eval_names: list[str]) -> None:
+        """``validate_start``: the monitored metric of the untrained weights, which are saved
+        (evaluation draws no random numbers, so the epochs that follow are the same as without it)."""
+        logs = self._evaluate_names(valid_loader, eval_names, desc="valid 0")
+        self.start_metric = sum(w * logs[k] for k, w in self.monitor.items())
+        if self.dist.is_main:
+            self.checkpoint.write_start(self.model)
+        valid = " ".join(f"{k} {_fmt(v)}" for k, v in logs.items())
+        line = (f"start (validate_start) | valid {valid} | {self._monitor_name()}={_fmt(self.start_metric)}: "
+                f"kept at the end unless an epoch beats it; saved {self.checkpoint.start_path.name}")
+        self._log(line)
+        if self._progress()[1]:
+            print(f"[ctrlab] {line}", flush=True)
 
     def train_epoch(self, loader: Iterable, epoch: int = 0) -> tuple[float, int]:
         """One pass of the training step over ``loader`` (no validation, checkpoint or early
@@ -791,6 +829,8 @@ class Trainer:
 
     def _reset_state(self) -> None:
         self.history: list[dict] = []
+        self.start_metric: float | None = None
+        self.kept_start = False
         self.early_stopping.reset()
         self.epochs_done = 0
         for group in self.optimizer.param_groups:
@@ -908,6 +948,7 @@ class Trainer:
             "stopped_early": self.stopped_early,
             "best_metric": self.best_metric,
             "best_epoch": self.best_epoch,
+            "start_metric": self.start_metric,
             "stopping_steps": self.stopping_steps,
             "lr": [float(g["lr"]) for g in self.optimizer.param_groups],
             "monitor": self.monitor,
@@ -949,6 +990,8 @@ class Trainer:
         stop.best_epoch = state["best_epoch"]
         stop.stopping_steps = int(state["stopping_steps"])
         stop.stopped = bool(state["stopped_early"])
+        self.start_metric = state.get("start_metric")
+        self.kept_start = False
         self.epochs_done = int(state["epoch"])
         self._restore_rng(state)
         if self._scaler is not None and state.get("grad_scaler"):
