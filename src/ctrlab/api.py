@@ -13,6 +13,7 @@ A run folder holds everything needed to evaluate, predict or resume::
     model.safetensors      best weights (restored after early stopping)
     metrics.json           validation and test metrics, parameters, timing
     train.log, checkpoints/  per-epoch log and resumable checkpoints
+    linear_warm_start.json what the first-order fit chose, with ``linear_warm_start``
     .ctrlab.lock           held by the process training in the folder (see :mod:`ctrlab.run_folder`)
 
 Evaluation, prediction and resume all encode raw data with the run's own ``feature_map.json``,

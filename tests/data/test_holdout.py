@@ -268,6 +268,10 @@ def test_ignored_columns_are_logged_once_per_file(data_dir, tmp_path, fmt):
         f"[ctrlab] ignored columns in train.{ext}: ts, rating (not in the dataset config)",
         f"[ctrlab] ignored columns in test.{ext}: ts (not in the dataset config)",
     ]
+    # a cache hit says it again: preset auto's first prepare is silent, training's then finds the cache
+    again = Log()
+    assert prepare(cfg, tmp_path / "cache", log=again, streaming=True, block_rows=50).reused
+    assert [m for m in again if "ignored columns" in m] == [m for m in log if "ignored columns" in m]
     # the time column that carves valid is used, not ignored
     log = Log()
     prepare(config(tmp_path, fmt, valid_time_column="ts", features=[{"name": "user"}, {"name": "item"}]),

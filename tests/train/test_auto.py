@@ -162,6 +162,9 @@ def test_first_order_models_on_small_data_get_the_linear_warm_start():
     stats = DataStats(train_rows=7_200, train_positives=1_500, valid_rows=1_400, valid_positives=300)
     got = _by_key(derive(stats, has_first_order=True))
     assert got["linear_warm_start"].value is True and got["trainer.validate_start"].value is True
+    # the deep part overtakes the fitted start slowly: a long patience, no plateau LR decay
+    assert got["trainer.patience"].value == 8 and got["trainer.reduce_lr_on_plateau"].value is False
+    assert "trainer.lr_decay_factor" not in got and got["trainer.monitor"].value == "logloss"  # 300 positives
     assert "linear_warm_start" not in _by_key(derive(stats))  # DCN, FinalMLP, ...: no first-order term
     no_valid = DataStats(train_rows=7_200, train_positives=1_500)
     assert "linear_warm_start" not in _by_key(derive(no_valid, has_first_order=True))
@@ -199,3 +202,6 @@ def test_linear_warm_start_end_to_end_and_resume(data_dir, tmp_path):
     strip = lambda h: [{k: v for k, v in r.items() if k not in TIMING_KEYS} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
     assert resumed.metrics["test"] == whole.metrics["test"]
+    # the fit's record is a run file: the folder can be trained over again (it was "foreign" before)
+    again = _train(tmp_path, "whole", overrides=["trainer.epochs=2"], overwrite=True)
+    assert again.metrics["test"] == whole.metrics["test"]

@@ -293,6 +293,12 @@ def prepare(
             key = hashlib.sha256(f"{key}:{digest}".encode()).hexdigest()[:16]
             folder = root / "encoded" / f"{cfg.name}-{key}"
     names = list(files) + (["valid"] if cfg.carved_valid_fraction else [])  # the splits prepared
+    columns = raw_columns(cfg)
+    # once per file, from its header only, and on a cache hit too (a first prepare may have run silently)
+    for split, p in files.items():
+        ignored = [c for c in file_columns(cfg, p) or [] if c not in columns and c != cfg.valid_time_column]
+        if ignored:
+            log(f"[ctrlab] ignored columns in {p.name}: {', '.join(ignored)} (not in the dataset config)")
     if folder.exists() and (folder / "manifest.json").exists() and not rebuild:
         fmap = FeatureMap.load(folder / "feature_map.json")
         splits = {s: EncodedSplit.load(folder / s, mmap=mmap) for s in names}
@@ -304,11 +310,6 @@ def prepare(
         return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
     t0 = time.time()
-    columns = raw_columns(cfg)
-    for split, p in files.items():  # once per file: what the config leaves out is not read
-        ignored = [c for c in file_columns(cfg, p) or [] if c not in columns and c != cfg.valid_time_column]
-        if ignored:
-            log(f"[ctrlab] ignored columns in {p.name}: {', '.join(ignored)} (not in the dataset config)")
     # A fresh folder of this build's own (never one another process, here or in another container
     # sharing the cache, could be writing); removed if the build fails, published at the end.
     build = BuildFolder(folder)

@@ -24,7 +24,8 @@ LR 100-fold) while every prediction is still near 0.5. :func:`derive` looks at t
 * ``linear_warm_start`` / ``trainer.validate_start``: on small data, for a model with a first-order
   term (DeepFM, FM, Wide&Deep, xDeepFM, ...) and a validation split, that term starts at an L2
   logistic regression fitted on train (:mod:`ctrlab.train.linear_init`), and the starting weights
-  are kept when no epoch beats them on validation. Without it DeepFM ended below scikit-learn's
+  are kept when no epoch beats them on validation; early stopping then waits :data:`WARM_PATIENCE`
+  epochs without decaying the LR (the deep part overtakes the fitted start only gradually). Without it DeepFM ended below scikit-learn's
   LogisticRegression on criteo_head10k, frappe_x1_subset cut to 5k rows and movielens_1m_sample
   (its linear part was far from converged when the deep part had overfitted).
 * ``small_numeric_init``: numeric fields' embedding vectors start at the embedding rows' scale
@@ -64,6 +65,8 @@ FEW_VALID_POSITIVES = 2000
 (its standard error is about 0.5 / sqrt(positives): 0.02 at 600 positives)."""
 SMALL_DATA_ROWS = 200_000
 """Train rows below which embeddings are regularised and single-occurrence values pooled."""
+WARM_PATIENCE = 8
+"""``trainer.patience`` with ``linear_warm_start`` (and no LR decay on plateaus)."""
 RARE_SHARE = 0.2
 """Share of a field's train values seen only once that makes pooling them worthwhile."""
 
@@ -163,20 +166,27 @@ def derive(stats: DataStats, explicit: set[str] = frozenset(), has_first_order: 
         lr = float(f"{BARS_LR * math.sqrt(batch / MAX_BATCH):.3g}")
         put("trainer.lr", lr, f"batch {batch} instead of {MAX_BATCH}: Adam's square-root scaling rule, "
             f"{BARS_LR:g} x sqrt({batch}/{MAX_BATCH}) (1e-3 over {MAX_BATCH // batch}x more steps overfits within an epoch)")
+    warm = 0 < rows < SMALL_DATA_ROWS and has_first_order and stats.valid_rows > 0 and "linear_warm_start" not in explicit
     # the minority class limits how precisely AUC / logloss are measured
     vpos = min(stats.valid_positives, stats.valid_rows - stats.valid_positives)
-    if stats.valid_rows and vpos < FEW_VALID_POSITIVES:
+    few = stats.valid_rows and vpos < FEW_VALID_POSITIVES
+    if few:
         noise = 0.5 / math.sqrt(max(vpos, 1))
         why = f"{vpos:,} validation positives (minority class): AUC noise about +-{noise:.3f} per epoch"
         put("trainer.monitor", "logloss", why + "; logloss uses every row and catches lost calibration")
-        put("trainer.patience", 4, why + "; 2 epochs without gain would stop on noise")
-        put("trainer.lr_decay_factor", 0.5, why + "; x0.1 per noisy plateau would freeze the model early")
+        if not warm:
+            put("trainer.patience", 4, why + "; 2 epochs without gain would stop on noise")
+            put("trainer.lr_decay_factor", 0.5, why + "; x0.1 per noisy plateau would freeze the model early")
         put("trainer.min_epochs", 3, why + "; the first epochs always run")
+    if warm:
+        why = ("linear_warm_start: the deep part takes over from the fitted regression gradually, as the embedding L2 "
+               "shrinks its weights (movielens_100k: validation AUC flat for 8 epochs, then 0.678 -> 0.696)")
+        put("trainer.patience", WARM_PATIENCE, why + f"; {WARM_PATIENCE} epochs without gain before stopping")
+        put("trainer.reduce_lr_on_plateau", False, why + "; a decayed LR froze it before it did")
     if 0 < rows < SMALL_DATA_ROWS and "trainer.sparse_embeddings" not in explicit:
         put("model_params.embedding_regularizer", SMALL_DATA_EMBEDDING_L2,
             f"{rows:,} train rows: embedding tables far larger than the data memorise it in an epoch or two; "
             f"L2 {SMALL_DATA_EMBEDDING_L2:g} on them")
-    warm = 0 < rows < SMALL_DATA_ROWS and has_first_order and stats.valid_rows > 0 and "linear_warm_start" not in explicit
     if 0 < rows < SMALL_DATA_ROWS and stats.fields and not warm:
         rare = max(stats.fields, key=lambda f: f.singletons / max(f.values, 1))
         share = rare.singletons / max(rare.values, 1)
