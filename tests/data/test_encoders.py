@@ -120,6 +120,21 @@ def test_normalisers_match_numpy_with_train_stats():
     assert log.transform(test)[3] == pytest.approx(-np.log(4.0))
 
 
+@pytest.mark.parametrize("normalizer", ["none", "standard"])
+def test_a_number_beyond_float32_is_an_error_or_filled(normalizer):
+    """1e39 is finite in float64 but inf in float32, the model's input type: before, it reached the
+    model as inf (a served probability of null). Now an error naming the row, or with
+    ``non_finite: fill`` the fill value, normalised like any other."""
+    train = frame(x=["1", "2", "3"])
+    enc = NumericEncoder(NumericSpec("x", normalizer=normalizer)).fit(train)
+    with pytest.raises(DataError, match="beyond the range of float32") as err:
+        enc.transform(frame(x=["2", "1e39"]))
+    assert err.value.line == 3  # the header is line 1
+    fill = NumericEncoder(NumericSpec("x", normalizer=normalizer, non_finite="fill", fill_value=2.0)).fit(train)
+    out = fill.transform(frame(x=["1e39", "2"]))
+    assert np.isfinite(out).all() and out[0] == out[1]
+
+
 def test_constant_column_does_not_divide_by_zero():
     enc = NumericEncoder(NumericSpec("x", normalizer="standard")).fit(frame(x=["3", "3"]))
     assert enc.transform(frame(x=["3", "5"])).tolist() == [0.0, 2.0]

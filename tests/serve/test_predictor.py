@@ -70,6 +70,8 @@ BAD = [
     ("object", lambda r: r.update(item={"a": 1}), "item", "got object"),
     ("text number", lambda r: r.update(price="3.5"), "price", "expected integer, number or null, got string"),
     ("infinite", lambda r: r.update(price=float("inf")), "price", "out of range"),
+    # finite JSON, but inf once normalised and cast to the model's float32
+    ("beyond float32", lambda r: r.update(price=1e300), "price", "beyond the range of float32"),
     ("short vector", lambda r: r.update(emb=[1.0, 2.0]), "emb", "does not have dim=3 values"),
     ("text in vector", lambda r: r.update(emb=["a", 1, 2]), "emb", "array elements must be numbers"),
     ("nan in vector text", lambda r: r.update(emb="1 2 nan"), "emb", "not a finite number"),
@@ -142,3 +144,25 @@ def test_requests_with_null_only_columns_batch_with_others(mixed):
     together = predictor.score_frames(frames)
     np.testing.assert_allclose(together[0].probabilities, predictor.predict_records(nulls), rtol=0, atol=1e-6)
     np.testing.assert_allclose(together[1].probabilities, predictor.predict_records(recs[2:]), rtol=0, atol=1e-6)
+
+
+def test_a_probability_that_is_not_a_number_is_a_request_error(mixed, monkeypatch):
+    """A numeric input far beyond the training data can overflow the model's arithmetic (the server's
+    fuzz test found a 200 answer with a null probability): the row is refused, naming the numeric
+    field furthest from zero."""
+    predictor, frame = mixed
+    records = copy.deepcopy(_records(frame.head(3)))
+    records[1]["price"] = 1e30
+    real = predictor.run
+
+    def nan_for_row_1(feeds):
+        probs = real(feeds).copy()
+        probs[1] = np.nan
+        return probs
+
+    monkeypatch.setattr(predictor, "run", nan_for_row_1)
+    with pytest.raises(RequestError) as info:
+        predictor.predict_records(records)
+    err = info.value
+    assert (err.status, err.field, err.row) == (422, "price", 1)
+    assert "not a number for this row" in str(err) and "far outside the training data" in str(err)

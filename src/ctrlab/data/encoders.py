@@ -317,6 +317,14 @@ class NumericEncoder:
             self.boundaries = sorted({float(q) for q in qs})
         return self
 
+    def _normalize(self, x: np.ndarray) -> np.ndarray:
+        if self.spec.normalizer == "standard":
+            return (x - self.stats["mean"]) / (self.stats["std"] or 1.0)
+        if self.spec.normalizer == "minmax":
+            span = self.stats["max"] - self.stats["min"]
+            return (x - self.stats["min"]) / (span or 1.0)
+        return x
+
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
         x = self.values(df, path)
         norm = self.spec.normalizer
@@ -325,12 +333,23 @@ class NumericEncoder:
         if self.boundaries is not None:
             # bucket b in 0..len(boundaries) -> id b + 2
             return (np.searchsorted(np.asarray(self.boundaries), x, side="right") + FIRST_ID).astype(np.int32)
-        if norm == "standard":
-            x = (x - self.stats["mean"]) / (self.stats["std"] or 1.0)
-        elif norm == "minmax":
-            span = self.stats["max"] - self.stats["min"]
-            x = (x - self.stats["min"]) / (span or 1.0)
-        return x.astype(np.float32)
+        x = self._normalize(x)
+        with np.errstate(over="ignore"):
+            out = x.astype(np.float32)
+        # finite in float64 but beyond float32's range (|x| > 3.4e38, e.g. 1e39): the model would see inf
+        over = ~np.isfinite(out)
+        if over.any():
+            if self.spec.non_finite == "error":
+                _bad_row(df, pl.Series(over), path, self.column,
+                         "value {value!r} is beyond the range of float32 (the model's input type, about ±3.4e38)"
+                         + (f" after normalizer: {norm}" if norm != "none" else ""),
+                         f"write a smaller number, set normalizer: log on {self.spec.name!r}, or set non_finite: fill "
+                         "to read such numbers as missing")
+            fill = np.asarray([self.spec.fill_value], dtype=np.float64)
+            if norm == "log":
+                fill = np.sign(fill) * np.log1p(np.abs(fill))
+            out[over] = self._normalize(fill).astype(np.float32)[0]
+        return out
 
     def state(self) -> dict[str, Any]:
         return {"spec": _spec_dict(self.spec), "stats": self.stats, "boundaries": self.boundaries}

@@ -297,7 +297,7 @@ class Predictor:
                 break
             try:
                 arrays = self._encoded(frame)
-                probs = self.run(as_model_arrays(arrays, self.inputs))
+                probs = self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
             except RequestError as exc:
                 if exc.row is None:
                     for i in live:
@@ -317,16 +317,35 @@ class Predictor:
         """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``."""
         return self.backend(feeds)
 
+    def _finite(self, probs: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """``probs``, or a RequestError for the first row whose probability is not a number: a numeric
+        input so far outside the training data (e.g. 1e38 where train held single digits) that the
+        model's arithmetic overflows. The error names the numeric field furthest from zero in that row."""
+        bad = ~np.isfinite(probs)
+        if not bad.any():
+            return probs
+        row = int(np.argmax(bad))
+        num = arrays.get("num")
+        field, value = None, None
+        if num is not None and num.size:
+            j = int(np.argmax(np.abs(num[row])))
+            field, value = self.fmap.numeric[j].name, float(num[row, j])
+        detail = f": {field} is {value:.3g} after its normalizer" if field is not None else ""
+        raise RequestError(f"the model's output is not a number for this row; a numeric input is far outside the "
+                           f"training data{detail}", field=field, row=row)
+
     def predict_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probabilities for raw JSON-like records (see the module docstring for accepted values)."""
-        return self.run(self.encode_records(list(records)))
+        arrays = self._encoded(self.records_to_frame(list(records)))
+        return self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
 
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """Probabilities for a raw frame read like the training files (e.g. with :func:`read_split`)."""
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise RequestError(f"the frame lacks columns {missing}", field=missing[0])
-        return self.run(self.encode(frame))
+        arrays = self._encoded(frame)
+        return self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
 
     @property
     def metadata_model(self) -> str:

@@ -85,7 +85,8 @@ def quiet_output_heads(model: torch.nn.Module, first_order: str, batch: dict[str
     first step), which the first epoch spends undoing. Heads that are already quiet (no BatchNorm,
     N(0, 1e-4) embeddings) are left as they are: zeroing those too left DeepFM at a stationary point
     on movielens_100k (train loss flat). Measured in training mode on a copy of the model, without
-    moving its BatchNorm statistics or the random state. Returns ``{head name: scale factor}`` of the heads scaled."""
+    moving its BatchNorm statistics or the random state. Returns ``{head name: scale factor}`` of
+    the heads scaled."""
     heads = {name: m for name, m in model.named_modules()
              if isinstance(m, torch.nn.Linear) and m.out_features == 1
              and not (name == first_order or name.startswith(first_order + "."))}
@@ -110,15 +111,15 @@ def quiet_output_heads(model: torch.nn.Module, first_order: str, batch: dict[str
     return scaled
 
 
-def _score(y: np.ndarray, logit: torch.Tensor, monitor: dict[str, float], mode: str) -> float:
-    """The monitored validation value of ``logit``, as a loss (lower is better)."""
+def _score(y: np.ndarray, logit: torch.Tensor, monitor: dict[str, float], mode: str) -> tuple[float, float]:
+    """``(loss, value)``: the monitored validation value of ``logit`` and the same as a loss (lower is
+    better). A monitor with ``gAUC`` (no group ids here) is scored by logloss."""
     prob = torch.sigmoid(logit.double()).numpy()
-    names = [k for k in monitor if k != "gAUC"]
-    if len(names) != len(monitor):  # no group ids here: fall back to logloss
-        monitor, mode, names = {"logloss": 1.0}, "min", ["logloss"]
-    values = evaluate_metrics(y, prob, names)
+    if "gAUC" in monitor:
+        monitor, mode = {"logloss": 1.0}, "min"
+    values = evaluate_metrics(y, prob, list(monitor))
     value = sum(w * values[k] for k, w in monitor.items())
-    return -value if mode == "max" else value
+    return (-value if mode == "max" else value), value
 
 
 def fit_first_order(model: torch.nn.Module, train: dict[str, torch.Tensor],
@@ -147,7 +148,7 @@ def fit_first_order(model: torch.nn.Module, train: dict[str, torch.Tensor],
     with torch.no_grad():
         p = float(y.mean())
         intercept.fill_(math.log(p / (1 - p)) if 0 < p < 1 else 0.0)
-    best: tuple[float, float, dict] | None = None
+    best: tuple[float, float, float, dict] | None = None  # C, loss, monitored value, weights
     choices = grid if valid is not None else (1.0,)
     was_training = module.training
     module.train(False)
@@ -156,20 +157,18 @@ def fit_first_order(model: torch.nn.Module, train: dict[str, torch.Tensor],
         for C in sorted(choices):
             l2 = 1.0 / (C * rows)
             _fit(module, intercept, train, y, l2, max_iter)
-            score = math.nan
+            loss = value = math.nan
             if valid is not None:
                 with torch.no_grad():
                     logit = module.weights(valid).sum(dim=1).squeeze(-1) + intercept
-                score = _score(valid["label"][:, 0].numpy(), logit, monitor, mode)
-            if best is None or (np.isfinite(score) and score < best[1]):
-                best = (C, score, {k: v.detach().clone() for k, v in module.weights.state_dict().items()})
+                loss, value = _score(valid["label"][:, 0].numpy(), logit, monitor, mode)
+            if best is None or (np.isfinite(loss) and loss < best[1]):
+                best = (C, loss, value, {k: v.detach().clone() for k, v in module.weights.state_dict().items()})
     except Exception:
         module.weights.load_state_dict(start)
         raise
     finally:
         module.train(was_training)
-    C, score, state = best
+    C, _, value, state = best
     module.weights.load_state_dict(state)
-    if valid is not None and mode == "max" and "gAUC" not in monitor:
-        score = -score
-    return LinearFit(C=C, l2=1.0 / (C * rows), valid_score=score, train_rows=rows, module=name)
+    return LinearFit(C=C, l2=1.0 / (C * rows), valid_score=value, train_rows=rows, module=name)
