@@ -9,10 +9,12 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "src" / "ctrlab"
 # package -> ctrlab subpackages/modules it must not import
 FORBIDDEN = {
-    "data": {"layers", "models", "train", "bench", "serve", "api", "cli"},
-    "layers": {"models", "train", "bench", "serve", "api", "cli"},
-    "models": {"train", "bench", "serve", "api", "cli"},
-    "train": {"bench", "serve", "api", "cli"},
+    "data": {"layers", "models", "train", "recipes", "bench", "serve", "api", "cli"},
+    "layers": {"models", "train", "recipes", "bench", "serve", "api", "cli"},
+    "models": {"train", "recipes", "bench", "serve", "api", "cli"},
+    "train": {"recipes", "bench", "serve", "api", "cli"},
+    # recipes transform models with the trainer's help; the benchmark, server and API build on them
+    "recipes": {"bench", "serve", "api", "cli"},
     # serving needs the data pipeline and the models, never training, the benchmark or the API layer
     "serve": {"train", "bench", "api", "cli"},
 }
