@@ -38,6 +38,7 @@ from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader
 from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.schema import CategoricalSpec, DatasetConfig, SequenceSpec, column_of, load_dataset_config
+from .layers.low_rank import LowRankLinear, apply_low_rank
 from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
 from .train import Trainer, TrainerConfig, seed_everything
@@ -104,6 +105,9 @@ class RunConfig:
     validation metric, and scale down the other terms' output heads where they would add noise to
     it (:mod:`ctrlab.train.linear_init`); models without one first-order term are left alone; not
     BARS. Pair it with ``trainer.validate_start``."""
+    low_rank: dict[str, int] = field(default_factory=dict)
+    """Layer name -> rank: these ``nn.Linear`` layers of the model are ``LowRankLinear`` ones (a run
+    written by ``ctrlab compress``; training from such a config trains the low-rank architecture)."""
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
@@ -441,7 +445,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         import torch
 
         torch.set_num_threads(cfg.trainer.num_threads)
-    model = _build(cfg.model, data.feature_map, params)
+    model = apply_low_rank(_build(cfg.model, data.feature_map, params), cfg.low_rank)
     if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
         num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
         if num.size:
@@ -613,6 +617,98 @@ def predict(
     if output_path is not None:
         write_scores(df.select(keep), probs, Path(output_path))
     return probs
+
+
+# ---- compression (issue 16) ------------------------------------------------------------------
+def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank: int | None = None,
+             keep: float | None = None, layers: list[str] | None = None, rows: int = 100_000,
+             overwrite: bool = False, log=print) -> RunResult:
+    """Write a compressed copy of a finished run into ``output``: its linear layers replaced by
+    low-rank ones (:mod:`ctrlab.recipes.compress`, ``method`` ``afm`` or ``svd``), evaluated on the
+    valid and test splits, and loadable, exportable and servable like any run.
+
+    ``rank``: one rank for every compressed layer; or ``keep`` (``afm`` only): per layer the smallest
+    rank that keeps this share of its output variance. ``layers``: names of ``nn.Linear`` layers
+    (default: every one with more than one output whose rank would save parameters). ``rows``: the
+    first rows of the train split (file order) that ``afm``'s statistics are collected on.
+    ``metrics.json`` records each layer's rank, parameters before and after, and (afm) the expected
+    squared error, the dropped eigenvalues' sum."""
+    from safetensors.torch import save_file
+
+    from .recipes.compress import compress_linear, linear_layers
+
+    if (rank is None) == (keep is None):
+        raise ConfigError("compress: give either rank (an integer) or keep (a share of variance in (0, 1])")
+    if keep is not None and method != "afm":
+        raise ConfigError("compress: keep (a share of output variance) needs method afm; svd takes a rank")
+    source = Path(run_dir)
+    model, fmap, dcfg, cfg = load_run(source)
+    inside_low_rank = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear)
+                       for c in ("down", "up")}
+    candidates = {n: m for n, m in linear_layers(model).items() if n not in inside_low_rank and m.out_features > 1}
+    if layers is None:
+        chosen = [n for n, m in candidates.items()
+                  if keep is not None or rank < m.in_features * m.out_features / (m.in_features + m.out_features)]
+    else:
+        unknown = [n for n in layers if n not in candidates]
+        if unknown:
+            raise ConfigError(f"compress: {unknown} are not compressible nn.Linear layers of {cfg.model}; "
+                              f"candidates: {sorted(candidates)}")
+        chosen = list(layers)
+    if not chosen:
+        raise ConfigError(f"compress: no layer of {cfg.model} saves parameters at rank {rank}; candidates "
+                          f"(in x out): {[(n, m.in_features, m.out_features) for n, m in candidates.items()]}")
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=True, log=lambda *_: None, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows, feature_map=fmap)
+    batches = None
+    if method == "afm":
+        train = data.splits["train"]
+        batches = BatchLoader(train.take(slice(0, min(rows, len(train)))), 4096, shuffle=False)
+    before = model.count_parameters()
+    ranks = {n: (keep if keep is not None else rank) for n in chosen}
+    if keep is not None:  # a share of variance may land on a rank that saves nothing: those layers stay
+        from .recipes.compress import collect_output_stats, principal_components, rank_for_energy
+
+        stats = collect_output_stats(model, chosen, batches)
+        ranks = {}
+        for n in chosen:
+            m = candidates[n]
+            k = rank_for_energy(principal_components(stats[n])[0], keep)
+            if k < m.in_features * m.out_features / (m.in_features + m.out_features):
+                ranks[n] = k
+            else:
+                log(f"[ctrlab] compress: {n} keeps its full weight ({keep:g} of its variance needs rank {k}, "
+                    "which saves nothing)")
+    reports = compress_linear(model, ranks, method, batches)
+    out = Path(output)
+    lock = claim(out, overwrite=overwrite, log=log)
+    try:
+        saved = {**yaml.safe_load((source / "run_config.yaml").read_text()), "output": str(out),
+                 "low_rank": {**cfg.low_rank, **{r.name: r.rank for r in reports}}}
+        (out / "run_config.yaml").write_text(f"# ctrlab compress of {source} ({method}).\n"
+                                             + yaml.safe_dump(saved, sort_keys=False))
+        (out / "dataset_config.json").write_text((source / "dataset_config.json").read_text())
+        fmap.save(out / "feature_map.json")
+        trainer = Trainer(model, cfg.trainer, out)
+        loaders = _loaders(data, cfg.trainer)
+        metrics = {s: trainer.evaluate(loaders[s], split=s) for s in ("valid", "test") if s in loaders}
+        summary = {
+            "dataset": dcfg.name, "model": cfg.model, "parameters": model.count_parameters(),
+            "compression": {"method": method, "source_run": str(source.resolve()), "parameters_before": before,
+                            "statistics_rows": min(rows, len(data.splits["train"])) if method == "afm" else 0,
+                            "layers": [dataclasses.asdict(r) for r in reports]},
+            **metrics,
+        }
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(out / "model.safetensors"))
+        (out / "history.json").write_text("[]")
+        (out / "metrics.json").write_text(json.dumps(summary, indent=1))
+    finally:
+        lock.release()
+    log(f"[ctrlab] compressed {cfg.model} ({method}): {before:,} -> {summary['parameters']:,} parameters; "
+        + ", ".join(f"{r.name} rank {r.rank}" for r in reports) + "; "
+        + " ".join(f"{s} AUC {m.get('AUC', float('nan')):.5f}" for s, m in metrics.items()) + f" -> {out}")
+    return RunResult(out, summary, [])
 
 
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the

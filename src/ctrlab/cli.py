@@ -83,6 +83,17 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_compress(args) -> int:
+    from .api import compress
+
+    layers = [c.strip() for c in args.layers.split(",") if c.strip()] if args.layers else None
+    res = compress(args.run, args.output, method=args.method, rank=args.rank, keep=args.keep, layers=layers,
+                   rows=args.rows, overwrite=args.overwrite)
+    print(json.dumps({k: res.metrics[k] for k in ("valid", "test", "parameters") if k in res.metrics}))
+    print(f"[ctrlab] compressed run: {res.run_dir} (export it: ctrlab export {res.run_dir})")
+    return 0
+
+
 def cmd_serve(args) -> int:
     from .serve.config import ServeConfig
     from .serve.server import serve
@@ -218,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--overwrite", action="store_true",
                     help="replace an existing artifact folder (one with a manifest.json; never a run or other folder)")
     ex.set_defaults(func=cmd_export)
+
+    co = sub.add_parser("compress", help="low-rank compression of a finished run's linear layers into a new run "
+                                         "(AFM from output statistics, or weight SVD)")
+    co.add_argument("run", help="run folder")
+    co.add_argument("--output", required=True, help="new run folder for the compressed model")
+    co.add_argument("--method", choices=["afm", "svd"], default="afm",
+                    help="afm: from the layers' output statistics on train rows (default); svd: of the weights")
+    size = co.add_mutually_exclusive_group(required=True)
+    size.add_argument("--rank", type=int, help="rank of every compressed layer")
+    size.add_argument("--keep", type=float, help="afm: per layer, the smallest rank keeping this share of output variance")
+    co.add_argument("--layers", help="comma-separated nn.Linear layer names (default: every one the rank makes smaller)")
+    co.add_argument("--rows", type=int, default=100_000, help="train rows for afm's statistics (default %(default)s)")
+    co.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    co.set_defaults(func=cmd_compress)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
     sv.add_argument("artifact", help="artifact folder from ctrlab export")

@@ -30,3 +30,20 @@ class LowRankLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}"
+
+
+def apply_low_rank(model: nn.Module, ranks: dict[str, int]) -> nn.Module:
+    """Replace the named ``nn.Linear`` layers of ``model`` by (untrained) :class:`LowRankLinear` ones
+    of the given ranks, in place: how a compressed run's architecture is rebuilt before its weights
+    are loaded (``low_rank`` in its ``run_config.yaml`` and in an artifact's manifest)."""
+    for name, rank in ranks.items():
+        try:
+            linear = model.get_submodule(name)
+        except AttributeError:
+            linear = None
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"low_rank: {name!r} is not an nn.Linear layer of {type(model).__name__}")
+        parent, _, attr = name.rpartition(".")
+        new = LowRankLinear(linear.in_features, linear.out_features, int(rank))
+        setattr(model.get_submodule(parent) if parent else model, attr, new)
+    return model

@@ -36,6 +36,7 @@ import numpy as np
 import yaml
 
 from ..data.cache import temp_name
+from ..layers.low_rank import apply_low_rank
 from ..data.feature_map import FeatureMap
 from ..data.schema import (
     CategoricalSpec,
@@ -172,6 +173,7 @@ def load_trained_run(run_dir: Path):
     fmap = FeatureMap.load(run_dir / "feature_map.json")
     dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
     model = create(cfg["model"], fmap, **(cfg.get("model_params") or {}))
+    apply_low_rank(model, cfg.get("low_rank") or {})  # a compressed run (ctrlab compress)
     from safetensors import SafetensorError
 
     try:
@@ -327,6 +329,7 @@ def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source_run": str(run_dir.resolve()),
         "model": {"name": type(model).__name__, "params": cfg.get("model_params") or {},
+                  "low_rank": cfg.get("low_rank") or {},
                   "parameters": int(sum(p.numel() for p in model.parameters())),
                   **({"plugin": plugin} if (plugin := plugin_source(type(model))) else {})},
         "dataset": dcfg.name,

@@ -94,6 +94,7 @@ class _TorchBackend:
         import torch
         from safetensors.torch import load_file
 
+        from ..layers.low_rank import apply_low_rank
         from ..models import create, get_model_class
 
         if threads:
@@ -107,7 +108,8 @@ class _TorchBackend:
                     f"{artifact.path}: model {spec['name']} comes from the plugin {spec['plugin']!r}, which is not "
                     f"imported here: serve with `ctrlab --import {spec['plugin']} serve ...` (or CTRLAB_PLUGINS), "
                     f"or export to ONNX, which needs no model code") from None
-        self.model = create(spec["name"], artifact.feature_map, **spec["params"])
+        self.model = apply_low_rank(create(spec["name"], artifact.feature_map, **spec["params"]),
+                                    spec.get("low_rank") or {})
         self.model.load_state_dict(load_file(str(artifact.path / "model.safetensors")))
         self.model.eval()
         self.inputs = artifact.inputs
