@@ -622,7 +622,7 @@ def predict(
 # ---- compression (issue 16) ------------------------------------------------------------------
 def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank: int | None = None,
              keep: float | None = None, layers: list[str] | None = None, rows: int = 100_000,
-             overwrite: bool = False, log=print) -> RunResult:
+             embedding_rank: int | None = None, overwrite: bool = False, log=print) -> RunResult:
     """Write a compressed copy of a finished run into ``output``: its linear layers replaced by
     low-rank ones (:mod:`ctrlab.recipes.compress`, ``method`` ``afm`` or ``svd``), evaluated on the
     valid and test splits, and loadable, exportable and servable like any run.
@@ -631,14 +631,17 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     rank that keeps this share of its output variance. ``layers``: names of ``nn.Linear`` layers
     (default: every one with more than one output whose rank would save parameters). ``rows``: the
     first rows of the train split (file order) that ``afm``'s statistics are collected on.
+    ``embedding_rank``: also store every FeatureEmbedding's fused table at this rank
+    (:func:`~ctrlab.recipes.compress.compress_embedding`; afm weights rows by their train lookups).
     ``metrics.json`` records each layer's rank, parameters before and after, and (afm) the expected
     squared error, the dropped eigenvalues' sum."""
     from safetensors.torch import save_file
 
-    from .recipes.compress import compress_linear, linear_layers
+    from .recipes.compress import compress_embedding, compress_linear, embedding_tables, linear_layers
 
-    if (rank is None) == (keep is None):
-        raise ConfigError("compress: give either rank (an integer) or keep (a share of variance in (0, 1])")
+    if (rank is None) == (keep is None) and not (rank is None and keep is None and embedding_rank is not None):
+        raise ConfigError("compress: give either rank (an integer) or keep (a share of variance in (0, 1]), "
+                          "and/or embedding_rank")
     if keep is not None and method != "afm":
         raise ConfigError("compress: keep (a share of output variance) needs method afm; svd takes a rank")
     source = Path(run_dir)
@@ -646,7 +649,9 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     inside_low_rank = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear)
                        for c in ("down", "up")}
     candidates = {n: m for n, m in linear_layers(model).items() if n not in inside_low_rank and m.out_features > 1}
-    if layers is None:
+    if rank is None and keep is None:
+        chosen = []
+    elif layers is None:
         chosen = [n for n, m in candidates.items()
                   if keep is not None or rank < m.in_features * m.out_features / (m.in_features + m.out_features)]
     else:
@@ -655,7 +660,7 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
             raise ConfigError(f"compress: {unknown} are not compressible nn.Linear layers of {cfg.model}; "
                               f"candidates: {sorted(candidates)}")
         chosen = list(layers)
-    if not chosen:
+    if not chosen and embedding_rank is None:
         raise ConfigError(f"compress: no layer of {cfg.model} saves parameters at rank {rank}; candidates "
                           f"(in x out): {[(n, m.in_features, m.out_features) for n, m in candidates.items()]}")
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=True, log=lambda *_: None, streaming=cfg.streaming,
@@ -679,12 +684,20 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
             else:
                 log(f"[ctrlab] compress: {n} keeps its full weight ({keep:g} of its variance needs rank {k}, "
                     "which saves nothing)")
-    reports = compress_linear(model, ranks, method, batches)
+    reports = compress_linear(model, ranks, method, batches) if ranks else []
+    tables = []
+    if embedding_rank is not None:
+        train_arrays = data.splits["train"].take(slice(0, min(rows, len(data.splits["train"])))).arrays
+        tables = [compress_embedding(model, name, embedding_rank, method, train_arrays)
+                  for name, layer in embedding_tables(model).items() if embedding_rank < layer.embedding_dim]
+        if not tables:  # (a first-order term's table has width 1: no rank below it)
+            raise ConfigError(f"compress: {cfg.model} has no embedding table wider than embedding_rank "
+                              f"{embedding_rank}: {[(n, m.embedding_dim) for n, m in embedding_tables(model).items()]}")
     out = Path(output)
     lock = claim(out, overwrite=overwrite, log=log)
     try:
         saved = {**yaml.safe_load((source / "run_config.yaml").read_text()), "output": str(out),
-                 "low_rank": {**cfg.low_rank, **{r.name: r.rank for r in reports}}}
+                 "low_rank": {**cfg.low_rank, **{r.name: r.rank for r in [*reports, *tables]}}}
         (out / "run_config.yaml").write_text(f"# ctrlab compress of {source} ({method}).\n"
                                              + yaml.safe_dump(saved, sort_keys=False))
         (out / "dataset_config.json").write_text((source / "dataset_config.json").read_text())
@@ -696,7 +709,8 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
             "dataset": dcfg.name, "model": cfg.model, "parameters": model.count_parameters(),
             "compression": {"method": method, "source_run": str(source.resolve()), "parameters_before": before,
                             "statistics_rows": min(rows, len(data.splits["train"])) if method == "afm" else 0,
-                            "layers": [dataclasses.asdict(r) for r in reports]},
+                            "layers": [dataclasses.asdict(r) for r in reports],
+                            "tables": [dataclasses.asdict(t) for t in tables]},
             **metrics,
         }
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
@@ -706,7 +720,7 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     finally:
         lock.release()
     log(f"[ctrlab] compressed {cfg.model} ({method}): {before:,} -> {summary['parameters']:,} parameters; "
-        + ", ".join(f"{r.name} rank {r.rank}" for r in reports) + "; "
+        + ", ".join(f"{r.name} rank {r.rank}" for r in [*reports, *tables]) + "; "
         + " ".join(f"{s} AUC {m.get('AUC', float('nan')):.5f}" for s, m in metrics.items()) + f" -> {out}")
     return RunResult(out, summary, [])
 

@@ -88,7 +88,7 @@ def cmd_compress(args) -> int:
 
     layers = [c.strip() for c in args.layers.split(",") if c.strip()] if args.layers else None
     res = compress(args.run, args.output, method=args.method, rank=args.rank, keep=args.keep, layers=layers,
-                   rows=args.rows, overwrite=args.overwrite)
+                   rows=args.rows, embedding_rank=args.embedding_rank, overwrite=args.overwrite)
     print(json.dumps({k: res.metrics[k] for k in ("valid", "test", "parameters") if k in res.metrics}))
     print(f"[ctrlab] compressed run: {res.run_dir} (export it: ctrlab export {res.run_dir})")
     return 0
@@ -236,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--output", required=True, help="new run folder for the compressed model")
     co.add_argument("--method", choices=["afm", "svd"], default="afm",
                     help="afm: from the layers' output statistics on train rows (default); svd: of the weights")
-    size = co.add_mutually_exclusive_group(required=True)
+    size = co.add_mutually_exclusive_group()
     size.add_argument("--rank", type=int, help="rank of every compressed layer")
     size.add_argument("--keep", type=float, help="afm: per layer, the smallest rank keeping this share of output variance")
     co.add_argument("--layers", help="comma-separated nn.Linear layer names (default: every one the rank makes smaller)")
+    co.add_argument("--embedding-rank", type=int,
+                    help="also store the embedding tables at this rank (per field: codes and a decoder)")
     co.add_argument("--rows", type=int, default=100_000, help="train rows for afm's statistics (default %(default)s)")
     co.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     co.set_defaults(func=cmd_compress)

@@ -163,3 +163,78 @@ def test_deepfm_mlp_layers_at_full_rank_give_the_same_logits(data_dir):
     n0 = sum(p.numel() for p in fresh.parameters())
     compress_linear(fresh, {hidden[1]: 16}, "svd")
     assert n0 - sum(p.numel() for p in fresh.parameters()) == (64 * 64 + 64) - LowRankLinear.parameter_count(64, 64, 16)
+
+
+@pytest.fixture(scope="module")
+def criteo_deepfm(data_dir):
+    """DeepFM on criteo_head10k's encoded rows, weights spread out (N(0, 0.3)) so that outputs vary."""
+    from ctrlab.api import dataset_config, load_run_config
+    from ctrlab.data.loader import to_batch
+    from ctrlab.data.pipeline import prepare
+    from ctrlab.models import create
+
+    data = prepare(dataset_config(load_run_config({"dataset": "criteo_head10k"})), log=lambda *a: None)
+    arrays = data.splits["train"].arrays
+
+    def build():
+        torch.manual_seed(0)
+        model = create("DeepFM", data.feature_map, hidden_units=(64, 64))
+        with torch.no_grad():
+            for p in model.parameters():
+                p.normal_(0, 0.3)
+        return model.eval()
+
+    return build, arrays, to_batch(data.splits["valid"].take(slice(0, 1000)).arrays)
+
+
+def test_embedding_table_at_full_rank_gives_the_same_logits(criteo_deepfm):
+    from ctrlab.layers.low_rank import LowRankEmbedding
+    from ctrlab.recipes.compress import compress_embedding, embedding_tables
+
+    build, arrays, valid = criteo_deepfm
+    model = build()
+    with torch.no_grad():
+        ref = model(valid)["logit"]
+    assert list(embedding_tables(model)) == ["embedding.embedding", "linear.weights.embedding"]
+    report = compress_embedding(model, "embedding.embedding", 10, "afm", arrays)
+    assert isinstance(model.embedding.embedding, LowRankEmbedding) and report.rank == 10
+    with torch.no_grad():
+        torch.testing.assert_close(model(valid)["logit"], ref, atol=1e-3, rtol=1e-4)
+
+
+def test_embedding_error_is_the_lookup_weighted_eigenvalue_tail(criteo_deepfm):
+    """On the training lookups the squared error per looked-up embedding is exactly the (lookup-
+    weighted) sum of the dropped eigenvalues; rows never looked up do not count."""
+    from ctrlab.recipes.compress import compress_embedding
+
+    build, arrays, _ = criteo_deepfm
+    model = build()
+    layer = model.embedding
+    before = layer.embedding.weight.detach().double().clone()
+    ids = (torch.as_tensor(np.asarray(arrays["cat"]), dtype=torch.long) + layer.cat_offsets).reshape(-1)
+    report = compress_embedding(model, "embedding.embedding", 3, "afm", arrays)
+    with torch.no_grad():
+        after = layer.embedding(ids).double()
+    err = float(((after - before[ids]) ** 2).sum(1).mean())
+    assert report.eigen_tail == pytest.approx(err, rel=1e-3)
+    svd = build()
+    svd_report = compress_embedding(svd, "embedding.embedding", 3, "svd")
+    with torch.no_grad():
+        svd_err = float(((svd.embedding.embedding(ids).double() - before[ids]) ** 2).sum(1).mean())
+    assert svd_report.eigen_tail is None and err < svd_err
+
+
+def test_embedding_parameter_formula(criteo_deepfm):
+    from ctrlab.layers.low_rank import LowRankEmbedding
+    from ctrlab.recipes.compress import compress_embedding
+
+    build, arrays, _ = criteo_deepfm
+    model = build()
+    rows, dim = model.embedding.embedding.weight.shape
+    blocks = len(model.embedding.row_blocks())
+    n0 = sum(p.numel() for p in model.parameters())
+    report = compress_embedding(model, "embedding.embedding", 2, "afm", arrays)
+    assert report.parameters_after == LowRankEmbedding.parameter_count(rows, dim, 2, blocks) == rows * 2 + blocks * 30
+    assert n0 - sum(p.numel() for p in model.parameters()) == rows * dim - report.parameters_after
+    with pytest.raises(ValueError, match="not a FeatureEmbedding table"):
+        compress_embedding(build(), "mlp", 2, "afm", arrays)

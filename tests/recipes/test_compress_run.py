@@ -40,12 +40,14 @@ def test_compressed_run_evaluates_exports_and_serves(trained, tmp_path):
     from ctrlab.serve.artifact import export_run
     from ctrlab.serve.predictor import Predictor
 
-    res = compress(trained.run_dir, tmp_path / "r8", method="afm", rank=8, log=lambda *a: None)
+    res = compress(trained.run_dir, tmp_path / "r8", method="afm", rank=8, embedding_rank=4, log=lambda *a: None)
     saved = yaml.safe_load((res.run_dir / "run_config.yaml").read_text())
+    # the first-order term's table (width 1) has no smaller rank and stays
+    assert saved["low_rank"].pop("embedding.embedding") == 4 and "linear.weights.embedding" not in saved["low_rank"]
     assert saved["low_rank"] and set(saved["low_rank"].values()) == {8}
     report = res.metrics["compression"]
     assert report["method"] == "afm" and report["statistics_rows"] == 7200
-    saved_params = sum(r["parameters_before"] - r["parameters_after"] for r in report["layers"])
+    saved_params = sum(r["parameters_before"] - r["parameters_after"] for r in report["layers"] + report["tables"])
     assert report["parameters_before"] - res.metrics["parameters"] == saved_params > 0
     assert all(r["eigen_tail"] >= 0 for r in report["layers"])
     model, *_ = load_run(res.run_dir)
@@ -55,7 +57,7 @@ def test_compressed_run_evaluates_exports_and_serves(trained, tmp_path):
 
     artifact = export_run(res.run_dir, tmp_path / "artifact")  # fails on an ONNX / PyTorch mismatch
     manifest = json.loads((artifact / "manifest.json").read_text())
-    assert manifest["model"]["low_rank"] == saved["low_rank"]
+    assert manifest["model"]["low_rank"] == {**saved["low_rank"], "embedding.embedding": 4}
     test_file = json.loads((res.run_dir / "dataset_config.json").read_text())
     from ctrlab.data.pipeline import raw_columns
     from ctrlab.data.readers import read_split

@@ -77,6 +77,8 @@ def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
     """Rows of ``table`` for ``ids`` (any shape) -> ``(*ids.shape, dim)``: ``table(ids)``, with the
     faster backward of :class:`_RowLookup` for dense gradients on CPU (sparse tables, other
     devices and inference use ``nn.Embedding`` itself)."""
+    if not isinstance(table, nn.Embedding):  # a compressed table (layers.low_rank.LowRankEmbedding)
+        return table(ids)
     w = table.weight
     if table.sparse or w.device.type != "cpu" or not (torch.is_grad_enabled() and w.requires_grad):
         return table(ids)
@@ -261,6 +263,16 @@ class FeatureEmbedding(nn.Module):
                 start[n], cols = cols, cols + d
         flat = [start[n] + i for n, d in zip(self.field_names, self.field_dims) for i in range(d)]
         self.register_buffer("flat_perm", torch.tensor(flat), persistent=False)
+
+    def row_blocks(self) -> list[tuple[int, int, str]]:
+        """``(first row, rows, field)`` of each block of the fused table, by first row: a categorical
+        field's block, or an own-vocabulary sequence's (a sharing sequence reads its field's)."""
+        blocks = {start: name for name, start in self._cat_block.items()}
+        for name, start in self._seq_offset.items():
+            blocks.setdefault(start, name)
+        starts = sorted(blocks)
+        ends = starts[1:] + [self.num_rows]
+        return [(s, e - s, blocks[s]) for s, e in zip(starts, ends)]
 
     @property
     def num_fields(self) -> int:

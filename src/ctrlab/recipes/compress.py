@@ -10,8 +10,13 @@ Two methods, side by side (spec sheet ``AtomicFeatureMimicking.md``):
   on data like the statistics' is the eigenvalue tail ``sum_{i > k} lambda_i``.
 * ``svd``: the truncated SVD of ``W`` alone (``W ~ U_k S_k V_k^T``), blind to the data.
 
-Not yet here (next steps of the issue): embedding tables, the ``ctrlab compress`` command writing a new
-run folder, fine-tuning, and the efficiency tables.
+Embedding tables (:func:`compress_embedding`): per block of a :class:`FeatureEmbedding`'s fused table
+(one field's rows), the statistics of the embeddings *as training rows look them up* (each row
+weighted by how often its id occurs in train), ``t_v = U_k^T (e_v - mu)``, decoded as
+``e ~ U_k t + mu`` (:class:`~ctrlab.layers.low_rank.LowRankEmbedding`); ``svd`` factors each block's
+rows unweighted and uncentred.
+
+Not yet here (next steps of the issue): fine-tuning and the efficiency tables.
 """
 from __future__ import annotations
 
@@ -22,7 +27,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..layers.low_rank import LowRankLinear
+from ..layers.embedding import FeatureEmbedding
+from ..layers.low_rank import LowRankEmbedding, LowRankLinear
 
 METHODS = ("afm", "svd")
 
@@ -199,3 +205,110 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
 def reconstruction_error(reference: np.ndarray, approx: np.ndarray) -> float:
     """Mean over rows of the squared distance between two layers' outputs."""
     return float(((np.asarray(reference, np.float64) - np.asarray(approx, np.float64)) ** 2).sum(1).mean())
+
+
+def embedding_tables(model: nn.Module) -> dict[str, FeatureEmbedding]:
+    """``{"<layer>.embedding": layer}`` for each FeatureEmbedding with a fused table (the candidates)."""
+    return {f"{name}.embedding" if name else "embedding": m for name, m in model.named_modules()
+            if isinstance(m, FeatureEmbedding) and isinstance(m.embedding, nn.Embedding)}
+
+
+def _row_counts(layer: FeatureEmbedding, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+    """How often each row of ``layer``'s fused table is looked up by the rows of ``arrays`` (encoded
+    train arrays): categorical columns, and own-vocabulary sequences' non-padding ids."""
+    counts = np.zeros(layer.num_rows, dtype=np.float64)
+    if layer.cat_names:
+        cat = np.asarray(arrays["cat"])[:, layer.cat_cols.cpu().numpy()].astype(np.int64)
+        counts += np.bincount((cat + layer.cat_offsets.cpu().numpy()).ravel(), minlength=layer.num_rows)
+    for name in layer.seq_names:
+        ids = np.asarray(arrays[f"seq:{name}"]).astype(np.int64)
+        ids = ids[ids > 0] + layer._seq_offset[name]
+        counts += np.bincount(ids, minlength=layer.num_rows)
+    return counts
+
+
+@dataclass
+class TableReport:
+    name: str
+    rank: int
+    rows: int
+    dim: int
+    blocks: int
+    parameters_before: int
+    parameters_after: int
+    eigen_tail: float | None
+    """AFM: per training lookup, the expected squared error of an embedding (the dropped
+    eigenvalues, summed over blocks, weighted by the blocks' lookups); None for SVD."""
+
+
+@torch.no_grad()
+def compress_embedding(model: nn.Module, name: str, rank: int | float, method: str,
+                       arrays: Mapping[str, np.ndarray] | None = None) -> TableReport:
+    """Replace the fused table ``name`` (see :func:`embedding_tables`) by a
+    :class:`~ctrlab.layers.low_rank.LowRankEmbedding` of ``rank`` (``afm``: or the share of each
+    block's variance to keep, the largest block rank taken), in place. ``arrays``: the encoded train
+    split (``afm``'s lookup counts)."""
+    tables = embedding_tables(model)
+    if name not in tables:
+        raise ValueError(f"{name!r} is not a FeatureEmbedding table of {type(model).__name__}; candidates: "
+                         f"{sorted(tables)}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    layer = tables[name]
+    weight = layer.embedding.weight.detach().to(torch.float64).cpu()
+    rows, dim = weight.shape
+    blocks = layer.row_blocks()
+    counts = None
+    if method == "afm":
+        if arrays is None:
+            raise ValueError("afm needs the encoded train arrays to weight the table's rows by their lookups")
+        counts = torch.from_numpy(_row_counts(layer, arrays))
+    plans = []
+    for start, size, _ in blocks:
+        e = weight[start:start + size]
+        if method == "afm":
+            c = counts[start:start + size]
+            n = float(c.sum())
+            if n > 0:
+                mu = (c[:, None] * e).sum(0) / n
+                cov = (c[:, None] * e).T @ e / n - torch.outer(mu, mu)
+            else:  # a block never looked up in train: its rows' own spread
+                mu, cov = e.mean(0), torch.cov(e.T, correction=0) if size > 1 else torch.zeros(dim, dim,
+                                                                                              dtype=torch.float64)
+            values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
+            values, vectors = values.flip(0).clamp(min=0.0), vectors.flip(1)
+            plans.append(("afm", e, mu, values, vectors, n))
+        else:
+            u, sv, vh = torch.linalg.svd(e, full_matrices=False)
+            plans.append(("svd", e, u, sv, vh, 0.0))
+    if isinstance(rank, float):
+        if method != "afm":
+            raise ValueError("svd takes an integer rank")
+        k = max(rank_for_energy(p[3], rank) for p in plans)
+    else:
+        k = int(rank)
+    if not 0 < k <= dim:
+        raise ValueError(f"{name}: rank {k} is outside 1..{dim} (the embedding size)")
+    new = LowRankEmbedding(rows, dim, k, [start for start, _, _ in blocks])
+    tail, lookups = 0.0, 0.0
+    for b, ((start, size, _), plan) in enumerate(zip(blocks, plans)):
+        if plan[0] == "afm":
+            _, e, mu, values, vectors, n = plan
+            u = vectors[:, :k]  # D x k
+            codes, decoder, mean = (e - mu) @ u, u.T, mu
+            tail, lookups = tail + n * float(values[k:].sum()), lookups + n
+        else:
+            _, e, u, sv, vh, _ = plan
+            width = min(k, len(sv))
+            codes = torch.zeros(size, k, dtype=torch.float64)
+            decoder = torch.zeros(k, dim, dtype=torch.float64)
+            codes[:, :width], decoder[:width] = u[:, :width] * sv[:width], vh[:width]
+            mean = torch.zeros(dim, dtype=torch.float64)
+        new.codes.weight[start:start + size] = codes.to(new.codes.weight)
+        new.decoders[b] = decoder.to(new.decoders)
+        new.means[b] = mean.to(new.means)
+    new.to(layer.embedding.weight.device)
+    layer.embedding = new
+    return TableReport(name, k, rows, dim, len(blocks), rows * dim,
+                       LowRankEmbedding.parameter_count(rows, dim, k, len(blocks)),
+                       tail / lookups if method == "afm" and lookups else None)
