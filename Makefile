@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -85,6 +85,9 @@ bench-peers-10m: $(BIN)/.installed
 ## LogisticRegression and the base rate on the small real datasets, into docs/results.md (own-data section).
 own-data: $(BIN)/.installed
 	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/own_data.py --output docs/results.md --json docs/own_data.json
+
+efficiency: $(BIN)/.installed
+	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency.py --output docs/efficiency.md --json docs/efficiency.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
