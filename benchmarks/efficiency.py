@@ -40,11 +40,6 @@ SETTINGS = [  # (label, method, MLP rank as a share of the hidden width or None,
 BEGIN, END = markers("compression")
 
 
-def _parameters(model) -> int:
-    """MLP + embedding parameters (what compression targets): every parameter of the model."""
-    return int(sum(p.numel() for p in model.parameters()))
-
-
 def _latency(run_dir: Path, out: Path) -> dict:
     from ctrlab.serve.artifact import as_model_arrays, example_arrays, export_run
     from ctrlab.serve.predictor import Predictor
@@ -74,7 +69,7 @@ def one(dataset: str, seed: int, runs: Path, latency: bool) -> dict:
                  log=lambda *a: None, overrides=[f"trainer.seed={seed}", "trainer.progress=false"])
     model, *_ = load_run(base.run_dir)
     width = model.mlp.out.in_features
-    row = {"seed": seed, "base": {"test_AUC": base.metrics["test"]["AUC"], "parameters": _parameters(model)}}
+    row = {"seed": seed, "base": {"test_AUC": base.metrics["test"]["AUC"], "parameters": model.count_parameters()}}
     if latency:
         row["base"].update(_latency(base.run_dir, runs / dataset / f"artifact-s{seed}"))
     for label, method, share, emb in SETTINGS:

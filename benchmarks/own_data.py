@@ -43,7 +43,6 @@ C_GRID = [0.01, 0.1, 1.0, 10.0]
 FRAPPE_CUT = 5000
 TOLERANCE = 0.001
 """DeepFM's mean test AUC may be this far below LR's (the project's rule for accuracy against a peer)."""
-EXTRA: list[str] = []
 BEGIN, END = markers("own-data")
 
 
@@ -121,20 +120,20 @@ def base_rate(data) -> dict:
     return {"train_base_rate": p, "test_logloss": float(logloss(y, np.full(len(y), p)))}
 
 
-def deepfm(spec: dict, seed: int, runs: Path) -> dict:
+def deepfm(spec: dict, seed: int, runs: Path, extra: list[str] = ()) -> dict:
     from ctrlab.api import train  # (ctrlab.train is the subpackage once ctrlab.train.* is imported)
 
     name = Path(spec["dataset"]).stem
     res = train(dataset=spec["dataset"], dataset_params=spec["dataset_params"], model="DeepFM",
                        output=str(runs / name / f"DeepFM-s{seed}"), overwrite=True, log=lambda *a: None,
-                       overrides=[f"trainer.seed={seed}", "trainer.progress=false", *EXTRA])
+                       overrides=[f"trainer.seed={seed}", "trainer.progress=false", *extra])
     m = res.metrics
     return {"seed": seed, "test_AUC": m["test"]["AUC"], "test_logloss": m["test"]["logloss"],
             "valid_AUC": m["valid"]["AUC"], "epochs": m["epochs"], "best_epoch": m.get("best_epoch"),
             "auto_settings": {k: v["value"] for k, v in m.get("auto_settings", {}).items()}}
 
 
-def one_dataset(name: str, seeds: list[int], runs: Path) -> dict:
+def one_dataset(name: str, seeds: list[int], runs: Path, extra: list[str] = ()) -> dict:
     from ctrlab.api import dataset_config, load_run_config
     from ctrlab.data.pipeline import prepare
 
@@ -147,7 +146,7 @@ def one_dataset(name: str, seeds: list[int], runs: Path) -> dict:
     y = np.asarray(data.splits["train"].arrays["label"])[:, 0]
     out = {"dataset": name, "available": True, "run_dataset": spec["dataset"], "dataset_params": spec["dataset_params"], "train_rows": int(len(y)), "train_positives": int(y.sum()),
            "base_rate": base_rate(data), "LR": logistic_regression(data),
-           "DeepFM": [deepfm(spec, s, runs) for s in seeds]}
+           "DeepFM": [deepfm(spec, s, runs, extra) for s in seeds]}
     aucs = [r["test_AUC"] for r in out["DeepFM"]]
     out["DeepFM_test_AUC_mean"] = statistics.fmean(aucs)
     out["DeepFM_test_AUC_std"] = statistics.stdev(aucs) if len(aucs) > 1 else 0.0
@@ -218,13 +217,12 @@ def main(argv=None) -> int:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                     help="extra settings for the DeepFM runs (e.g. trainer.lr=5e-4); the table then is not the defaults'")
     args = ap.parse_args(argv)
-    EXTRA[:] = args.set
     unknown = sorted(set(args.datasets) - set(DATASETS))
     if unknown:
         ap.error(f"unknown datasets {unknown}; choose from {DATASETS}")
     results = []
     for name in [d for d in DATASETS if d in args.datasets]:
-        r = one_dataset(name, args.seeds, args.runs)
+        r = one_dataset(name, args.seeds, args.runs, args.set)
         print(json.dumps({k: v for k, v in r.items() if k != "DeepFM"}), file=sys.stderr)
         results.append(r)
     publish(render(results, args.seeds), args.output, args.json, results)

@@ -35,7 +35,7 @@ import yaml
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
-from .data.loader import BatchLoader
+from .data.loader import BatchLoader, to_batch
 from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.schema import CategoricalSpec, DatasetConfig, SequenceSpec, column_of, load_dataset_config
 from .layers.low_rank import LowRankLinear, apply_low_rank
@@ -519,8 +519,6 @@ def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
     picked on the valid split (:func:`ctrlab.train.linear_init.fit_first_order`), and the other
     terms' loud output heads scaled down (:func:`~ctrlab.train.linear_init.quiet_output_heads`); the
     :class:`~ctrlab.train.linear_init.LinearFit`, or None for a model without one first-order term."""
-    from .data.loader import to_batch
-
     train = data.splits["train"]
     valid = data.splits.get("valid")
     fit = fit_first_order(model, to_batch(train.take(slice(0, MAX_ROWS)).arrays),
@@ -541,8 +539,6 @@ def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
 def _init_output_bias(model, data: PreparedData, log) -> None:
     """The model's output bias at the train base rate's log-odds, matched on the first 8192 train
     rows (file order, so no random state is used)."""
-    from .data.loader import to_batch
-
     train = data.splits["train"]
     base_rate = float(np.asarray(train.arrays["label"])[:, 0].mean())
     if not 0.0 < base_rate < 1.0:
@@ -649,46 +645,29 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     inside_low_rank = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear)
                        for c in ("down", "up")}
     candidates = {n: m for n, m in linear_layers(model).items() if n not in inside_low_rank and m.out_features > 1}
-    if rank is None and keep is None:
-        chosen = []
-    elif layers is None:
-        chosen = [n for n, m in candidates.items()
-                  if keep is not None or rank < m.in_features * m.out_features / (m.in_features + m.out_features)]
-    else:
+    if layers is not None:
         unknown = [n for n in layers if n not in candidates]
         if unknown:
             raise ConfigError(f"compress: {unknown} are not compressible nn.Linear layers of {cfg.model}; "
                               f"candidates: {sorted(candidates)}")
-        chosen = list(layers)
-    if not chosen and embedding_rank is None:
-        raise ConfigError(f"compress: no layer of {cfg.model} saves parameters at rank {rank}; candidates "
-                          f"(in x out): {[(n, m.in_features, m.out_features) for n, m in candidates.items()]}")
+    chosen = [] if rank is None and keep is None else list(layers if layers is not None else candidates)
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=True, log=lambda *_: None, streaming=cfg.streaming,
                    block_rows=cfg.stream_block_rows, feature_map=fmap)
-    batches = None
-    if method == "afm":
-        train = data.splits["train"]
-        batches = BatchLoader(train.take(slice(0, min(rows, len(train)))), 4096, shuffle=False)
+    sample = data.splits["train"].take(slice(0, min(rows, len(data.splits["train"]))))  # afm's statistics rows
     before = model.count_parameters()
-    ranks = {n: (keep if keep is not None else rank) for n in chosen}
-    if keep is not None:  # a share of variance may land on a rank that saves nothing: those layers stay
-        from .recipes.compress import collect_output_stats, principal_components, rank_for_energy
-
-        stats = collect_output_stats(model, chosen, batches)
-        ranks = {}
-        for n in chosen:
-            m = candidates[n]
-            k = rank_for_energy(principal_components(stats[n])[0], keep)
-            if k < m.in_features * m.out_features / (m.in_features + m.out_features):
-                ranks[n] = k
-            else:
-                log(f"[ctrlab] compress: {n} keeps its full weight ({keep:g} of its variance needs rank {k}, "
-                    "which saves nothing)")
-    reports = compress_linear(model, ranks, method, batches) if ranks else []
+    # the default layers, and any layer whose `keep` share lands on a rank that saves nothing, keep
+    # their full weight when the rank would not make them smaller; a rank given for named layers must
+    reports = compress_linear(model, {n: keep if keep is not None else rank for n in chosen}, method,
+                              BatchLoader(sample, 4096, shuffle=False) if method == "afm" else None,
+                              skip_unprofitable=layers is None or keep is not None) if chosen else []
+    for n in sorted(set(chosen) - {r.name for r in reports}):
+        log(f"[ctrlab] compress: {n} keeps its full weight (its rank would save nothing)")
+    if chosen and not reports and embedding_rank is None:
+        raise ConfigError(f"compress: no layer of {cfg.model} saves parameters at rank {rank if keep is None else keep}; "
+                          f"candidates (in x out): {[(n, m.in_features, m.out_features) for n, m in candidates.items()]}")
     tables = []
     if embedding_rank is not None:
-        train_arrays = data.splits["train"].take(slice(0, min(rows, len(data.splits["train"])))).arrays
-        tables = [compress_embedding(model, name, embedding_rank, method, train_arrays)
+        tables = [compress_embedding(model, name, embedding_rank, method, sample.arrays)
                   for name, layer in embedding_tables(model).items() if embedding_rank < layer.embedding_dim]
         if not tables:  # (a first-order term's table has width 1: no rank below it)
             raise ConfigError(f"compress: {cfg.model} has no embedding table wider than embedding_rank "
@@ -708,7 +687,7 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
         summary = {
             "dataset": dcfg.name, "model": cfg.model, "parameters": model.count_parameters(),
             "compression": {"method": method, "source_run": str(source.resolve()), "parameters_before": before,
-                            "statistics_rows": min(rows, len(data.splits["train"])) if method == "afm" else 0,
+                            "statistics_rows": len(sample) if method == "afm" else 0,
                             "layers": [dataclasses.asdict(r) for r in reports],
                             "tables": [dataclasses.asdict(t) for t in tables]},
             **metrics,

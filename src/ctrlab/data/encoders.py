@@ -234,6 +234,11 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else repr(float(x))
 
 
+def _signed_log(x: np.ndarray) -> np.ndarray:
+    """``normalizer: log``: ``sign(x) log(1 + |x|)``."""
+    return np.sign(x) * np.log1p(np.abs(x))
+
+
 class NumericEncoder:
     kind = "numeric"
 
@@ -305,7 +310,7 @@ class NumericEncoder:
         if lost is not None:
             self.warn_float32(lost)
         if self.spec.normalizer == "log":
-            x = np.sign(x) * np.log1p(np.abs(x))
+            x = _signed_log(x)
         self.stats = {
             "mean": float(x.mean()),
             "std": float(x.std()),
@@ -329,7 +334,7 @@ class NumericEncoder:
         x = self.values(df, path)
         norm = self.spec.normalizer
         if norm == "log":
-            x = np.sign(x) * np.log1p(np.abs(x))
+            x = _signed_log(x)
         if self.boundaries is not None:
             # bucket b in 0..len(boundaries) -> id b + 2
             return (np.searchsorted(np.asarray(self.boundaries), x, side="right") + FIRST_ID).astype(np.int32)
@@ -346,9 +351,7 @@ class NumericEncoder:
                          f"write a smaller number, set normalizer: log on {self.spec.name!r}, or set non_finite: fill "
                          "to read such numbers as missing")
             fill = np.asarray([self.spec.fill_value], dtype=np.float64)
-            if norm == "log":
-                fill = np.sign(fill) * np.log1p(np.abs(fill))
-            out[over] = self._normalize(fill).astype(np.float32)[0]
+            out[over] = self._normalize(_signed_log(fill) if norm == "log" else fill).astype(np.float32)[0]
         return out
 
     def state(self) -> dict[str, Any]:

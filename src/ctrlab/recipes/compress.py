@@ -157,12 +157,14 @@ class LayerReport:
 
 @torch.no_grad()
 def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: str = "afm",
-                    batches: Iterable[Mapping[str, torch.Tensor]] | None = None) -> list[LayerReport]:
+                    batches: Iterable[Mapping[str, torch.Tensor]] | None = None,
+                    skip_unprofitable: bool = False) -> list[LayerReport]:
     """Replace the named ``nn.Linear`` layers of ``model`` in place by :class:`LowRankLinear` ones.
 
     ``ranks``: layer name -> rank ``k`` (an int), or, for ``afm``, the share of output variance to
     keep (a float in (0, 1), e.g. 0.99). ``batches``: training batches for ``afm``'s statistics. A
-    rank that would not save parameters (``k >= n d / (n + d)``) is refused."""
+    rank below full that would not save parameters (``k (n + d) + k + d >= n d + d``) is refused,
+    or, with ``skip_unprofitable``, leaves that layer as it is (it has no report)."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     layers = linear_layers(model)
@@ -191,6 +193,8 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
         if not 0 < k <= min(n, d):
             raise ValueError(f"{name}: rank {k} is outside 1..min(in, out) = {min(n, d)}")
         if after >= before and k < min(n, d):
+            if skip_unprofitable:
+                continue
             raise ValueError(f"{name}: rank {k} saves nothing ({after:,} parameters vs {before:,}); use a rank below "
                              f"{n * d / (n + d):.0f}")
         new = afm_linear(linear, stats[name], k) if method == "afm" else svd_linear(linear, k)
@@ -263,42 +267,40 @@ def compress_embedding(model: nn.Module, name: str, rank: int | float, method: s
         if arrays is None:
             raise ValueError("afm needs the encoded train arrays to weight the table's rows by their lookups")
         counts = torch.from_numpy(_row_counts(layer, arrays))
-    plans = []
-    for start, size, _ in blocks:
-        e = weight[start:start + size]
-        if method == "afm":
-            c = counts[start:start + size]
+    # afm: per block, the lookup-weighted mean and the covariance's eigenpairs (a float rank needs
+    # them all before k is known)
+    spectra: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]] = []  # mu, values, vectors, lookups
+    if method == "afm":
+        for start, size, _ in blocks:
+            e, c = weight[start:start + size], counts[start:start + size]
             n = float(c.sum())
             if n > 0:
                 mu = (c[:, None] * e).sum(0) / n
                 cov = (c[:, None] * e).T @ e / n - torch.outer(mu, mu)
             else:  # a block never looked up in train: its rows' own spread
-                mu, cov = e.mean(0), torch.cov(e.T, correction=0) if size > 1 else torch.zeros(dim, dim,
-                                                                                              dtype=torch.float64)
+                mu = e.mean(0)
+                cov = torch.cov(e.T, correction=0) if size > 1 else torch.zeros(dim, dim, dtype=torch.float64)
             values, vectors = torch.linalg.eigh((cov + cov.T) / 2)
-            values, vectors = values.flip(0).clamp(min=0.0), vectors.flip(1)
-            plans.append(("afm", e, mu, values, vectors, n))
-        else:
-            u, sv, vh = torch.linalg.svd(e, full_matrices=False)
-            plans.append(("svd", e, u, sv, vh, 0.0))
+            spectra.append((mu, values.flip(0).clamp(min=0.0), vectors.flip(1), n))
     if isinstance(rank, float):
         if method != "afm":
             raise ValueError("svd takes an integer rank")
-        k = max(rank_for_energy(p[3], rank) for p in plans)
+        k = max(rank_for_energy(values, rank) for _, values, _, _ in spectra)
     else:
         k = int(rank)
     if not 0 < k <= dim:
         raise ValueError(f"{name}: rank {k} is outside 1..{dim} (the embedding size)")
     new = LowRankEmbedding(rows, dim, k, [start for start, _, _ in blocks])
     tail, lookups = 0.0, 0.0
-    for b, ((start, size, _), plan) in enumerate(zip(blocks, plans)):
-        if plan[0] == "afm":
-            _, e, mu, values, vectors, n = plan
+    for b, (start, size, _) in enumerate(blocks):
+        e = weight[start:start + size]
+        if method == "afm":
+            mu, values, vectors, n = spectra[b]
             u = vectors[:, :k]  # D x k
             codes, decoder, mean = (e - mu) @ u, u.T, mu
             tail, lookups = tail + n * float(values[k:].sum()), lookups + n
-        else:
-            _, e, u, sv, vh, _ = plan
+        else:  # the block's rows unweighted and uncentred: e = U S V^T, codes U_k S_k, decoder V_k^T
+            u, sv, vh = torch.linalg.svd(e, full_matrices=False)
             width = min(k, len(sv))
             codes = torch.zeros(size, k, dtype=torch.float64)
             decoder = torch.zeros(k, dim, dtype=torch.float64)

@@ -299,7 +299,7 @@ class Predictor:
                 break
             try:
                 arrays = self._encoded(frame)
-                probs = self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
+                probs = self._score(arrays)
             except RequestError as exc:
                 if exc.row is None:
                     for i in live:
@@ -319,10 +319,12 @@ class Predictor:
         """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``."""
         return self.backend(feeds)
 
-    def _finite(self, probs: np.ndarray, arrays: dict[str, np.ndarray]) -> np.ndarray:
-        """``probs``, or a RequestError for the first row whose probability is not a number: a numeric
-        input so far outside the training data (e.g. 1e38 where train held single digits) that the
-        model's arithmetic overflows. The error names the numeric field furthest from zero in that row."""
+    def _score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
+        """Probabilities of encoded ``arrays``, or a RequestError for the first row whose probability
+        is not a number: a numeric input so far outside the training data (e.g. 1e38 where train held
+        single digits) that the model's arithmetic overflows. The error names the numeric field
+        furthest from zero in that row."""
+        probs = self.run(as_model_arrays(arrays, self.inputs))
         bad = ~np.isfinite(probs)
         if not bad.any():
             return probs
@@ -338,16 +340,14 @@ class Predictor:
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probabilities for raw JSON-like records (see the module docstring for accepted values)."""
-        arrays = self._encoded(self.records_to_frame(list(records)))
-        return self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
+        return self._score(self._encoded(self.records_to_frame(list(records))))
 
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """Probabilities for a raw frame read like the training files (e.g. with :func:`read_split`)."""
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise RequestError(f"the frame lacks columns {missing}", field=missing[0])
-        arrays = self._encoded(frame)
-        return self._finite(self.run(as_model_arrays(arrays, self.inputs)), arrays)
+        return self._score(self._encoded(frame))
 
     @property
     def metadata_model(self) -> str:
