@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -93,7 +94,7 @@ def render(results: dict[str, list[dict]], seeds: list[int]) -> str:
              "smaller at equal or higher AUC, with fine-tuning, on Criteo / Avazu) is on different data.", ""]
     for dataset, rows in results.items():
         lines += [f"### {dataset}", "",
-                  "| model | test AUC | Δ AUC | parameters | × smaller | 1-row p50 ms | rows/s at 4096 |",
+                  f"| model | test AUC, mean ± std (SE), n={len(rows)} | Δ AUC | parameters | × smaller | 1-row p50 ms | rows/s at 4096 |",
                   "|---|---|---|---|---|---|---|"]
         labels = ["base"] + [s[0] for s in SETTINGS]
         base_auc = [r["base"]["test_AUC"] for r in rows]
@@ -104,7 +105,8 @@ def render(results: dict[str, list[dict]], seeds: list[int]) -> str:
             params = rows[0][label]["parameters"]
             lat = rows[0][label]
             lines.append(
-                f"| {'uncompressed' if label == 'base' else label} | {statistics.mean(aucs):.4f} ± {std:.4f} | "
+                f"| {'uncompressed' if label == 'base' else label} | {statistics.mean(aucs):.4f} ± {std:.4f} "
+                f"({std / math.sqrt(len(aucs)):.4f}) | "
                 f"{delta:+.4f} | {params:,} | {rows[0]['base']['parameters'] / params:.2f} | "
                 f"{lat.get('single_row_p50_ms', float('nan')):.3f} | {lat.get('rows_per_s_4096', float('nan')):,.0f} |")
         lines.append("")

@@ -21,4 +21,5 @@ def test_one_seed_on_criteo_head10k_and_its_table(data_dir, tmp_path):
     assert both < row["afm, MLP width/4"]["parameters"] and both < row["afm, embeddings 4 of 10"]["parameters"]
     text = eff.render({"criteo_head10k": [row]}, [2021])
     assert text.startswith(eff.BEGIN) and text.endswith(eff.END)
-    assert f"| uncompressed | {base['test_AUC']:.4f} ± 0.0000 | +0.0000 | {base['parameters']:,} | 1.00 |" in text
+    assert f"| uncompressed | {base['test_AUC']:.4f} ± 0.0000 (0.0000) | +0.0000 | {base['parameters']:,} | 1.00 |" in text
+    assert "| model | test AUC, mean ± std (SE), n=1 |" in text
