@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ctrlab.config import ConfigError
-from ctrlab.train.optim import SparseDenseOptimizer, clip_grad_norm, make_optimizer
+from ctrlab.train.optim import CompositeOptimizer, SparseDenseOptimizer, clip_grad_norm, make_optimizer
 
 
 def _grads(sparse: bool):
@@ -36,7 +36,7 @@ def test_clip_with_sparse_gradients_equals_torch_clip_on_dense_ones(max_norm):
 def test_make_optimizer_routes_tables_to_sparse_adam_and_refuses_adamw():
     params = _grads(True)
     opt = make_optimizer("adam", params, 0.01, sparse_params=[params[0]])
-    assert isinstance(opt, SparseDenseOptimizer)
+    assert isinstance(opt, CompositeOptimizer) and isinstance(opt.optimizers[-1], torch.optim.SparseAdam)
     kinds = [type(o).__name__ for o in opt.optimizers]
     assert kinds == ["Adam", "SparseAdam"]
     assert opt.optimizers[1].param_groups[0]["params"] == [params[0]]
@@ -75,3 +75,33 @@ def test_lr_changes_reach_both_optimizers():
     for g in opt.param_groups:
         g["lr"] = 0.123
     assert [o.param_groups[0]["lr"] for o in opt.optimizers] == [0.123, 0.123]
+
+
+def test_extra_groups_get_their_own_optimizer_and_leave_the_main_one():
+    torch.manual_seed(0)
+    params = [nn.Parameter(torch.randn(3)), nn.Parameter(torch.randn(2)), nn.Parameter(torch.randn(4))]
+    opt = make_optimizer("adam", params, 0.01,
+                         extra_groups=[{"name": "thresholds", "params": [params[1]], "optimizer": "sgd", "lr": 0.5}])
+    assert isinstance(opt, CompositeOptimizer)
+    main, extra = opt.optimizers
+    assert isinstance(main, torch.optim.Adam) and isinstance(extra, torch.optim.SGD)
+    assert [id(p) for g in main.param_groups for p in g["params"]] == [id(params[0]), id(params[2])]
+    assert [g["base_lr"] for g in opt.param_groups] == [0.01, 0.5]
+    before = [p.detach().clone() for p in params]
+    sum((p * torch.arange(1.0, p.numel() + 1)).sum() for p in params).backward()
+    opt.step()
+    # plain SGD on the group: exactly -lr * grad
+    assert torch.allclose(params[1], before[1] - 0.5 * torch.tensor([1.0, 2.0]))
+    # Adam's first step moves every coordinate by about lr
+    assert torch.allclose((params[0] - before[0]).abs(), torch.full((3,), 0.01), atol=1e-5)
+    state = opt.state_dict()
+    assert sorted(state["state"]) == [0, 2]  # SGD without momentum keeps no state; positions are global
+    again = make_optimizer("adam", params, 0.01,
+                           extra_groups=[{"name": "thresholds", "params": [params[1]], "optimizer": "sgd", "lr": 0.5}])
+    again.load_state_dict(state)
+    assert torch.equal(again.optimizers[0].state[params[0]]["exp_avg"], main.state[params[0]]["exp_avg"])
+    with pytest.raises(ValueError, match="more than one group"):
+        make_optimizer("adam", params, 0.01, extra_groups=[{"params": [params[1]], "lr": 1.0},
+                                                           {"params": [params[1]], "lr": 1.0}])
+    with pytest.raises(ValueError, match="one of the model's parameters"):
+        make_optimizer("adam", params, 0.01, extra_groups=[{"params": [nn.Parameter(torch.ones(1))], "lr": 1.0}])

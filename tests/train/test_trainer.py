@@ -564,14 +564,14 @@ def test_sparse_embeddings_with_adam_learn_like_dense_adam_and_resume_exactly(tm
     """SparseAdam (lazy Adam) on the tables is a different update from dense Adam, so the bar is
     learning as well; resume after an interrupt is bit-exact as with every other optimizer."""
     from ctrlab.data.loader import BatchLoader
-    from ctrlab.train.optim import SparseDenseOptimizer
+    from ctrlab.train.optim import CompositeOptimizer
 
     aucs = {}
     for sparse in (False, True):
         cfg = TrainerConfig(epochs=4, lr=1e-2, progress=False, sparse_embeddings=sparse)
         trainer = _fit(_deepfm(), cfg, tmp_path / f"adam_{sparse}")
         aucs[sparse] = trainer.evaluate(BatchLoader(K.make_split(1500, 3), 1024))["AUC"]
-        assert isinstance(trainer.optimizer, SparseDenseOptimizer) == sparse
+        assert isinstance(trainer.optimizer, CompositeOptimizer) == sparse
     assert aucs[False] > 0.75 and abs(aucs[True] - aucs[False]) < 0.01, aucs
 
     cfg = TrainerConfig(epochs=4, lr=1e-2, progress=False, sparse_embeddings=True, patience=10)
@@ -688,3 +688,30 @@ def test_validate_start_survives_a_resume(tmp_path):
     assert len(history) == len(whole_history)
     final = K.weights(resumed.model)
     assert all(torch.equal(final[k], initial[k]) for k in final)
+
+
+def test_model_optimizer_groups_train_with_their_own_lr_and_resume_exactly(tmp_path):
+    """A model's optimizer_groups (OptEmbed's thresholds: plain SGD at their own lr) are stepped by
+    their own optimizer, keep their lr across the trainer's resets and lr decay floor, and an
+    interrupted run resumes bit for bit."""
+    from ctrlab.models.deepfm import DeepFM
+
+    class WithGroup(DeepFM):
+        def optimizer_groups(self):
+            return [{"name": "fm_out", "params": [self.mlp.out.bias], "optimizer": "sgd", "lr": 0.123}]
+
+    def model():
+        seed_everything(0)
+        return WithGroup(K.feature_map(), embedding_dim=4, hidden_units=[16])
+
+    cfg = TrainerConfig(epochs=3, lr=1e-2, progress=False, patience=10)
+    whole = _fit(model(), cfg, tmp_path / "whole")
+    groups = whole.optimizer.param_groups
+    assert [g["lr"] for g in groups] == [1e-2, 0.123]
+    assert isinstance(whole.optimizer.optimizers[1], torch.optim.SGD)
+    with pytest.raises(_Stop):
+        _fit(model(), cfg, tmp_path / "resumed", callbacks=[_stop_after(1)])
+    resumed = _fit(model(), cfg, tmp_path / "resumed", resume=True)
+    assert _strip(resumed.history) == _strip(whole.history)
+    for k, v in whole.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k

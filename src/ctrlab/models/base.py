@@ -78,6 +78,14 @@ class CTRModel(nn.Module):
         emb = {id(p) for p in self.embedding_parameters()}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in emb]
 
+    def optimizer_groups(self) -> list[dict[str, Any]]:
+        """Parameters this model trains with an optimizer of their own, taken out of the trainer's
+        main one: a list of ``{"name", "params", "optimizer" ("sgd" / "adam" / "adamw"), "lr",
+        "weight_decay"}`` (see :func:`ctrlab.train.optim.make_optimizer`). Default: none. The
+        regularizers still cover them unless :meth:`embedding_parameters` / :meth:`net_parameters`
+        leave them out."""
+        return []
+
     def regularization(self) -> torch.Tensor:
         reg = torch.zeros((), device=self._device())
         for l1, l2, params in ((self.embedding_l1, self.embedding_regularizer, self.embedding_parameters),

@@ -11,14 +11,14 @@ its cost grows with the vocabulary; a table of 1M+ ids costs more per step than 
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..config import ConfigError
 
-__all__ = ["make_optimizer", "SparseDenseOptimizer", "clip_grad_norm", "OPTIMIZERS"]
+__all__ = ["make_optimizer", "CompositeOptimizer", "SparseDenseOptimizer", "clip_grad_norm", "OPTIMIZERS"]
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -44,43 +44,75 @@ def _dense_optimizer(name: str, params: Sequence[nn.Parameter], lr: float) -> to
 
 
 def make_optimizer(name: str, params: Sequence[nn.Parameter], lr: float,
-                   sparse_params: Sequence[nn.Parameter] = ()) -> "torch.optim.Optimizer | SparseDenseOptimizer":
+                   sparse_params: Sequence[nn.Parameter] = (),
+                   extra_groups: Sequence[Mapping[str, Any]] = ()) -> "torch.optim.Optimizer | CompositeOptimizer":
     """The optimizer over ``params`` (the model's parameters, in ``named_parameters`` order).
 
     ``sparse_params`` (a subset of ``params``) are tables whose gradients are sparse: with
     ``adam`` they go to ``SparseAdam``; ``sgd`` handles them itself; ``adamw`` has no sparse
-    form in torch and is refused (decoupled weight decay would touch every row each step)."""
-    if not sparse_params or name == "sgd":
-        return _dense_optimizer(name, params, lr)
-    if name != "adam":
-        raise ConfigError(
-            f"trainer.sparse_embeddings works with optimizer adam (SparseAdam for the tables) or sgd, "
-            f"not {name!r}; set trainer.optimizer=adam or trainer.sparse_embeddings=false"
-        )
-    return SparseDenseOptimizer(params, sparse_params, lr)
+    form in torch and is refused (decoupled weight decay would touch every row each step).
+
+    ``extra_groups``: parameters a model trains with an optimizer of their own
+    (:meth:`~ctrlab.models.base.CTRModel.optimizer_groups`: OptEmbed's thresholds with plain SGD,
+    OptInter's architecture logits with Adam at another learning rate). Each is a mapping with
+    ``params``, ``optimizer`` (``sgd`` / ``adam`` / ``adamw``), ``lr`` and optionally
+    ``weight_decay`` and ``name``; those parameters leave the main optimizer. Every group
+    remembers its starting learning rate as ``base_lr`` (the trainer's resets go back to it)."""
+    extra_ids = {id(p) for g in extra_groups for p in g["params"]}
+    position = {id(p) for p in params}
+    if not extra_ids <= position:
+        raise ValueError("optimizer_groups: every parameter of a group must be one of the model's parameters")
+    if sum(len(list(g["params"])) for g in extra_groups) != len(extra_ids):
+        raise ValueError("optimizer_groups: a parameter is in more than one group")
+    main = [p for p in params if id(p) not in extra_ids]
+    sparse = [p for p in sparse_params if id(p) not in extra_ids]
+    parts: list[torch.optim.Optimizer] = []
+    if main:
+        if not sparse or name == "sgd":
+            parts.append(_dense_optimizer(name, main, lr))
+        elif name != "adam":
+            raise ConfigError(
+                f"trainer.sparse_embeddings works with optimizer adam (SparseAdam for the tables) or sgd, "
+                f"not {name!r}; set trainer.optimizer=adam or trainer.sparse_embeddings=false"
+            )
+        else:
+            sparse_ids = {id(p) for p in sparse}
+            dense = [p for p in main if id(p) not in sparse_ids]
+            if dense:
+                parts.append(_dense_optimizer("adam", dense, lr))
+            parts.append(torch.optim.SparseAdam(sparse, lr=lr))
+    for g in extra_groups:
+        kind, group_lr = str(g.get("optimizer", name)), float(g["lr"])
+        opt = _dense_optimizer(kind, list(g["params"]), group_lr)
+        for pg in opt.param_groups:
+            pg["weight_decay"] = float(g.get("weight_decay", 0.0))
+            pg["group_name"] = str(g.get("name", kind))
+        parts.append(opt)
+    for opt in parts:
+        for pg in opt.param_groups:
+            pg.setdefault("base_lr", pg["lr"])
+    if len(parts) == 1:
+        return parts[0]
+    return CompositeOptimizer(params, parts)
 
 
-class SparseDenseOptimizer:
-    """``SparseAdam`` over the sparse tables + ``Adam`` over the rest, behind one optimizer API.
+class CompositeOptimizer:
+    """Several torch optimizers over disjoint subsets of ``params``, behind one optimizer API:
+    ``SparseAdam`` over sparse tables + ``Adam`` over the rest, and/or a model's own parameter
+    groups (``extra_groups`` of :func:`make_optimizer`).
 
-    ``param_groups`` lists both optimizers' groups (the same dicts, so learning-rate changes
+    ``param_groups`` lists every optimizer's groups (the same dicts, so learning-rate changes
     reach them); ``state_dict`` / ``load_state_dict`` index parameters by their position in
     ``params``, like a single torch optimizer over ``params`` would, so the trainer's checkpoint
     code works unchanged."""
 
-    def __init__(self, params: Sequence[nn.Parameter], sparse_params: Sequence[nn.Parameter], lr: float):
+    def __init__(self, params: Sequence[nn.Parameter], optimizers: Sequence[torch.optim.Optimizer]):
         self._params = list(params)
         position = {id(p): i for i, p in enumerate(self._params)}
-        missing = [i for i, p in enumerate(sparse_params) if id(p) not in position]
-        if missing:
-            raise ValueError("sparse_params must be a subset of params")
-        sparse_ids = {id(p) for p in sparse_params}
-        dense = [p for p in self._params if id(p) not in sparse_ids]
-        sparse = [p for p in self._params if id(p) in sparse_ids]
-        self.optimizers: list[torch.optim.Optimizer] = []
-        if dense:
-            self.optimizers.append(_dense_optimizer("adam", dense, lr))
-        self.optimizers.append(torch.optim.SparseAdam(sparse, lr=lr))
+        self.optimizers = list(optimizers)
+        owned = [id(p) for opt in self.optimizers for g in opt.param_groups for p in g["params"]]
+        if len(owned) != len(set(owned)) or not set(owned) <= set(position):
+            raise ValueError("the optimizers must cover disjoint subsets of params")
         # global index (position in params) of each optimizer's local index
         self._globals = [[position[id(p)] for g in opt.param_groups for p in g["params"]] for opt in self.optimizers]
 
@@ -116,13 +148,28 @@ class SparseDenseOptimizer:
             start += n
             local = {g: i for i, g in enumerate(glob)}
             if sorted(i for g in mine for i in g["params"]) != sorted(glob):
-                raise ValueError("optimizer state does not match the sparse / dense parameter split")
+                raise ValueError("optimizer state does not match the split of parameters between optimizers")
             opt.load_state_dict({
                 "state": {local[k]: v for k, v in state_dict["state"].items() if k in local},
                 "param_groups": [{**g, "params": [local[i] for i in g["params"]]} for g in mine],
             })
         if start != len(groups):
             raise ValueError(f"optimizer state has {len(groups)} param groups, expected {start}")
+
+
+class SparseDenseOptimizer(CompositeOptimizer):
+    """``SparseAdam`` over the sparse tables + ``Adam`` over the rest (see :class:`CompositeOptimizer`)."""
+
+    def __init__(self, params: Sequence[nn.Parameter], sparse_params: Sequence[nn.Parameter], lr: float):
+        params = list(params)
+        position = {id(p) for p in params}
+        if any(id(p) not in position for p in sparse_params):
+            raise ValueError("sparse_params must be a subset of params")
+        sparse_ids = {id(p) for p in sparse_params}
+        dense = [p for p in params if id(p) not in sparse_ids]
+        sparse = [p for p in params if id(p) in sparse_ids]
+        parts = [_dense_optimizer("adam", dense, lr)] if dense else []
+        super().__init__(params, [*parts, torch.optim.SparseAdam(sparse, lr=lr)])
 
 
 @torch.no_grad()

@@ -501,7 +501,9 @@ class Trainer:
             if not self._sparse_tables:
                 self._log("trainer.sparse_embeddings: the model has no embedding tables; nothing to make sparse",
                           level=logging.WARNING)
-        self.optimizer = make_optimizer(config.optimizer, self._params, config.lr, self._sparse_tables)
+        groups = getattr(self.model, "optimizer_groups", None)
+        self._extra_groups = list(groups()) if callable(groups) else []  # e.g. OptEmbed's thresholds (SGD)
+        self.optimizer = self._make_optimizer()
         self._scaler = None
         if config.precision == "fp16":
             if self._sparse_tables:
@@ -570,7 +572,7 @@ class Trainer:
             if resume:
                 self._log(f"resume requested but {self.ckpt_dir} holds no checkpoint; starting fresh")
             # fresh optimizer (no moments from an earlier fit) and counters; weights are the model's
-            self.optimizer = make_optimizer(cfg.optimizer, self._params, cfg.lr, self._sparse_tables)
+            self.optimizer = self._make_optimizer()
             self._reset_state()
             if self.dist.active:
                 self._seed_rank()
@@ -827,6 +829,10 @@ class Trainer:
                 "TrainerConfig.make_train_loader(split, shard), which pads the shards"
             )
 
+    def _make_optimizer(self):
+        return make_optimizer(self.config.optimizer, self._params, self.config.lr, self._sparse_tables,
+                              self._extra_groups)
+
     def _reset_state(self) -> None:
         self.history: list[dict] = []
         self.start_metric: float | None = None
@@ -834,12 +840,12 @@ class Trainer:
         self.early_stopping.reset()
         self.epochs_done = 0
         for group in self.optimizer.param_groups:
-            group["lr"] = self.config.lr
+            group["lr"] = group.get("base_lr", self.config.lr)  # a model's own groups start at their own lr
 
     def _decay_lr(self) -> None:
         cfg = self.config
         for group in self.optimizer.param_groups:
-            group["lr"] = max(group["lr"] * cfg.lr_decay_factor, cfg.min_lr)
+            group["lr"] = max(group["lr"] * cfg.lr_decay_factor, min(cfg.min_lr, group["lr"]))  # never raised
 
     def _current_lr(self) -> float:
         return float(self.optimizer.param_groups[0]["lr"])
