@@ -618,7 +618,8 @@ def predict(
 # ---- compression (issue 16) ------------------------------------------------------------------
 def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank: int | None = None,
              keep: float | None = None, layers: list[str] | None = None, rows: int = 100_000,
-             embedding_rank: int | None = None, overwrite: bool = False, log=print) -> RunResult:
+             embedding_rank: int | float | None = None, finetune_epochs: int = 0, finetune_lr: float | None = None,
+             overwrite: bool = False, log=print) -> RunResult:
     """Write a compressed copy of a finished run into ``output``: its linear layers replaced by
     low-rank ones (:mod:`ctrlab.recipes.compress`, ``method`` ``afm`` or ``svd``), evaluated on the
     valid and test splits, and loadable, exportable and servable like any run.
@@ -628,7 +629,13 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     (default: every one with more than one output whose rank would save parameters). ``rows``: the
     first rows of the train split (file order) that ``afm``'s statistics are collected on.
     ``embedding_rank``: also store every FeatureEmbedding's fused table at this rank
-    (:func:`~ctrlab.recipes.compress.compress_embedding`; afm weights rows by their train lookups).
+    (:func:`~ctrlab.recipes.compress.compress_embedding`; afm weights rows by their train lookups);
+    a float in (0, 1) (afm only) is the share of each field block's lookup-weighted variance to keep.
+    ``finetune_epochs``: then train the compressed model for up to this many epochs with the run's
+    trainer settings (learning rate ``finetune_lr``, default the run's ``trainer.lr``; early stopping
+    on the valid split as configured), the compressed weights validated first and kept when no epoch
+    beats them (``trainer.validate_start``), so fine-tuning never ends worse on valid than the
+    rewrite. The AFM paper fine-tunes; 0 (default) is the pure rewrite.
     ``metrics.json`` records each layer's rank, parameters before and after, and (afm) the expected
     squared error, the dropped eigenvalues' sum."""
     from safetensors.torch import save_file
@@ -638,8 +645,14 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     if (rank is None) == (keep is None) and not (rank is None and keep is None and embedding_rank is not None):
         raise ConfigError("compress: give either rank (an integer) or keep (a share of variance in (0, 1]), "
                           "and/or embedding_rank")
-    if keep is not None and method != "afm":
+    if (keep is not None or isinstance(embedding_rank, float)) and method != "afm":
         raise ConfigError("compress: keep (a share of output variance) needs method afm; svd takes a rank")
+    if isinstance(embedding_rank, float) and not 0.0 < embedding_rank < 1.0:
+        raise ConfigError(f"compress: embedding_rank {embedding_rank} is neither a rank (an integer) nor a share "
+                          "of variance in (0, 1)")
+    if finetune_epochs < 0 or (finetune_lr is not None and not finetune_lr > 0):
+        raise ConfigError(f"compress: finetune_epochs must be >= 0 and finetune_lr > 0, got {finetune_epochs}, "
+                          f"{finetune_lr}")
     source = Path(run_dir)
     model, fmap, dcfg, cfg = load_run(source)
     inside_low_rank = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear)
@@ -668,7 +681,8 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     tables = []
     if embedding_rank is not None:
         tables = [compress_embedding(model, name, embedding_rank, method, sample.arrays)
-                  for name, layer in embedding_tables(model).items() if embedding_rank < layer.embedding_dim]
+                  for name, layer in embedding_tables(model).items()
+                  if isinstance(embedding_rank, float) or embedding_rank < layer.embedding_dim]
         if not tables:  # (a first-order term's table has width 1: no rank below it)
             raise ConfigError(f"compress: {cfg.model} has no embedding table wider than embedding_rank "
                               f"{embedding_rank}: {[(n, m.embedding_dim) for n, m in embedding_tables(model).items()]}")
@@ -681,20 +695,33 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
                                              + yaml.safe_dump(saved, sort_keys=False))
         (out / "dataset_config.json").write_text((source / "dataset_config.json").read_text())
         fmap.save(out / "feature_map.json")
-        trainer = Trainer(model, cfg.trainer, out)
         loaders = _loaders(data, cfg.trainer)
+        history: list[dict] = []
+        tuned: dict[str, Any] = {}
+        if finetune_epochs:
+            tcfg = dataclasses.replace(cfg.trainer, epochs=finetune_epochs, lr=finetune_lr or cfg.trainer.lr,
+                                       validate_start="valid" in loaders)
+            trainer = Trainer(model, tcfg, out)
+            log(f"[ctrlab] compress: fine-tuning up to {finetune_epochs} epochs at lr {tcfg.lr:g}")
+            history = trainer.fit(loaders["train"], loaders.get("valid"))
+            tuned = {"finetune_epochs": finetune_epochs, "finetune_lr": tcfg.lr, "epochs": len(history),
+                     "best_epoch": 0 if trainer.kept_start else trainer.best_epoch,
+                     "valid_before": trainer.start_metric}
+        else:
+            trainer = Trainer(model, cfg.trainer, out)
         metrics = {s: trainer.evaluate(loaders[s], split=s) for s in ("valid", "test") if s in loaders}
         summary = {
             "dataset": dcfg.name, "model": cfg.model, "parameters": model.count_parameters(),
             "compression": {"method": method, "source_run": str(source.resolve()), "parameters_before": before,
                             "statistics_rows": len(sample) if method == "afm" else 0,
                             "layers": [dataclasses.asdict(r) for r in reports],
-                            "tables": [dataclasses.asdict(t) for t in tables]},
+                            "tables": [dataclasses.asdict(t) for t in tables],
+                            **({"finetune": tuned} if tuned else {})},
             **metrics,
         }
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(out / "model.safetensors"))
-        (out / "history.json").write_text("[]")
+        (out / "history.json").write_text(json.dumps(history, indent=1))
         (out / "metrics.json").write_text(json.dumps(summary, indent=1))
     finally:
         lock.release()

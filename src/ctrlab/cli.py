@@ -88,7 +88,8 @@ def cmd_compress(args) -> int:
 
     layers = [c.strip() for c in args.layers.split(",") if c.strip()] if args.layers else None
     res = compress(args.run, args.output, method=args.method, rank=args.rank, keep=args.keep, layers=layers,
-                   rows=args.rows, embedding_rank=args.embedding_rank, overwrite=args.overwrite)
+                   rows=args.rows, embedding_rank=args.embedding_rank if args.embedding_keep is None else args.embedding_keep,
+                   finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, overwrite=args.overwrite)
     print(json.dumps({k: res.metrics[k] for k in ("valid", "test", "parameters") if k in res.metrics}))
     print(f"[ctrlab] compressed run: {res.run_dir} (export it: ctrlab export {res.run_dir})")
     return 0
@@ -240,8 +241,15 @@ def build_parser() -> argparse.ArgumentParser:
     size.add_argument("--rank", type=int, help="rank of every compressed layer")
     size.add_argument("--keep", type=float, help="afm: per layer, the smallest rank keeping this share of output variance")
     co.add_argument("--layers", help="comma-separated nn.Linear layer names (default: every one the rank makes smaller)")
-    co.add_argument("--embedding-rank", type=int,
-                    help="also store the embedding tables at this rank (per field: codes and a decoder)")
+    table = co.add_mutually_exclusive_group()
+    table.add_argument("--embedding-rank", type=int,
+                       help="also store the embedding tables at this rank (per field: codes and a decoder)")
+    table.add_argument("--embedding-keep", type=float,
+                       help="afm: store the embedding tables at the smallest rank keeping this share of every "
+                            "field's lookup-weighted variance")
+    co.add_argument("--finetune-epochs", type=int, default=0,
+                    help="then fine-tune up to this many epochs (kept only if better on valid; default 0: none)")
+    co.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: the run's trainer.lr)")
     co.add_argument("--rows", type=int, default=100_000, help="train rows for afm's statistics (default %(default)s)")
     co.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     co.set_defaults(func=cmd_compress)

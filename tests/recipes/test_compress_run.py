@@ -83,3 +83,28 @@ def test_cli_svd_and_clear_errors(trained, tmp_path):
     bad = subprocess.run([*cmd[:-2], "--keep", "0.9", "--output", str(tmp_path / "x")], capture_output=True,
                          text=True, timeout=300)
     assert bad.returncode != 0 and "keep (a share of output variance) needs method afm" in bad.stderr
+
+
+def test_finetuning_never_ends_worse_on_valid_than_the_rewrite(trained, tmp_path):
+    """``finetune_epochs``: the lossy rewrite is trained further, validated first and kept when no
+    epoch beats it, so the run's monitored valid score is at least the rewrite's; the run records it."""
+    from ctrlab.api import compress, load_run_config
+
+    kw = dict(method="afm", rank=2, embedding_rank=0.5, log=lambda *a: None)
+    rewrite = compress(trained.run_dir, tmp_path / "rewrite", **kw)
+    tuned = compress(trained.run_dir, tmp_path / "tuned", finetune_epochs=2, **kw)
+    info = tuned.metrics["compression"]["finetune"]
+    assert info["finetune_epochs"] == 2 and 1 <= info["epochs"] <= 2 and info["best_epoch"] in (0, 1, 2)
+    assert len(json.loads((tuned.run_dir / "history.json").read_text())) == info["epochs"]
+    tcfg = load_run_config(trained.run_dir / "run_config.yaml").trainer
+    weights = tcfg.monitor_weights()
+    score = lambda m: sum(w * m["valid"][k] for k, w in weights.items())  # noqa: E731
+    # the start the fine-tuning validated is the rewrite (same weights, same valid split)
+    assert info["valid_before"] == pytest.approx(score(rewrite.metrics), abs=1e-6)
+    better = score(tuned.metrics) >= score(rewrite.metrics) - 1e-9
+    assert better if tcfg.resolved_monitor_mode() == "max" else score(tuned.metrics) <= score(rewrite.metrics) + 1e-9
+    # a share of variance for the tables picks one rank for the fused table, recorded like an integer one
+    saved = yaml.safe_load((tuned.run_dir / "run_config.yaml").read_text())
+    assert isinstance(saved["low_rank"]["embedding.embedding"], int)
+    with pytest.raises(Exception, match="needs method afm"):
+        compress(trained.run_dir, tmp_path / "bad", method="svd", embedding_rank=0.5, log=lambda *a: None)

@@ -73,12 +73,17 @@ def check_id_range(ids: torch.Tensor, sizes: torch.Tensor | int, names: list[str
     )
 
 
-def lookup(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+def lookup(table: nn.Embedding, ids: torch.Tensor, block_rows: torch.Tensor | int | None = None) -> torch.Tensor:
     """Rows of ``table`` for ``ids`` (any shape) -> ``(*ids.shape, dim)``: ``table(ids)``, with the
     faster backward of :class:`_RowLookup` for dense gradients on CPU (sparse tables, other
-    devices and inference use ``nn.Embedding`` itself)."""
+    devices and inference use ``nn.Embedding`` itself).
+
+    ``block_rows``: where the caller knows it, the first row of the block (field) that every id of
+    a column reads: one per column of a ``(B, F)`` lookup, or one for all ids. A compressed table
+    (:class:`~ctrlab.layers.low_rank.LowRankEmbedding`) then decodes each column with its field's
+    decoder in one batched product instead of gathering a decoder per id; a plain table ignores it."""
     if not isinstance(table, nn.Embedding):  # a compressed table (layers.low_rank.LowRankEmbedding)
-        return table(ids)
+        return table(ids) if block_rows is None else table(ids, block_rows)
     w = table.weight
     if table.sparse or w.device.type != "cpu" or not (torch.is_grad_enabled() and w.requires_grad):
         return table(ids)
@@ -322,7 +327,7 @@ class FeatureEmbedding(nn.Module):
         k = self.cat_names.index(name)
         ids = batch["cat"][:, int(self.cat_cols[k])]
         check_id_range(ids.unsqueeze(1), self.cat_sizes[k:k + 1], [name])
-        return lookup(self.embedding, ids + self._cat_block[name])
+        return lookup(self.embedding, ids + self._cat_block[name], self._cat_block[name])
 
     def sequence_embedding(self, batch: dict[str, torch.Tensor], name: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``((B, L, D), mask (B, L))`` for sequence ``name``; padded positions are zero vectors."""
@@ -333,7 +338,7 @@ class FeatureEmbedding(nn.Module):
         ids = batch["seq:" + name]
         check_id_range(ids, self._seq_size[name], [name])
         mask = sequence_mask(ids)
-        emb = lookup(self.embedding, ids + self._seq_offset[name])
+        emb = lookup(self.embedding, ids + self._seq_offset[name], self._seq_offset[name])
         return emb * mask.unsqueeze(-1).to(emb.dtype), mask
 
     # ---- forward ------------------------------------------------------------------------------
@@ -355,7 +360,7 @@ class FeatureEmbedding(nn.Module):
         if self.cat_names:
             cat = batch["cat"] if self._all_cat else batch["cat"][:, self.cat_cols]
             check_id_range(cat, self.cat_sizes, self.cat_names)
-            parts.append(lookup(self.embedding, cat + self.cat_offsets))  # (B, n_cat, D)
+            parts.append(lookup(self.embedding, cat + self.cat_offsets, self.cat_offsets))  # (B, n_cat, D)
         if self.numeric is not None:
             num = batch["num"] if self._all_num else batch["num"][:, self.num_cols]
             parts.append(num.unsqueeze(-1) * self.numeric.weight)  # (B, n_num, D)

@@ -81,10 +81,20 @@ class LowRankEmbedding(nn.Module):
             block[start:] = b
         self.register_buffer("row_block", block, persistent=False)
 
-    def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        b = self.row_block[ids]
-        t = self.codes(ids).unsqueeze(-2)  # (..., 1, k)
-        return (t @ self.decoders[b]).squeeze(-2) + self.means[b]
+    def forward(self, ids: torch.Tensor, block_rows: torch.Tensor | int | None = None) -> torch.Tensor:
+        """``(*ids.shape, D)``. ``block_rows`` (see :func:`~ctrlab.layers.embedding.lookup`): the
+        first row of each column's block (``(F,)`` for ``(B, F)`` ids) or of every id's (an int):
+        each column is then decoded by one product with its block's decoder; without it, every
+        id's decoder is gathered (any ids)."""
+        t = self.codes(ids)  # (..., k)
+        if block_rows is None:
+            b = self.row_block[ids]
+            return (t.unsqueeze(-2) @ self.decoders[b]).squeeze(-2) + self.means[b]
+        b = self.row_block[torch.as_tensor(block_rows, device=self.row_block.device)]
+        if b.dim() == 0:  # every id in one block (a sequence)
+            return t @ self.decoders[b] + self.means[b]
+        # (B, F, k) x (F, k, D) -> (B, F, D): one batched product over the fields
+        return torch.einsum("bfk,fkd->bfd", t, self.decoders[b]) + self.means[b]
 
     @staticmethod
     def parameter_count(rows: int, dim: int, rank: int, blocks: int) -> int:
