@@ -249,7 +249,7 @@ def build_parser() -> argparse.ArgumentParser:
                             "field's lookup-weighted variance")
     co.add_argument("--finetune-epochs", type=int, default=0,
                     help="then fine-tune up to this many epochs (kept only if better on valid; default 0: none)")
-    co.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: the run's trainer.lr)")
+    co.add_argument("--finetune-lr", type=float, help="fine-tuning learning rate (default: a tenth of the run's trainer.lr)")
     co.add_argument("--rows", type=int, default=100_000, help="train rows for afm's statistics (default %(default)s)")
     co.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     co.set_defaults(func=cmd_compress)
