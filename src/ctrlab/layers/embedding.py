@@ -81,9 +81,10 @@ def lookup(table: nn.Embedding, ids: torch.Tensor, block_rows: torch.Tensor | in
     ``block_rows``: where the caller knows it, the first row of the block (field) that every id of
     a column reads: one per column of a ``(B, F)`` lookup, or one for all ids. A compressed table
     (:class:`~ctrlab.layers.low_rank.LowRankEmbedding`) then decodes each column with its field's
-    decoder in one batched product instead of gathering a decoder per id; a plain table ignores it."""
+    decoder in one batched product instead of gathering a decoder per id; other tables ignore it
+    (a module opts in with a ``takes_block_rows = True`` attribute)."""
     if not isinstance(table, nn.Embedding):  # a compressed table (layers.low_rank.LowRankEmbedding)
-        return table(ids) if block_rows is None else table(ids, block_rows)
+        return table(ids, block_rows) if block_rows is not None and getattr(table, "takes_block_rows", False) else table(ids)
     w = table.weight
     if table.sparse or w.device.type != "cpu" or not (torch.is_grad_enabled() and w.requires_grad):
         return table(ids)

@@ -66,6 +66,9 @@ class LowRankEmbedding(nn.Module):
     :class:`~ctrlab.layers.embedding.FeatureEmbedding`'s :meth:`row_blocks`). Looked up through
     :func:`~ctrlab.layers.embedding.lookup` like the table it replaces."""
 
+    takes_block_rows = True
+    """:func:`~ctrlab.layers.embedding.lookup` passes the field blocks' first rows when it knows them."""
+
     def __init__(self, rows: int, dim: int, rank: int, block_starts: list[int]):
         super().__init__()
         if not 0 < rank <= dim:
