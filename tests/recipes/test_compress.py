@@ -103,6 +103,15 @@ def test_parameter_formula_and_refusals():
     assert report.parameters_after == 5 * (24 + 32) + 5 + 32 == sum(p.numel() for p in net.fc1.parameters())
     with pytest.raises(ValueError, match="saves nothing"):
         compress_linear(Net(), {"fc1": 20}, "svd")  # 20 * 56 + 52 > 24 * 32 + 32
+    with pytest.raises(ValueError, match="outside 1..min"):
+        compress_linear(Net(), {"fc1": 30}, "svd")  # above min(24, 32)
+    # one rank for every layer (the CLI's --rank): a layer narrower than the rank keeps its weight
+    net = Net(n=48, h=8)
+    (report,) = compress_linear(net, {"fc1": 3, "fc2": 3}, "svd", skip_unprofitable=True)  # fc2: 8 -> 1
+    assert report.name == "fc1" and isinstance(net.fc1, LowRankLinear) and isinstance(net.fc2, nn.Linear)
+    net = Net(n=24, h=8)
+    assert compress_linear(net, {"fc1": 12}, "svd", skip_unprofitable=True) == []  # 12 > min(24, 8)
+    assert isinstance(net.fc1, nn.Linear)
     with pytest.raises(ValueError, match="not nn.Linear layers of Net"):
         compress_linear(Net(), {"fc9": 2}, "svd")
     with pytest.raises(ValueError, match="needs training batches"):

@@ -190,6 +190,8 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
             k = int(spec)
         before = n * d + (d if linear.bias is not None else 0)
         after = LowRankLinear.parameter_count(n, d, k)
+        if k > min(n, d) and skip_unprofitable:  # a rank above a narrow layer's width saves nothing there
+            continue
         if not 0 < k <= min(n, d):
             raise ValueError(f"{name}: rank {k} is outside 1..min(in, out) = {min(n, d)}")
         if after >= before and k < min(n, d):
