@@ -10,8 +10,8 @@ at 1/4, 1/8 or 1/16 of the model's widest layer, then also the embedding tables 
 by AFM (statistics on the train split) and by SVD, as a pure rewrite; the last point also fine-tuned
 (``finetune_epochs``, the rewrite kept when no epoch beats it on valid). Reported: test AUC (mean ± std
 (SE) over seeds, and the mean paired change against the uncompressed model), all parameters, and ONNX
-Runtime latency of the exported artifact (first seed: single-row p50 over 300 calls, rows/s at batch
-4096 over 20 calls, 1 thread).
+Runtime latency of the exported artifacts (first seed: single-row p50 over 300 calls, rows/s at batch
+4096 over 20 calls, 1 thread; the best of 3 rounds that visit every artifact in turn).
 
 Results are kept in the JSON file as they come (``--json``), one entry per dataset, model and seed; a
 second call skips the entries already there (``--fresh`` recomputes), so an interrupted run resumes.
@@ -52,26 +52,39 @@ TARGET_RATIO, TARGET_DELTA = 3.0, -0.001
 BEGIN, END = markers("compression")
 
 
-def _latency(run_dir: Path, out: Path) -> dict:
+def _latencies(run_dirs: dict[str, Path], where: Path, rounds: int = 3) -> dict[str, dict]:
+    """ONNX Runtime latency of every run's exported artifact (1 thread): single-row p50 over 300 calls
+    and rows/s at batch 4096 over 20 calls, measured in ``rounds`` interleaved rounds (every artifact
+    once per round) and the best round kept, so a slower stretch of a shared machine does not land on
+    one setting only."""
     from ctrlab.serve.artifact import as_model_arrays, example_arrays, export_run
     from ctrlab.serve.predictor import Predictor
 
-    artifact = export_run(run_dir, out, overwrite=True)
-    pred = Predictor(artifact, backend="onnx", threads=1)
-    one = as_model_arrays(example_arrays(pred.fmap, 1), pred.inputs)
-    big = as_model_arrays(example_arrays(pred.fmap, 4096), pred.inputs)
-    for _ in range(20):
-        pred.run(one)
-    times = []
-    for _ in range(300):
-        t = time.perf_counter()
-        pred.run(one)
-        times.append(time.perf_counter() - t)
-    pred.run(big)
-    t = time.perf_counter()
-    for _ in range(20):
-        pred.run(big)
-    return {"single_row_p50_ms": 1000 * float(np.median(times)), "rows_per_s_4096": 20 * 4096 / (time.perf_counter() - t)}
+    preds = {}
+    for label, run_dir in run_dirs.items():
+        pred = Predictor(export_run(run_dir, where / f"artifact-{run_dir.name}", overwrite=True),
+                         backend="onnx", threads=1)
+        preds[label] = (pred, as_model_arrays(example_arrays(pred.fmap, 1), pred.inputs),
+                        as_model_arrays(example_arrays(pred.fmap, 4096), pred.inputs))
+    best: dict[str, dict] = {label: {"single_row_p50_ms": math.inf, "rows_per_s_4096": 0.0} for label in preds}
+    for _ in range(rounds):
+        for label, (pred, one, big) in preds.items():
+            for _ in range(20):
+                pred.run(one)
+            times = []
+            for _ in range(300):
+                t = time.perf_counter()
+                pred.run(one)
+                times.append(time.perf_counter() - t)
+            pred.run(big)
+            t = time.perf_counter()
+            for _ in range(20):
+                pred.run(big)
+            rate = 20 * 4096 / (time.perf_counter() - t)
+            b = best[label]
+            b["single_row_p50_ms"] = min(b["single_row_p50_ms"], 1000 * float(np.median(times)))
+            b["rows_per_s_4096"] = max(b["rows_per_s_4096"], rate)
+    return best
 
 
 def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM", settings=SETTINGS) -> dict:
@@ -90,8 +103,7 @@ def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM
     row = {"seed": seed, "widest_layer": widest, "embedding_dim": table_dim,
            "base": {"test_AUC": base.metrics["test"]["AUC"], "parameters": trained.count_parameters(),
                     "epochs": base.metrics["epochs"]}}
-    if latency:
-        row["base"].update(_latency(base.run_dir, where / f"artifact-s{seed}"))
+    run_dirs = {"base": Path(base.run_dir)}
     for i, (label, method, share, tables, tune) in enumerate(settings):
         t0 = time.time()
         res = compress(base.run_dir, where / f"s{seed}-{i}", method=method, rank=max(1, widest // share),
@@ -101,9 +113,11 @@ def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM
                  "seconds": round(time.time() - t0, 1)}
         if tune:
             entry["finetune"] = res.metrics["compression"]["finetune"]
-        if latency:
-            entry.update(_latency(res.run_dir, where / f"artifact-s{seed}-{i}"))
         row[label] = entry
+        run_dirs[label] = Path(res.run_dir)
+    if latency:
+        for label, measured in _latencies(run_dirs, where).items():
+            row[label].update(measured)
     return row
 
 
@@ -139,7 +153,7 @@ def render(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> str:
              "on valid). Test AUC over seeds "
              f"{', '.join(map(str, seeds))}: mean ± std (SE), and the mean paired change Δ against the uncompressed "
              "model; all parameters (embeddings, MLPs and every other layer); ONNX Runtime latency of the exported "
-             "artifact (first seed, 1 thread). The paper's claim (3–5× smaller at equal or higher AUC, with "
+             "artifact (first seed, 1 thread, the best of 3 interleaved rounds: base and every setting once per round). The paper's claim (3–5× smaller at equal or higher AUC, with "
              "fine-tuning, on Criteo / Avazu) is on different data.", ""]
     summary = ["### Target: AFM ≥ 3× smaller at test AUC within 0.001, and faster at batch 4096", "",
                "| dataset | model | n | smallest AFM setting with Δ ≥ −0.001 | × smaller | Δ AUC | speed at 4096 vs uncompressed | target |",

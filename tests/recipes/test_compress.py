@@ -112,6 +112,7 @@ def test_parameter_formula_and_refusals():
     net = Net(n=24, h=8)
     assert compress_linear(net, {"fc1": 12}, "svd", skip_unprofitable=True) == []  # 12 > min(24, 8)
     assert isinstance(net.fc1, nn.Linear)
+    assert compress_linear(Net(), {"fc1": 24}, "svd", skip_unprofitable=True) == []  # full rank: 1,400 > 800
     with pytest.raises(ValueError, match="not nn.Linear layers of Net"):
         compress_linear(Net(), {"fc9": 2}, "svd")
     with pytest.raises(ValueError, match="needs training batches"):

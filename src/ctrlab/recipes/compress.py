@@ -164,7 +164,8 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
     ``ranks``: layer name -> rank ``k`` (an int), or, for ``afm``, the share of output variance to
     keep (a float in (0, 1), e.g. 0.99). ``batches``: training batches for ``afm``'s statistics. A
     rank below full that would not save parameters (``k (n + d) + k + d >= n d + d``) is refused,
-    or, with ``skip_unprofitable``, leaves that layer as it is (it has no report)."""
+    or, with ``skip_unprofitable``, leaves that layer as it is (it has no report), as does a rank at or
+    above the layer's full rank."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
     layers = linear_layers(model)
@@ -190,13 +191,11 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
             k = int(spec)
         before = n * d + (d if linear.bias is not None else 0)
         after = LowRankLinear.parameter_count(n, d, k)
-        if k > min(n, d) and skip_unprofitable:  # a rank above a narrow layer's width saves nothing there
+        if skip_unprofitable and (k > min(n, d) or after >= before):  # (a narrow layer, or full rank)
             continue
         if not 0 < k <= min(n, d):
             raise ValueError(f"{name}: rank {k} is outside 1..min(in, out) = {min(n, d)}")
-        if after >= before and k < min(n, d):
-            if skip_unprofitable:
-                continue
+        if after >= before and k < min(n, d):  # (full rank is allowed when asked for: exact, for checks)
             raise ValueError(f"{name}: rank {k} saves nothing ({after:,} parameters vs {before:,}); use a rank below "
                              f"{n * d / (n + d):.0f}")
         new = afm_linear(linear, stats[name], k) if method == "afm" else svd_linear(linear, k)
