@@ -92,6 +92,7 @@ def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM
     from torch import nn
 
     from ctrlab.api import compress, load_run, train
+    from ctrlab.config import ConfigError
     from ctrlab.recipes.compress import embedding_tables
 
     where = runs / dataset / model
@@ -106,9 +107,15 @@ def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM
     run_dirs = {"base": Path(base.run_dir)}
     for i, (label, method, share, tables, tune) in enumerate(settings):
         t0 = time.time()
-        res = compress(base.run_dir, where / f"s{seed}-{i}", method=method, rank=max(1, widest // share),
-                       embedding_rank=max(1, table_dim // 2) if tables else None,
-                       finetune_epochs=FINETUNE_EPOCHS if tune else 0, overwrite=True, log=lambda *a: None)
+        try:
+            res = compress(base.run_dir, where / f"s{seed}-{i}", method=method, rank=max(1, widest // share),
+                           embedding_rank=max(1, table_dim // 2) if tables else None,
+                           finetune_epochs=FINETUNE_EPOCHS if tune else 0, overwrite=True, log=lambda *a: None)
+        except ConfigError as e:  # e.g. rank W/4 at or above every layer's full rank: nothing to rewrite
+            if "saves parameters" not in str(e):
+                raise
+            print(f"[efficiency] {dataset} {model} seed {seed}, {label}: skipped ({e})", file=sys.stderr)
+            continue
         entry = {"test_AUC": res.metrics["test"]["AUC"], "parameters": res.metrics["parameters"],
                  "seconds": round(time.time() - t0, 1)}
         if tune:
@@ -132,7 +139,7 @@ def verdict(rows: list[dict]) -> dict:
     base = rows[0]["base"]
     best = None
     for label, method, *_ in SETTINGS:
-        if method != "afm":
+        if method != "afm" or any(label not in r for r in rows):
             continue
         delta = statistics.mean(r[label]["test_AUC"] - r["base"]["test_AUC"] for r in rows)
         ratio = base["parameters"] / rows[0][label]["parameters"]
@@ -180,6 +187,7 @@ def render(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> str:
                       "|---|---|---|---|---|---|---|"]
             for label in ["base"] + [s[0] for s in SETTINGS]:
                 if label not in first:
+                    lines.append(f"| {label} | skipped: no layer is smaller at this rank | | | | | |")
                     continue
                 mean, std, se = _stats([r[label]["test_AUC"] for r in rows])
                 delta = statistics.mean(r[label]["test_AUC"] - r["base"]["test_AUC"] for r in rows)
