@@ -740,6 +740,29 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
     return RunResult(out, summary, [])
 
 
+# ---- OptInter (issue 16) ---------------------------------------------------------------------
+def opt_inter(config: str | Path | dict | RunConfig | None = None, overrides: list[str] | None = None,
+              output: str | Path | None = None, search_epochs: int | None = None, overwrite: bool = False,
+              log=print, **kwargs) -> RunResult:
+    """OptInter's search and retrain (:mod:`ctrlab.recipes.opt_inter`): the model (``OptInter`` unless
+    the config names another OptInter model) searched with ``pair_methods="search"`` for up to
+    ``search_epochs`` epochs (default: the run's ``trainer.epochs``, early stopping as configured) into
+    ``output/search``, the argmax method per pair retrained from scratch into ``output``, a normal run
+    folder. Cross features come from ``crosses`` (default when the config has none: every pair of
+    categorical fields, :class:`~ctrlab.data.schema.CrossesConfig`). ``metrics.json`` holds, under
+    ``optinter``, the method chosen per pair and the parameter counts beside all-memorize and
+    all-factorize."""
+    from .recipes.opt_inter import run
+
+    cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides, **kwargs)
+    if not isinstance(config, RunConfig) and "model" not in _explicit_settings(config, overrides, kwargs):
+        cfg = dataclasses.replace(cfg, model="OptInter")
+    output = output or cfg.output
+    if not output:
+        raise ConfigError("optinter: give the output folder (output=... / --output) for the retrained run")
+    return run(cfg, output, train, load_run, search_epochs=search_epochs, overwrite=overwrite, log=log)
+
+
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the
 # package to that module: the module is made callable as the API's train() (see ctrlab/__init__.py),
 # so that `ctrlab.train(...)` works on every call whichever of `import ctrlab` or `import ctrlab.api`
