@@ -742,11 +742,12 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
 
 # ---- OptInter (issue 16) ---------------------------------------------------------------------
 def opt_inter(config: str | Path | dict | RunConfig | None = None, overrides: list[str] | None = None,
-              output: str | Path | None = None, search_epochs: int | None = None, overwrite: bool = False,
+              output: str | Path | None = None, search_epochs: int | None = 1, overwrite: bool = False,
               log=print, **kwargs) -> RunResult:
     """OptInter's search and retrain (:mod:`ctrlab.recipes.opt_inter`): the model (``OptInter`` unless
-    the config names another OptInter model) searched with ``pair_methods="search"`` for up to
-    ``search_epochs`` epochs (default: the run's ``trainer.epochs``, early stopping as configured) into
+    the config names another OptInter model) searched with ``pair_methods="search"`` for
+    ``search_epochs`` epochs (default 1: a single pass, so α's one-level gradient always comes from rows
+    the network has not trained on yet; None: the run's ``trainer.epochs`` with early stopping) into
     ``output/search``, the argmax method per pair retrained from scratch into ``output``, a normal run
     folder. Cross features come from ``crosses`` (default when the config has none: every pair of
     categorical fields, :class:`~ctrlab.data.schema.CrossesConfig`). ``metrics.json`` holds, under

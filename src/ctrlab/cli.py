@@ -290,7 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="override a config key, e.g. crosses.min_count=10 or model_params.interaction_dim=8")
     oi.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
     oi.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N (both phases)")
-    oi.add_argument("--search-epochs", type=int, help="epochs of the search phase (default: as trainer.epochs)")
+    oi.add_argument("--search-epochs", type=int, default=1,
+                    help="epochs of the search phase (default %(default)s: one pass, α steps on rows new to the network)")
     oi.add_argument("--cross-min-count", type=int,
                     help="pairs seen fewer times in train share their cross feature's OOV id (shortcut for "
                          "--set crosses.min_count=N; default 5)")

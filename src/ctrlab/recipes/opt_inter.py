@@ -71,10 +71,16 @@ def architecture_report(search_model: OptInter, retrained: OptInter, feature_map
     }
 
 
-def run(cfg, output: str | Path, train: Callable, load_run: Callable, search_epochs: int | None = None,
+def run(cfg, output: str | Path, train: Callable, load_run: Callable, search_epochs: int | None = 1,
         overwrite: bool = False, log=print):
     """Search into ``OUTPUT/search``, take the argmax per pair, retrain into ``OUTPUT``; returns the
-    retrained run's result with the architecture report in its metrics (and metrics.json)."""
+    retrained run's result with the architecture report in its metrics (and metrics.json).
+
+    ``search_epochs``: 1 by default. In one pass every batch is new to the network when α steps on it,
+    so the one-level gradient (network and α on the same batch, as the paper) measures how a method
+    does on unseen rows; over later epochs memorized rows fit their training rows and memorize looks
+    better than it generalises. None: the run's ``trainer.epochs`` with its early stopping (the
+    best epoch's α is used)."""
     check_model(cfg.model)
     if search_epochs is not None and search_epochs < 1:
         raise ConfigError(f"optinter: search_epochs must be >= 1, got {search_epochs}")
