@@ -94,7 +94,7 @@ class RunConfig:
     to at least this: train values seen fewer times share the OOV id. None: the dataset config's."""
     crosses: CrossesConfig | None = None
     """Add cross-product features of every pair of some categorical features to the dataset
-    (``{fields: all, min_count: 5, embedding_dim: null}``, :class:`~ctrlab.data.schema.CrossesConfig`;
+    (``{fields: all, min_count: 1, embedding_dim: null}``, :class:`~ctrlab.data.schema.CrossesConfig`;
     OptInter memorizes pairs through them). None: the dataset config's own crosses, if any."""
     init_output_bias: bool = False
     """Start the model's output bias at the train base rate's log-odds, so that the untrained model

@@ -294,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="epochs of the search phase (default %(default)s: one pass, α steps on rows new to the network)")
     oi.add_argument("--cross-min-count", type=int,
                     help="pairs seen fewer times in train share their cross feature's OOV id (shortcut for "
-                         "--set crosses.min_count=N; default 5)")
+                         "--set crosses.min_count=N; default 1: every train pair)")
     oi.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     oi.set_defaults(func=cmd_optinter)
 

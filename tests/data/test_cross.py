@@ -190,3 +190,17 @@ def test_predict_artifact_and_server_derive_the_cross_from_the_raw_columns(cross
         np.testing.assert_allclose(r.json()["probabilities"], served, rtol=1e-6)
         r = client.post("/predict", json={"records": [{**records[0], "user_x_hour": "1"}]})
         assert r.status_code == 422 and r.json()["field"] == "user_x_hour"  # derived, never sent
+
+
+def test_a_feature_map_whose_cross_names_no_fields_is_refused(tmp_path):
+    import json
+
+    from ctrlab.data.errors import DataError
+
+    data = prepare(dataset(tmp_path, crosses={"fields": ["a", "b"]}), tmp_path / "cache", log=lambda *a: None)
+    raw = json.loads((data.path / "feature_map.json").read_text())
+    cross = next(f for f in raw["categorical"] if f["origin"] == "cross")
+    cross["sources"] = ["a", "gone"]
+    (tmp_path / "bad.json").write_text(json.dumps(raw))
+    with pytest.raises(DataError, match=r"'a_x_b'.*'sources' must name two categorical fields"):
+        FeatureMap.load(tmp_path / "bad.json")

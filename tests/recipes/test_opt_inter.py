@@ -111,3 +111,26 @@ def test_cli_and_errors(data_dir, tmp_path):
         opt_inter(model="DNN", output=str(tmp_path / "dnn"), **SMALL)
     with pytest.raises(ConfigError, match="give the output folder"):
         opt_inter(**SMALL)
+
+
+def test_a_resumed_search_continues_the_schedule_exactly(data_dir, tmp_path):
+    """The annealing step is a saved buffer and α's Adam state is checkpointed with the network's: a search
+    stopped after one epoch and resumed ends where an uninterrupted one does, bit for bit."""
+    import torch
+
+    from ctrlab.api import load_run, train
+
+    def search(out, epochs, resume=False):
+        kw = {k: v for k, v in SMALL.items() if k != "overrides"}
+        return train(model="OptInter", output=str(out), resume=resume, **kw,
+                     overrides=[*SMALL["overrides"][1:], f"trainer.epochs={epochs}", "trainer.patience=5"])
+
+    whole = search(tmp_path / "whole", 2)
+    search(tmp_path / "split", 1)
+    resumed = search(tmp_path / "split", 2, resume=True)
+    a, *_ = load_run(whole.run_dir)
+    b, *_ = load_run(resumed.run_dir)
+    assert int(a.step) == int(b.step) > 0
+    for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(x, y), name
+    assert resumed.metrics["test"] == whole.metrics["test"]

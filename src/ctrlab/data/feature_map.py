@@ -263,6 +263,12 @@ def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
                           f"(a vocabulary of {len(vocab)} tokens + padding and OOV)")
             if entry.get("origin") == "bucketized" and not isinstance(state.get("boundaries"), list):
                 raise bad(f"encoders[{name!r}]: a bucketized field needs its 'boundaries' list")
+    for i, entry in enumerate(d.get("categorical", [])):  # a cross field names two categorical fields
+        if entry.get("origin") == "cross":
+            sources = entry.get("sources")
+            if not (isinstance(sources, list) and len(sources) == 2 and all(s in categorical for s in sources)):
+                raise bad(f"categorical[{i}] ({entry['name']!r}): a cross field's 'sources' must name two "
+                          f"categorical fields of the map, got {sources!r}")
     labels = d.get("labels", ["label"])
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise bad(f"'labels' must be a non-empty list of column names, got {labels!r}")

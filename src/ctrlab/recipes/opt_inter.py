@@ -96,15 +96,19 @@ def run(cfg, output: str | Path, train: Callable, load_run: Callable, search_epo
     search_cfg = dataclasses.replace(cfg, output=str(staging), trainer=trainer,
                                      model_params={**cfg.model_params, "pair_methods": "search"})
     log(f"[ctrlab] optinter: search phase ({trainer.epochs} epoch(s) at most) -> {out / SEARCH_DIR}")
-    search = train(search_cfg, log=log)
-    search_model, fmap, _, _ = load_run(search.run_dir)
-    chosen = search_model.chosen_methods()
-    log("[ctrlab] optinter: chosen " + ", ".join(f"{m} {n}" for m, n in sorted(Counter(chosen.values()).items()))
-        + f" of {len(chosen)} pairs; retraining from scratch -> {out}")
-    final_cfg = dataclasses.replace(cfg, output=str(out), model_params={**cfg.model_params, "pair_methods": chosen})
-    result = train(final_cfg, log=log)
-    target = out / SEARCH_DIR
-    os.replace(staging, target)
+    try:
+        search = train(search_cfg, log=log)
+        search_model, fmap, _, _ = load_run(search.run_dir)
+        chosen = search_model.chosen_methods()
+        log("[ctrlab] optinter: chosen " + ", ".join(f"{m} {n}" for m, n in sorted(Counter(chosen.values()).items()))
+            + f" of {len(chosen)} pairs; retraining from scratch -> {out}")
+        final_cfg = dataclasses.replace(cfg, output=str(out), model_params={**cfg.model_params, "pair_methods": chosen})
+        result = train(final_cfg, log=log)
+        target = out / SEARCH_DIR
+        os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a search without its retrained run is not kept
+        raise
     saved = yaml.safe_load((target / "run_config.yaml").read_text())
     (target / "run_config.yaml").write_text("# OptInter search phase (moved into the retrained run's folder).\n"
                                            + yaml.safe_dump({**saved, "output": str(target)}, sort_keys=False))
