@@ -5,6 +5,7 @@
     ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
     ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
+    ctrlab compress RUN --output DIR --rank K | ctrlab optinter --dataset D --output DIR
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
     ctrlab tune SEARCH.yaml [--trials N] [--minutes M]
     ctrlab report [--db F] [--output DIR]
