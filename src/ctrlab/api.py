@@ -37,7 +37,8 @@ from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader, to_batch
 from .data.pipeline import PreparedData, encode_frame, prepare
-from .data.schema import CategoricalSpec, DatasetConfig, SequenceSpec, column_of, load_dataset_config
+from .data.schema import (CategoricalSpec, CrossesConfig, DatasetConfig, SequenceSpec, column_of, cross_specs,
+                          load_dataset_config, read_features)
 from .layers.low_rank import LowRankLinear, apply_low_rank
 from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
@@ -91,6 +92,10 @@ class RunConfig:
     min_count: int | None = None
     """Raise the ``min_count`` of every categorical feature and own-vocabulary sequence (not hashed)
     to at least this: train values seen fewer times share the OOV id. None: the dataset config's."""
+    crosses: CrossesConfig | None = None
+    """Add cross-product features of every pair of some categorical features to the dataset
+    (``{fields: all, min_count: 1, embedding_dim: null}``, :class:`~ctrlab.data.schema.CrossesConfig`;
+    OptInter memorizes pairs through them). None: the dataset config's own crosses, if any."""
     init_output_bias: bool = False
     """Start the model's output bias at the train base rate's log-odds, so that the untrained model
     predicts the base rate (:meth:`~ctrlab.models.base.CTRModel.init_output_bias`); not BARS."""
@@ -146,6 +151,9 @@ def dataset_config(cfg: RunConfig) -> DatasetConfig:
             if isinstance(spec, (CategoricalSpec, SequenceSpec)) and getattr(spec, "hash_buckets", None) is None \
                     and getattr(spec, "share_vocab_with", None) is None:
                 spec.min_count = max(spec.min_count, cfg.min_count)
+    if cfg.crosses is not None:  # after min_count: the crosses' own min_count applies to them
+        dcfg.crosses = cfg.crosses
+        dcfg.features = dcfg.features + cross_specs(dcfg.features, cfg.crosses, "crosses")
     return dcfg
 
 
@@ -604,7 +612,7 @@ def predict(
     model, fmap, dcfg, cfg = load_run(run_dir)
     if input_format:
         dcfg.format = input_format
-    cols = list(dict.fromkeys(column_of(f) for f in dcfg.features))
+    cols = list(dict.fromkeys(column_of(f) for f in read_features(dcfg.features)))  # crosses are derived
     df, keep = read_with_kept(dcfg, Path(input_path), cols, keep_columns)
     enc = encode_frame(df, fmap, Path(input_path), with_labels=False)
     warn_unseen(fmap, df, enc.arrays, Path(input_path), log)
@@ -730,6 +738,30 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
         + ", ".join(f"{r.name} rank {r.rank}" for r in [*reports, *tables]) + "; "
         + " ".join(f"{s} AUC {m.get('AUC', float('nan')):.5f}" for s, m in metrics.items()) + f" -> {out}")
     return RunResult(out, summary, [])
+
+
+# ---- OptInter (issue 16) ---------------------------------------------------------------------
+def opt_inter(config: str | Path | dict | RunConfig | None = None, overrides: list[str] | None = None,
+              output: str | Path | None = None, search_epochs: int | None = 1, overwrite: bool = False,
+              log=print, **kwargs) -> RunResult:
+    """OptInter's search and retrain (:mod:`ctrlab.recipes.opt_inter`): the model (``OptInter`` unless
+    the config names another OptInter model) searched with ``pair_methods="search"`` for
+    ``search_epochs`` epochs (default 1: a single pass, so α's one-level gradient always comes from rows
+    the network has not trained on yet; None: the run's ``trainer.epochs`` with early stopping) into
+    ``output/search``, the argmax method per pair retrained from scratch into ``output``, a normal run
+    folder. Cross features come from ``crosses`` (default when the config has none: every pair of
+    categorical fields, :class:`~ctrlab.data.schema.CrossesConfig`). ``metrics.json`` holds, under
+    ``optinter``, the method chosen per pair and the parameter counts beside all-memorize and
+    all-factorize."""
+    from .recipes.opt_inter import run
+
+    cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides, **kwargs)
+    if not isinstance(config, RunConfig) and "model" not in _explicit_settings(config, overrides, kwargs):
+        cfg = dataclasses.replace(cfg, model="OptInter")
+    output = output or cfg.output
+    if not output:
+        raise ConfigError("optinter: give the output folder (output=... / --output) for the retrained run")
+    return run(cfg, output, train, load_run, search_epochs=search_epochs, overwrite=overwrite, log=log)
 
 
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the

@@ -5,6 +5,7 @@
     ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
     ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
+    ctrlab compress RUN --output DIR --rank K | ctrlab optinter --dataset D --output DIR
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
     ctrlab tune SEARCH.yaml [--trials N] [--minutes M]
     ctrlab report [--db F] [--output DIR]
@@ -92,6 +93,31 @@ def cmd_compress(args) -> int:
                    finetune_epochs=args.finetune_epochs, finetune_lr=args.finetune_lr, overwrite=args.overwrite)
     print(json.dumps({k: res.metrics[k] for k in ("valid", "test", "parameters") if k in res.metrics}))
     print(f"[ctrlab] compressed run: {res.run_dir} (export it: ctrlab export {res.run_dir})")
+    return 0
+
+
+def cmd_optinter(args) -> int:
+    from .api import opt_inter
+
+    overrides = list(args.set or [])
+    if args.seed is not None:
+        overrides.append(f"trainer.seed={args.seed}")
+    if args.epochs is not None:
+        overrides.append(f"trainer.epochs={args.epochs}")
+    if args.cross_min_count is not None:
+        overrides.append(f"crosses.min_count={args.cross_min_count}")
+    kwargs = {"dataset": args.dataset, "model": args.model, "preset": args.preset}
+    res = opt_inter(args.config, overrides=overrides, output=args.output, search_epochs=args.search_epochs,
+                    overwrite=args.overwrite, **kwargs)
+    report = res.metrics["optinter"]
+    for pair, method in report["chosen"].items():
+        print(f"[ctrlab] pair {pair}: {method}")
+    print(json.dumps({"counts": report["counts"], "parameters": report["parameters"],
+                      "parameters_all_memorize": report["parameters_fixed"]["all_memorize"],
+                      "parameters_all_factorize": report["parameters_fixed"]["all_factorize"],
+                      **{k: res.metrics[k] for k in ("valid", "test") if k in res.metrics}}))
+    print(f"[ctrlab] retrained run: {res.run_dir} (search phase in {res.run_dir / 'search'}; "
+          f"export it: ctrlab export {res.run_dir})")
     return 0
 
 
@@ -253,6 +279,25 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--rows", type=int, default=100_000, help="train rows for afm's statistics (default %(default)s)")
     co.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     co.set_defaults(func=cmd_compress)
+
+    oi = sub.add_parser("optinter", help="OptInter: search memorize / factorize / naive per pair of fields, then "
+                                         "retrain the chosen architecture into a new run")
+    oi.add_argument("--output", required=True, help="run folder of the retrained model (the search goes to OUTPUT/search)")
+    oi.add_argument("--dataset", help="registered dataset name or dataset YAML (default frappe_x1_subset)")
+    oi.add_argument("--model", help="an OptInter model (default OptInter)")
+    oi.add_argument("--config", help="run config YAML (dataset, model_params, trainer, crosses, ...)")
+    oi.add_argument("--preset", help="hyperparameter preset: auto (default), none, or a YAML")
+    oi.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="override a config key, e.g. crosses.min_count=10 or model_params.interaction_dim=8")
+    oi.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
+    oi.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N (both phases)")
+    oi.add_argument("--search-epochs", type=int, default=1,
+                    help="epochs of the search phase (default %(default)s: one pass, α steps on rows new to the network)")
+    oi.add_argument("--cross-min-count", type=int,
+                    help="pairs seen fewer times in train share their cross feature's OOV id (shortcut for "
+                         "--set crosses.min_count=N; default 1: every train pair)")
+    oi.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    oi.set_defaults(func=cmd_optinter)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
     sv.add_argument("artifact", help="artifact folder from ctrlab export")

@@ -462,7 +462,7 @@ def test_feature_map_json_is_readable(tmp_path):
     raw = json.loads((data.path / "feature_map.json").read_text(encoding="utf-8"))
     assert raw["dataset"] == "small" and raw["labels"] == ["label"] and raw["group_field"] == "a"
     assert raw["categorical"] == [{"name": "a", "vocab_size": 4, "embedding_dim": None, "origin": "categorical",
-                                   "pretrained_emb": None, "freeze_emb": True}]
+                                   "pretrained_emb": None, "freeze_emb": True, "sources": None}]
     assert raw["numeric"] == [{"name": "x", "embedding_dim": None}]
     assert raw["encoders"]["a"]["vocab"] == ["p", "q"]
     assert raw["encoders"]["x"]["stats"]["mean"] == pytest.approx(2.0)

@@ -20,7 +20,9 @@ MAP = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price"
 PARAMS = {"DIN": {"din_target_field": "item", "din_sequence_field": "hist"},
           # FGCNN's default MLP (516 -> 4096 -> ...) is slow here, and a layer that widens its input
           # beyond the statistics rows (256) is rewritten exactly only when the rows span its input
-          "FGCNN": {"channels": (4, 4), "dnn_hidden_units": (64, 32)}}
+          "FGCNN": {"channels": (4, 4), "dnn_hidden_units": (64, 32)},
+          # MAP has no cross features, which memorize (and so the search) needs
+          "OptInter": {"pair_methods": "factorize"}}
 """Hyperparameters that name this map's fields, or keep a model small."""
 
 

@@ -1,4 +1,5 @@
-"""Features derived from a timestamp column (``derive: hour`` and the like on a feature spec).
+"""Derived features: parts of a timestamp column (``derive: hour`` and the like on a feature spec)
+and cross-product features (``cross: [a, b]``, :func:`with_crosses`).
 
 :func:`with_derived` adds one column per derived feature to a raw frame, named
 :func:`~ctrlab.data.schema.encoded_column`; the feature's encoder then reads that column like any
@@ -32,8 +33,8 @@ from typing import Any, Iterable
 import polars as pl
 
 from ..config import ConfigError
-from .encoders import _bad_row
-from .schema import column_of, encoded_column
+from .encoders import _bad_row, token_expr
+from .schema import CROSS_SEPARATOR, column_of, encoded_column, is_cross
 
 EPOCH_SCALE = {"s": 1_000_000, "ms": 1_000}
 """Microseconds per unit of an epoch number."""
@@ -56,9 +57,38 @@ def is_derived(spec: Any) -> bool:
 
 
 def with_derived(df: pl.DataFrame, specs: Iterable[Any], path: Path | None = None) -> pl.DataFrame:
-    """``df`` with a column per derived feature among ``specs`` (named :func:`encoded_column`,
-    Int32, null where the timestamp is missing). Each source is parsed once per reading
-    (unit / format / zone), whatever number of features derive from it."""
+    """``df`` with a column per derived feature among ``specs`` (named :func:`encoded_column`):
+    timestamp parts (Int32, null where the timestamp is missing; each source is parsed once per
+    reading, unit / format / zone, whatever number of features derive from it), then cross features
+    (:func:`with_crosses`, which may cross a derived feature)."""
+    specs = list(specs)
+    return with_crosses(_with_time_parts(df, specs, path), specs)
+
+
+def with_crosses(df: pl.DataFrame, specs: list[Any]) -> pl.DataFrame:
+    """``df`` with a String column per cross feature among ``specs``: the tokens of its two
+    features joined by :data:`~ctrlab.data.schema.CROSS_SEPARATOR` (a missing cell is the ``""``
+    token, so a pair with a missing side is still a pair). Tokens are taken as a categorical
+    encoder takes them (:func:`~ctrlab.data.encoders.token_expr`), so a CSV's ``"10"``, a Parquet
+    ``10`` and a served JSON ``10`` give the same pair; the encoder then fits its vocabulary on
+    the train split with ``min_count`` and OOV like any categorical feature's."""
+    crosses = [s for s in specs if is_cross(s)]
+    if not crosses:
+        return df
+    by_name = {s.name: s for s in specs}
+    exprs = []
+    for spec in crosses:
+        missing = [n for n in spec.cross if n not in by_name]
+        if missing:
+            raise ValueError(f"cross feature {spec.name!r}: its features {missing} are not among the features; "
+                             "the feature map must hold both sides of every cross")
+        sides = [encoded_column(by_name[n]) for n in spec.cross]
+        a, b = (token_expr(pl.col(c), df.schema[c]).fill_null("") for c in sides)
+        exprs.append(pl.concat_str([a, pl.lit(CROSS_SEPARATOR), b]).alias(encoded_column(spec)))
+    return df.with_columns(exprs)
+
+
+def _with_time_parts(df: pl.DataFrame, specs: list[Any], path: Path | None) -> pl.DataFrame:
     derived = [s for s in specs if is_derived(s)]
     if not derived:
         return df

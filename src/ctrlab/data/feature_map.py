@@ -33,11 +33,14 @@ class CategoricalField:
     """Number of ids including padding (0) and OOV (1)."""
     embedding_dim: int | None = None
     origin: str = "categorical"
-    """``categorical`` or ``bucketized`` (a numeric feature cut into buckets)."""
+    """``categorical``, ``bucketized`` (a numeric feature cut into buckets) or ``cross`` (the pair
+    of the values of the two fields in ``sources``, see :func:`ctrlab.data.derive.with_crosses`)."""
     pretrained_emb: str | None = None
     """Path of pretrained vectors keyed by token (see :mod:`ctrlab.data.pretrained`)."""
     freeze_emb: bool = True
     """With ``pretrained_emb``: the field's rows are not trained."""
+    sources: list[str] | None = None
+    """A cross field's two categorical fields ``[a, b]``; None for other fields."""
 
 
 @dataclass
@@ -92,6 +95,10 @@ class FeatureMap:
             if f.name == name:
                 return i
         raise KeyError(f"{name!r} is not a categorical field; fields are {[f.name for f in self.categorical]}")
+
+    def crosses(self) -> dict[tuple[str, str], str]:
+        """``(a, b)`` -> the name of the cross field of ``a`` and ``b``, for every cross field."""
+        return {tuple(f.sources): f.name for f in self.categorical if f.origin == "cross" and f.sources}
 
     def field_names(self) -> list[str]:
         """All field names in the order a FeatureEmbedding stacks them: ``field_order`` if set,
@@ -256,6 +263,12 @@ def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
                           f"(a vocabulary of {len(vocab)} tokens + padding and OOV)")
             if entry.get("origin") == "bucketized" and not isinstance(state.get("boundaries"), list):
                 raise bad(f"encoders[{name!r}]: a bucketized field needs its 'boundaries' list")
+    for i, entry in enumerate(d.get("categorical", [])):  # a cross field names two categorical fields
+        if entry.get("origin") == "cross":
+            sources = entry.get("sources")
+            if not (isinstance(sources, list) and len(sources) == 2 and all(s in categorical for s in sources)):
+                raise bad(f"categorical[{i}] ({entry['name']!r}): a cross field's 'sources' must name two "
+                          f"categorical fields of the map, got {sources!r}")
     labels = d.get("labels", ["label"])
     if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
         raise bad(f"'labels' must be a non-empty list of column names, got {labels!r}")

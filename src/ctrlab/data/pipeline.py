@@ -55,7 +55,8 @@ from .streaming import (
     split_groups,
     with_text_fallback,
 )
-from .schema import CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, _expand, column_of
+from .schema import (CategoricalSpec, DatasetConfig, DenseVectorSpec, NumericSpec, SequenceSpec, _expand, column_of,
+                     is_cross, read_features)
 
 CACHE_VERSION = 2
 """The cache folder's layout. What is in it is keyed by the library version and the code (:func:`cache_key`)."""
@@ -89,7 +90,7 @@ def _make_encoders(cfg: DatasetConfig) -> dict[str, Any]:
 
 
 def raw_columns(cfg: DatasetConfig, with_labels: bool = True) -> list[str]:
-    cols = [column_of(f) for f in cfg.features]
+    cols = [column_of(f) for f in read_features(cfg.features)]  # a cross reads its two features' columns
     if with_labels:
         cols += list(cfg.labels)
     if cfg.group_field:
@@ -115,6 +116,10 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
     for spec in cfg.features:  # keep the config's order inside each group
         enc = encoders[spec.name]
         if isinstance(enc, CategoricalEncoder):
+            if is_cross(spec):
+                fmap.categorical.append(CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim,
+                                                         origin="cross", sources=list(spec.cross)))
+                continue
             fmap.categorical.append(CategoricalField(spec.name, enc.vocab_size, spec.embedding_dim,
                                                      pretrained_emb=_pretrained_path(cfg, spec),
                                                      freeze_emb=spec.freeze_emb))

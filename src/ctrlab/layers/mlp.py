@@ -52,7 +52,7 @@ def init_linear(layer: nn.Linear) -> nn.Linear:
 
 
 class MLPBlock(nn.Module):
-    """Hidden layers ``Linear → [BatchNorm] → activation → [Dropout]``, then an optional plain
+    """Hidden layers ``Linear → [BatchNorm] → [LayerNorm] → activation → [Dropout]``, then an optional plain
     ``Linear(hidden_units[-1], output_dim)`` (no activation).
 
     ``activation`` and ``dropout`` may be one value or one per hidden layer. With no hidden units
@@ -67,6 +67,7 @@ class MLPBlock(nn.Module):
         dropout: float | Sequence[float] = 0.0,
         batch_norm: bool = False,
         output_dim: int | None = None,
+        layer_norm: bool = False,
     ):
         super().__init__()
         hidden_units = [int(h) for h in hidden_units]
@@ -78,6 +79,8 @@ class MLPBlock(nn.Module):
             layers.append(init_linear(nn.Linear(dim, units)))
             if batch_norm:
                 layers.append(nn.BatchNorm1d(units))
+            if layer_norm:  # OptInter's MLP: Linear -> LayerNorm -> ReLU
+                layers.append(nn.LayerNorm(units))
             layers.append(get_activation(act))
             if p and p > 0:
                 layers.append(nn.Dropout(p))

@@ -45,6 +45,7 @@ from ..data.schema import (
     NumericSpec,
     SequenceSpec,
     column_of,
+    read_features,
     load_dataset_config,
 )
 
@@ -118,7 +119,7 @@ def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
         DenseVectorSpec: {"string", "array"},
     }
     columns: dict[str, dict[str, Any]] = {}
-    for spec in dcfg.features:
+    for spec in read_features(dcfg.features):  # a cross feature is derived from two of these by the server
         col = columns.setdefault(column_of(spec), {"name": column_of(spec), "features": [], "accepts": None})
         entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
         if isinstance(spec, SequenceSpec):
