@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-optinter venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optinter venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -86,8 +86,12 @@ bench-peers-10m: $(BIN)/.installed
 own-data: $(BIN)/.installed
 	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/own_data.py --output docs/results.md --json docs/own_data.json
 
-efficiency: $(BIN)/.installed
-	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency.py --output docs/efficiency.md --json docs/efficiency.json
+## docs/efficiency.md, issue 16's measurements, each script its own marked section and raw JSON
+## (resumable: a rerun skips the dataset/model/seed entries its JSON already holds).
+efficiency: efficiency-compress efficiency-optinter
+
+efficiency-compress: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency.py --output docs/efficiency.md --json docs/efficiency.json
 
 efficiency-optinter: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optinter.py --output docs/efficiency.md --json docs/efficiency_optinter.json
