@@ -81,7 +81,7 @@ class OptEmbedTable(nn.Module):
     width per sample and field (one per sample for a sequence's ids)."""
 
     def __init__(self, table: nn.Embedding, block_starts: list[int], mode: str = "supernet",
-                 alpha: float = 1e-2, threshold_lr: float = 1e-2):
+                 alpha: float = 1e-2, threshold_lr: float = 1e-2, field_names: list[str] | None = None):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
@@ -92,6 +92,9 @@ class OptEmbedTable(nn.Module):
         self.rows, self.embedding_dim = table.num_embeddings, table.embedding_dim
         self.alpha, self.threshold_lr = float(alpha), float(threshold_lr)
         self.block_starts = list(block_starts)
+        self.field_names = list(field_names) if field_names is not None else [f"block{b}" for b in
+                                                                               range(len(block_starts))]
+        """The field (or own-vocabulary sequence) of each block, for reports."""
         block = torch.zeros(self.rows, dtype=torch.long)
         for b, start in enumerate(block_starts[1:], 1):
             block[start:] = b
@@ -259,9 +262,10 @@ def apply_opt_embed(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, OptE
     out: dict[str, OptEmbedTable] = {}
     for name, masks in chosen.items():
         layer = candidates[name]
-        starts = [start for start, _, _ in layer.row_blocks()]
-        table = OptEmbedTable(layer.embedding, starts, mode, alpha=float(spec.get("alpha", 1e-2)),
-                              threshold_lr=float(spec.get("threshold_lr", 1e-2)))
+        blocks = layer.row_blocks()
+        table = OptEmbedTable(layer.embedding, [start for start, _, _ in blocks], mode,
+                              alpha=float(spec.get("alpha", 1e-2)), threshold_lr=float(spec.get("threshold_lr", 1e-2)),
+                              field_names=[field for _, _, field in blocks])
         if masks is not None:
             if set(masks) - {"widths", "keep", "rows", "fields"} or "widths" not in masks or "keep" not in masks:
                 raise ValueError(f"opt_embed.tables.{name}: give widths (one per field) and keep (packed mask)")
@@ -280,5 +284,51 @@ def fixed_spec(tables: Mapping[str, OptEmbedTable], widths: Mapping[str, list[in
     """The run config's ``opt_embed`` for a searched model: per table its widths and packed keep mask
     (the field names too, for a reader)."""
     return {"mode": "fixed", "tables": {
-        name: {"rows": t.rows, "widths": [int(k) for k in widths[name]], "keep": pack_keep(keep[name])}
+        name: {"rows": t.rows, "fields": list(t.field_names), "widths": [int(k) for k in widths[name]],
+               "keep": pack_keep(keep[name])}
         for name, t in tables.items()}}
+
+
+def table_report(table: OptEmbedTable, widths: list[int] | None = None, keep: torch.Tensor | None = None
+                 ) -> dict[str, Any]:
+    """What a table keeps: per field its width and kept features (of how many), the kept embedding
+    parameters (:func:`embedding_parameters_kept`) of the full ``rows x D`` and the sparsity. Default
+    masks: the table's own (a supernet: its thresholds' feature mask at full width)."""
+    if widths is None:
+        widths = table.widths.tolist() if table.mode == "fixed" else [table.embedding_dim] * table.num_blocks
+    kept = table.kept_per_block(keep)
+    return {
+        "fields": table.field_names, "widths": [int(k) for k in widths], "kept_features": kept,
+        "features": table.block_sizes(), "embedding_dim": table.embedding_dim,
+        "parameters_kept": embedding_parameters_kept(kept, widths), "parameters_full": table.rows * table.embedding_dim,
+        "sparsity": sparsity(kept, widths, table.rows, table.embedding_dim),
+        **({"thresholds": [float(t) for t in table.thresholds.detach().cpu()]} if table.mode == "supernet" else {}),
+    }
+
+
+def opt_embed_summary(tables: Mapping[str, OptEmbedTable], initial_digest: str | None = None) -> dict[str, Any]:
+    """A run's ``metrics.json`` record: every table's :func:`table_report` and the totals."""
+    reports = {name: table_report(t) for name, t in tables.items()}
+    kept = sum(r["parameters_kept"] for r in reports.values())
+    full = sum(r["parameters_full"] for r in reports.values())
+    return {"mode": next(iter(tables.values())).mode if tables else None, "tables": reports,
+            "embedding_parameters_kept": kept, "embedding_parameters_full": full,
+            "sparsity": 1.0 - kept / full if full else 0.0,
+            **({"initial_weights_sha256": initial_digest} if initial_digest else {})}
+
+
+@torch.no_grad()
+def initial_weights_digest(model: nn.Module) -> str:
+    """sha256 of the model's weights and buffers except OptEmbed's own (thresholds, masks): equal for
+    the supernet and the retrained model exactly when retraining starts from the supernet's initial
+    weights."""
+    import hashlib
+
+    own = {f"{name}.{attr}" for name, _ in opt_embed_tables(model).items() for attr in ("thresholds", "keep", "widths")}
+    h = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        if key in own:
+            continue
+        h.update(key.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
