@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-optembed venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,9 @@ own-data: $(BIN)/.installed
 
 efficiency: $(BIN)/.installed
 	OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency.py --output docs/efficiency.md --json docs/efficiency.json
+
+efficiency-optembed: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optembed.py --output docs/efficiency.md --json docs/efficiency_optembed.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
