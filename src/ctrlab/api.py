@@ -453,6 +453,9 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         torch.set_num_threads(cfg.trainer.num_threads)
     model = apply_low_rank(_build(cfg.model, data.feature_map, params), cfg.low_rank)
     opt_tables = _apply_opt_embed(model, cfg, ctx)
+    # what OptEmbed's retraining checks: it starts from the supernet's initial (seeded, random) weights;
+    # the warm starts below are then fitted through each run's own masks
+    initial_digest = initial_weights_digest(model) if opt_tables else None
     if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
         num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
         if num.size:
@@ -472,8 +475,6 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     _on_rank0(ctx, write_map)
 
     loaders = _loaders(data, cfg.trainer, ctx)
-    # what OptEmbed's retraining checks: it starts from the supernet's initial weights
-    initial_digest = initial_weights_digest(model) if opt_tables else None
     trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks, dist=ctx)
     log(
         f"[ctrlab] {get_model_class(cfg.model).__name__} on {dcfg.name}: {model.count_parameters():,} parameters, "
