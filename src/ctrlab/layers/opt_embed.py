@@ -273,6 +273,9 @@ def apply_opt_embed(model: nn.Module, spec: Mapping[str, Any]) -> dict[str, OptE
             if rows != table.rows:
                 raise ValueError(f"opt_embed.tables.{name}: the masks are for {rows} rows, the table has {table.rows} "
                                  "(another feature map than the run's)")
+            if "fields" in masks and list(masks["fields"]) != table.field_names:
+                raise ValueError(f"opt_embed.tables.{name}: the masks are for the fields {list(masks['fields'])}, the "
+                                 f"table holds {table.field_names} (another feature map than the run's)")
             table.set_masks(unpack_keep(masks["keep"], table.rows), masks["widths"])
         layer.embedding = table
         out[name] = table
