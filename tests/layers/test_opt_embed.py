@@ -203,9 +203,13 @@ def test_clear_errors():
         apply_opt_embed(model, {"mode": "supernet", "alfa": 1})
     with pytest.raises(ValueError, match="not prunable tables"):
         apply_opt_embed(model, {"mode": "fixed", "tables": {"linear.weights.embedding": {"widths": [1], "keep": ""}}})
-    bad = fixed_spec({"embedding.embedding": OptEmbedTable(torch.nn.Embedding(23, 8), [0, 7, 12], "fixed")},
-                     {"embedding.embedding": [9, 1, 1]}, {"embedding.embedding": torch.ones(23, dtype=torch.bool)})
+    table = OptEmbedTable(torch.nn.Embedding(23, 8), [0, 7, 12], "fixed", field_names=["a", "b", "c"])
+    bad = fixed_spec({"embedding.embedding": table}, {"embedding.embedding": [9, 1, 1]},
+                     {"embedding.embedding": torch.ones(23, dtype=torch.bool)})
     with pytest.raises(ValueError, match="widths must be 3 integers in 1..8"):
+        apply_opt_embed(create("DeepFM", _fmap(), embedding_dim=8), bad)
+    bad["tables"]["embedding.embedding"].update(widths=[1, 1, 1], fields=["a", "c", "b"])
+    with pytest.raises(ValueError, match=r"for the fields \['a', 'c', 'b'\], the table holds \['a', 'b', 'c'\]"):
         apply_opt_embed(create("DeepFM", _fmap(), embedding_dim=8), bad)
     # the width-1 first-order table is not a candidate
     assert list(prunable_tables(create("DeepFM", _fmap(), embedding_dim=8))) == ["embedding.embedding"]
