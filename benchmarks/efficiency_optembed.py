@@ -174,6 +174,8 @@ def main(argv=None) -> int:
     ap.add_argument("--fresh", action="store_true", help="recompute entries already in --json")
     ap.add_argument("--quick", action="store_true",
                     help="one dataset, model and seed, 1 epoch, a tiny search; printed only unless --output/--json given")
+    ap.add_argument("--publish-only", action="store_true",
+                    help="train nothing: render the entries already in --json (e.g. of an interrupted run)")
     args = ap.parse_args(argv)
     overrides, options = [], {}
     if args.quick:
@@ -193,6 +195,8 @@ def main(argv=None) -> int:
             for model in args.models:
                 rows = results[dataset][model]
                 old = [r for r in done.get(dataset, {}).get(model, []) if r["seed"] == seed]
+                if not old and args.publish_only:
+                    continue
                 t0 = time.time()
                 rows.append(old[0] if old else one(dataset, model, seed, args.runs, overrides, options))
                 if not old:

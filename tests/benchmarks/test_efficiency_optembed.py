@@ -38,3 +38,9 @@ def test_quick_run_and_its_table(data_dir, tmp_path):
     assert eff.main(["--datasets", "frappe_x1_subset", "--models", "DeepFM", "--seeds", "2021", "--output", "none",
                      "--json", str(store), "--runs", str(tmp_path / "runs2")]) == 0
     assert json.loads(store.read_text()) == results and not (tmp_path / "runs2").exists()
+    # --publish-only renders what the JSON holds and trains nothing, even for seeds it lacks
+    page.write_text("")
+    assert eff.main(["--datasets", "frappe_x1_subset", "--models", "DeepFM", "FCN", "--seeds", "2021", "2022",
+                     "--publish-only", "--output", str(page), "--json", str(store), "--runs", str(tmp_path / "runs3")]) == 0
+    assert not (tmp_path / "runs3").exists() and "| frappe_x1_subset | DeepFM | 1 |" in page.read_text()
+    assert "| FCN |" not in page.read_text()
