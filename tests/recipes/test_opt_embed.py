@@ -247,3 +247,13 @@ def test_clear_errors(data_dir, searched, tmp_path):
     with pytest.raises(ConfigError, match="the masks are for 5287 rows"):  # another vocabulary than the masks'
         train(str(searched.run_dir / "run_config.yaml"), output=str(tmp_path / "bad"), log=lambda *a: None,
               overrides=["min_count=20"])
+
+
+def test_refused_under_torchrun(monkeypatch, tmp_path):
+    from ctrlab.api import opt_embed
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="without torchrun"):
+        opt_embed(dataset="frappe_x1_subset", model="DeepFM", output=str(tmp_path / "ddp"), overrides=FAST,
+                  log=lambda *a: None)
+    assert not (tmp_path / "ddp-supernet").exists()
