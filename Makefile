@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optinter venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optembed efficiency-optinter venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,13 +88,16 @@ own-data: $(BIN)/.installed
 
 ## docs/efficiency.md, issue 16's measurements, each script its own marked section and raw JSON
 ## (resumable: a rerun skips the dataset/model/seed entries its JSON already holds).
-efficiency: efficiency-compress efficiency-optinter
+efficiency: efficiency-compress efficiency-optembed efficiency-optinter
 
 efficiency-compress: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency.py --output docs/efficiency.md --json docs/efficiency.json
 
 efficiency-optinter: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optinter.py --output docs/efficiency.md --json docs/efficiency_optinter.json
+
+efficiency-optembed: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optembed.py --output docs/efficiency.md --json docs/efficiency_optembed.json
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

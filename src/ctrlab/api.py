@@ -40,6 +40,7 @@ from .data.pipeline import PreparedData, encode_frame, prepare
 from .data.schema import (CategoricalSpec, CrossesConfig, DatasetConfig, SequenceSpec, column_of, cross_specs,
                           load_dataset_config, read_features)
 from .layers.low_rank import LowRankLinear, apply_low_rank
+from .layers.opt_embed import apply_opt_embed, initial_weights_digest, opt_embed_summary
 from .models import check_hparams, create, default_hparams, get_model_class
 from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
 from .train import Trainer, TrainerConfig, seed_everything
@@ -113,6 +114,11 @@ class RunConfig:
     low_rank: dict[str, int] = field(default_factory=dict)
     """Layer name -> rank: these ``nn.Linear`` layers of the model are ``LowRankLinear`` ones (a run
     written by ``ctrlab compress``; training from such a config trains the low-rank architecture)."""
+    opt_embed: dict[str, Any] = field(default_factory=dict)
+    """OptEmbed masks on the model's embedding tables (:mod:`ctrlab.layers.opt_embed`; a run written by
+    ``ctrlab optembed``): ``{mode: fixed, tables: {name: {widths, keep, rows}}}`` trains, evaluates and
+    serves the searched model (per-field widths, the kept features' packed mask), ``{mode: supernet,
+    alpha, threshold_lr}`` the recipe's supernet; empty (default): off. Not with ``low_rank``."""
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
@@ -454,6 +460,10 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
 
         torch.set_num_threads(cfg.trainer.num_threads)
     model = apply_low_rank(_build(cfg.model, data.feature_map, params), cfg.low_rank)
+    opt_tables = _apply_opt_embed(model, cfg, ctx)
+    # what OptEmbed's retraining checks: it starts from the supernet's initial (seeded, random) weights;
+    # the warm starts below are then fitted through each run's own masks
+    initial_digest = initial_weights_digest(model) if opt_tables else None
     if cfg.small_numeric_init and not resume:  # a resumed run restores its weights anyway
         num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
         if num.size:
@@ -505,6 +515,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "epochs": epochs_run,
         "best_epoch": 0 if trainer.kept_start else trainer.best_epoch,
         **({"linear_warm_start": json.loads(warm_file.read_text())} if warm_file.exists() else {}),
+        **({"opt_embed": opt_embed_summary(opt_tables, initial_digest)} if opt_tables else {}),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
         "cache": str(data.path),
@@ -554,6 +565,26 @@ def _init_output_bias(model, data: PreparedData, log) -> None:
                           "(set init_output_bias=false)")
     names = model.init_output_bias(to_batch(train.take(slice(0, 8192)).arrays), base_rate)
     log(f"[ctrlab] output bias ({', '.join(names)}) set for the train base rate {base_rate:.4g}")
+
+
+def _apply_opt_embed(model, cfg: RunConfig, ctx: DistContext = SINGLE) -> dict:
+    """The run's OptEmbed tables (``cfg.opt_embed``) swapped into ``model``, or ``{}``; the settings it
+    cannot be combined with refused, naming the field."""
+    if not cfg.opt_embed:
+        return {}
+    if cfg.low_rank:
+        raise ConfigError("opt_embed: not with low_rank (a compressed run's tables and layers are not "
+                          "OptEmbed's); train OptEmbed on the uncompressed model, or drop one of the two")
+    if cfg.trainer.sparse_embeddings:
+        raise ConfigError("opt_embed: trainer.sparse_embeddings is not supported (the masks multiply the rows "
+                          "after the lookup); set trainer.sparse_embeddings=false")
+    if ctx.active and cfg.opt_embed.get("mode") == "supernet":
+        raise ConfigError("opt_embed: the supernet (mode supernet) trains in one process, not data-parallel "
+                          "(every rank would draw its own widths); run ctrlab optembed without torchrun")
+    try:
+        return apply_opt_embed(model, cfg.opt_embed)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _build(model: str, fmap: FeatureMap, params: dict[str, Any]):
@@ -664,6 +695,9 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
                           f"{finetune_lr}")
     source = Path(run_dir)
     model, fmap, dcfg, cfg = load_run(source)
+    if cfg.opt_embed:
+        raise ConfigError(f"compress: {source} is an OptEmbed run (opt_embed masks on its tables); compress the "
+                          "model's uncompressed run instead (the two are not combined)")
     inside_low_rank = {f"{n}.{c}" for n, m in model.named_modules() if isinstance(m, LowRankLinear)
                        for c in ("down", "up")}
     candidates = {n: m for n, m in linear_layers(model).items() if n not in inside_low_rank and m.out_features > 1}
@@ -762,6 +796,66 @@ def opt_inter(config: str | Path | dict | RunConfig | None = None, overrides: li
     if not output:
         raise ConfigError("optinter: give the output folder (output=... / --output) for the retrained run")
     return run(cfg, output, train, load_run, search_epochs=search_epochs, overwrite=overwrite, log=log)
+
+
+# ---- OptEmbed (issue 16) ----------------------------------------------------------------------
+def opt_embed(config: str | Path | dict | RunConfig | None = None, output: str | Path | None = None,
+              options: "OptEmbedOptions | dict | None" = None, overrides: list[str] | None = None,
+              overwrite: bool = False, log=print, **kwargs) -> RunResult:
+    """OptEmbed on the run a config describes (the same arguments as :func:`train`): a supernet with
+    learnable feature thresholds and sampled per-field widths, an evolutionary search for the widths,
+    and the model retrained with both masks fixed (:mod:`ctrlab.recipes.opt_embed`; ``options``: an
+    :class:`~ctrlab.recipes.opt_embed.OptEmbedOptions` or a dict of its fields). The final run in
+    ``output`` is a normal run folder (evaluate, predict, export, serve); the supernet's is
+    ``<output>-supernet``. Its ``metrics.json`` ``opt_embed`` record: per table and field the width and
+    kept features, the kept embedding parameters, the sparsity, the search's record."""
+    from .recipes.opt_embed import OptEmbedOptions, run_opt_embed, summary_line, valid_batches
+    from .layers.opt_embed import prunable_tables
+
+    opts = options if isinstance(options, OptEmbedOptions) else from_dict(OptEmbedOptions, dict(options or {}),
+                                                                             "optembed")
+    opts.validate()
+    cfg = config if isinstance(config, RunConfig) else load_run_config(config, overrides, output=output and str(output),
+                                                                          **kwargs)
+    if output is not None:
+        cfg = dataclasses.replace(cfg, output=str(output))
+    if not cfg.output:
+        raise ConfigError("optembed needs the folder of the final run (--output RUN); the supernet goes to RUN-supernet")
+    if int(__import__("os").environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError("optembed runs in one process (its search and the supernet's sampled widths are not "
+                          "data-parallel); run it without torchrun")
+    if cfg.low_rank:
+        raise ConfigError("optembed: the config has low_rank (a compressed model); OptEmbed prunes an uncompressed "
+                          "model's tables: start from the model's own config")
+    if cfg.opt_embed:
+        raise ConfigError("optembed: the config already has opt_embed masks (a searched run); start from the "
+                          "model's own config, or train this one with ctrlab train")
+    if cfg.preset == "auto":
+        cfg = _apply_auto(cfg, _given_settings(config, overrides, kwargs), log)
+    params, _ = resolve_model_params(cfg)
+    data = prepare(dataset_config(cfg), cache_dir=cfg.cache_dir, mmap=True, log=lambda *a: None,
+                   streaming=cfg.streaming, block_rows=cfg.stream_block_rows)
+    if "valid" not in data.splits:
+        raise ConfigError(f"optembed: the dataset {cfg.dataset} has no valid split, which the search scores "
+                          "widths on; give the dataset a validation split")
+    if not prunable_tables(_build(cfg.model, data.feature_map, params)):
+        raise ConfigError(f"optembed: {get_model_class(cfg.model).__name__} has no embedding table to prune "
+                          "(OptEmbed needs a FeatureEmbedding table wider than 1; LR has only its width-1 "
+                          "first-order weights); choose another model")
+
+    def train_run(d: dict[str, Any]) -> dict[str, Any]:
+        return train(from_dict(RunConfig, d), overwrite=overwrite, log=log, distributed=False).metrics
+
+    def load_supernet(run_dir: Path, rows: int | None):
+        model, fmap, dcfg, rcfg = load_run(run_dir)
+        enc = prepare(dcfg, cache_dir=rcfg.cache_dir, mmap=True, log=lambda *a: None, streaming=rcfg.streaming,
+                      block_rows=rcfg.stream_block_rows, feature_map=fmap).splits["valid"]
+        return model, valid_batches(rcfg.trainer.make_eval_loader(enc), rows)
+
+    out = Path(cfg.output)
+    metrics = run_opt_embed(resolved_config(cfg, out), out, opts, train_run, load_supernet, log)
+    log(f"[ctrlab] optembed {get_model_class(cfg.model).__name__}: {summary_line(metrics)} -> {out}")
+    return RunResult(out, metrics, json.loads((out / "history.json").read_text()))
 
 
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the

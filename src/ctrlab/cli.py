@@ -4,6 +4,7 @@
     ctrlab evaluate RUN
     ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
+    ctrlab optembed --dataset D --model M --output RUN [--alpha A] [--set key=value ...]
     ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
     ctrlab compress RUN --output DIR --rank K | ctrlab optinter --dataset D --output DIR
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
@@ -96,14 +97,20 @@ def cmd_compress(args) -> int:
     return 0
 
 
-def cmd_optinter(args) -> int:
-    from .api import opt_inter
-
+def _recipe_overrides(args) -> list[str]:
+    """A recipe command's --set list with its --seed / --epochs shortcuts."""
     overrides = list(args.set or [])
     if args.seed is not None:
         overrides.append(f"trainer.seed={args.seed}")
     if args.epochs is not None:
         overrides.append(f"trainer.epochs={args.epochs}")
+    return overrides
+
+
+def cmd_optinter(args) -> int:
+    from .api import opt_inter
+
+    overrides = _recipe_overrides(args)
     if args.cross_min_count is not None:
         overrides.append(f"crosses.min_count={args.cross_min_count}")
     kwargs = {"dataset": args.dataset, "model": args.model, "preset": args.preset}
@@ -118,6 +125,25 @@ def cmd_optinter(args) -> int:
                       **{k: res.metrics[k] for k in ("valid", "test") if k in res.metrics}}))
     print(f"[ctrlab] retrained run: {res.run_dir} (search phase in {res.run_dir / 'search'}; "
           f"export it: ctrlab export {res.run_dir})")
+    return 0
+
+
+def cmd_optembed(args) -> int:
+    from .api import opt_embed
+
+    overrides = _recipe_overrides(args)
+    options = {k: v for k, v in {"alpha": args.alpha, "threshold_lr": args.threshold_lr,
+                                 "supernet_epochs": args.supernet_epochs, "search_rounds": args.search_rounds,
+                                 "search_rows": args.search_rows}.items() if v is not None}
+    res = opt_embed(args.config, output=args.output, options=options, overrides=overrides, overwrite=args.overwrite,
+                    dataset=args.dataset, model=args.model, preset=args.preset)
+    rec = res.metrics["opt_embed"]
+    print(json.dumps({"test": res.metrics.get("test"), "sparsity": rec["sparsity"],
+                      "embedding_parameters_kept": rec["embedding_parameters_kept"],
+                      "embedding_parameters_full": rec["embedding_parameters_full"],
+                      "tables": {n: {k: t[k] for k in ("fields", "widths", "kept_features", "features")}
+                                 for n, t in rec["tables"].items()}}))
+    print(f"[ctrlab] OptEmbed run: {res.run_dir} (supernet: {rec['supernet_run']}; export it: ctrlab export {res.run_dir})")
     return 0
 
 
@@ -298,6 +324,24 @@ def build_parser() -> argparse.ArgumentParser:
                          "--set crosses.min_count=N; default 1: every train pair)")
     oi.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     oi.set_defaults(func=cmd_optinter)
+
+    oe = sub.add_parser("optembed", help="OptEmbed: prune features and choose per-field embedding widths (supernet, "
+                                         "evolutionary search, retraining with the masks fixed) into a new run")
+    oe.add_argument("--dataset", help="registered dataset name or dataset YAML (default frappe_x1_subset)")
+    oe.add_argument("--model", help="registered model name with an embedding table (default FinalMLP)")
+    oe.add_argument("--config", help="run config YAML, as for ctrlab train")
+    oe.add_argument("--preset", help="hyperparameter preset, as for ctrlab train (default auto)")
+    oe.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run config key")
+    oe.add_argument("--output", required=True, help="folder of the final (retrained) run; the supernet goes to OUTPUT-supernet")
+    oe.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
+    oe.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N (supernet and retraining)")
+    oe.add_argument("--alpha", type=float, help="threshold penalty weight (default 1e-2; larger prunes more)")
+    oe.add_argument("--threshold-lr", type=float, help="the thresholds' SGD learning rate (default 1e-2)")
+    oe.add_argument("--supernet-epochs", type=int, help="maximum supernet epochs (default: trainer.epochs)")
+    oe.add_argument("--search-rounds", type=int, help="evolutionary search rounds (default 10)")
+    oe.add_argument("--search-rows", type=int, help="validation rows the search scores widths on (default all)")
+    oe.add_argument("--overwrite", action="store_true", help="replace runs already in OUTPUT and OUTPUT-supernet")
+    oe.set_defaults(func=cmd_optembed)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
     sv.add_argument("artifact", help="artifact folder from ctrlab export")

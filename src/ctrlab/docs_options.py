@@ -307,7 +307,14 @@ def pages() -> list[Page]:
         Section(BenchPlan, "Plan YAML (`ctrlab bench PLAN.yaml`)", "options-plan"),
         Section(TuneConfig, "Search YAML (`ctrlab tune SEARCH.yaml`)", "options-tune"),
     ])
-    return [training, serving, benchmark]
+    from .recipes.opt_embed import OptEmbedOptions
+
+    efficiency = Page("docs/efficiency.md", "Smaller models", [
+        Section(OptEmbedOptions, "`ctrlab optembed` options", "options-optembed",
+                "Settings of the OptEmbed recipe: `options={...}` of `ctrlab.api.opt_embed`, or the flags "
+                "`--alpha`, `--threshold-lr`, `--supernet-epochs`, `--search-rounds`, `--search-rows`."),
+    ])
+    return [training, serving, benchmark, efficiency]
 
 
 def documented_classes() -> list[type]:

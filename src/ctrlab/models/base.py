@@ -75,16 +75,42 @@ class CTRModel(nn.Module):
         return [m.weight for m in self.modules() if isinstance(m, nn.Embedding) and m.weight.requires_grad]
 
     def net_parameters(self) -> list[nn.Parameter]:
+        """Every other trainable parameter, except those a layer trains with an optimizer of its own
+        (:meth:`layer_optimizer_groups`: e.g. OptEmbed's thresholds, which their own penalty drives)."""
         emb = {id(p) for p in self.embedding_parameters()}
+        emb |= {id(p) for g in self.layer_optimizer_groups() for p in g["params"]}
         return [p for p in self.parameters() if p.requires_grad and id(p) not in emb]
 
     def optimizer_groups(self) -> list[dict[str, Any]]:
         """Parameters this model trains with an optimizer of their own, taken out of the trainer's
         main one: a list of ``{"name", "params", "optimizer" ("sgd" / "adam" / "adamw"), "lr",
-        "weight_decay"}`` (see :func:`ctrlab.train.optim.make_optimizer`). Default: none. The
-        regularizers still cover them unless :meth:`embedding_parameters` / :meth:`net_parameters`
-        leave them out."""
-        return []
+        "weight_decay"}`` (see :func:`ctrlab.train.optim.make_optimizer`). Default: the groups its
+        layers declare (:meth:`layer_optimizer_groups`). The regularizers still cover a model's own
+        groups unless :meth:`embedding_parameters` / :meth:`net_parameters` leave them out."""
+        return self.layer_optimizer_groups()
+
+    def layer_optimizer_groups(self) -> list[dict[str, Any]]:
+        """The groups declared by layers inside the model through an ``optimizer_group()`` method
+        (a dict as in :meth:`optimizer_groups`, or None): so that a recipe that swaps a layer in
+        (:func:`ctrlab.layers.opt_embed.apply_opt_embed`) brings its optimizer with it, on any model."""
+        groups = []
+        for m in self.modules():
+            hook = getattr(m, "optimizer_group", None) if m is not self else None
+            group = hook() if callable(hook) else None
+            if group:
+                groups.append(group)
+        return groups
+
+    def layer_penalties(self) -> torch.Tensor | None:
+        """The sum of the loss terms layers inside the model add through a ``loss_penalty()`` method
+        (a scalar tensor, or None), e.g. OptEmbed's threshold penalty; None when there are none."""
+        total = None
+        for m in self.modules():
+            hook = getattr(m, "loss_penalty", None) if m is not self else None
+            term = hook() if callable(hook) else None
+            if term is not None:
+                total = term if total is None else total + term
+        return total
 
     def regularization(self) -> torch.Tensor:
         reg = torch.zeros((), device=self._device())
@@ -96,7 +122,8 @@ class CTRModel(nn.Module):
                         reg = reg + l1 * p.abs().sum()
                     if l2 > 0:
                         reg = reg + (l2 / 2) * p.pow(2).sum()
-        return reg
+        penalty = self.layer_penalties()
+        return reg if penalty is None else reg + penalty
 
     def _device(self) -> torch.device:
         for p in self.parameters():

@@ -139,10 +139,12 @@ class OptInter(CTRModel):
         return out
 
     def optimizer_groups(self):
-        """α with its own Adam at ``arch_lr`` (the paper's 1e-3), apart from the network's optimizer."""
+        """α with its own Adam at ``arch_lr`` (the paper's 1e-3), apart from the network's optimizer;
+        plus the groups of layers a recipe swapped in (e.g. OptEmbed's thresholds)."""
         if self.alpha is None:
-            return []
-        return [{"name": "architecture", "params": [self.alpha], "optimizer": "adam", "lr": self.arch_lr,
+            return super().optimizer_groups()
+        return [*super().optimizer_groups(),
+                {"name": "architecture", "params": [self.alpha], "optimizer": "adam", "lr": self.arch_lr,
                  "weight_decay": 0.0}]
 
     def net_parameters(self):

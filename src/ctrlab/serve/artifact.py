@@ -37,6 +37,7 @@ import yaml
 
 from ..data.cache import temp_name
 from ..layers.low_rank import apply_low_rank
+from ..layers.opt_embed import apply_opt_embed
 from ..data.feature_map import FeatureMap
 from ..data.schema import (
     CategoricalSpec,
@@ -175,6 +176,7 @@ def load_trained_run(run_dir: Path):
     dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
     model = create(cfg["model"], fmap, **(cfg.get("model_params") or {}))
     apply_low_rank(model, cfg.get("low_rank") or {})  # a compressed run (ctrlab compress)
+    apply_opt_embed(model, cfg.get("opt_embed") or {})  # a searched run's masks (ctrlab optembed)
     from safetensors import SafetensorError
 
     try:
@@ -331,6 +333,7 @@ def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any
         "source_run": str(run_dir.resolve()),
         "model": {"name": type(model).__name__, "params": cfg.get("model_params") or {},
                   "low_rank": cfg.get("low_rank") or {},
+                  **({"opt_embed": cfg["opt_embed"]} if cfg.get("opt_embed") else {}),
                   "parameters": int(sum(p.numel() for p in model.parameters())),
                   **({"plugin": plugin} if (plugin := plugin_source(type(model))) else {})},
         "dataset": dcfg.name,

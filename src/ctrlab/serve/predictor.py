@@ -95,6 +95,7 @@ class _TorchBackend:
         from safetensors.torch import load_file
 
         from ..layers.low_rank import apply_low_rank
+        from ..layers.opt_embed import apply_opt_embed
         from ..models import create, get_model_class
 
         if threads:
@@ -110,6 +111,7 @@ class _TorchBackend:
                     f"or export to ONNX, which needs no model code") from None
         self.model = apply_low_rank(create(spec["name"], artifact.feature_map, **spec["params"]),
                                     spec.get("low_rank") or {})
+        apply_opt_embed(self.model, spec.get("opt_embed") or {})  # a searched run's masks (ctrlab optembed)
         self.model.load_state_dict(load_file(str(artifact.path / "model.safetensors")))
         self.model.eval()
         self.inputs = artifact.inputs
