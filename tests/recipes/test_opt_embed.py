@@ -77,7 +77,8 @@ MAP = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price"
                              sequences={"hist": (4, "item"), "tags": (3, 9)})
 PARAMS = {"DIN": {"din_target_field": "item", "din_sequence_field": "hist"},
           "FinalMLP": {"fs1_context": ["user"], "fs2_context": ["item"]},
-          "FGCNN": {"channels": (4, 4), "dnn_hidden_units": (64, 32)}}
+          "FGCNN": {"channels": (4, 4), "dnn_hidden_units": (64, 32)},
+          "OptInter": {"pair_methods": "factorize"}}  # (memorizing needs cross features, which MAP has none of)
 
 
 def _batch(n=64, seed=0):
