@@ -85,12 +85,13 @@ def test_parquet_sequence_and_dense_end_to_end(tmp_path):
     data = prepare(cfg, tmp_path / "cache", log=Log())
     fmap = data.feature_map
     assert [(f.name, f.vocab_size, f.origin) for f in fmap.categorical] == [
-        ("item", 5, "categorical"), ("user", 52, "categorical"), ("price_b", 5, "bucketized")
+        ("item", 6, "categorical"), ("user", 52, "categorical"), ("price_b", 5, "bucketized")
     ]
     assert [f.name for f in fmap.numeric] == ["price"]
-    assert [(f.name, f.max_len, f.vocab_size, f.shares) for f in fmap.sequences] == [("hist", 3, 5, "item")]
+    assert [(f.name, f.max_len, f.vocab_size, f.shares) for f in fmap.sequences] == [("hist", 3, 6, "item")]
     assert [(f.name, f.dim) for f in fmap.dense] == [("vec", 3)]
-    assert fmap.encoders["item"]["vocab"] == ["10", "11", "12"]  # 10 x3, 11 x2, 12 x1
+    # the shared vocabulary counts the item column and the histories: 10 x5, 11 x4, 12 x4, 13 x1 (history only)
+    assert fmap.encoders["item"]["vocab"] == ["10", "11", "12", "13"]
 
     batches = list(BatchLoader(data.splits["train"], batch_size=4))
     assert [len(b["label"]) for b in batches] == [4, 2]
@@ -107,7 +108,7 @@ def test_parquet_sequence_and_dense_end_to_end(tmp_path):
     }
     item_id = {"10": 2, "11": 3, "12": 4}
     assert b["cat"][:, 0].tolist() == [2, 3, 2, 4]
-    assert b["seq:hist"].tolist() == [[0, 3, 4], [0, 0, 2], [0, 0, 0], [3, 4, OOV_ID]]  # latest 3 kept
+    assert b["seq:hist"].tolist() == [[0, 3, 4], [0, 0, 2], [0, 0, 0], [3, 4, 5]]  # latest 3 kept
     # price 1, 2, missing (-> fill 0), 4 in buckets (-inf, 2.5) [2.5, 5.5) [5.5, inf) -> ids 2, 3, 4
     assert b["cat"][:, 2].tolist() == [2, 2, 2, 3]
     assert data.splits["train"].arrays["cat"][:, 2].tolist() == [2, 2, 2, 3, 3, 4]
@@ -118,7 +119,7 @@ def test_parquet_sequence_and_dense_end_to_end(tmp_path):
 
     t = next(iter(BatchLoader(data.splits["test"], batch_size=8)))
     assert t["cat"][:, 0].tolist() == [item_id["12"], OOV_ID]  # 99 never seen in train
-    assert t["seq:hist"].tolist() == [[0, OOV_ID, 2], [4, 3, 2]]
+    assert t["seq:hist"].tolist() == [[0, OOV_ID, 2], [4, 3, 2]]  # 99 is only in the test split: OOV
     assert t["label"].tolist() == [[1, 0], [0, 1]]
 
 
@@ -155,7 +156,7 @@ def test_csv_text_sequence_and_dense_vector(tmp_path):
     assert sorted(arrays) == ["cat", "dense:emb", "label", "num", "seq:hist"]
     assert arrays["num"].shape == (3, 0)
     assert arrays["cat"][:, 0].tolist() == [2, 3, 2]  # a, b
-    assert arrays["seq:hist"].tolist() == [[3, OOV_ID], [2, 0], [0, 0]]  # c never an item -> OOV
+    assert arrays["seq:hist"].tolist() == [[3, 4], [2, 0], [0, 0]]  # c is only in a history: a real id
     np.testing.assert_allclose(arrays["dense:emb"], [[0.1, 0.2], [1, 2], [3, 4]], rtol=1e-6)
     assert arrays["dense:emb"].dtype == np.float32 and arrays["seq:hist"].dtype == np.int32
 

@@ -207,19 +207,27 @@ class CategoricalEncoder:
         return {"spec": _spec_dict(self.spec), "vocab": self.vocab}
 
 
-def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"]) -> None:
+def fit_vocabularies(df: pl.DataFrame, encoders: list["CategoricalEncoder"],
+                     sequences: list["SequenceEncoder"] = ()) -> None:
     """Fit the vocabularies of many categorical encoders at once, with the same result as their
     ``fit``: one Polars query per column (token counts, ``min_count`` filter, order by count then
-    value), all collected together so that Polars runs them in parallel."""
-    queries = [
-        df.lazy()
-        .select(enc.tokens_expr(df.schema[enc.column]).alias("token"))
-        .group_by("token")
-        .agg(pl.len().alias("n"))
-        .filter(pl.col("n") >= enc.spec.min_count)
-        .sort(["n", "token"], descending=[True, False])
-        for enc in encoders
-    ]
+    value), all collected together so that Polars runs them in parallel.
+
+    A vocabulary shared with sequences (``share_vocab_with``; those among ``sequences`` whose
+    ``shared`` is the encoder) counts the candidate column's tokens plus every sharing sequence's
+    tokens, and ``min_count`` applies to the combined counts: ids that occur only in histories
+    (common in click logs) get real ids instead of all becoming OOV."""
+    queries = []
+    for enc in encoders:
+        parts = [df.lazy().select(enc.tokens_expr(df.schema[enc.column]).alias("token"))]
+        parts += [seq.flat_tokens(df).alias("token").to_frame().lazy() for seq in sequences if seq.shared is enc]
+        queries.append(
+            pl.concat(parts)
+            .group_by("token")
+            .agg(pl.len().alias("n"))
+            .filter(pl.col("n") >= enc.spec.min_count)
+            .sort(["n", "token"], descending=[True, False])
+        )
     for enc, counts in zip(encoders, pl.collect_all(queries)):
         tokens = counts["token"]
         enc.vocab = tokens.to_list()
@@ -385,6 +393,49 @@ def vector_values(raw: pl.Series, splitter: str) -> pl.Series:
     return raw.cast(pl.List(pl.Float64))
 
 
+SPLITTER_CANDIDATES = ("^", " ", ",", ";", "|", "\t", ":")
+"""Separators a text history is commonly written with (checked by :func:`splitter_suspect`)."""
+SINGLE_TOKEN_SHARE = 0.5
+"""A sequence column warns when more than this share of its non-empty text cells is one token
+although most of them contain another common separator."""
+
+
+def splitter_suspect(raw: pl.Series, splitter: str) -> str | None:
+    """The separator a text sequence column seems to use instead of ``splitter``, or None: when
+    most non-empty cells split into a single token but contain another common separator (e.g. a
+    space-separated history read with the default ``^``, which makes each whole cell one token)."""
+    if raw.dtype != pl.String:
+        return None  # list cells (Parquet) are not split
+    cells = raw.drop_nulls().str.strip_chars()
+    cells = cells.filter(cells.str.len_chars() > 0)
+    if cells.is_empty():
+        return None
+    single = cells.filter(~cells.str.contains(splitter, literal=True))
+    if len(single) <= SINGLE_TOKEN_SHARE * len(cells):
+        return None
+    best, best_n = None, 0
+    for sep in SPLITTER_CANDIDATES:
+        if sep == splitter:
+            continue
+        n = int(single.str.contains(sep, literal=True).sum())
+        if n > best_n:
+            best, best_n = sep, n
+    return best if best_n > SINGLE_TOKEN_SHARE * len(cells) else None
+
+
+def warn_splitter(spec: SequenceSpec, raw: pl.Series) -> None:
+    """Warn (:class:`DataWarning`) when :func:`splitter_suspect` finds another separator."""
+    sep = splitter_suspect(raw, spec.splitter)
+    if sep is not None:
+        warnings.warn(
+            f"sequence feature {spec.name!r}: most cells are a single token with splitter {spec.splitter!r}, "
+            f"but they contain {sep!r}; each whole cell is read as one token. Fix: set splitter: {sep!r} "
+            f"on {spec.name!r}",
+            DataWarning,
+            stacklevel=2,
+        )
+
+
 class SequenceEncoder:
     kind = "sequence"
 
@@ -401,9 +452,16 @@ class SequenceEncoder:
     def _lists(self, df: pl.DataFrame) -> pl.Series:
         return sequence_tokens(df[self.column], self.spec.splitter)
 
+    def flat_tokens(self, df: pl.DataFrame) -> pl.Series:
+        """Every token of the column, row after row (what a vocabulary counts)."""
+        return self._lists(df).explode().drop_nulls()
+
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "SequenceEncoder":
+        """An own vocabulary is fitted here; a shared one is fitted with its categorical field
+        (:func:`fit_vocabularies` with this encoder among ``sequences``)."""
+        warn_splitter(self.spec, df[self.column])
         if self.shared is None:
-            self.vocab = _fit_vocab(self._lists(df).explode(), self.spec.min_count)
+            self.vocab = _fit_vocab(self.flat_tokens(df), self.spec.min_count)
         return self
 
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:

@@ -19,6 +19,14 @@ some values known: the shipped datasets' valid/test splits reach 85.8% (movielen
 (avazu_head10k ``device_ip``, train 65%), so the threshold sits above them. Train's own rate is
 what ``min_count`` makes OOV on purpose; the jump keeps a field that is rare everywhere quiet.
 Every rate is logged, warned or not.
+
+A sequence field also warns when its rate on the train split is above
+:data:`HIGH_SEQUENCE_OOV_RATE`: a history whose tokens are mostly unknown even in the split the
+vocabulary was fitted on means the vocabulary does not cover it (a shared vocabulary fitted on another column, a wrong ``splitter`` that makes
+each whole cell one rare token, a ``min_count`` too high for the history's tokens), and the
+model sees almost nothing but the OOV id there. Other splits keep the rule above: later
+histories legitimately hold many items train never saw (taobao_head's test split: 53.8% of its
+history tokens, train 0%).
 """
 from __future__ import annotations
 
@@ -36,6 +44,8 @@ HIGH_OOV_RATE = 0.9
 """A split's OOV rate for a field at or above this may warn (see :data:`OOV_RATE_JUMP`)."""
 OOV_RATE_JUMP = 0.25
 """... when it is also at least this much above the train split's rate for the field."""
+HIGH_SEQUENCE_OOV_RATE = 0.5
+"""A sequence field whose share of OOV tokens on the train split is above this warns."""
 CHUNK_ROWS = 1 << 20
 """Rows counted at a time (memory-mapped splits are read in pieces)."""
 
@@ -101,11 +111,28 @@ def high_oov(rates: dict[str, dict[str, float]], train: str = "train") -> list[s
     return out
 
 
-def report_oov(rates: dict[str, dict[str, float]], log: Callable[[str], None]) -> None:
-    """Log each split's rates and warn (log line and :class:`DataWarning`) about high ones."""
+def high_sequence_oov(rates: dict[str, dict[str, float]], sequences: list[str],
+                      train: str = "train") -> list[str]:
+    """One message per sequence field whose train split rate is above :data:`HIGH_SEQUENCE_OOV_RATE`."""
+    out = []
+    fields = rates.get(train, {})
+    for name in sequences:
+        rate = fields.get(name)
+        if rate is not None and rate > HIGH_SEQUENCE_OOV_RATE:
+            out.append(f"{train} split, sequence field {name!r}: {rate:.1%} of its tokens are out of the train "
+                       f"vocabulary. Fix: check its splitter (the tokens it gives), give it the vocabulary of "
+                       f"the field its ids belong to (share_vocab_with, fitted on that column and the sequence), "
+                       f"or lower min_count")
+    return out
+
+
+def report_oov(rates: dict[str, dict[str, float]], log: Callable[[str], None],
+               sequences: list[str] = ()) -> None:
+    """Log each split's rates and warn (log line and :class:`DataWarning`) about high ones
+    (``sequences``: the sequence fields, which also warn by :func:`high_sequence_oov`)."""
     for split, fields in rates.items():
         if fields:
             log(f"[ctrlab]   {split} OOV rate: " + ", ".join(f"{k} {v:.1%}" for k, v in fields.items()))
-    for message in high_oov(rates):
+    for message in high_oov(rates) + high_sequence_oov(rates, list(sequences)):
         log(f"[ctrlab] WARNING: {message}")
         warnings.warn(message, DataWarning, stacklevel=3)

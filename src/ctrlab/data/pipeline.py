@@ -103,7 +103,9 @@ def fit_feature_map(cfg: DatasetConfig, train: pl.DataFrame, path: Path | None =
     encoders = _make_encoders(cfg)
     train = with_derived(train, cfg.features, path)
     by_vocab = [e for e in encoders.values() if isinstance(e, CategoricalEncoder) and not e.spec.hash_buckets]
-    fit_vocabularies(train, by_vocab)  # all vocabulary columns in one parallel pass
+    sharing = [e for e in encoders.values() if isinstance(e, SequenceEncoder) and e.shared is not None]
+    # all vocabulary columns in one parallel pass; a shared vocabulary also counts its sequences' tokens
+    fit_vocabularies(train, by_vocab, sharing)
     for enc in encoders.values():
         if not any(enc is e for e in by_vocab):
             enc.fit(train, path)
@@ -311,7 +313,7 @@ def prepare(
         oov = manifest.get("oov_rates")
         if manifest.get("valid_from_train"):
             log(f"[ctrlab] {manifest['valid_from_train']}")
-        report_oov(oov or {}, log)
+        report_oov(oov or {}, log, [f.name for f in fmap.sequences])
         return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
     t0 = time.time()
@@ -378,7 +380,7 @@ def prepare(
     # identical content, so theirs is kept. `rebuild` replaces an existing folder.
     build.publish(replace=rebuild)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in names}
-    report_oov(oov, log)
+    report_oov(oov, log, [f.name for f in fmap.sequences])
     return PreparedData(fmap, splits, folder, cfg, reused=False, oov_rates=oov)
 
 

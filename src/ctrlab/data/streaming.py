@@ -25,7 +25,7 @@ import numpy as np
 import polars as pl
 
 from .derive import with_derived
-from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder
+from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder, warn_splitter
 from .errors import DataError
 from .readers import LINE, _numeric_columns, _require, csv_blocks
 from .schema import DatasetConfig
@@ -147,19 +147,29 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
             counts[name] = _RunningCounts()
         elif isinstance(enc, SequenceEncoder) and enc.shared is None:
             counts[name] = _RunningCounts()
-        elif isinstance(enc, NumericEncoder):
+    # a shared vocabulary counts its sequences' tokens too (as fit_vocabularies does in memory)
+    sharing = [(enc.shared.spec.name, enc) for enc in encoders.values()
+               if isinstance(enc, SequenceEncoder) and enc.shared is not None and enc.shared.spec.name in counts]
+    for name, enc in encoders.items():
+        if isinstance(enc, NumericEncoder):
             moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
     kept, rows = rows, 0
     float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
     for block in iter_blocks(cfg, path, columns, block_rows, numbers, rows=kept):
         rows += block.height
         block = with_derived(block, cfg.features, path)
+        if rows == block.height:  # the first block: a wrong splitter shows in any block
+            for enc in encoders.values():
+                if isinstance(enc, SequenceEncoder):
+                    warn_splitter(enc.spec, block[enc.column])
         for name, running in counts.items():
             enc = encoders[name]
             if isinstance(enc, CategoricalEncoder):
                 running.add(enc._tokens(block))
             else:
-                running.add(enc._lists(block).explode().drop_nulls())
+                running.add(enc.flat_tokens(block))
+        for name, seq in sharing:
+            counts[name].add(seq.flat_tokens(block))
         for name, running in moments.items():
             enc = encoders[name]
             x = enc.values(block, path)
