@@ -9,7 +9,7 @@ from ctrlab.data.feature_map import FeatureMap
 from ctrlab.layers.embedding import FeatureEmbedding
 from ctrlab.layers.target_attention import Dice
 from ctrlab.models import create, default_hparams
-from ctrlab.models.din import DIN
+from ctrlab.models.din import DIN, din_pairs
 
 from .synthetic import auc, fit, random_batch, take
 
@@ -52,7 +52,7 @@ def _constant_attention(model, value=1.0):
 
 def test_defaults_and_registration():
     hp = default_hparams("DIN")
-    assert hp["din_target_field"] == "item_id" and hp["din_sequence_field"] == "history"
+    assert hp["din_target_field"] is None and hp["din_sequence_field"] is None  # inferred (below)
     assert hp["attention_hidden_units"] == (64,) and hp["attention_hidden_activations"] == "Dice"
     assert hp["attention_output_activation"] is None and hp["attention_dropout"] == 0
     assert hp["din_use_softmax"] is False and hp["dnn_hidden_units"] == (500, 500, 500)
@@ -178,11 +178,43 @@ def test_two_pairs():
     torch.testing.assert_close(m(b)["logit"], m.mlp(E.flatten(1))[:, 0])
 
 
+def test_fields_inferred_from_share_vocab_with(mixed_map):
+    """issue 17: an item column not called item_id needs no model params when one sequence shares
+    a categorical field's vocabulary; one field given finds the other."""
+    for given in ({}, {"din_sequence_field": "hist"}, {"din_target_field": "item"}):
+        assert din_pairs(mixed_map, given.get("din_target_field"), given.get("din_sequence_field")) == [
+            (("item",), ("hist",))], given
+    assert create("DIN", mixed_map, embedding_dim=4, dnn_hidden_units=[8]).pairs == [(("item",), ("hist",))]
+    grouped = din_pairs(_grouped_map(), None, [["hist", "cates"]])
+    assert grouped == [(("item", "cate"), ("hist", "cates"))]
+
+
+def test_old_default_pair_is_kept_when_present():
+    fmap = FeatureMap.from_fields({"item_id": 7, "shop": 5},
+                                  sequences={"history": (4, "item_id"), "shops": (3, "shop")})
+    assert din_pairs(fmap, None, None) == [(("item_id",), ("history",))]
+
+
+def test_ambiguous_or_missing_inference_names_the_candidates_and_params():
+    two = FeatureMap.from_fields({"item": 11, "shop": 6}, sequences={"hist": (4, "item"), "shops": (3, "shop")})
+    with pytest.raises(ValueError, match=r"'hist' \(shares 'item'\), 'shops' \(shares 'shop'\).*din_target_field "
+                                         r"and din_sequence_field"):
+        din_pairs(two, None, None)
+    none = FeatureMap.from_fields({"item": 11}, sequences={"tags": (3, 9)})
+    with pytest.raises(ValueError, match="sharing a categorical field's vocabulary.*: none.*share_vocab_with"):
+        din_pairs(none, None, None)
+    with pytest.raises(ValueError, match="'tags' does not share.*set din_target_field"):
+        din_pairs(none, None, "tags")
+    twice = FeatureMap.from_fields({"item": 11}, sequences={"hist": (4, "item"), "clicks": (4, "item")})
+    with pytest.raises(ValueError, match=r"2 sequences share the vocabulary of target 'item'.*set din_sequence_field"):
+        din_pairs(twice, "item", None)
+
+
 def test_field_errors(mixed_map):
     with pytest.raises(ValueError, match="target field 'item_id' is not a categorical field"):
-        create("DIN", mixed_map, din_sequence_field="hist")
+        create("DIN", mixed_map, din_target_field="item_id", din_sequence_field="hist")
     with pytest.raises(ValueError, match="sequence field 'history' is not a sequence field"):
-        create("DIN", mixed_map, din_target_field="item")
+        create("DIN", mixed_map, din_target_field="item", din_sequence_field="history")
     with pytest.raises(ValueError, match="must share the vocabulary of target 'user'"):
         create("DIN", mixed_map, din_target_field="user", din_sequence_field="hist")
     with pytest.raises(ValueError, match="must share the vocabulary of target 'item'.*shares None"):

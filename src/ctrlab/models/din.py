@@ -24,11 +24,60 @@ def _entries(value) -> list[tuple[str, ...]]:
     return [(e,) if isinstance(e, str) else tuple(e) for e in value]
 
 
+DEFAULT_TARGET, DEFAULT_SEQUENCE = "item_id", "history"
+"""The pair DIN takes, when neither field is given and the feature map has it (FuxiCTR's defaults)."""
+
+
+def infer_din_fields(feature_map: FeatureMap, target_field, sequence_field) -> tuple:
+    """``din_target_field`` / ``din_sequence_field`` with a missing one (None) found from the
+    sequences' ``share_vocab_with``, so that a dataset whose item column is not ``item_id`` needs
+    no model params:
+
+    * neither given: ``item_id`` / ``history`` when the map has that sharing pair (the old
+      defaults); otherwise the one sequence that shares a categorical's vocabulary, and that
+      categorical; none or several is an error naming the candidates and the params to set;
+    * only the sequence(s) given: each one's shared field;
+    * only one target name given: the one sequence that shares its vocabulary."""
+    if target_field is not None and sequence_field is not None:
+        return target_field, sequence_field
+    seqs = {s.name: s for s in feature_map.sequences}
+    sharing = [s for s in feature_map.sequences if s.shares is not None]
+    if target_field is None and sequence_field is None:
+        default = seqs.get(DEFAULT_SEQUENCE)
+        if default is not None and default.shares == DEFAULT_TARGET:
+            return DEFAULT_TARGET, DEFAULT_SEQUENCE
+        if len(sharing) == 1:
+            return sharing[0].shares, sharing[0].name
+        found = ", ".join(f"{s.name!r} (shares {s.shares!r})" for s in sharing) or "none"
+        raise ValueError(
+            f"DIN: cannot tell which sequence to attend with which target: sequences sharing a categorical "
+            f"field's vocabulary (share_vocab_with): {found}. Set model_params din_target_field and "
+            f"din_sequence_field (e.g. din_target_field: {sharing[0].shares if sharing else 'item_id'}, "
+            f"din_sequence_field: {sharing[0].name if sharing else 'history'})"
+            + ("" if sharing else ", and share_vocab_with on that sequence in the dataset config"))
+    if target_field is None:  # the sequences given: their shared fields, in the same shape
+        def shared(name):
+            if name not in seqs or seqs[name].shares is None:
+                raise ValueError(f"DIN: sequence field {name!r} does not share a categorical field's vocabulary "
+                                 f"(share_vocab_with), so its target cannot be inferred; set din_target_field")
+            return seqs[name].shares
+        return [tuple(shared(n) for n in group) for group in _entries(sequence_field)], sequence_field
+    if isinstance(target_field, str):
+        matches = [s.name for s in sharing if s.shares == target_field]
+        if len(matches) == 1:
+            return target_field, matches[0]
+        raise ValueError(f"DIN: din_sequence_field is not set and {len(matches)} sequences share the vocabulary "
+                         f"of target {target_field!r} ({matches}); set din_sequence_field")
+    raise ValueError("DIN: din_target_field lists several fields; set din_sequence_field too (paired in order)")
+
+
 def din_pairs(feature_map: FeatureMap, target_field, sequence_field) -> list[tuple[tuple[str, ...], tuple[str, ...]]]:
     """``(targets, sequences)`` groups, paired in order, from ``din_target_field`` /
     ``din_sequence_field``: one name each, a group of names (a tuple, or a list inside the list),
-    or a list of names and groups. The k-th sequence of a group must share the vocabulary of the
-    group's k-th target, and a group's sequences must have one ``max_len``."""
+    or a list of names and groups; a missing one (None) is inferred (:func:`infer_din_fields`).
+    The k-th sequence of a group must share the vocabulary of the group's k-th target, and a
+    group's sequences must have one ``max_len``."""
+    target_field, sequence_field = infer_din_fields(feature_map, target_field, sequence_field)
     targets, sequences = _entries(target_field), _entries(sequence_field)
     if not targets or len(targets) != len(sequences):
         raise ValueError(f"DIN needs as many target fields (or groups) as sequence fields, got "
@@ -85,17 +134,18 @@ class DIN(CTRModel):
     (a flat list ``[item_id, cate_id]`` is two separate pairs; in Python a tuple is one group).
 
     Hyperparameters (FuxiCTR class/template defaults; D = 10 like the other ctrlab models):
-    ``embedding_dim=10``, ``din_target_field="item_id"``, ``din_sequence_field="history"``
-    (or two equally long lists of names or groups, paired in order; each sequence must share its
-    target's vocabulary), ``attention_hidden_units=(64,)``, ``attention_hidden_activations="Dice"``,
+    ``embedding_dim=10``, ``din_target_field=None``, ``din_sequence_field=None`` (one name each,
+    or two equally long lists of names or groups, paired in order; each sequence must share its
+    target's vocabulary; None: ``item_id`` / ``history`` when the map has them, else inferred from
+    the one sequence with ``share_vocab_with``, see :func:`infer_din_fields`), ``attention_hidden_units=(64,)``, ``attention_hidden_activations="Dice"``,
     ``attention_output_activation=None``, ``attention_dropout=0.``, ``din_use_softmax=False``,
     ``dnn_hidden_units=(500, 500, 500)``, ``dnn_activations="ReLU"`` (``"Dice"`` allowed),
     ``net_dropout=0.``, ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 din_target_field: str | Sequence[str | Sequence[str]] = "item_id",
-                 din_sequence_field: str | Sequence[str | Sequence[str]] = "history",
+                 din_target_field: str | Sequence[str | Sequence[str]] | None = None,
+                 din_sequence_field: str | Sequence[str | Sequence[str]] | None = None,
                  attention_hidden_units: Sequence[int] = (64,), attention_hidden_activations: str = "Dice",
                  attention_output_activation: str | None = None, attention_dropout: float = 0.0,
                  din_use_softmax: bool = False, dnn_hidden_units: Sequence[int] = (500, 500, 500),
