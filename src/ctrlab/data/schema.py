@@ -42,7 +42,8 @@ class CategoricalSpec:
     source: str | None = None
     """Raw column to read; defaults to ``name``."""
     min_count: int = 1
-    """Values seen fewer times than this in train map to the OOV id."""
+    """Values seen fewer times than this in train map to the OOV id (counting the tokens of the
+    sequences that share this vocabulary, ``share_vocab_with``, too)."""
     hash_buckets: int | None = None
     """If set, ids are ``hash(value) % hash_buckets`` (+2 for pad/OOV) instead of a fitted vocabulary."""
     embedding_dim: int | None = None
@@ -158,7 +159,8 @@ class SequenceSpec:
     source: str | None = None
     """Raw column to read; defaults to ``name``. Parquet list columns are read as-is."""
     splitter: str = "^"
-    """Token separator inside a text cell."""
+    """Token separator inside a text cell. Fitting warns when most cells are one token but hold
+    another common separator (e.g. a space-separated history read with ``^``)."""
     max_len: int = 50
     """Sequences are cut or padded to this length."""
     padding: Literal["pre", "post"] = "pre"
@@ -167,9 +169,13 @@ class SequenceSpec:
     """Which end is cut when too long: ``pre`` drops the oldest tokens (keeps the latest)."""
     share_vocab_with: str | None = None
     """Name of a categorical feature whose vocabulary (and embedding rows) this sequence uses,
-    e.g. an item history sharing the ``item_id`` vocabulary."""
+    e.g. an item history sharing the ``item_id`` vocabulary. The shared vocabulary is fitted on
+    that feature's column and every sequence sharing it (train split), so ids seen only in
+    histories get their own ids; that feature's ``min_count`` applies to the combined counts. DIN
+    finds its target and sequence from it when one sequence shares a vocabulary."""
     min_count: int = 1
-    """For an own vocabulary: tokens seen fewer times in train map to OOV."""
+    """For an own vocabulary: tokens seen fewer times in train map to OOV (a shared vocabulary
+    uses its categorical feature's ``min_count``)."""
     embedding_dim: int | None = None
     """Own-vocabulary embedding size; None uses the model's ``embedding_dim`` (a sequence with
     ``share_vocab_with`` has the shared field's size)."""
