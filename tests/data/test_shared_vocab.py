@@ -124,7 +124,8 @@ def test_splitter_suspect():
     assert splitter_suspect(s, "^") == " "
     assert splitter_suspect(s, " ") is None
     assert splitter_suspect(pl.Series(["1,2", "3,4", "5"]), "^") == ","
-    assert splitter_suspect(pl.Series(["a", "b", "c d"]), "^") is None  # mostly single ids: a real one-item history
+    assert splitter_suspect(pl.Series(["a", "b", "c d"]), "^") == " "  # no cell uses '^', one uses ' '
+    assert splitter_suspect(pl.Series(["a"] * 20 + ["x y"]), "^") is None  # one cell in 21: not enough to tell
     assert splitter_suspect(pl.Series(["a^b", "c^d", "e f"]), "^") is None  # the splitter is in use
     assert splitter_suspect(pl.Series([["a b"], ["c"]]), "^") is None  # list cells are not split
 
@@ -140,3 +141,45 @@ def test_real_movielens_histories_are_covered(data_dir, tmp_path):
     [history] = [f for f in data.feature_map.sequences if f.name == "history"]
     assert history.shares == "item_id"
     assert np.asarray(data.splits["train"].arrays["seq:history"]).max() < history.vocab_size
+
+
+TINY = "small_samples/FuxiCTR/data/tiny_csv/train_sample.csv.gz"
+"""A real ad-click sample (FuxiCTR's tiny Taobao csv): candidate ``adgroup_id``, ``^``-separated
+``click_sequence`` of earlier clicked ad groups."""
+
+
+def _tiny_taobao(data_dir, tmp_path, df, splitter="^"):
+    df.write_csv(tmp_path / "train.csv")
+    return load_dataset_config({
+        "name": "taobao_tiny", "root": str(tmp_path), "files": {"train": "train.csv"}, "valid_fraction": 0,
+        "labels": ["clk"],
+        "features": [{"name": "userid"}, {"name": "adgroup_id"},
+                     {"name": "click_sequence", "kind": "sequence", "max_len": 5, "splitter": splitter,
+                      "share_vocab_with": "adgroup_id"}],
+    })
+
+
+def test_real_log_whose_histories_hold_no_candidate(data_dir, tmp_path):
+    """The issue's case on real ids: the rows whose candidate never occurs in a history, so every
+    history token is a history-only id. The candidate column alone (the old rule) knows none of
+    them; the shared vocabulary gives each a real id."""
+    df = pl.read_csv(data_dir / TINY, infer_schema_length=0)
+    in_histories = set(df["click_sequence"].fill_null("").str.split("^").explode().to_list())
+    rows = df.filter(~pl.col("adgroup_id").is_in(list(in_histories)))
+    tokens = [t for t in rows["click_sequence"].fill_null("").str.split("^").explode().to_list() if t]
+    assert len(tokens) >= 10 and not set(tokens) & set(rows["adgroup_id"].to_list())
+    cfg = _tiny_taobao(data_dir, tmp_path, rows)
+    encoders = pipeline._make_encoders(cfg)
+    fit_vocabularies(rows, [encoders["adgroup_id"]])  # the candidate column alone
+    assert not set(tokens) & set(encoders["adgroup_id"].vocab)
+    data, caught = _prepare(cfg, tmp_path)
+    assert set(tokens) <= set(data.feature_map.encoders["adgroup_id"]["vocab"])
+    assert data.oov_rates["train"]["click_sequence"] == 0.0
+    assert not [m for m in caught if "click_sequence" in m]
+
+
+def test_real_log_written_space_separated_warns_about_the_splitter(data_dir, tmp_path):
+    df = pl.read_csv(data_dir / TINY, infer_schema_length=0)
+    spaced = df.with_columns(pl.col("click_sequence").str.replace_all("^", " ", literal=True))
+    _, caught = _prepare(_tiny_taobao(data_dir, tmp_path, spaced), tmp_path)
+    assert [m for m in caught if "'click_sequence'" in m and "set splitter: ' '" in m]
