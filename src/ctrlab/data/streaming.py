@@ -4,7 +4,8 @@
 
 1. **Fit** (train only): the file is read block by block (:func:`iter_blocks`, parsed exactly as
    :func:`~ctrlab.data.readers.read_split` parses it). Each
-   block adds its token counts to running counts per vocabulary, and its values to running
+   block adds its token counts to running counts per vocabulary (a vocabulary shared with
+   sequences counts their tokens too), and its values to running
    statistics per numeric feature (count, mean and sum of squares combined by Chan's formula, min,
    max). The vocabularies come out identical to an in-memory fit (same counts, same order); the
    statistics equal it up to float rounding.
