@@ -30,7 +30,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from script_io import markers, publish  # noqa: E402
+from script_io import markers, mean_std_se, merge_seed_entries, publish  # noqa: E402
 
 DATASETS = ["frappe_x1_subset", "movielens_100k"]
 MODELS = ["DeepFM", "DCNv2", "FinalMLP", "FCN"]
@@ -128,11 +128,6 @@ def one(dataset: str, seed: int, runs: Path, latency: bool, model: str = "DeepFM
     return row
 
 
-def _stats(values: list[float]) -> tuple[float, float, float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.mean(values), std, std / math.sqrt(len(values))
-
-
 def verdict(rows: list[dict]) -> dict:
     """The smallest AFM setting whose mean paired test AUC change is >= TARGET_DELTA, its size ratio,
     its speed at batch 4096 against the uncompressed model's, and whether the target is met."""
@@ -189,7 +184,7 @@ def render(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> str:
                 if label not in first:
                     lines.append(f"| {label} | skipped: no layer is smaller at this rank | | | | | |")
                     continue
-                mean, std, se = _stats([r[label]["test_AUC"] for r in rows])
+                mean, std, se = mean_std_se([r[label]["test_AUC"] for r in rows])
                 delta = statistics.mean(r[label]["test_AUC"] - r["base"]["test_AUC"] for r in rows)
                 lines.append(
                     f"| {'uncompressed' if label == 'base' else label} | {mean:.4f} ± {std:.4f} ({se:.4f}) | "
@@ -200,11 +195,6 @@ def render(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> str:
             lines.append("")
     lines.append(END)
     return "\n".join(lines)
-
-
-def _merged(done: dict, results: dict) -> dict:
-    """The entries of an earlier call with this call's on top (per dataset and model)."""
-    return {**done, **{d: {**done.get(d, {}), **m} for d, m in results.items()}}
 
 
 def main(argv=None) -> int:
@@ -232,8 +222,8 @@ def main(argv=None) -> int:
                 if not old:
                     print(f"[efficiency] {dataset} {model} seed {seed}: {time.time() - t0:.0f}s", file=sys.stderr,
                           flush=True)
-                    path.write_text(json.dumps(_merged(done, results), indent=1))
-    publish(render(results, args.seeds), args.output, args.json, _merged(done, results))
+                    path.write_text(json.dumps(merge_seed_entries(done, results), indent=1))
+    publish(render(results, args.seeds), args.output, args.json, merge_seed_entries(done, results))
     return 0
 
 

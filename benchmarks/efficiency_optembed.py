@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -30,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from script_io import markers, publish  # noqa: E402
+from script_io import markers, mean_std_se, merge_seed_entries, publish  # noqa: E402
 
 DATASETS = ["frappe_x1_subset", "movielens_100k"]
 MODELS = ["DeepFM", "DCNv2", "FinalMLP", "FCN"]
@@ -89,23 +88,18 @@ def one(dataset: str, model: str, seed: int, runs: Path, overrides=(), options=N
     }
 
 
-def _stats(values: list[float]) -> tuple[float, float, float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.mean(values), std, std / math.sqrt(len(values))
-
-
 def verdict(rows: list[dict]) -> dict:
     """Mean paired test AUC change, mean share of embedding parameters removed, and whether the target is met."""
     deltas = [r["optembed"]["test_AUC"] - r["base"]["test_AUC"] for r in rows]
     fewer = [1 - r["optembed"]["embedding_parameters"] / r["base"]["embedding_parameters"] for r in rows]
-    delta, _, delta_se = _stats(deltas)
-    share, _, _ = _stats(fewer)
+    delta, _, delta_se = mean_std_se(deltas)
+    share, _, _ = mean_std_se(fewer)
     return {"delta": delta, "delta_se": delta_se, "fewer": share,
             "met": share >= TARGET_FEWER and delta >= TARGET_DELTA}
 
 
 def _fmt(values: list[float]) -> str:
-    mean, std, se = _stats(values)
+    mean, std, se = mean_std_se(values)
     return f"{mean:.4f} ± {std:.4f} ({se:.4f})"
 
 
@@ -150,18 +144,6 @@ def render(results: dict[str, dict[str, list[dict]]], seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def _merged(done: dict, results: dict) -> dict:
-    """The entries of an earlier call with this call's on top (per dataset, model and seed): an entry of the
-    earlier call that this one has not reached yet is kept."""
-    out = {d: {m: list(rows) for m, rows in by_model.items()} for d, by_model in done.items()}
-    for d, by_model in results.items():
-        for m, rows in by_model.items():
-            mine = {r["seed"] for r in rows}
-            out.setdefault(d, {})[m] = sorted([r for r in out.get(d, {}).get(m, []) if r["seed"] not in mine] + rows,
-                                              key=lambda r: r["seed"])
-    return out
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--datasets", nargs="+", default=DATASETS)
@@ -203,8 +185,8 @@ def main(argv=None) -> int:
                     print(f"[efficiency_optembed] {dataset} {model} seed {seed}: {time.time() - t0:.0f}s", file=sys.stderr,
                           flush=True)
                     if path is not None:
-                        path.write_text(json.dumps(_merged(done, results), indent=1))
-    publish(render(results, args.seeds), args.output, args.json, _merged(done, results))
+                        path.write_text(json.dumps(merge_seed_entries(done, results), indent=1))
+    publish(render(results, args.seeds), args.output, args.json, merge_seed_entries(done, results))
     return 0
 
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 import time
@@ -34,7 +33,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from script_io import markers, publish  # noqa: E402
+from script_io import markers, mean_std_se, publish  # noqa: E402
 
 DATASETS = ["frappe_x1_subset", "movielens_100k"]
 SEEDS = [2021, 2022, 2023]
@@ -102,11 +101,6 @@ def settings(variant: str) -> dict:
     return {"cross_min_count": CROSS_MIN_COUNT, **({"search_epochs": SEARCH_EPOCHS} if variant == "searched" else {})}
 
 
-def _stats(values: list[float]) -> tuple[float, float, float]:
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return statistics.mean(values), std, std / math.sqrt(len(values))
-
-
 def verdict(rows: dict[str, dict]) -> dict | None:
     """Mean test AUCs, the best of base / all-memorize / all-factorize, the searched model's gap to it,
     its size against all-memorize's, and whether the target is met; None until every variant has a seed."""
@@ -154,7 +148,7 @@ def render(results: dict[str, dict[str, dict]], seeds: list[int], quick: bool) -
             got = [rows[s][variant] for s in sorted(rows) if variant in rows[s]]
             if not got:
                 continue
-            mean, std, se = _stats([g["test_AUC"] for g in got])
+            mean, std, se = mean_std_se([g["test_AUC"] for g in got])
             paired = [rows[s][variant]["test_AUC"] - rows[s]["base"]["test_AUC"] for s in sorted(rows)
                       if variant in rows[s] and "base" in rows[s]]
             params = statistics.mean(g["parameters"] for g in got)

@@ -61,3 +61,24 @@ def publish(section: str, output: str | None, json_path: str | None, results) ->
         write_section(Path(output), section)
     if json_path:
         Path(json_path).write_text(json.dumps(results, indent=1))
+
+
+def mean_std_se(values: list[float]) -> tuple[float, float, float]:
+    """Mean, sample standard deviation (0 for one value) and standard error of a metric over seeds."""
+    import math
+    import statistics
+
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.mean(values), std, std / math.sqrt(len(values))
+
+
+def merge_seed_entries(done: dict, results: dict) -> dict:
+    """``{dataset: {model: [entry with "seed", ...]}}`` of an earlier call with this call's on top, per
+    dataset, model and seed: an earlier entry this call has not reached (or did not ask for) is kept."""
+    out = {d: {m: list(rows) for m, rows in by_model.items()} for d, by_model in done.items()}
+    for d, by_model in results.items():
+        for m, rows in by_model.items():
+            mine = {r["seed"] for r in rows}
+            out.setdefault(d, {})[m] = sorted([r for r in out.get(d, {}).get(m, []) if r["seed"] not in mine] + rows,
+                                              key=lambda r: r["seed"])
+    return out
