@@ -40,6 +40,31 @@ def data_dir() -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def ml100k_rating_splits(data_dir):
+    """``write_splits(folder)``: the first 4,000 MovieLens 100K ratings as CSV columns user, item,
+    label (rating >= 4), timestamp, in file order, written as train.csv (3,000 rows), valid.csv and
+    test.csv (500 each) into ``folder`` (created), which is returned: real rows with a timestamp for
+    tests of derived and crossed features."""
+    import gzip
+
+    import polars as pl
+
+    with gzip.open(data_dir / "movielens_100k" / "u.data.gz", "rt") as fh:
+        lines = [fh.readline().split("\t") for _ in range(4000)]
+    raw = pl.DataFrame({"user": [r[0] for r in lines], "item": [r[1] for r in lines],
+                        "label": [int(int(r[2]) >= 4) for r in lines], "timestamp": [int(r[3]) for r in lines]})
+
+    def write_splits(folder: Path) -> Path:
+        folder.mkdir(parents=True)
+        raw.head(3000).write_csv(folder / "train.csv")
+        raw.slice(3000, 500).write_csv(folder / "valid.csv")
+        raw.slice(3500, 500).write_csv(folder / "test.csv")
+        return folder
+
+    return write_splits
+
+
 @pytest.fixture
 def write(tmp_path):
     """``write(name, text)`` -> path of a small hand-written fixture file in tmp_path."""

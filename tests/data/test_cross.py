@@ -3,7 +3,6 @@ with min_count and OOV, the feature map's record, the cache key, and serving fro
 columns alone (the exported artifact and the HTTP server derive the pairs)."""
 from __future__ import annotations
 
-import gzip
 
 import numpy as np
 import polars as pl
@@ -131,18 +130,10 @@ crosses: {fields: [user, hour], min_count: 2}
 
 
 @pytest.fixture(scope="module")
-def cross_run(data_dir, tmp_path_factory):
+def cross_run(ml100k_rating_splits, tmp_path_factory):
     """(run, test file) of a DNN trained on user, item, hour and the derived cross user × hour."""
     tmp = tmp_path_factory.mktemp("cross")
-    with gzip.open(data_dir / "movielens_100k" / "u.data.gz", "rt") as fh:
-        lines = [fh.readline().split("\t") for _ in range(4000)]
-    raw = pl.DataFrame({"user": [r[0] for r in lines], "item": [r[1] for r in lines],
-                        "label": [int(int(r[2]) >= 4) for r in lines], "timestamp": [int(r[3]) for r in lines]})
-    data = tmp / "data"
-    data.mkdir()
-    raw.head(3000).write_csv(data / "train.csv")
-    raw.slice(3000, 500).write_csv(data / "valid.csv")
-    raw.slice(3500, 500).write_csv(data / "test.csv")
+    data = ml100k_rating_splits(tmp / "data")
     (data / "ml100k_cross.yaml").write_text(DATASET)
     run = tmp / "run"
     api.train(dataset=str(data / "ml100k_cross.yaml"), model="DNN", preset="none", output=str(run),

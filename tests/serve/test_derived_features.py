@@ -4,7 +4,6 @@ HTTP server all see the same features and give the same probabilities; requests 
 timestamp only."""
 from __future__ import annotations
 
-import gzip
 
 import numpy as np
 import polars as pl
@@ -36,19 +35,10 @@ features:
 
 
 @pytest.fixture(scope="module")
-def derived_run(data_dir, tmp_path_factory):
+def derived_run(ml100k_rating_splits, tmp_path_factory):
     """(run, artifact, test file) of a DNN trained 2 epochs on 4,000 rows of u.data (rating >= 4 -> label)."""
     tmp = tmp_path_factory.mktemp("derived")
-    with gzip.open(data_dir / "movielens_100k" / "u.data.gz", "rt") as fh:
-        lines = [fh.readline().split("\t") for _ in range(4000)]
-    raw = pl.DataFrame({"user": [r[0] for r in lines], "item": [r[1] for r in lines],
-                        "label": [int(int(r[2]) >= 4) for r in lines],
-                        "timestamp": [int(r[3]) for r in lines]})
-    data = tmp / "data"
-    data.mkdir()
-    raw.head(3000).write_csv(data / "train.csv")
-    raw.slice(3000, 500).write_csv(data / "valid.csv")
-    raw.slice(3500, 500).write_csv(data / "test.csv")
+    data = ml100k_rating_splits(tmp / "data")
     (data / "ml100k_ts.yaml").write_text(DATASET)
     run = tmp / "run"
     api.train(dataset=str(data / "ml100k_ts.yaml"), model="DNN", preset="none", output=str(run), log=lambda *a: None,
