@@ -40,3 +40,14 @@ def test_one_seed_on_criteo_head10k_and_its_table(data_dir, tmp_path):
     assert eff.main(["--datasets", "criteo_head10k", "--models", "DeepFM", "--seeds", "2021", "--output", "none",
                      "--json", str(store), "--runs", str(tmp_path / "runs")]) == 0
     assert json.loads(store.read_text()) == results and not (tmp_path / "runs").exists()
+
+
+def test_a_call_with_fewer_seeds_keeps_the_earlier_entries():
+    """Resuming with --seeds 2022 must not drop the seeds 2021 and 2023 already in the JSON."""
+    done = {"frappe_x1_subset": {"DeepFM": [{"seed": 2021, "v": 1}, {"seed": 2023, "v": 3}]}}
+    merged = eff.merge_seed_entries(done, {"frappe_x1_subset": {"DeepFM": [{"seed": 2022, "v": 2}],
+                                                                "FCN": [{"seed": 2021, "v": 4}]}})
+    assert merged == {"frappe_x1_subset": {"DeepFM": [{"seed": 2021, "v": 1}, {"seed": 2022, "v": 2},
+                                                      {"seed": 2023, "v": 3}],
+                                           "FCN": [{"seed": 2021, "v": 4}]}}
+    assert done["frappe_x1_subset"]["DeepFM"] == [{"seed": 2021, "v": 1}, {"seed": 2023, "v": 3}]  # not mutated
