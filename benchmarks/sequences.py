@@ -1,0 +1,259 @@
+"""Long behaviour sequences, measured (issue 17): speed of the sequence models at L = 100, 1,000 and
+10,000 on one synthetic task, and their accuracy on it.
+
+    python benchmarks/sequences.py speed                 # -> docs/sequences.md (sequences-speed section)
+    python benchmarks/sequences.py speed --quick --output none --json /tmp/s.json   # a smoke run
+
+**The task** (:func:`planted_long_range`, the SDIM sheet's planted long-range interest): 2,000 items
+in 20 clusters (item ``i`` is in cluster ``i mod 20``); each user's history of L items is drawn from 3
+of the clusters; the candidate is any item; a click happens with probability 0.9 when the candidate's
+cluster is among the user's and 0.1 otherwise. Only a model that compares the candidate with the
+history can do better than chance, and the evidence is spread over the whole sequence (no recency).
+
+**Speed**: samples per second of a training step (forward, backward, Adam) and of inference
+(``eval()``, no grad) at a fixed batch size per L, the median of :data:`REPEATS` timed batches after
+:data:`WARMUP`, one thread per process (``OMP_NUM_THREADS=1``: the machine is shared; the ratios
+between models are what the issue's targets are about). Each (model, L) runs in its own process so
+that a run that needs too much memory fails alone; a model whose attention would need more than
+:data:`MEMORY_LIMIT_GB` is not run and the table says so.
+
+**Accuracy** (speed section, L = 1,000): test AUC after :data:`ACCURACY_EPOCHS` epochs on
+:data:`ACCURACY_ROWS` training rows, 3 seeds (mean ± std).
+
+Targets (issue 17): SDIM >= 5x DIN's throughput at L = 1,000 with at most 0.002 lower AUC; LightSUAN's
+cost grows sub-quadratically in L.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from script_io import markers, mean_std_se, publish, run_worker  # noqa: E402
+
+LENGTHS = [100, 1000, 10000]
+BATCH = {100: 256, 1000: 128, 10000: 16}
+"""Rows per timed batch at each L (smaller at 10,000 so that every model's activations fit)."""
+WARMUP, REPEATS = 2, 5
+MEMORY_LIMIT_GB = 8.0
+N_ITEMS, N_CLUSTERS, USER_CLUSTERS = 2000, 20, 3
+ACCURACY_ROWS, ACCURACY_TEST_ROWS, ACCURACY_EPOCHS, ACCURACY_L, ACCURACY_LR = 6000, 3000, 4, 1000, 1e-2
+EMBEDDING_DIM = 16
+SEEDS = [2021, 2022, 2023]
+GROUPS = {"target": [["item_id", "category_id"]], "sequence": [["history", "cate_history"]]}
+"""The candidate's item + category against each behaviour's item + category (one group)."""
+MODELS = {
+    "DNN (mean pooling)": ("DNN", {"hidden_units": (64, 32)}),
+    "DIN": ("DIN", {"dnn_hidden_units": (64, 32), "din_use_softmax": True, "din_target_field": GROUPS["target"],
+                    "din_sequence_field": GROUPS["sequence"]}),
+    "SDIM": ("SDIM", {"num_hashes": 16, "hash_bits": 3, "dnn_hidden_units": (64, 32)}),
+    "SUAN": ("SUAN", {"dnn_hidden_units": (64, 32)}),
+    "LightSUAN": ("LightSUAN", {"dnn_hidden_units": (64, 32)}),
+}
+"""Each model with a small output MLP (the same width for all), so that the sequence part dominates."""
+BEGIN, END = markers("sequences-speed")
+
+
+def planted_long_range(n: int, L: int, seed: int):
+    """``(feature_map, batch)`` of the planted long-range task (module docstring): ``item_id`` and
+    ``category_id`` (ids 2.., 0 = pad, 1 = OOV), ``history`` and ``cate_history`` sharing their
+    vocabularies, full length L (oldest first)."""
+    import numpy as np
+    import torch
+
+    from ctrlab.data.feature_map import FeatureMap
+
+    rng = np.random.default_rng(seed)
+    clusters = np.argsort(rng.random((n, N_CLUSTERS)), axis=1)  # a random order of the clusters per user
+    mine, others = clusters[:, :USER_CLUSTERS], clusters[:, USER_CLUSTERS:]
+    per_cluster = N_ITEMS // N_CLUSTERS
+    pick = mine[np.arange(n)[:, None], rng.integers(0, USER_CLUSTERS, (n, L))]
+    history = pick + N_CLUSTERS * rng.integers(0, per_cluster, (n, L))
+    hit = rng.random(n) < 0.5
+    cluster = np.where(hit, mine[np.arange(n), rng.integers(0, USER_CLUSTERS, n)],
+                       others[np.arange(n), rng.integers(0, N_CLUSTERS - USER_CLUSTERS, n)])
+    target = cluster + N_CLUSTERS * rng.integers(0, per_cluster, n)
+    label = (rng.random(n) < np.where(hit, 0.9, 0.1)).astype(np.float32)
+    fmap = FeatureMap.from_fields({"item_id": N_ITEMS + 2, "category_id": N_CLUSTERS + 2},
+                                  sequences={"history": (L, "item_id"), "cate_history": (L, "category_id")})
+    batch = {"cat": torch.from_numpy(np.stack([target, target % N_CLUSTERS], 1) + 2),
+             "seq:history": torch.from_numpy(history + 2), "seq:cate_history": torch.from_numpy(history % N_CLUSTERS + 2),
+             "label": torch.from_numpy(label)[:, None]}
+    return fmap, batch
+
+
+def attention_gb(name: str, L: int, batch: int) -> float:
+    """Memory of a dense self-attention score tensor (forward + backward ~ 3 copies, 2 heads, fp32):
+    the models that attend every behaviour to every earlier one."""
+    return 3 * 2 * batch * (L + 1) ** 2 * 4 / 1e9 if name == "SUAN" else 0.0
+
+
+def time_model(label: str, L: int, seed: int = 0) -> dict:
+    """Worker: training and inference samples/s of one model at one L."""
+    import torch
+
+    from ctrlab.models import create
+
+    torch.manual_seed(seed)
+    name, params = MODELS[label]
+    B = BATCH[L]
+    fmap, data = planted_long_range(B * (WARMUP + REPEATS), L, seed)
+    model = create(name, fmap, embedding_dim=EMBEDDING_DIM, **params)
+    opt = torch.optim.Adam(model.parameters(), lr=ACCURACY_LR)
+    batches = [{k: v[i * B:(i + 1) * B] for k, v in data.items()} for i in range(WARMUP + REPEATS)]
+
+    def timed(step) -> float:
+        times = []
+        for i, b in enumerate(batches):
+            t0 = time.perf_counter()
+            step(b)
+            if i >= WARMUP:
+                times.append(time.perf_counter() - t0)
+        return B / statistics.median(times)
+
+    def train_step(b):
+        loss = model.loss(b, model(b))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+    model.train()
+    train_sps = timed(train_step)
+    model.eval()
+    with torch.no_grad():
+        infer_sps = timed(lambda b: model(b))
+    return {"model": label, "L": L, "batch": B, "train_sps": train_sps, "infer_sps": infer_sps,
+            "params": model.count_parameters()}
+
+
+def accuracy(label: str, seed: int) -> dict:
+    """Worker: test AUC on the planted task at L = ACCURACY_L after ACCURACY_EPOCHS epochs."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    from ctrlab.models import create
+
+    torch.manual_seed(seed)
+    name, params = MODELS[label]
+    fmap, data = planted_long_range(ACCURACY_ROWS + ACCURACY_TEST_ROWS, ACCURACY_L, seed)
+    train = {k: v[:ACCURACY_ROWS] for k, v in data.items()}
+    test = {k: v[ACCURACY_ROWS:] for k, v in data.items()}
+    model = create(name, fmap, embedding_dim=EMBEDDING_DIM, **params)
+    opt = torch.optim.Adam(model.parameters(), lr=ACCURACY_LR)
+    g = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    for _ in range(ACCURACY_EPOCHS):
+        model.train()
+        perm = torch.randperm(ACCURACY_ROWS, generator=g)
+        for i in range(0, ACCURACY_ROWS, 128):
+            b = {k: v[perm[i:i + 128]] for k, v in train.items()}
+            loss = model.loss(b, model(b))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        p = torch.cat([torch.sigmoid(model({k: v[i:i + 256] for k, v in test.items()})["logit"])
+                       for i in range(0, ACCURACY_TEST_ROWS, 256)])
+    return {"model": label, "seed": seed, "auc": float(roc_auc_score(test["label"][:, 0].numpy(), p.numpy())),
+            "train_seconds": seconds}
+
+
+def render(results: dict) -> str:
+    speed, acc = results.get("speed", []), results.get("accuracy", [])
+    lines = [BEGIN, "## Speed and accuracy on the planted long-range task", "",
+             "`python benchmarks/sequences.py speed` (module docstring: the task, batch sizes, timing rule). "
+             "Samples/s, one thread, median of 5 batches; *train* = forward + backward + Adam step.", ""]
+    header = "| model | " + " | ".join(f"train L={L:,} | infer L={L:,}" for L in LENGTHS) + " |"
+    lines += [header, "|---" * (1 + 2 * len(LENGTHS)) + "|"]
+    by = {(r["model"], r["L"]): r for r in speed}
+    for label in MODELS:
+        cells = []
+        for L in LENGTHS:
+            r = by.get((label, L))
+            if r is None:
+                cells += ["–", "–"]
+            elif "skipped" in r:
+                cells += [r["skipped"], ""]
+            else:
+                cells += [f"{r['train_sps']:,.0f}", f"{r['infer_sps']:,.0f}"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", f"Batch rows per L: {', '.join(f'{L:,}: {b}' for L, b in BATCH.items())}.", ""]
+    din, sdim = by.get(("DIN", 1000)), by.get(("SDIM", 1000))
+    aucs = {m: [r["auc"] for r in acc if r["model"] == m] for m in MODELS}
+    if acc:
+        lines += [f"Test AUC at L = {ACCURACY_L:,} ({ACCURACY_ROWS:,} train / {ACCURACY_TEST_ROWS:,} test rows, "
+                  f"{ACCURACY_EPOCHS} epochs, Adam {ACCURACY_LR:g}, batch 128), seeds {', '.join(map(str, SEEDS))}:", "",
+                  "| model | n | AUC mean ± std | SE |", "|---|---|---|---|"]
+        for m, v in aucs.items():
+            if v:
+                mean, std, se = mean_std_se(v)
+                lines.append(f"| {m} | {len(v)} | {mean:.4f} ± {std:.4f} | {se:.4f} |")
+        lines.append("")
+    if din and sdim and "skipped" not in din and "skipped" not in sdim and aucs.get("SDIM") and aucs.get("DIN"):
+        tr, inf = sdim["train_sps"] / din["train_sps"], sdim["infer_sps"] / din["infer_sps"]
+        gap = statistics.mean(aucs["SDIM"]) - statistics.mean(aucs["DIN"])
+        met = min(tr, inf) >= 5 and gap >= -0.002
+        lines.append(f"**Target SDIM >= 5x DIN at L = 1,000, AUC within 0.002: {'met' if met else 'NOT met'}** "
+                     f"(training {tr:.1f}x, inference {inf:.1f}x; AUC difference {gap:+.4f}).")
+    light = [by.get(("LightSUAN", L)) for L in LENGTHS]
+    if all(r and "skipped" not in r for r in light):
+        # cost per sample ~ L^k between the two longest lengths: k < 2 is sub-quadratic
+        import math
+        k = math.log(light[1]["infer_sps"] / light[2]["infer_sps"]) / math.log(LENGTHS[2] / LENGTHS[1])
+        lines.append(f"LightSUAN inference cost per sample grows as L^{k:.2f} from L = 1,000 to 10,000 "
+                     f"({'sub-quadratic' if k < 2 else 'NOT sub-quadratic'}).")
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("what", choices=["speed", "worker-speed", "worker-accuracy"])
+    ap.add_argument("--model")
+    ap.add_argument("--L", type=int)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--models", nargs="*", default=list(MODELS), help="model labels to run (default: all)")
+    ap.add_argument("--quick", action="store_true", help="L = 100 only, one accuracy seed: checks the script")
+    ap.add_argument("--output", default=str(REPO / "docs" / "sequences.md"))
+    ap.add_argument("--json", default=str(REPO / "docs" / "sequences_speed.json"))
+    args = ap.parse_args(argv)
+    if args.what == "worker-speed":
+        print(json.dumps(time_model(args.model, args.L, args.seed)))
+        return 0
+    if args.what == "worker-accuracy":
+        print(json.dumps(accuracy(args.model, args.seed)))
+        return 0
+    lengths, seeds = ([100], SEEDS[:1]) if args.quick else (LENGTHS, SEEDS)
+    env_cmd = [sys.executable, __file__]
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    results = {"speed": [], "accuracy": []}
+    for label in args.models:
+        for L in lengths:
+            name = MODELS[label][0]
+            if attention_gb(name, L, BATCH[L]) > MEMORY_LIMIT_GB:
+                results["speed"].append({"model": label, "L": L, "skipped": f"not run: dense attention "
+                                         f"~{attention_gb(name, L, BATCH[L]):.0f} GB"})
+                continue
+            r = run_worker(env_cmd + ["worker-speed", "--model", label, "--L", str(L)])
+            results["speed"].append(r or {"model": label, "L": L, "skipped": "failed"})
+            print(results["speed"][-1], file=sys.stderr)
+        if not args.quick:
+            for seed in seeds:
+                r = run_worker(env_cmd + ["worker-accuracy", "--model", label, "--seed", str(seed)])
+                if r:
+                    results["accuracy"].append(r)
+                    print(r, file=sys.stderr)
+    publish(render(results), args.output, args.json, results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
