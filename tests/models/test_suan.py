@@ -125,7 +125,8 @@ def test_parallel_inference_equals_independent_forwards(seq_map, name, kw):
         with torch.no_grad():
             want = torch.stack([m(take(rows, slice(i, i + 1)))["logit"][0] for i in range(8)])
             cache = m.encode_history(row)
-            got = m.score_candidates(cache, {k: v for k, v in rows.items() if not k.startswith(("seq:hist", "seq:cate"))})
+            no_history = {k: v for k, v in rows.items() if k not in ("seq:hist", "seq:cate_hist", "numseq:gap")}
+            got = m.score_candidates(cache, no_history)
         torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
         assert want.std() > 1e-3  # the candidates do score differently
 
@@ -173,8 +174,8 @@ def _planted(n=2500, length=40, n_cats=8, k=5, short=3600.0, seed=0):
     cand = np.where(rng.random(n) < 0.5, cats[np.arange(n), length - 1 - rng.integers(0, k, size=n)],
                     rng.integers(0, n_cats, size=n))
     y = (recent & (cats == cand[:, None])).any(1).astype(np.float32)
-    fmap = _with_times(FeatureMap.from_fields({"user": 50, "cate": n_cats + 2}, sequences={"cate_hist": (length, "cate")}),
-                       "gap", length)
+    fmap = FeatureMap.from_fields({"user": 50, "cate": n_cats + 2}, sequences={"cate_hist": (length, "cate")})
+    fmap = _with_times(fmap, "gap", length)
     batch = {"cat": torch.from_numpy(np.stack([rng.integers(2, 50, n), cand + 2], 1)).long(),
              "seq:cate_hist": torch.from_numpy(np.where(real, cats + 2, 0)).long(),
              "numseq:gap": torch.from_numpy(gaps).float(), "label": torch.from_numpy(y)[:, None]}

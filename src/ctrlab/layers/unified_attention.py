@@ -148,7 +148,8 @@ class UnifiedAttentionBlock(nn.Module):
         k_idx = torch.arange(tk, device=rank_q.device)
         causal = k_idx.unsqueeze(0) <= q_idx.unsqueeze(1)  # (Tq, K): slot order, whatever the ranks
         itself = k_idx.unsqueeze(0) == q_idx.unsqueeze(1)
-        allowed = causal & (real_k.unsqueeze(1) | itself) & (sparse_pattern(distance, self.window, self.stride) | itself)
+        pattern = sparse_pattern(distance, self.window, self.stride)
+        allowed = causal & (real_k.unsqueeze(1) | itself) & (pattern | itself)
         bias = self.position_bias[distance.clamp(0, self.max_distance)]
         if self.time_bias is not None and time_q is not None:
             gap = (time_q.unsqueeze(2) - time_k.unsqueeze(1)).abs()

@@ -151,7 +151,8 @@ class SUAN(CTRModel):
                              f"size, got {sorted(profile_dims)}; remove their own embedding_dim")
         self.position = nn.Embedding(self.max_len + 2, self.token_dim)  # ranks 0 (leading padding) .. L + 1
         with_time = suan_time_field is not None
-        self.time_embedding = nn.Embedding(num_time_buckets, self.token_dim) if with_time and use_time_embedding else None
+        self.time_embedding = (nn.Embedding(num_time_buckets, self.token_dim)
+                               if with_time and use_time_embedding else None)
         self.num_time_buckets, self.time_max_gap = int(num_time_buckets), float(time_max_gap)
         window, stride = attention_window, attention_stride
         if window is not None and stride is None:
