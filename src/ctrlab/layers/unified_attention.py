@@ -1,0 +1,210 @@
+"""SUAN's Unified Attention Block (Lai et al. 2025): causal self-attention with relative-position
+and time-gap biases, cross-attention to user-profile embeddings with a squeeze-excitation fusion,
+and a SwiGLU feed-forward; plus the sparse (local window + dilated) attention pattern of LightSUAN.
+
+Token layout used throughout: a sequence of ``T`` tokens, oldest first; in SUAN the behaviours
+then the candidate as the last token. Each token carries
+
+* ``rank`` (long): the number of real tokens up to and including it (1 = the oldest real one).
+  Distances are rank differences, so padding (anywhere, "pre" or "post") never counts as a step,
+  and a token's rank depends only on tokens before it (causal);
+* ``time`` (float, optional): seconds before the request (>= 0; the candidate 0);
+* ``real`` (bool): False at padding. Padding tokens are never keys of another token; each token
+  may always attend to itself, so no softmax row is empty (padding tokens' own states are
+  finite garbage that nothing reads).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm`` that also exports to ONNX opsets without an RMSNorm operator (the
+    TorchScript exporter has no ``aten::rms_norm`` before opset 23): while tracing it computes
+    ``x · rsqrt(mean(x²) + eps) · weight`` itself, the same formula."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            eps = self.eps if self.eps is not None else torch.finfo(x.dtype).eps
+            out = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+            return out * self.weight if self.weight is not None else out
+        return super().forward(x)
+
+
+def time_buckets(gap: torch.Tensor, num_buckets: int, max_gap: float) -> torch.Tensor:
+    """Log-scaled bucket ids of time gaps in seconds: ``min(B − 1, ⌊log(1 + g) / log(1 + max_gap) · (B − 1)⌋)``
+    (negative gaps count as 0). With ``B = 128`` and ``max_gap`` one year, a bucket spans a factor
+    of about 1.14: 1 s → bucket 5, 1 min → 30, 1 h → 60, 1 day → 78. Computed without gradient
+    (ids are not differentiable; the sheet's stop-gradient)."""
+    with torch.no_grad():
+        scale = (num_buckets - 1) / math.log1p(max_gap)
+        ids = torch.floor(torch.log1p(gap.float().clamp(min=0.0)) * scale).long()
+        return ids.clamp(0, num_buckets - 1)
+
+
+def auto_stride(length: int) -> int:
+    """LightSUAN's default dilation for ``length`` tokens: ``⌈√length⌉``, so that a query sees
+    ``O(window + √L)`` keys and the attended pairs grow as ``O(L·(window + √L))`` (sub-quadratic)."""
+    return max(1, math.ceil(math.sqrt(length)))
+
+
+def sparse_pattern(distance: torch.Tensor, window: int | None, stride: int | None) -> torch.Tensor:
+    """Which (query, key) pairs the attention may use, from ``distance = rank_q − rank_k``:
+    causal (``distance >= 0``) and, when ``window`` is set, within the local window
+    (``distance <= window``: the query itself and the ``window`` most recent real tokens before
+    it) or on the dilated grid (``distance % stride == 0``: every ``stride``-th earlier token,
+    counted back from the query). ``window=None``: dense (causal only). With ``window >= T − 1``
+    every causal pair is in the window, so the pattern equals the dense one."""
+    causal = distance >= 0
+    if window is None:
+        return causal
+    if stride is None or stride < 1:
+        raise ValueError(f"sparse attention needs a stride >= 1, got {stride}")
+    return causal & ((distance <= window) | (torch.remainder(distance, stride) == 0))
+
+
+def attention_mask(length: int, window: int | None = None, stride: int | None = None) -> torch.Tensor:
+    """``(T, T)`` bool: the pattern of a full sequence of ``length`` real tokens (``[q, k]``)."""
+    idx = torch.arange(length)
+    return sparse_pattern(idx[:, None] - idx[None, :], window, stride)
+
+
+def attended_pairs(length: int, window: int | None = None, stride: int | None = None) -> int:
+    """Number of (query, key) pairs :func:`attention_mask` allows, in O(T) memory: the pattern
+    depends only on the distance ``d``, and ``T − d`` pairs have distance ``d``."""
+    d = torch.arange(length)
+    return int(((length - d) * sparse_pattern(d, window, stride)).sum())
+
+
+class UnifiedAttentionBlock(nn.Module):
+    """One UAB on tokens ``x (B, T, d)``:
+
+    1. ``x̂ = RMSNorm(x)``; multi-head self-attention (``n_heads``, bias-free Q/K/V/O) with logits
+       ``q_i·k_j / √d_h + p[min(r_i − r_j, P)] + τ[bucket(|t_i − t_j|)]`` (``p``: one learned bias
+       per rank distance up to ``max_distance = P``; ``τ``: one per log-scaled time-gap bucket
+       (:func:`time_buckets`), off without times; both shared by the heads, zero-initialised),
+       masked to causal ∧ (key is real or key = query) ∧ :func:`sparse_pattern`;
+       ``x = RMSNorm(Attn(x̂) + x̂)``;
+    2. with a profile ``u (B, P_u, D_u)``: ``c = CrossAttn(x, u)`` (queries from the tokens,
+       keys/values the profile embeddings, bias-free, ``n_heads``); squeeze-excitation fusion
+       ``s_i = mean_{j ≤ i, real} (x_j + c_j)`` (the sheet's mean over all tokens, made causal: a
+       running mean over the real tokens up to ``i``, so the candidate never changes a
+       behaviour's state), ``z = ReLU(W_s s_i + b)`` (``d → max(1, d/4)``),
+       ``(w₁, w₂) = softmax_branch(W₁ z + b₁, W₂ z + b₂)`` per coordinate,
+       ``x = RMSNorm(w₁ ⊙ x + w₂ ⊙ c + x)``; without a profile this step is skipped;
+    3. SwiGLU ``x = x + W₃(SiLU(x W₁) ⊙ x W₂)`` (hidden ``ffn_mult·d``, bias-free), plain residual.
+
+    ``forward(x, rank, real, time=None, profile=None, past=None) -> (x, present)``: ``past`` is the
+    ``present`` of an earlier call on the tokens before these (keys, values, ranks, times, real
+    flags and the fusion's running sum and count), so a prefix is encoded once and later tokens
+    attend to it (SUAN's parallel inference); ``past`` may have batch size 1 and broadcast.
+    Dropout (``dropout``) on the attention weights and the sub-layers' outputs.
+    """
+
+    def __init__(self, dim: int, n_heads: int = 2, profile_dim: int | None = None, max_distance: int = 100,
+                 num_time_buckets: int = 128, time_max_gap: float = 3.2e7, use_time_bias: bool = True,
+                 window: int | None = None, stride: int | None = None, ffn_mult: int = 3,
+                 dropout: float = 0.0, norm_eps: float = 1e-6):
+        super().__init__()
+        dim, n_heads = int(dim), int(n_heads)
+        if n_heads < 1 or dim % n_heads:
+            raise ValueError(f"UnifiedAttentionBlock: the token width {dim} must be divisible by n_heads={n_heads}")
+        if window is not None and window < 0:
+            raise ValueError(f"attention window must be >= 0 (or None for dense attention), got {window}")
+        self.dim, self.n_heads, self.head_dim = dim, n_heads, dim // n_heads
+        self.max_distance, self.window, self.stride = int(max_distance), window, stride
+        self.num_time_buckets, self.time_max_gap = int(num_time_buckets), float(time_max_gap)
+        self.norm_in, self.norm_attn = RMSNorm(dim, eps=norm_eps), RMSNorm(dim, eps=norm_eps)
+        self.q, self.k, self.v, self.o = (nn.Linear(dim, dim, bias=False) for _ in range(4))
+        self.position_bias = nn.Parameter(torch.zeros(self.max_distance + 1))
+        self.time_bias = nn.Parameter(torch.zeros(self.num_time_buckets)) if use_time_bias else None
+        self.profile_dim = profile_dim
+        if profile_dim is not None:
+            self.cross_q = nn.Linear(dim, dim, bias=False)
+            self.cross_k = nn.Linear(int(profile_dim), dim, bias=False)
+            self.cross_v = nn.Linear(int(profile_dim), dim, bias=False)
+            self.cross_o = nn.Linear(dim, dim, bias=False)
+            squeeze = max(1, dim // 4)
+            self.squeeze = nn.Linear(dim, squeeze)
+            self.excite_x, self.excite_c = nn.Linear(squeeze, dim), nn.Linear(squeeze, dim)
+            self.norm_fuse = RMSNorm(dim, eps=norm_eps)
+        hidden = int(ffn_mult) * dim
+        self.ffn_gate, self.ffn_up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
+        self.ffn_down = nn.Linear(hidden, dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
+
+    def _bias_and_mask(self, rank_q, rank_k, time_q, time_k, real_k, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(bias (B, Tq, K), allowed (B, Tq, K))`` for queries at global indices ``offset + i``."""
+        tq, tk = rank_q.shape[1], rank_k.shape[1]
+        distance = rank_q.unsqueeze(2) - rank_k.unsqueeze(1)
+        q_idx = torch.arange(tq, device=rank_q.device) + offset
+        k_idx = torch.arange(tk, device=rank_q.device)
+        causal = k_idx.unsqueeze(0) <= q_idx.unsqueeze(1)  # (Tq, K): slot order, whatever the ranks
+        itself = k_idx.unsqueeze(0) == q_idx.unsqueeze(1)
+        pattern = sparse_pattern(distance, self.window, self.stride)
+        allowed = causal & (real_k.unsqueeze(1) | itself) & (pattern | itself)
+        bias = self.position_bias[distance.clamp(0, self.max_distance)]
+        if self.time_bias is not None and time_q is not None:
+            gap = (time_q.unsqueeze(2) - time_k.unsqueeze(1)).abs()
+            bias = bias + self.time_bias[time_buckets(gap, self.num_time_buckets, self.time_max_gap)]
+        return bias, allowed
+
+    def forward(self, x: torch.Tensor, rank: torch.Tensor, real: torch.Tensor, time: torch.Tensor | None = None,
+                profile: torch.Tensor | None = None, past: dict | None = None, cache: bool = True):
+        b, tq, _ = x.shape
+        if (profile is None) != (self.profile_dim is None):
+            raise ValueError("UnifiedAttentionBlock: pass a profile exactly when the block was built with profile_dim")
+        # ---- self-attention -----------------------------------------------------------------
+        xh = self.norm_in(x)
+        q, k, v = self._heads(self.q(xh)), self._heads(self.k(xh)), self._heads(self.v(xh))
+        if past is None:
+            rank_k, time_k, real_k, offset = rank, time, real, 0
+        else:
+            offset = past["rank"].shape[1]
+            rank_k = torch.cat([past["rank"].expand(b, -1), rank], 1)
+            real_k = torch.cat([past["real"].expand(b, -1), real], 1)
+            time_k = None if time is None else torch.cat([past["time"].expand(b, -1), time], 1)
+        bias, allowed = self._bias_and_mask(rank, rank_k, time, time_k, real_k, offset)
+        scores = q @ k.transpose(-1, -2)
+        if past is not None:  # (1 or B, H, P, d_h) keys broadcast against (B, H, Tq, d_h) queries
+            scores = torch.cat([(q @ past["k"].transpose(-1, -2)).expand(b, -1, -1, -1), scores], -1)
+        scores = scores / math.sqrt(self.head_dim) + bias.unsqueeze(1)
+        weights = self.dropout(torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), float("-inf")), dim=-1))
+        if past is None:
+            att = weights @ v
+        else:
+            p = offset
+            att = weights[..., :p] @ past["v"] + weights[..., p:] @ v
+        att = self.o(att.transpose(1, 2).reshape(b, tq, self.dim))
+        x = self.norm_attn(self.dropout(att) + xh)
+        present = {}
+        if cache:  # what a later call attends to (not built when scoring candidates from a cache)
+            present = {"k": k if past is None else torch.cat([past["k"].expand(b, -1, -1, -1), k], 2),
+                       "v": v if past is None else torch.cat([past["v"].expand(b, -1, -1, -1), v], 2),
+                       "rank": rank_k, "real": real_k, "time": time_k}
+        # ---- cross-attention to the profile and adaptive fusion -----------------------------
+        if profile is not None:
+            cq = self._heads(self.cross_q(x))
+            ck, cv = self._heads(self.cross_k(profile)), self._heads(self.cross_v(profile))
+            cw = self.dropout(torch.softmax(cq @ ck.transpose(-1, -2) / math.sqrt(self.head_dim), dim=-1))
+            c = self.cross_o((cw @ cv).transpose(1, 2).reshape(b, tq, self.dim))
+            m = real.unsqueeze(-1).to(x.dtype)
+            run_sum, run_count = torch.cumsum((x + c) * m, 1), torch.cumsum(m, 1)
+            if past is not None:
+                run_sum, run_count = run_sum + past["sum"].unsqueeze(1), run_count + past["count"].unsqueeze(1)
+            s = run_sum / run_count.clamp(min=1.0)
+            z = F.relu(self.squeeze(s))
+            w = torch.softmax(torch.stack([self.excite_x(z), self.excite_c(z)]), dim=0)
+            x = self.norm_fuse(w[0] * x + w[1] * c + x)
+            if cache:
+                present["sum"], present["count"] = run_sum[:, -1], run_count[:, -1]
+        # ---- SwiGLU feed-forward ------------------------------------------------------------
+        x = x + self.dropout(self.ffn_down(F.silu(self.ffn_gate(x)) * self.ffn_up(x)))
+        return x, present
