@@ -981,6 +981,11 @@ def distill(config: str | Path | dict | RunConfig | None = None, teacher: str | 
                                "loss": loss, "temperature": temperature}.items() if v is not None}
     if output is not None:
         kwargs["output"] = str(output)
+    if kwargs.get("model"):
+        try:
+            get_model_class(kwargs["model"])
+        except ValueError as exc:
+            raise ConfigError(f"distill: the student (model): {exc}") from None
     if resume:
         run_dir = kwargs.get("output") or (config.output if isinstance(config, RunConfig) else None)
         if not run_dir:

@@ -274,7 +274,7 @@ def test_a_resumed_distilled_run_ends_as_an_uninterrupted_one(runs, tmp_path):
 # ---- (e) errors ----------------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, message", [
     ({"teacher": "NoSuchModel"}, r"distill\.teacher: unknown model 'NoSuchModel'"),
-    ({"teacher": "FinalMLP", "model": "NoSuchModel"}, r"unknown model 'NoSuchModel'"),
+    ({"teacher": "FinalMLP", "model": "NoSuchModel"}, r"the student \(model\): unknown model 'NoSuchModel'"),
     ({}, r"name the teacher model"),
     ({"teacher": "FinalMLP", "weight": -1.0}, r"distill\.weight: must be a finite number >= 0"),
     ({"teacher": "FinalMLP", "weight": float("nan")}, r"distill\.weight"),
