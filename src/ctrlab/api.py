@@ -119,6 +119,12 @@ class RunConfig:
     ``ctrlab optembed``): ``{mode: fixed, tables: {name: {widths, keep, rows}}}`` trains, evaluates and
     serves the searched model (per-field widths, the kept features' packed mask), ``{mode: supernet,
     alpha, threshold_lr}`` the recipe's supernet; empty (default): off. Not with ``low_rank``."""
+    distill: dict[str, Any] = field(default_factory=dict)
+    """Online distillation (:mod:`ctrlab.recipes.distill`; a run written by ``ctrlab distill``): ``{teacher,
+    teacher_params, weight, loss, temperature}`` trains a teacher model beside this run's model (the
+    student) on the same batches, the student's loss adding ``weight`` times a distillation term against the
+    teacher's detached predictions; the run's weights are the student's, the teacher's run goes to
+    ``<output>/teacher``. Empty (default): off. Not with ``low_rank`` or ``opt_embed``."""
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
@@ -198,7 +204,31 @@ def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
     preset merged into ``model_params``, so the run can be resumed or evaluated even if presets
     change later. Two runs with equal resolved configs are the same experiment."""
     params, _ = resolve_model_params(cfg)
-    return {**to_dict(cfg), "output": str(run_dir), "model_params": params, "preset": "none"}
+    saved = {**to_dict(cfg), "output": str(run_dir), "model_params": params, "preset": "none"}
+    if cfg.distill:
+        opts, teacher_params = _distill_settings(cfg)
+        saved["distill"] = {**opts.to_dict(), "teacher": get_model_class(opts.teacher).__name__,
+                            "teacher_params": teacher_params}
+    return saved
+
+
+def _distill_settings(cfg: RunConfig):
+    """(:class:`~ctrlab.recipes.distill.DistillOptions` of ``cfg.distill``, the teacher's hyperparameters
+    resolved as a run of the teacher would resolve them: preset, then ``teacher_params``); the settings
+    distillation cannot be combined with refused."""
+    from .recipes.distill import DistillOptions
+
+    opts = DistillOptions.from_dict(cfg.distill)
+    if cfg.low_rank or cfg.opt_embed:
+        raise ConfigError("distill: not with " + ("low_rank" if cfg.low_rank else "opt_embed") + " (the recipe "
+                          "trains a plain student beside its teacher); drop it, or distill first and then run "
+                          "ctrlab compress / optembed on the student's config")
+    try:
+        teacher_params, _ = resolve_model_params(dataclasses.replace(cfg, model=opts.teacher,
+                                                                     model_params=dict(opts.teacher_params)))
+    except ConfigError as exc:
+        raise ConfigError(f"distill.teacher_params: {exc}") from None
+    return opts, teacher_params
 
 
 def _default_run_dir(cfg: RunConfig) -> Path:
@@ -414,6 +444,11 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, An
             log(f"[ctrlab] {resume_note}")
     # everything that can be checked without data, before a folder is created or locked
     params, preset_source = resolve_model_params(cfg)
+    if cfg.distill:
+        _distill_settings(cfg)
+        if ctx.active:
+            raise ConfigError("distill: a distilled run trains in one process (the teacher's dropout stream is "
+                              "not shared out over ranks); run it without torchrun")
     dcfg = dataset_config(cfg)
 
     def take_folder():
@@ -475,6 +510,10 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
             _on_rank0(ctx, lambda: warm_file.write_text(json.dumps(dataclasses.asdict(fit), indent=1)))
     if cfg.init_output_bias and not resume:
         _init_output_bias(model, data, log)
+    served = model  # what the run folder keeps; with distill, `model` becomes the teacher-student pair
+    distill_info: dict[str, Any] = {}
+    if cfg.distill:
+        model, distill_info = _attach_teacher(model, cfg, data, resume, log)
 
     def write_map():
         data.feature_map.save(saved_map)
@@ -485,9 +524,11 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     loaders = _loaders(data, cfg.trainer, ctx)
     trainer = Trainer(model, cfg.trainer, run_dir, callbacks=callbacks, dist=ctx)
     log(
-        f"[ctrlab] {get_model_class(cfg.model).__name__} on {dcfg.name}: {model.count_parameters():,} parameters, "
+        f"[ctrlab] {get_model_class(cfg.model).__name__} on {dcfg.name}: {served.count_parameters():,} parameters, "
         f"train {loaders['train'].num_rows:,} rows" + (f", preset {preset_source}" if preset_source else "")
         + (f", data-parallel over {ctx.world_size} ranks ({ctx.backend})" if ctx.active else "")
+        + (f"; distilled from teacher {distill_info['teacher']} ({distill_info['teacher_parameters']:,} parameters, "
+           f"{distill_info['loss']} weight {distill_info['weight']:g}) trained beside it" if distill_info else "")
     )
     t0 = time.time()
     history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)  # damaged checkpoint: CheckpointError
@@ -503,12 +544,20 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
                               steps_per_epoch=len(loaders["train"]), batch_size=cfg.trainer.batch_size,
                               oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir))
         report_warnings(run_warnings, log, trainer.log)
+    if distill_info:  # the teacher as of the student's best epoch (the pair's restored checkpoint)
+        teacher_trainer = Trainer(model.teacher, cfg.trainer, run_dir / distill_info["teacher_run"])
+        distill_info.update({split: teacher_trainer.evaluate(loaders[split], split=split)
+                             for split in ("valid", "test") if split in loaders})
+        log("[ctrlab] distill: teacher " + distill_info["teacher"] + "".join(
+            f"; {s} AUC {distill_info[s].get('AUC', float('nan')):.5f}" for s in ("valid", "test") if s in distill_info)
+            + " | student " + get_model_class(cfg.model).__name__ + "".join(
+            f"; {s} AUC {metrics[s].get('AUC', float('nan')):.5f}" for s in ("valid", "test") if s in metrics))
     epochs_run = len(history)
     summary = {
         "dataset": dcfg.name,
         "model": get_model_class(cfg.model).__name__,
         "seed": cfg.trainer.seed,
-        "parameters": model.count_parameters(),
+        "parameters": served.count_parameters(),
         "model_params": {**default_hparams(cfg.model), **params},
         "preset": preset_source,
         "auto_settings": cfg.auto_settings,
@@ -516,6 +565,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "best_epoch": 0 if trainer.kept_start else trainer.best_epoch,
         **({"linear_warm_start": json.loads(warm_file.read_text())} if warm_file.exists() else {}),
         **({"opt_embed": opt_embed_summary(opt_tables, initial_digest)} if opt_tables else {}),
+        **({"distill": distill_info} if distill_info else {}),
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(epochs_run, 1), 3),
         "cache": str(data.path),
@@ -526,11 +576,64 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     if ctx.is_main:
         from safetensors.torch import save_file
 
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+        if distill_info:  # before the student's finished files, which are written last
+            _write_teacher_run(cfg, dcfg, data.feature_map, model.teacher, distill_info, run_dir)
+        save_file({k: v.detach().cpu().contiguous() for k, v in served.state_dict().items()},
                   str(run_dir / "model.safetensors"))
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return RunResult(run_dir, summary, history)
+
+
+def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, log):
+    """(the teacher-student pair the trainer trains, the ``distill`` record for metrics.json) of a run
+    with ``distill`` (:mod:`ctrlab.recipes.distill`). The teacher is built, and warm-started as the run
+    says, inside its own random stream, so that the student's stream is the one it has without a teacher."""
+    from .recipes.distill import TEACHER_DIR, attach, isolated_rng, teacher_seed
+
+    opts, teacher_params = _distill_settings(cfg)
+    seed = teacher_seed(cfg.trainer.seed)
+    with isolated_rng(seed):
+        try:
+            teacher = _build(opts.teacher, data.feature_map, teacher_params)
+        except ConfigError as exc:
+            raise ConfigError(f"distill.teacher_params: {str(exc).removeprefix('model_params: ')}") from exc
+        if not resume:  # a resumed run restores the teacher's weights from the pair's checkpoint
+            if cfg.small_numeric_init:
+                num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
+                if num.size:
+                    teacher.shrink_numeric_init(np.sqrt((num ** 2).mean(axis=0)).tolist())
+            if cfg.linear_warm_start:
+                _linear_warm_start(teacher, data, cfg.trainer, log)
+            if cfg.init_output_bias:
+                _init_output_bias(teacher, data, log)
+    info = {"teacher": get_model_class(opts.teacher).__name__, "teacher_params": teacher_params,
+            "weight": opts.weight, "loss": opts.loss, "temperature": opts.temperature, "teacher_seed": seed,
+            "teacher_parameters": teacher.count_parameters(), "teacher_run": TEACHER_DIR}
+    return attach(student, teacher, opts, seed), info
+
+
+def _write_teacher_run(cfg: RunConfig, dcfg: DatasetConfig, fmap: FeatureMap, teacher, info: dict[str, Any],
+                       run_dir: Path) -> None:
+    """The teacher of a distilled run as a run folder of its own (``RUN/teacher``): evaluate, predict and
+    export take it as any run."""
+    from safetensors.torch import save_file
+
+    folder = run_dir / info["teacher_run"]
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = {**to_dict(cfg), "output": str(folder), "model": info["teacher"], "model_params": info["teacher_params"],
+             "preset": "none", "distill": {}}
+    (folder / "run_config.yaml").write_text(
+        f"# Teacher of the distilled run {run_dir} (trained beside its student; the weights of the student's best "
+        "epoch).\n" + yaml.safe_dump(saved, sort_keys=False))
+    (folder / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+    fmap.save(folder / "feature_map.json")
+    save_file({k: v.detach().cpu().contiguous() for k, v in teacher.state_dict().items()},
+              str(folder / "model.safetensors"))
+    (folder / "metrics.json").write_text(json.dumps(
+        {"dataset": dcfg.name, "model": info["teacher"], "seed": info["teacher_seed"],
+         "parameters": info["teacher_parameters"], "model_params": info["teacher_params"],
+         "distilled_into": str(run_dir), **{s: info[s] for s in ("valid", "test") if s in info}}, indent=1))
 
 
 def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
@@ -856,6 +959,78 @@ def opt_embed(config: str | Path | dict | RunConfig | None = None, output: str |
     metrics = run_opt_embed(resolved_config(cfg, out), out, opts, train_run, load_supernet, log)
     log(f"[ctrlab] optembed {get_model_class(cfg.model).__name__}: {summary_line(metrics)} -> {out}")
     return RunResult(out, metrics, json.loads((out / "history.json").read_text()))
+
+
+# ---- online distillation ---------------------------------------------------------------------
+def distill(config: str | Path | dict | RunConfig | None = None, teacher: str | None = None,
+            teacher_params: dict[str, Any] | None = None, weight: float | None = None, loss: str | None = None,
+            temperature: float | None = None, output: str | Path | None = None, overrides: list[str] | None = None,
+            resume: bool = False, overwrite: bool = False, log=print, **kwargs) -> RunResult:
+    """Online distillation (:mod:`ctrlab.recipes.distill`): the run a config describes (the same arguments
+    as :func:`train`; its ``model`` is the student) trained beside a ``teacher`` model on the same batches,
+    the student's loss adding ``weight`` (lambda, default 1) times the distillation term ``loss`` (``bce``,
+    default: the student's probability against the teacher's detached one, at ``temperature``; ``mse``: of
+    the logits). ``teacher_params``: the teacher's hyperparameters over its preset. The settings given here
+    override the config's ``distill:`` section.
+
+    ``output`` is a normal run folder of the student (evaluate, predict, export, serve), with the teacher's
+    run in ``output/teacher`` and the teacher's metrics under ``distill`` in ``metrics.json``.
+    ``resume=True`` continues an interrupted distilled run exactly (the checkpoints hold both models); the
+    distillation settings given with it must equal the run's."""
+    given = {k: v for k, v in {"teacher": teacher, "teacher_params": teacher_params, "weight": weight,
+                               "loss": loss, "temperature": temperature}.items() if v is not None}
+    if output is not None:
+        kwargs["output"] = str(output)
+    if kwargs.get("model"):
+        try:
+            get_model_class(kwargs["model"])
+        except ValueError as exc:
+            raise ConfigError(f"distill: the student (model): {exc}") from None
+    if resume:
+        run_dir = kwargs.get("output") or (config.output if isinstance(config, RunConfig) else None)
+        if not run_dir:
+            raise ConfigError("distill --resume needs the run folder to continue (--output RUN)")
+        _check_resumed_distill(Path(run_dir), given)
+        return train(config, overrides, resume=True, log=log, overwrite=overwrite, **kwargs)
+    if isinstance(config, RunConfig):
+        base = dict(config.distill)
+    elif config is not None:
+        base = dict(_explicit_settings(config, [], {}).get("distill") or {})
+    else:
+        base = {}
+    spec = {**base, **given}
+    if not spec.get("teacher") and not any(o.startswith("distill.teacher=") for o in overrides or []):
+        raise ConfigError("distill: name the teacher model (teacher=... / --teacher MODEL, a registered model: "
+                          "see `ctrlab models`)")
+    if isinstance(config, RunConfig):  # as train(RunConfig): the config is the run (output aside)
+        out = {"output": kwargs["output"]} if kwargs.get("output") else {}
+        return train(dataclasses.replace(config, distill=spec, **out), overwrite=overwrite, log=log)
+    return train(config, overrides, overwrite=overwrite, log=log, distill=spec, **kwargs)
+
+
+def _check_resumed_distill(run_dir: Path, given: dict[str, Any]) -> None:
+    """The distillation settings given with a resume must be the run's own (saved in run_config.yaml)."""
+    saved_file = run_dir / "run_config.yaml"
+    if not saved_file.exists():
+        raise FileNotFoundError(f"cannot resume: {saved_file} does not exist (pass the run folder as --output)")
+    saved = (yaml.safe_load(saved_file.read_text()) or {}).get("distill") or {}
+    if not saved:
+        raise ConfigError(f"cannot resume {run_dir} with distill: it is not a distilled run (its run_config.yaml "
+                          "has no distill section); resume it with ctrlab train --resume")
+    conflicts = []
+    for key, value in given.items():
+        if key == "teacher":
+            if get_model_class(value) is not get_model_class(saved["teacher"]):
+                conflicts.append(f"teacher ({saved['teacher']!r} -> {value!r})")
+        elif key == "teacher_params":
+            conflicts += [f"teacher_params.{k} ({saved['teacher_params'].get(k)!r} -> {v!r})"
+                          for k, v in value.items() if saved["teacher_params"].get(k) != v]
+        elif saved.get(key) != value:
+            conflicts.append(f"{key} ({saved.get(key)!r} -> {value!r})")
+    if conflicts:
+        raise ConfigError(f"cannot resume {run_dir} with a different distill " + ", ".join(conflicts)
+                          + ": a resumed run keeps its saved distillation settings; drop them to resume, or train "
+                          "a new run (another --output, or --overwrite)")
 
 
 # Importing this module imports the subpackage ctrlab.train, which binds the name `train` on the

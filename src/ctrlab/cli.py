@@ -5,6 +5,7 @@
     ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
     ctrlab optembed --dataset D --model M --output RUN [--alpha A] [--set key=value ...]
+    ctrlab distill --dataset D --teacher FinalMLP --student DNN --output RUN [--weight L] [--loss bce|mse]
     ctrlab serve ARTIFACT [--host 127.0.0.1] [--port 8000]
     ctrlab compress RUN --output DIR --rank K | ctrlab optinter --dataset D --output DIR
     ctrlab bench PLAN.yaml [--jobs N] [--db F]          (or --from-fuxictr CONFIG --expid ID)
@@ -144,6 +145,47 @@ def cmd_optembed(args) -> int:
                       "tables": {n: {k: t[k] for k in ("fields", "widths", "kept_features", "features")}
                                  for n, t in rec["tables"].items()}}))
     print(f"[ctrlab] OptEmbed run: {res.run_dir} (supernet: {rec['supernet_run']}; export it: ctrlab export {res.run_dir})")
+    return 0
+
+
+def _params_arg(text: str | None, flag: str) -> dict | None:
+    """A --*-params value: a YAML/JSON mapping inline, or the path of a YAML/JSON file holding one."""
+    if text is None:
+        return None
+    import yaml
+
+    from .config import ConfigError
+
+    path = os.path.expanduser(text)
+    try:
+        value = yaml.safe_load(open(path, encoding="utf-8").read() if os.path.isfile(path) else text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{flag}: {text!r} is neither a YAML/JSON mapping nor a file holding one ({exc})") from None
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{flag}: {text!r} is not a mapping of hyperparameters; write e.g. "
+                          "'{hidden_units: [64, 64], embedding_dim: 8}' or a YAML file's path")
+    return value
+
+
+def cmd_distill(args) -> int:
+    from .api import distill
+
+    overrides = _recipe_overrides(args)
+    res = distill(args.config, teacher=args.teacher, teacher_params=_params_arg(args.teacher_params, "--teacher-params"),
+                  weight=args.weight, loss=args.loss, temperature=args.temperature, output=args.output,
+                  overrides=overrides, resume=args.resume, overwrite=args.overwrite, dataset=args.dataset,
+                  model=args.student, model_params=_params_arg(args.student_params, "--student-params"),
+                  preset=args.preset)
+    rec = res.metrics["distill"]
+    print(json.dumps({"student": {"model": res.metrics["model"], "parameters": res.metrics["parameters"],
+                                  **{s: res.metrics[s] for s in ("valid", "test") if s in res.metrics}},
+                      "teacher": {"model": rec["teacher"], "parameters": rec["teacher_parameters"],
+                                  **{s: rec[s] for s in ("valid", "test") if s in rec}},
+                      "weight": rec["weight"], "loss": rec["loss"], "temperature": rec["temperature"]}))
+    print(f"[ctrlab] student run: {res.run_dir} (teacher: {res.run_dir / rec['teacher_run']}; export it: "
+          f"ctrlab export {res.run_dir})")
     return 0
 
 
@@ -342,6 +384,29 @@ def build_parser() -> argparse.ArgumentParser:
     oe.add_argument("--search-rows", type=int, help="validation rows the search scores widths on (default all)")
     oe.add_argument("--overwrite", action="store_true", help="replace runs already in OUTPUT and OUTPUT-supernet")
     oe.set_defaults(func=cmd_optembed)
+
+    ds = sub.add_parser("distill", help="online distillation: a teacher and a student trained together on the same "
+                                        "batches, the student's loss adding lambda * distill(student, teacher); "
+                                        "the run is the student's")
+    ds.add_argument("--dataset", help="registered dataset name or dataset YAML (default frappe_x1_subset)")
+    ds.add_argument("--teacher", help="registered model name of the teacher (or distill.teacher in --config)")
+    ds.add_argument("--student", help="registered model name of the student, the run's model (default FinalMLP)")
+    ds.add_argument("--teacher-params", help="the teacher's hyperparameters: a YAML/JSON mapping or a file holding one")
+    ds.add_argument("--student-params", help="the student's hyperparameters (model_params): a YAML/JSON mapping or a file")
+    ds.add_argument("--weight", type=float, help="lambda, the distillation term's weight (default 1; 0: none)")
+    ds.add_argument("--loss", choices=["bce", "mse"],
+                    help="distillation term: bce (default), T^2 * BCE of the student's probability against the "
+                         "teacher's detached one; mse, of the logits")
+    ds.add_argument("--temperature", type=float, help="T of the bce term (default 1)")
+    ds.add_argument("--config", help="run config YAML, as for ctrlab train (its distill: section is overridden by the flags)")
+    ds.add_argument("--preset", help="hyperparameter preset of both models: auto (default), none, or a YAML")
+    ds.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a run config key")
+    ds.add_argument("--output", required=True, help="the student's run folder (the teacher's run goes to OUTPUT/teacher)")
+    ds.add_argument("--seed", type=int, help="shortcut for --set trainer.seed=N")
+    ds.add_argument("--epochs", type=int, help="shortcut for --set trainer.epochs=N")
+    ds.add_argument("--resume", action="store_true", help="continue an interrupted distilled run in --output exactly")
+    ds.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
+    ds.set_defaults(func=cmd_distill)
 
     sv = sub.add_parser("serve", help="serve an exported artifact over HTTP (POST /predict, GET /health, /metadata)")
     sv.add_argument("artifact", help="artifact folder from ctrlab export")

@@ -177,7 +177,8 @@ class TrainerConfig:
     min_delta: float = 1e-6
     """An epoch improves only if it beats the best monitor value by at least this (FuxiCTR's rule)."""
     max_grad_norm: float | None = 10.0
-    """Clip the global gradient norm to this value before each step; None = no clipping."""
+    """Clip the global gradient norm to this value before each step; None = no clipping. A model with a
+    ``clip_groups()`` method (a distillation pair) has each group's norm clipped on its own."""
     seed: int = 2021
     """Seed of the run: Python, numpy and torch are seeded with it before the model is built (initial
     weights), and the training loader's shuffle uses it."""
@@ -489,6 +490,8 @@ class Trainer:
             raise ValueError("the model has no parameters to train")
         self._param_names = [n for n, _ in named]
         self._params = [p for _, p in named]
+        clip = getattr(self.model, "clip_groups", None)  # e.g. a distillation pair: each model's norm on its own
+        self._clip_groups = [list(g) for g in clip()] if callable(clip) else [self._params]
         self._sparse_tables: list[nn.Parameter] = []
         if config.sparse_embeddings:
             if max(getattr(self.model, "embedding_regularizer", 0.0), getattr(self.model, "embedding_l1", 0.0)) > 0:
@@ -716,13 +719,13 @@ class Trainer:
                 if self._scaler is None:
                     loss.backward()
                     if cfg.max_grad_norm is not None:
-                        clip_grad_norm(self._params, cfg.max_grad_norm)
+                        self._clip(cfg.max_grad_norm)
                     self.optimizer.step()
                 else:  # fp16: scaled loss; unscale before clipping; a step with inf/nan gradients is skipped
                     self._scaler.scale(loss).backward()
                     if cfg.max_grad_norm is not None:
                         self._scaler.unscale_(self.optimizer)
-                        clip_grad_norm(self._params, cfg.max_grad_norm)
+                        self._clip(cfg.max_grad_norm)
                     self._scaler.step(self.optimizer)
                     self._scaler.update()
                 total += loss.detach().to(torch.float64)
@@ -743,6 +746,12 @@ class Trainer:
                 f"check the inputs (checkpoint of epoch {self.epochs_done} is kept in {self.ckpt_dir})"
             )
         return train_loss, rows
+
+    def _clip(self, max_norm: float) -> None:
+        """Clip the gradient norm to ``max_norm``: over all parameters together, or per group when the
+        model names groups (``clip_groups()``: lists of its parameters, e.g. a teacher's and a student's)."""
+        for group in self._clip_groups:
+            clip_grad_norm(group, max_norm)
 
     @torch.no_grad()
     def _recalibrate_batch_norm(self, loader: Iterable, max_batches: int) -> None:
