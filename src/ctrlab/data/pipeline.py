@@ -41,7 +41,7 @@ from .encoders import (
     fit_vocabularies,
     few_tokens,
 )
-from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
+from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, NumericSequenceField, SequenceField
 from .loader import EncodedSplit, array_file_name
 from .oov import oov_rates, report_oov
 from .holdout import Holdout, holdout
@@ -132,6 +132,8 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
                 )
             else:
                 fmap.numeric.append(NumericField(spec.name, spec.embedding_dim))
+        elif isinstance(enc, SequenceEncoder) and enc.numbers:
+            fmap.numeric_sequences.append(NumericSequenceField(spec.name, spec.max_len))
         elif isinstance(enc, SequenceEncoder):
             fmap.sequences.append(
                 SequenceField(spec.name, spec.max_len, enc.vocab_size, spec.share_vocab_with, spec.embedding_dim,
@@ -139,7 +141,8 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
             )
         else:
             fmap.dense.append(DenseField(spec.name, spec.dim))
-    fmap.field_order = [spec.name for spec in cfg.features]  # models stack fields in this order
+    numbers = {f.name for f in fmap.numeric_sequences}  # not embedded: not in the stacking order
+    fmap.field_order = [spec.name for spec in cfg.features if spec.name not in numbers]  # models stack in this order
     fmap.encoders = {name: enc.state() for name, enc in encoders.items()}
     return fmap
 
@@ -209,6 +212,8 @@ def encode_frame(
         arrays[f"seq:{f.name}"] = encoders[f.name].transform(df, path)
     for f in fmap.dense:
         arrays[f"dense:{f.name}"] = encoders[f.name].transform(df, path)
+    for f in fmap.numeric_sequences:
+        arrays[f"numseq:{f.name}"] = encoders[f.name].transform(df, path)
     if with_labels:
         arrays["label"] = encode_labels(df, fmap.labels, path)
     if fmap.group_field and fmap.group_field in df.columns:
