@@ -516,6 +516,13 @@ class SequenceEncoder:
 
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
         """(N, max_len) int32 ids, or float32 values for ``values: numbers``; 0 at padding."""
+        values, lens = self.transform_ragged(df, path)
+        return pad_rows(values, lens, self.spec.max_len, self.spec.padding, values.dtype)
+
+    def transform_ragged(self, df: pl.DataFrame, path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(flat values of every row after truncation to max_len, int32 ids or float32 numbers; row
+        lengths int64): what :meth:`transform` pads. A number may be 0, so the lengths, not the
+        zeros, say where a row ends."""
         lists = self.number_lists(df, path) if self.numbers else self._lists(df)
         L = self.spec.max_len
         lists = lists.list.tail(L) if self.spec.truncating == "pre" else lists.list.head(L)
@@ -527,7 +534,7 @@ class SequenceEncoder:
             ids = _map_tokens(flat, self.shared.vocab, self.shared.spec.hash_buckets).to_numpy()
         else:
             ids = _map_tokens(flat, self.vocab, None).to_numpy()
-        return pad_rows(ids, lens, L, self.spec.padding, np.float32 if self.numbers else np.int32)
+        return np.asarray(ids, dtype=np.float32 if self.numbers else np.int32), lens
 
     def state(self) -> dict[str, Any]:
         return {"spec": _spec_dict(self.spec), "vocab": self.vocab}

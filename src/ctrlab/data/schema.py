@@ -363,6 +363,11 @@ class DatasetConfig:
     """Feature specs; each item has a ``kind`` (categorical, numeric, sequence, dense_vector)."""
     group_field: str | None = None
     """Column used to group rows for gAUC (e.g. user id); kept as raw ids, not a model input."""
+    sequence_storage: Literal["auto", "padded", "ragged"] = "auto"
+    """How the encoded cache stores each split's sequence arrays (``seq:`` / ``numseq:``): ``padded``
+    (an (N, max_len) matrix), ``ragged`` (flat values + row offsets, padded per batch by the loader)
+    or ``auto`` (default): ragged when the split's mean row length is below half of ``max_len``.
+    Batches are identical either way (:class:`ctrlab.data.loader.RaggedArray`)."""
     valid_fraction: float | None = None
     """When ``files`` has no ``valid``: the fraction of the train file's rows held out as the
     validation split (None: 0.1). The rest is the train split; vocabularies and statistics are
