@@ -443,6 +443,19 @@ def warn_splitter(spec: SequenceSpec, raw: pl.Series) -> None:
         )
 
 
+def pad_rows(values: np.ndarray, lens: np.ndarray, max_len: int, padding: str, dtype) -> np.ndarray:
+    """Ragged rows (flat ``values``, row lengths ``lens`` <= ``max_len``) -> an (N, max_len) array of
+    ``dtype`` with 0 at padding, the values first (``padding="post"``) or last (``"pre"``)."""
+    n = len(lens)
+    out = np.zeros((n, max_len), dtype=dtype)
+    rows = np.repeat(np.arange(n), lens)
+    starts = np.cumsum(lens) - lens
+    within = np.arange(len(values)) - np.repeat(starts, lens)
+    cols = within + (max_len - lens)[rows] if padding == "pre" else within
+    out[rows, cols] = values
+    return out
+
+
 class SequenceEncoder:
     kind = "sequence"
 
@@ -465,30 +478,63 @@ class SequenceEncoder:
 
     def fit(self, df: pl.DataFrame, path: Path | None = None) -> "SequenceEncoder":
         """An own vocabulary is fitted here; a shared one is fitted with its categorical field
-        (:func:`fit_vocabularies` with this encoder among ``sequences``)."""
+        (:func:`fit_vocabularies` with this encoder among ``sequences``). A number sequence has
+        nothing to fit (its train cells are checked to be numbers)."""
+        if self.numbers:
+            self.number_lists(df, path)
+            return self
         warn_splitter(self.spec, df[self.column])
         if self.shared is None:
             self.vocab = _fit_vocab(self.flat_tokens(df), self.spec.min_count)
         return self
 
+    @property
+    def numbers(self) -> bool:
+        """A numeric (value) sequence (``values: numbers``): no vocabulary, float32 output."""
+        return self.spec.values == "numbers"
+
+    def number_lists(self, df: pl.DataFrame, path: Path | None = None) -> pl.Series:
+        """The column as lists of Float64 (text cells split by the splitter, tokens stripped, empty
+        ones dropped; list cells as they are; a missing cell is empty). A token that is not a
+        finite number is a DataError naming the row."""
+        raw = df[self.column]
+        if raw.dtype == pl.String:
+            lists = raw.fill_null("").str.split(self.spec.splitter).list.eval(
+                pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0).cast(pl.Float64, strict=False))
+        elif isinstance(raw.dtype, (pl.List, pl.Array)):
+            lists = raw.cast(pl.List(pl.Float64), strict=False).fill_null([])
+            if isinstance(raw.dtype.inner, (pl.String, pl.Categorical)):
+                lists = raw.cast(pl.List(pl.String)).fill_null([]).list.eval(
+                    pl.element().str.strip_chars().cast(pl.Float64, strict=False))
+        else:
+            lists = raw.cast(pl.String).fill_null("").str.split(self.spec.splitter).list.eval(
+                pl.element().str.strip_chars().filter(pl.element().str.len_chars() > 0).cast(pl.Float64, strict=False))
+        bad = lists.list.eval(~pl.element().is_finite().fill_null(False)).list.any().fill_null(False)
+        _bad_row(df, bad, path, self.column, "number sequence {value!r} holds a token that is not a finite number",
+                 "write numbers only (values: numbers), or make it an id sequence (values: ids)")
+        return lists
+
     def transform(self, df: pl.DataFrame, path: Path | None = None) -> np.ndarray:
-        lists = self._lists(df)
+        """(N, max_len) int32 ids, or float32 values for ``values: numbers``; 0 at padding."""
+        values, lens = self.transform_ragged(df, path)
+        return pad_rows(values, lens, self.spec.max_len, self.spec.padding, values.dtype)
+
+    def transform_ragged(self, df: pl.DataFrame, path: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """(flat values of every row after truncation to max_len, int32 ids or float32 numbers; row
+        lengths int64): what :meth:`transform` pads. A number may be 0, so the lengths, not the
+        zeros, say where a row ends."""
+        lists = self.number_lists(df, path) if self.numbers else self._lists(df)
         L = self.spec.max_len
         lists = lists.list.tail(L) if self.spec.truncating == "pre" else lists.list.head(L)
         lens = lists.list.len().to_numpy().astype(np.int64)
         flat = lists.explode().drop_nulls()
-        if self.shared is not None:
+        if self.numbers:
+            ids = flat.to_numpy().astype(np.float32)
+        elif self.shared is not None:
             ids = _map_tokens(flat, self.shared.vocab, self.shared.spec.hash_buckets).to_numpy()
         else:
             ids = _map_tokens(flat, self.vocab, None).to_numpy()
-        n = len(lens)
-        out = np.zeros((n, L), dtype=np.int32)
-        rows = np.repeat(np.arange(n), lens)
-        starts = np.cumsum(lens) - lens
-        within = np.arange(len(ids)) - np.repeat(starts, lens)
-        cols = within + (L - lens)[rows] if self.spec.padding == "pre" else within
-        out[rows, cols] = ids
-        return out
+        return np.asarray(ids, dtype=np.float32 if self.numbers else np.int32), lens
 
     def state(self) -> dict[str, Any]:
         return {"spec": _spec_dict(self.spec), "vocab": self.vocab}

@@ -11,6 +11,10 @@ Batches (see :mod:`ctrlab.data.loader`) are dicts of tensors keyed as follows:
   ids are local to each field: 0 = padding, 1 = out-of-vocabulary, 2.. = known values.
 * ``"num"``: float32 ``(B, n_numeric)``, normalised values in ``numeric`` order.
 * ``"seq:<name>"``: int64 ``(B, max_len)``, ids in the sequence's (possibly shared) vocabulary, 0 = padding.
+* ``"numseq:<name>"``: float32 ``(B, max_len)``, a numeric (value) sequence (``values: numbers``, e.g. the
+  seconds between each history event and the row), 0 at padding; padded and cut like an id sequence of
+  the same ``max_len``, so position ``j`` lines up with position ``j`` of ``seq:<name>`` built from the
+  same events. Listed in ``numeric_sequences``, not among the fields a model embeds.
 * ``"dense:<name>"``: float32 ``(B, dim)``.
 * ``"label"``: float32 ``(B, n_labels)`` in ``labels`` order.
 * ``"group"``: int64 ``(B,)`` group ids for gAUC, present when ``group_field`` is set.
@@ -62,6 +66,16 @@ class SequenceField:
 
 
 @dataclass
+class NumericSequenceField:
+    """A numeric (value) sequence: batch key ``numseq:<name>``, float32 ``(B, max_len)``, 0 at padding.
+    Not embedded by :class:`~ctrlab.layers.embedding.FeatureEmbedding` (models that use one read
+    it by name, e.g. time gaps aligned with an item history)."""
+
+    name: str
+    max_len: int
+
+
+@dataclass
 class DenseField:
     name: str
     dim: int
@@ -75,6 +89,8 @@ class FeatureMap:
     sequences: list[SequenceField] = field(default_factory=list)
     dense: list[DenseField] = field(default_factory=list)
     labels: list[str] = field(default_factory=lambda: ["label"])
+    numeric_sequences: list[NumericSequenceField] = field(default_factory=list)
+    """Numeric (value) sequences (``values: numbers``): not in :attr:`num_fields` / :meth:`field_names`."""
     group_field: str | None = None
     encoders: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Fitted state per feature name (vocabulary, normaliser statistics, bucket edges)."""
@@ -128,9 +144,11 @@ class FeatureMap:
         dense: dict[str, int] | None = None,
         labels: list[str] | None = None,
         dataset: str = "synthetic",
+        numeric_sequences: dict[str, int] | None = None,
     ) -> "FeatureMap":
         """Build a map by hand. ``categorical``: name -> vocab size (incl. pad/OOV);
-        ``sequences``: name -> (max_len, vocab size or name of a categorical field to share)."""
+        ``sequences``: name -> (max_len, vocab size or name of a categorical field to share);
+        ``numeric_sequences``: name -> max_len."""
         categorical = categorical or {}
         seqs = []
         for name, (max_len, vocab) in (sequences or {}).items():
@@ -145,6 +163,7 @@ class FeatureMap:
             sequences=seqs,
             dense=[DenseField(n, int(d)) for n, d in (dense or {}).items()],
             labels=list(labels or ["label"]),
+            numeric_sequences=[NumericSequenceField(n, int(m)) for n, m in (numeric_sequences or {}).items()],
         )
 
     # ---- JSON I/O ---------------------------------------------------------------------------
@@ -163,6 +182,7 @@ class FeatureMap:
             sequences=[SequenceField(**x) for x in d.get("sequences", [])],
             dense=[DenseField(**x) for x in d.get("dense", [])],
             labels=list(d.get("labels", ["label"])),
+            numeric_sequences=[NumericSequenceField(**x) for x in d.get("numeric_sequences", [])],
             group_field=d.get("group_field"),
             encoders=d.get("encoders", {}),
             version=d.get("version", 1),
@@ -197,9 +217,9 @@ class FeatureMap:
 
 
 _FIELD_KINDS = {"categorical": CategoricalField, "numeric": NumericField, "sequences": SequenceField,
-                "dense": DenseField}
+                "dense": DenseField, "numeric_sequences": NumericSequenceField}
 _ENCODER_KINDS = {"categorical": {"categorical"}, "numeric": {"numeric"}, "sequences": {"sequence"},
-                  "dense": {"dense_vector"}}
+                  "dense": {"dense_vector"}, "numeric_sequences": {"sequence"}}
 
 
 def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
@@ -261,6 +281,9 @@ def validate_feature_map_dict(d: Any, path: str | Path | None = None) -> None:
                     and not state["spec"].get("hash_buckets") and entry["vocab_size"] != len(vocab) + 2:
                 raise bad(f"{where}: 'vocab_size' {entry['vocab_size']} does not match encoders[{name!r}] "
                           f"(a vocabulary of {len(vocab)} tokens + padding and OOV)")
+            values = state["spec"].get("values", "ids") if kind == "sequence" else None
+            if values is not None and (values == "numbers") != (section == "numeric_sequences"):
+                raise bad(f"encoders[{name!r}]: 'spec.values' is {values!r}, the field is in {section!r}")
             if entry.get("origin") == "bucketized" and not isinstance(state.get("boundaries"), list):
                 raise bad(f"encoders[{name!r}]: a bucketized field needs its 'boundaries' list")
     for i, entry in enumerate(d.get("categorical", [])):  # a cross field names two categorical fields

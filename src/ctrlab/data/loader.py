@@ -11,6 +11,7 @@ batches, and a run resumed at epoch ``e`` sees exactly the batches it would have
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -24,6 +25,152 @@ if TYPE_CHECKING:
 
 # Arrays whose integer ids become int64 tensors (embedding / gather indices).
 _INDEX_PREFIXES = ("cat", "seq:", "group")
+
+
+RAGGED_SUFFIX = ".ragged.json"
+"""Beside ``<stem>.values.npy`` and ``<stem>.offsets.npy``: a sequence array stored ragged."""
+
+
+class RaggedArray:
+    """A sequence array stored as variable-length rows: ``values`` (flat, every row's real tokens in
+    order) and ``offsets`` (N + 1, int64; row ``i`` is ``values[offsets[i]:offsets[i + 1]]``, at most
+    ``max_len`` long). Indexing it with a slice or an index array gives the rows **padded** to
+    ``(rows, max_len)`` with 0, on the ``padding`` side ("pre": values last), exactly the padded
+    array the encoder would have written; so a reader that slices ``split.arrays["seq:..."]`` (the
+    loader, OOV counts) works on both. ``np.asarray`` gives the whole padded array."""
+
+    def __init__(self, values: np.ndarray, offsets: np.ndarray, max_len: int, padding: str = "pre"):
+        if padding not in ("pre", "post"):
+            raise ValueError(f"padding must be 'pre' or 'post', got {padding!r}")
+        self.values, self.offsets = values, offsets
+        self.max_len, self.padding = int(max_len), padding
+
+    @classmethod
+    def from_padded(cls, arr: np.ndarray, padding: str = "pre") -> "RaggedArray":
+        """From an (N, max_len) padded **id** array (0 = padding; values are the non-zero entries,
+        contiguous on the side away from the padding, as the encoders write them). Not for number
+        sequences, where 0 can be a value: build those from the encoder's lengths."""
+        arr = np.asarray(arr)
+        real = arr != 0
+        lens = real.sum(axis=1).astype(np.int64)
+        return cls(arr[real], np.r_[0, np.cumsum(lens)].astype(np.int64), arr.shape[1], padding)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (len(self), self.max_len)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.values.dtype
+
+    @property
+    def ndim(self) -> int:
+        return 2
+
+    @property
+    def size(self) -> int:
+        return len(self) * self.max_len
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held (values + offsets), against ``len * max_len * itemsize`` padded."""
+        return int(self.values.nbytes + self.offsets.nbytes)
+
+    def _rows(self, rows) -> tuple[np.ndarray, np.ndarray]:
+        """(flat values, lengths) of the selected rows."""
+        offsets = np.asarray(self.offsets)
+        if isinstance(rows, slice):
+            start, stop, step = rows.indices(len(self))
+            if step == 1:
+                lo, hi = int(offsets[start]), int(offsets[max(start, stop)])
+                return np.asarray(self.values[lo:hi]), np.diff(offsets[start:max(start, stop) + 1])
+            rows = np.arange(start, stop, step)
+        rows = np.asarray(rows)
+        if rows.dtype == bool:
+            rows = np.flatnonzero(rows)
+        rows = np.where(rows < 0, rows + len(self), rows).astype(np.int64)
+        lo, lens = offsets[rows], offsets[rows + 1] - offsets[rows]
+        flat = np.arange(int(lens.sum()), dtype=np.int64) - np.repeat(np.cumsum(lens) - lens - lo, lens)
+        return np.asarray(self.values[flat]), lens
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if isinstance(rows, (int, np.integer)):
+            return self[np.array([rows])][0]
+        values, lens = self._rows(rows)
+        from .encoders import pad_rows
+
+        return pad_rows(values, lens, self.max_len, self.padding, self.values.dtype)
+
+    def take(self, rows) -> "RaggedArray":
+        """The selected rows, still ragged (in memory)."""
+        values, lens = self._rows(rows)
+        return RaggedArray(values, np.r_[0, np.cumsum(lens)].astype(np.int64), self.max_len, self.padding)
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[slice(None)]
+        return out if dtype is None else out.astype(dtype)
+
+    # Anything else a reader does with a padded matrix (``==``, ``.sum()``, ``.tolist()``, numpy
+    # functions) works on the whole padded array it stands for (materialised for that call).
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        inputs = tuple(np.asarray(x) if isinstance(x, RaggedArray) else x for x in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+    def __eq__(self, other):  # noqa: D105
+        return np.asarray(self) == (np.asarray(other) if isinstance(other, RaggedArray) else other)
+
+    def __ne__(self, other):  # noqa: D105
+        return np.asarray(self) != (np.asarray(other) if isinstance(other, RaggedArray) else other)
+
+    __hash__ = None
+
+    def __getattr__(self, name: str):
+        if name.startswith("__") or name in ("values", "offsets", "max_len", "padding"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
+
+    def save(self, folder: Path, stem: str) -> None:
+        for part, arr in (("values", self.values), ("offsets", self.offsets)):
+            _save_npy(folder / f"{stem}.{part}.npy", arr)
+        (folder / f"{stem}{RAGGED_SUFFIX}").write_text(json.dumps({"max_len": self.max_len, "padding": self.padding}))
+
+    @classmethod
+    def load(cls, folder: Path, stem: str, mmap: bool = False) -> "RaggedArray":
+        meta = json.loads((folder / f"{stem}{RAGGED_SUFFIX}").read_text())
+        mode = "r" if mmap else None
+        return cls(np.load(folder / f"{stem}.values.npy", mmap_mode=mode),
+                   np.load(folder / f"{stem}.offsets.npy", mmap_mode=mode), meta["max_len"], meta["padding"])
+
+
+RAGGED_WHEN_MEAN_BELOW = 0.5
+"""``sequence_storage: auto`` keeps a sequence ragged when its mean row length is below this share of
+``max_len`` (the padded matrix would then be more than twice the ragged values + offsets)."""
+
+
+def choose_storage(arr, storage: str = "auto", padding: str = "pre"):
+    """A sequence array as stored: ``padded`` (an (N, max_len) ndarray), ``ragged``
+    (:class:`RaggedArray`) or ``auto``: ragged when the mean row length is below
+    :data:`RAGGED_WHEN_MEAN_BELOW` of ``max_len``."""
+    if storage not in ("auto", "padded", "ragged"):
+        raise ValueError(f"sequence_storage must be 'auto', 'padded' or 'ragged', got {storage!r}")
+    ragged = arr if isinstance(arr, RaggedArray) else RaggedArray.from_padded(arr, padding)
+    if storage == "ragged" or storage == "auto" and len(ragged.values) < RAGGED_WHEN_MEAN_BELOW * ragged.size:
+        return ragged
+    return arr if not isinstance(arr, RaggedArray) else np.asarray(arr)
+
+
+def _save_npy(final: Path, arr: np.ndarray) -> None:
+    tmp = temp_name(final, ".tmp.npy")  # this writer's own: never another's half-written file
+    try:
+        with open(tmp, "xb") as fh:
+            np.save(fh, np.ascontiguousarray(arr))
+        tmp.replace(final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 @dataclass
@@ -44,30 +191,30 @@ class EncodedSplit:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         for key, arr in self.arrays.items():
-            final = folder / (array_file_name(key) + ".npy")
-            tmp = temp_name(final, ".tmp.npy")  # this writer's own: never another's half-written file
-            try:
-                with open(tmp, "xb") as fh:
-                    np.save(fh, np.ascontiguousarray(arr))
-                tmp.replace(final)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
+            if isinstance(arr, RaggedArray):
+                arr.save(folder, array_file_name(key))
+            else:
+                _save_npy(folder / (array_file_name(key) + ".npy"), arr)
 
     @classmethod
     def load(cls, folder: str | Path, mmap: bool = False) -> "EncodedSplit":
         folder = Path(folder)
         arrays = {}
         for path in sorted(folder.glob("*.npy")):
-            if path.name.endswith(".tmp.npy"):
+            if path.name.endswith((".tmp.npy", ".values.npy", ".offsets.npy")):
                 continue
             arrays[_key_name(path.stem)] = np.load(path, mmap_mode="r" if mmap else None)
+        for path in sorted(folder.glob(f"*{RAGGED_SUFFIX}")):  # sequences stored ragged
+            stem = path.name[: -len(RAGGED_SUFFIX)]
+            arrays[_key_name(stem)] = RaggedArray.load(folder, stem, mmap=mmap)
         if not arrays:
             raise FileNotFoundError(f"no encoded arrays in {folder}")
         return cls(arrays)
 
     def take(self, rows: np.ndarray | slice) -> "EncodedSplit":
-        return EncodedSplit({k: np.asarray(v[rows]) for k, v in self.arrays.items()})
+        """The selected rows, in memory (ragged sequences stay ragged)."""
+        return EncodedSplit({k: v.take(rows) if isinstance(v, RaggedArray) else np.asarray(v[rows])
+                             for k, v in self.arrays.items()})
 
 
 def array_file_name(key: str) -> str:
@@ -86,6 +233,8 @@ def to_batch(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     batch = {}
     for key, arr in arrays.items():
         is_index = key.startswith(_INDEX_PREFIXES)
+        if isinstance(arr, RaggedArray):
+            arr = arr[slice(None)]  # padded to (rows, max_len)
         arr = np.ascontiguousarray(arr)
         if not arr.flags.writeable:
             # An ordered slice of a read-only memory map: torch cannot wrap it safely (writing

@@ -37,7 +37,7 @@ import numpy as np
 
 from .errors import DataWarning
 from .feature_map import FeatureMap
-from .loader import EncodedSplit
+from .loader import EncodedSplit, RaggedArray
 from .schema import OOV_ID, PAD_ID
 
 HIGH_OOV_RATE = 0.9
@@ -72,7 +72,11 @@ def oov_rates(fmap: FeatureMap, split: EncodedSplit) -> dict[str, float]:
             continue
         seq = split.arrays[f"seq:{f.name}"]
         oov = tokens = 0
-        for start in range(0, n, CHUNK_ROWS):
+        if isinstance(seq, RaggedArray):  # stored ragged: the values are exactly the real tokens
+            for start in range(0, len(seq.values), CHUNK_ROWS * 64):
+                oov += int((np.asarray(seq.values[start:start + CHUNK_ROWS * 64]) == OOV_ID).sum())
+            tokens = len(seq.values)
+        for start in range(0, n if not isinstance(seq, RaggedArray) else 0, CHUNK_ROWS):
             part = np.asarray(seq[start:start + CHUNK_ROWS])
             oov += int((part == OOV_ID).sum())
             tokens += int((part != PAD_ID).sum())

@@ -41,8 +41,8 @@ from .encoders import (
     fit_vocabularies,
     few_tokens,
 )
-from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, SequenceField
-from .loader import EncodedSplit, array_file_name
+from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField, NumericSequenceField, SequenceField
+from .loader import RAGGED_SUFFIX, RAGGED_WHEN_MEAN_BELOW, EncodedSplit, RaggedArray, array_file_name, choose_storage
 from .oov import oov_rates, report_oov
 from .holdout import Holdout, holdout
 from .readers import file_columns, read_split
@@ -132,6 +132,8 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
                 )
             else:
                 fmap.numeric.append(NumericField(spec.name, spec.embedding_dim))
+        elif isinstance(enc, SequenceEncoder) and enc.numbers:
+            fmap.numeric_sequences.append(NumericSequenceField(spec.name, spec.max_len))
         elif isinstance(enc, SequenceEncoder):
             fmap.sequences.append(
                 SequenceField(spec.name, spec.max_len, enc.vocab_size, spec.share_vocab_with, spec.embedding_dim,
@@ -139,7 +141,8 @@ def describe(cfg: DatasetConfig, encoders: dict[str, Any]) -> FeatureMap:
             )
         else:
             fmap.dense.append(DenseField(spec.name, spec.dim))
-    fmap.field_order = [spec.name for spec in cfg.features]  # models stack fields in this order
+    numbers = {f.name for f in fmap.numeric_sequences}  # not embedded: not in the stacking order
+    fmap.field_order = [spec.name for spec in cfg.features if spec.name not in numbers]  # models stack in this order
     fmap.encoders = {name: enc.state() for name, enc in encoders.items()}
     return fmap
 
@@ -174,10 +177,12 @@ def encode_frame(
     with_labels: bool = True,
     encoders: dict[str, Any] | None = None,
     group_values: pl.Series | None = None,
+    ragged: bool = False,
 ) -> EncodedSplit:
     """Raw frame -> encoded arrays, with the feature map's fitted encoders. ``group_values``: the
     split's sorted distinct group values, when the frame is one block of a split (group ids are
-    ranks among them); by default the frame's own."""
+    ranks among them); by default the frame's own. ``ragged``: sequences as
+    :class:`~ctrlab.data.loader.RaggedArray` (values + offsets) instead of padded matrices."""
     encoders = encoders or load_encoders(fmap)
     df = with_derived(df, [e.spec for e in encoders.values()], path)  # hour, weekday, ... of timestamps
     n = df.height
@@ -205,10 +210,19 @@ def encode_frame(
     for j, f in enumerate(fmap.numeric):
         num[:, j] = encoders[f.name].transform(df, path)
     arrays["num"] = num
+    def sequence(f):
+        enc = encoders[f.name]
+        if not ragged:
+            return enc.transform(df, path)
+        values, lens = enc.transform_ragged(df, path)
+        return RaggedArray(values, np.r_[0, np.cumsum(lens)].astype(np.int64), enc.spec.max_len, enc.spec.padding)
+
     for f in fmap.sequences:
-        arrays[f"seq:{f.name}"] = encoders[f.name].transform(df, path)
+        arrays[f"seq:{f.name}"] = sequence(f)
     for f in fmap.dense:
         arrays[f"dense:{f.name}"] = encoders[f.name].transform(df, path)
+    for f in fmap.numeric_sequences:
+        arrays[f"numseq:{f.name}"] = sequence(f)
     if with_labels:
         arrays["label"] = encode_labels(df, fmap.labels, path)
     if fmap.group_field and fmap.group_field in df.columns:
@@ -219,6 +233,23 @@ def encode_frame(
             ranks = pl.int_range(1, len(group_values) + 1, dtype=pl.Int64, eager=True)
             arrays["group"] = groups.replace_strict(group_values, ranks).to_numpy().astype(np.int64)
     return EncodedSplit(arrays)
+
+
+def sequence_padding(fmap: FeatureMap) -> dict[str, str]:
+    """Array key (``seq:<name>`` / ``numseq:<name>``) -> the sequence's padding side."""
+    out = {}
+    for prefix, fields in (("seq:", fmap.sequences), ("numseq:", fmap.numeric_sequences)):
+        for f in fields:
+            out[prefix + f.name] = (fmap.encoders.get(f.name) or {}).get("spec", {}).get("padding", "pre")
+    return out
+
+
+def stored(split: EncodedSplit, fmap: FeatureMap, storage: str = "auto") -> EncodedSplit:
+    """The split with its sequence arrays as the cache stores them (``sequence_storage``:
+    :func:`ctrlab.data.loader.choose_storage`)."""
+    padding = sequence_padding(fmap)
+    return EncodedSplit({k: choose_storage(v, storage, padding[k]) if k in padding else v
+                         for k, v in split.arrays.items()})
 
 
 # ---- cache ----------------------------------------------------------------------------------
@@ -353,7 +384,8 @@ def prepare(
             else:
                 df = read_split(cfg, p, columns)
             train_df = None  # drop the raw train frame as soon as it is encoded (peak memory)
-            enc = encode_frame(df, fmap, p, encoders=encoders)
+            enc = stored(encode_frame(df, fmap, p, encoders=encoders, ragged=cfg.sequence_storage != "padded"), fmap,
+                         cfg.sequence_storage)
             del df
             enc.save(tmp / split)
             counts[split] = len(enc)
@@ -401,6 +433,7 @@ def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[
 
     fmap = feature_map or describe(cfg, with_text_fallback(cfg, fit))
     encoders = load_encoders(fmap)
+    padding = sequence_padding(fmap)
     counts: dict[str, int] = {}
     for split, (p, keep) in sources.items():
 
@@ -408,10 +441,22 @@ def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[
             groups = split_groups(cfg, p, fmap.group_field, block_rows, numbers, rows=keep)
             (out / split).mkdir(parents=True, exist_ok=True)
             writers: dict[str, NpyAppender] = {}
+            ragged: dict[str, tuple[NpyAppender, NpyAppender, int]] = {}  # key -> values, lengths, max_len
             try:
                 for block in iter_blocks(cfg, p, columns, block_rows, numbers, rows=keep):
-                    arrays = encode_frame(block, fmap, p, encoders=encoders, group_values=groups).arrays
+                    arrays = encode_frame(block, fmap, p, encoders=encoders, group_values=groups,
+                                          ragged=cfg.sequence_storage != "padded").arrays
                     for key, arr in arrays.items():
+                        if key in padding and cfg.sequence_storage != "padded":  # values + lengths, decided at the end
+                            r = arr
+                            if key not in ragged:
+                                stem = out / split / array_file_name(key)
+                                ragged[key] = (NpyAppender(stem.with_name(stem.name + ".values.npy"), (), r.dtype),
+                                               NpyAppender(stem.with_name(stem.name + ".lengths.tmp"), (), np.int64),
+                                               arr.max_len)
+                            ragged[key][0].append(r.values)
+                            ragged[key][1].append(np.diff(r.offsets))
+                            continue
                         if key not in writers:
                             writers[key] = NpyAppender(out / split / f"{array_file_name(key)}.npy", arr.shape[1:],
                                                        arr.dtype)
@@ -419,7 +464,13 @@ def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[
             finally:
                 for w in writers.values():
                     w.close()
-            rows = {w.written for w in writers.values()}
+                for v, n, _ in ragged.values():
+                    v.close()
+                    n.close()
+            for key, (v, n, max_len) in ragged.items():
+                _finish_ragged(out / split, array_file_name(key), v.path, n.path, max_len, padding[key],
+                               cfg.sequence_storage, block_rows)
+            rows = {w.written for w in writers.values()} | {n.written for _, n, _ in ragged.values()}
             if rows in (set(), {0}):
                 raise DataError(f"the {split} file has no data rows", file=p, fix="add data rows")
             return rows.pop()  # every array got every block's rows
@@ -427,3 +478,26 @@ def _encode_streaming(cfg: DatasetConfig, files: dict[str, Path], columns: list[
         counts[split] = with_text_fallback(cfg, encode)
         log(f"[ctrlab]   {split}: {counts[split]:,} rows from {p}")
     return fmap, counts
+
+
+def _finish_ragged(folder: Path, stem: str, values_path: Path, lengths_path: Path, max_len: int, padding: str,
+                   storage: str, block_rows: int) -> None:
+    """A streamed sequence written as values + lengths -> stored ragged (offsets + meta), or, when
+    ``storage`` is ``auto`` and ragged would not save memory, as one padded ``.npy`` written block by block."""
+    lengths = np.load(lengths_path)
+    lengths_path.unlink()
+    offsets = np.r_[0, np.cumsum(lengths)].astype(np.int64)
+    values = np.load(values_path, mmap_mode="r")
+    arr = RaggedArray(values, offsets, max_len, padding)
+    if storage == "ragged" or offsets[-1] < RAGGED_WHEN_MEAN_BELOW * arr.size:
+        np.save(folder / f"{stem}.offsets.npy", offsets)
+        (folder / f"{stem}{RAGGED_SUFFIX}").write_text(json.dumps({"max_len": max_len, "padding": padding}))
+        return
+    writer = NpyAppender(folder / f"{stem}.npy", (max_len,), values.dtype)
+    try:
+        for start in range(0, len(arr), block_rows):
+            writer.append(arr[start:start + block_rows])
+    finally:
+        writer.close()
+    del values, arr
+    values_path.unlink()

@@ -183,10 +183,24 @@ class SequenceSpec:
     """Own vocabulary only: pretrained vectors keyed by token, as for a categorical feature."""
     freeze_emb: bool = True
     """With ``pretrained_emb``: keep the rows fixed or train them."""
+    values: Literal["ids", "numbers"] = "ids"
+    """``ids`` (default): tokens looked up in a vocabulary. ``numbers``: a numeric (value) sequence,
+    e.g. the time gap of every history event: each token is parsed as a float (no vocabulary, no
+    normalisation), padded and cut exactly as an id sequence of the same ``max_len``, batch key
+    ``numseq:<name>`` float32 with 0 at padding (see :class:`~ctrlab.data.feature_map.NumericSequenceField`).
+    A token that is not a finite number is an error; a missing or empty cell has no events."""
 
     def validate(self, where: str) -> None:
         if self.max_len < 1:
             raise ConfigError(f"{where}.max_len: must be >= 1, got {self.max_len}")
+        if self.values not in ("ids", "numbers"):
+            raise ConfigError(f"{where}.values: must be 'ids' or 'numbers', got {self.values!r}")
+        if self.values == "numbers":
+            for key, default in (("share_vocab_with", None), ("pretrained_emb", None), ("embedding_dim", None),
+                                 ("min_count", 1)):
+                if getattr(self, key) != default:
+                    raise ConfigError(f"{where}.{key}: a sequence with values: numbers has no vocabulary or "
+                                      f"embedding; remove {key} (or use values: ids)")
         if self.share_vocab_with is not None and self.pretrained_emb is not None:
             raise ConfigError(f"{where}: a sequence with share_vocab_with uses the rows of "
                               f"{self.share_vocab_with!r}; set pretrained_emb there instead")
@@ -349,6 +363,11 @@ class DatasetConfig:
     """Feature specs; each item has a ``kind`` (categorical, numeric, sequence, dense_vector)."""
     group_field: str | None = None
     """Column used to group rows for gAUC (e.g. user id); kept as raw ids, not a model input."""
+    sequence_storage: Literal["auto", "padded", "ragged"] = "auto"
+    """How the encoded cache stores each split's sequence arrays (``seq:`` / ``numseq:``): ``padded``
+    (an (N, max_len) matrix), ``ragged`` (flat values + row offsets, padded per batch by the loader)
+    or ``auto`` (default): ragged when the split's mean row length is below half of ``max_len``.
+    Batches are identical either way (:class:`ctrlab.data.loader.RaggedArray`)."""
     valid_fraction: float | None = None
     """When ``files`` has no ``valid``: the fraction of the train file's rows held out as the
     validation split (None: 0.1). The rest is the train split; vocabularies and statistics are

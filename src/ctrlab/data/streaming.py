@@ -146,7 +146,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
     for name, enc in encoders.items():
         if isinstance(enc, CategoricalEncoder) and not enc.spec.hash_buckets:
             counts[name] = _RunningCounts()
-        elif isinstance(enc, SequenceEncoder) and enc.shared is None:
+        elif isinstance(enc, SequenceEncoder) and enc.shared is None and not enc.numbers:
             counts[name] = _RunningCounts()
     # a shared vocabulary counts its sequences' tokens too (as fit_vocabularies does in memory)
     sharing = [(enc.shared.spec.name, enc) for enc in encoders.values()
@@ -161,7 +161,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         block = with_derived(block, cfg.features, path)
         if rows == block.height:  # the first block: a wrong splitter shows in any block
             for enc in encoders.values():
-                if isinstance(enc, SequenceEncoder):
+                if isinstance(enc, SequenceEncoder) and not enc.numbers:
                     warn_splitter(enc.spec, block[enc.column])
         for name, running in counts.items():
             enc = encoders[name]

@@ -67,7 +67,7 @@ class TensorSpec:
     """One model input: the batch key the model reads, the graph input name, dtype and width."""
 
     key: str
-    """Batch key (``cat``, ``num``, ``seq:<name>``, ``dense:<name>``)."""
+    """Batch key (``cat``, ``num``, ``seq:<name>``, ``dense:<name>``, ``numseq:<name>``)."""
     name: str
     """Graph input name (``:`` is replaced by ``__``)."""
     dtype: str
@@ -88,6 +88,8 @@ def model_inputs(fmap: FeatureMap) -> list[TensorSpec]:
         specs.append(TensorSpec(f"seq:{f.name}", f"seq__{f.name}", "int64", f.max_len))
     for f in fmap.dense:
         specs.append(TensorSpec(f"dense:{f.name}", f"dense__{f.name}", "float32", f.dim))
+    for f in getattr(fmap, "numeric_sequences", []):
+        specs.append(TensorSpec(f"numseq:{f.name}", f"numseq__{f.name}", "float32", f.max_len))
     return specs
 
 
@@ -125,6 +127,8 @@ def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"name": spec.name, "kind": spec.kind}
         if isinstance(spec, SequenceSpec):
             entry.update(splitter=spec.splitter, max_len=spec.max_len)
+            if spec.values == "numbers":
+                entry.update(values="numbers")
         elif isinstance(spec, DenseVectorSpec):
             entry.update(dim=spec.dim, splitter=spec.splitter)
         kinds = accepts_by_kind[type(spec)]
@@ -207,6 +211,11 @@ def example_arrays(fmap: FeatureMap, rows: int, seed: int = 0) -> dict[str, np.n
         arrays[f"seq:{f.name}"] = seq
     for f in fmap.dense:
         arrays[f"dense:{f.name}"] = rng.normal(size=(rows, f.dim)).astype(np.float32)
+    for f in fmap.numeric_sequences:
+        vals = rng.exponential(1000.0, (rows, f.max_len)).astype(np.float32)
+        pad = rng.integers(0, f.max_len + 1, rows)
+        vals[np.arange(f.max_len)[None, :] < pad[:, None]] = 0
+        arrays[f"numseq:{f.name}"] = vals
     return arrays
 
 
@@ -365,6 +374,13 @@ def _parity_rows(fmap: FeatureMap, metrics: dict[str, Any], rows: int = 4096) ->
     return example_arrays(fmap, rows, seed=1), "random valid ids (the run's encoded data cache is gone)"
 
 
+def session_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The feeds an ONNX Runtime session takes: the exporter drops graph inputs the model never reads
+    (e.g. a ``numseq:`` sequence of a model that does not use it), and ORT rejects unknown names."""
+    names = {i.name for i in session.get_inputs()}
+    return {k: v for k, v in feeds.items() if k in names}
+
+
 def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
     """Max |p_onnx - p_torch| over the given encoded rows (ONNX Runtime vs eager PyTorch)."""
     import onnxruntime as ort
@@ -373,6 +389,7 @@ def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     feeds = as_model_arrays(arrays, inputs)
     rows = len(next(iter(feeds.values())))
+    feeds = session_feeds(session, feeds)
     got = np.concatenate([session.run(["probability"], {k: v[lo:lo + 8192] for k, v in feeds.items()})[0]
                           for lo in range(0, rows, 8192)])
     ref = torch_probabilities(model, arrays, fmap)

@@ -82,8 +82,12 @@ class _ONNXBackend:
         # taking them from the event loop (request parsing, answers) and the other requests' work.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(artifact.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
+        # the exporter drops inputs the model never reads (e.g. a numseq: sequence a model ignores)
+        self.names = frozenset(i.name for i in self.session.get_inputs())
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if not self.names.issuperset(feeds):
+            feeds = {k: v for k, v in feeds.items() if k in self.names}
         return self.session.run(["probability"], feeds)[0]
 
 
@@ -223,8 +227,8 @@ class Predictor:
             raise RequestError(f"expected {self._accepts_text[name]}, got {_type_name(values[row])} "
                                f"{_short(values[row])}", field=name, row=row)
         kinds = self._kinds[name]
-        if kinds & {"sequence", "dense_vector"}:
-            return self._list_column(name, values, types, numbers="dense_vector" in kinds)
+        if kinds & {"sequence", "dense_vector", "number_sequence"}:
+            return self._list_column(name, values, types, numbers=bool(kinds & {"dense_vector", "number_sequence"}))
         # The dtype follows the column's kind, never the values (a column of nulls included), so that
         # every request's frame has the same schema and micro-batched requests concatenate.
         if "categorical" in kinds:
@@ -265,7 +269,8 @@ class Predictor:
         bad = series.list.eval(~pl.element().is_finite().fill_null(True)).list.any().fill_null(False)
         if bad.any():
             row = int(bad.arg_max())
-            raise RequestError("vector holds a value that is not a finite number", field=name, row=row)
+            what = "vector" if "dense_vector" in self._kinds[name] else "number sequence"
+            raise RequestError(f"{what} holds a value that is not a finite number", field=name, row=row)
         return series
 
     def encode(self, frame: pl.DataFrame) -> dict[str, np.ndarray]:
@@ -379,6 +384,8 @@ def _read_as(feature: dict[str, Any]) -> str:
     (``derive``) is read as numbers (epoch) or text (``time_format``), as the derivation expects."""
     if feature.get("derive"):
         return "categorical" if feature.get("time_format") else "numeric"
+    if feature["kind"] == "sequence" and feature.get("values") == "numbers":
+        return "number_sequence"  # a numeric (value) sequence: "^"-joined text or an array of numbers
     return feature["kind"]
 
 

@@ -7,7 +7,8 @@ Raw data: ``data_dir`` > ``$CTRLAB_DATA_DIR`` > ``~/.ctrlab/data``. See :mod:`.r
 
 Registered: the BARS splits ``frappe_x1``, ``movielenslatest_x1``, ``criteo_x1``, ``avazu_x1``;
 ``frappe_x1_subset``, ``criteo_head10k``, ``avazu_head10k``, ``movielens_100k``,
-``movielens_latest_small``, ``movielens_1m_sample``, ``taobao_head`` (small real data) and
+``movielens_latest_small``, ``movielens_1m_sample``, ``taobao_head`` (small real data),
+``movielens_latest_long``, ``taobao_long``, ``video_games_long`` (long per-event histories) and
 ``synthetic`` (generated). Each entry's docstring gives its source, split rule, row counts,
 checksums and data terms. The real data may not be redistributed: never commit or ship it.
 """
@@ -23,7 +24,7 @@ from .registry import (
 )
 
 # Importing the entry modules registers their datasets.
-from . import bars, frappe, kaggle_heads, movielens, movielens_samples, synthetic, taobao  # noqa: E402,F401  isort: skip
+from . import bars, frappe, kaggle_heads, long_sequences, movielens, movielens_samples, synthetic, taobao  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "get_dataset",

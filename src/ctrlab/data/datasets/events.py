@@ -100,7 +100,9 @@ def write_parquet_splits(
     for split, idx in splits.items():
         data = {}
         for name, (values, typ) in columns.items():
-            if isinstance(values, np.ndarray):
+            if isinstance(values, (pa.Array, pa.ChunkedArray)):
+                data[name] = values.take(pa.array(idx, pa.int64()))
+            elif isinstance(values, np.ndarray):
                 data[name] = pa.array(values[idx], typ)
             else:
                 data[name] = pa.array([values[i] for i in idx], typ)
@@ -195,3 +197,66 @@ def per_user_time_splits(
         sub = np.lexsort((*(key[idx] for key in reversed(tie_keys)), users[idx], ts[idx]))
         out[split] = idx[sub]
     return out
+
+
+# ---- long histories with per-event side information -------------------------------------------
+
+
+def select_rows(users: np.ndarray, ts: np.ndarray, tie: np.ndarray, earlier: np.ndarray,
+                rows_per_user: int, min_history_len: int) -> np.ndarray:
+    """Indices of the events that become rows, in (user, ts, tie) order: an event whose user has at
+    least ``min_history_len`` events (of those :func:`history_events` may use) strictly earlier
+    (``earlier``: that count per event), and among those the user's last ``rows_per_user`` (0 = all)."""
+    order = np.lexsort((tie, ts, users))
+    keep = order[earlier[order] >= min_history_len]
+    if rows_per_user:
+        su = users[keep]
+        # rank from the end within each user's kept events
+        ends = np.r_[np.flatnonzero(su[1:] != su[:-1]), len(su) - 1] if len(su) else np.array([], dtype=np.int64)
+        end_of = np.repeat(ends, np.diff(np.r_[-1, ends]))
+        keep = keep[end_of - np.arange(len(su)) < rows_per_user]
+    return keep
+
+
+def history_events(users: np.ndarray, ts: np.ndarray, tie: np.ndarray, use: np.ndarray, max_len: int,
+                   rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The events of every row's history, as ragged index lists (vectorised :func:`build_histories`).
+
+    For row ``r`` (an event index; ``rows`` default every event): the same user's events with ``use``
+    true and a timestamp **strictly earlier** than ``ts[r]``, ordered by (ts, tie), the latest
+    ``max_len`` of them. Returns ``offsets`` (len(rows) + 1, int64), ``flat`` (event indices, row
+    ``i``'s history is ``flat[offsets[i]:offsets[i + 1]]``, oldest first) and ``earlier`` (for every
+    event, the number of used events of its user strictly earlier, before the ``max_len`` cut)."""
+    n = len(users)
+    users = np.asarray(users)
+    ts = np.asarray(ts, dtype=np.int64)
+    order = np.lexsort((tie, ts, users))
+    ucode = np.empty(n, dtype=np.int64)
+    ucode[order] = np.cumsum(np.r_[0, users[order][1:] != users[order][:-1]])
+    span = int(ts.max() - ts.min()) + 1 if n else 1
+    key = ucode * span + (ts - (ts.min() if n else 0))  # (user, ts) as one sortable int
+    used = order[use[order]]  # used events in (user, ts, tie) order
+    key_used = key[used]
+    upto = np.searchsorted(key_used, key, side="left")  # used events before (user, ts): strictly earlier
+    first = np.searchsorted(key_used, ucode * span, side="left")  # the user's first used event
+    earlier = upto - first
+    rows = np.arange(n) if rows is None else np.asarray(rows)
+    hi = upto[rows]
+    lo = np.maximum(first[rows], hi - max_len)
+    lens = hi - lo
+    offsets = np.r_[0, np.cumsum(lens)].astype(np.int64)
+    flat_pos = np.arange(offsets[-1], dtype=np.int64) - np.repeat(offsets[:-1] - lo, lens)
+    return offsets, used[flat_pos], earlier
+
+
+def list_array(offsets: np.ndarray, values: np.ndarray, typ: pa.DataType) -> pa.Array:
+    """A Parquet/Arrow list column from ragged ``offsets`` and flat ``values`` (large lists past 2^31 values)."""
+    if offsets[-1] < 2**31 - 1:
+        return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), pa.array(values, typ))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(values, typ))
+
+
+def sequence_feature(name: str, max_len: int, **extra: Any) -> dict[str, Any]:
+    """A sequence feature of a long-history entry (a Parquet list column; ``extra`` e.g.
+    ``share_vocab_with`` or ``values: numbers``)."""
+    return {"name": name, "max_len": max_len, **extra}
