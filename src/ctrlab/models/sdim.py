@@ -120,9 +120,7 @@ class SDIM(CTRModel):
             raise ValueError(f"SDIM: the batch has neither sequence(s) {missing} (keys 'seq:<name>') nor their "
                              f"precomputed interests ('{TABLES_KEY}{sequences[0]}', see encode_behaviours)")
         embs = [self.embedding.sequence_embedding(batch, s) for s in sequences]
-        mask = embs[0][1]
-        seq = torch.cat([e for e, _ in embs], dim=-1) * mask.unsqueeze(-1).to(embs[0][0].dtype)
-        return seq, mask
+        return torch.cat([e for e, _ in embs], dim=-1), embs[0][1]  # SimHash and attention apply the mask
 
     def _short(self, seq, mask):
         index, valid = last_real_positions(mask, self.short_seq_len)
