@@ -30,8 +30,9 @@ from ctrlab.serve.predictor import Predictor
 
 PARITY_ROWS = 4000
 # (model, dataset): every model on real Frappe (categorical fields) and on real MovieLens 100K
-# (sequence fields, one sharing the item vocabulary); DIN, SUAN and LightSUAN need the behaviour sequence.
-CASES = [(m, "frappe_x1_subset") for m in list_models() if m not in ("DIN", "SUAN", "LightSUAN")] + [(m, "movielens_100k") for m in list_models()]
+# (sequence fields, one sharing the item vocabulary); the sequence models need the behaviour sequence.
+SEQUENCE_MODELS = {"DIN", "SDIM", "SUAN", "LightSUAN", "DiffuMIN"}
+CASES = [(m, "frappe_x1_subset") for m in list_models() if m not in SEQUENCE_MODELS] + [(m, "movielens_100k") for m in list_models()]
 NEEDS_CROSSES = {"OptInter"}
 """Models whose default (OptInter's search) memorizes pairs through cross features: their data has
 ``crosses: {fields: all}``."""
