@@ -161,7 +161,8 @@ def dataset_config(cfg: RunConfig) -> DatasetConfig:
     if cfg.min_count is not None:  # part of the dataset config, so of the cache key and the feature map
         for spec in dcfg.features:
             if isinstance(spec, (CategoricalSpec, SequenceSpec)) and getattr(spec, "hash_buckets", None) is None \
-                    and getattr(spec, "share_vocab_with", None) is None:
+                    and getattr(spec, "share_vocab_with", None) is None \
+                    and getattr(spec, "values", "ids") == "ids":  # a number sequence has no vocabulary
                 spec.min_count = max(spec.min_count, cfg.min_count)
     if cfg.crosses is not None:  # after min_count: the crosses' own min_count applies to them
         dcfg.crosses = cfg.crosses

@@ -52,7 +52,7 @@ def _spread(model):
 
 def _model(name, fmap, **kw):
     torch.manual_seed(0)
-    return _spread(create(name, fmap, dnn_hidden_units=[16], suan_time_field="gap", **kw))
+    return _spread(create(name, fmap, dnn_hidden_units=[16], time_field="gap", **kw))
 
 
 def test_defaults_and_registration():
@@ -61,7 +61,7 @@ def test_defaults_and_registration():
         assert hp["embedding_dim"] == 10 and hp["n_layers"] == 2 and hp["n_heads"] == 2
         assert hp["num_time_buckets"] == 128 and hp["attention_dropout"] == 0
         assert hp["dnn_hidden_units"] == (1024, 512, 256) and hp["dnn_activations"] == "Dice"
-        assert hp["suan_time_field"] is None and hp["suan_target_field"] is None
+        assert hp["time_field"] is None and hp["target_field"] is None
         for k in hp:
             assert k in cls.__doc__, f"{cls.__name__} docstring does not mention {k}"
     assert default_hparams("SUAN")["attention_window"] is None
@@ -72,19 +72,19 @@ def test_fields_are_inferred_as_one_group(seq_map):
     m = create("SUAN", seq_map, dnn_hidden_units=[8])
     assert (m.targets, m.sequences) == (("item", "cate"), ("hist", "cate_hist"))
     assert m.profile == ["user", "ctx"] and m.token_dim == 20
-    m = create("SUAN", seq_map, dnn_hidden_units=[8], suan_target_field="item", suan_sequence_field="hist",
-               suan_side_field="cate_hist", embedding_dim=4)
+    m = create("SUAN", seq_map, dnn_hidden_units=[8], target_field="item", sequence_field="hist",
+               side_field="cate_hist", embedding_dim=4)
     assert m.token_dim == 8 and m.profile == ["user", "cate", "ctx"]
     m(_batch(seq_map))
 
 
 def test_bad_settings_are_named(seq_map):
-    with pytest.raises(ValueError, match="suan_time_field"):
-        create("SUAN", seq_map, suan_time_field="nope")
+    with pytest.raises(ValueError, match="time_field"):
+        create("SUAN", seq_map, time_field="nope")
     with pytest.raises(ValueError, match="n_heads"):
         create("SUAN", seq_map, n_heads=3)
-    with pytest.raises(ValueError, match="suan_side_field"):
-        create("SUAN", seq_map, suan_target_field="item", suan_sequence_field="hist", suan_side_field="tags")
+    with pytest.raises(ValueError, match="side_field"):
+        create("SUAN", seq_map, target_field="item", sequence_field="hist", side_field="tags")
     m = create("SUAN", seq_map, dnn_hidden_units=[8])
     with pytest.raises(ValueError, match="one user"):
         m.encode_history(_batch(seq_map))
@@ -112,11 +112,11 @@ def test_causality(seq_map, name):
 
 
 @pytest.mark.parametrize("name, kw", [("SUAN", {}), ("LightSUAN", {"attention_window": 2}),
-                                      ("SUAN", {"suan_time_field": None})])
+                                      ("SUAN", {"time_field": None})])
 def test_parallel_inference_equals_independent_forwards(seq_map, name, kw):
     """N candidates of one user scored from one encoding of the history == N full forwards."""
     torch.manual_seed(0)
-    m = _spread(create(name, seq_map, dnn_hidden_units=[16], **{"suan_time_field": "gap", **kw}))
+    m = _spread(create(name, seq_map, dnn_hidden_units=[16], **{"time_field": "gap", **kw}))
     b = _batch(seq_map, n=8, seed=3)
     for user in (0, 1, 2):  # padded, a single behaviour, full
         row = take(b, slice(user, user + 1))
@@ -149,7 +149,7 @@ def test_lightsuan_with_a_full_window_is_suan_and_a_narrow_one_is_not(seq_map):
     dense = _model("SUAN", seq_map)
     b = _batch(seq_map)
     for window, same in ((L, True), (1, False)):
-        light = create("LightSUAN", seq_map, dnn_hidden_units=[16], suan_time_field="gap",
+        light = create("LightSUAN", seq_map, dnn_hidden_units=[16], time_field="gap",
                        attention_window=window, attention_stride=L + 5).eval()
         light.load_state_dict(dense.state_dict())
         with torch.no_grad():
@@ -190,7 +190,7 @@ def test_planted_recency_interest_needs_attention_and_the_time_bias():
     fmap, batch = _planted()
     train, test = take(batch, slice(0, 2000)), take(batch, slice(2000, None))
     assert 0.25 < float(batch["label"].mean()) < 0.5
-    common = dict(embedding_dim=8, dnn_hidden_units=[64], suan_time_field="gap", use_time_embedding=False)
+    common = dict(embedding_dim=8, dnn_hidden_units=[64], time_field="gap", use_time_embedding=False)
     result = {}
     with single_thread():
         for label, name, kw in [("DNN (mean pooling)", "DNN", dict(embedding_dim=8, hidden_units=[64])),

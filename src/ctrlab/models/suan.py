@@ -42,7 +42,7 @@ def suan_fields(feature_map: FeatureMap, target_field, sequence_field) -> tuple[
     one first: ``history`` / ``item_id`` when the map has them, else the first such sequence; so
     ``history`` + ``cate_history`` become one token per event. Otherwise as DIN infers a missing
     one (:func:`ctrlab.models.din.infer_din_fields`), the whole value being one group."""
-    targets, sequences = _group(target_field, "suan_target_field"), _group(sequence_field, "suan_sequence_field")
+    targets, sequences = _group(target_field, "target_field"), _group(sequence_field, "sequence_field")
     if targets is None and sequences is None:
         sharing = [s for s in feature_map.sequences if s.shares is not None]
         if len(sharing) > 1:
@@ -83,15 +83,15 @@ class SUAN(CTRModel):
 
     Hyperparameters (the official repo's configs unless noted):
     ``embedding_dim=10`` (the repo uses 8; 10 like the other ctrlab models, for comparable runs),
-    ``suan_target_field=None``, ``suan_sequence_field=None`` (one name each or one group (list) of
+    ``target_field=None``, ``sequence_field=None`` (one name each or one group (list) of
     names, paired in order; each sequence shares its target's vocabulary; None: inferred, see
-    :func:`suan_fields`), ``suan_side_field=None`` (sequences with the group's ``max_len`` added to
-    behaviour tokens only, e.g. a behaviour type), ``suan_time_field=None`` (a numeric sequence
+    :func:`suan_fields`), ``side_field=None`` (sequences with the group's ``max_len`` added to
+    behaviour tokens only, e.g. a behaviour type), ``time_field=None`` (a numeric sequence
     of seconds before the request, batch key ``numseq:<name>``, aligned with the behaviours;
     None: no time bias and no time embedding), ``n_layers=2``, ``n_heads=2`` (must divide
     ``d``), ``num_time_buckets=128``, ``time_max_gap=3.2e7`` (seconds, about a year: the last
     bucket's start; ours, the repo's bucketing was not retrieved), ``use_time_bias=True`` and
-    ``use_time_embedding=True`` (switches for ablations; both need ``suan_time_field``),
+    ``use_time_embedding=True`` (switches for ablations; both need ``time_field``),
     ``attention_window=None`` / ``attention_stride=None`` (dense attention; see
     :class:`LightSUAN`), ``attention_dropout=0.`` (the repo's dropout 0), ``dnn_hidden_units=(1024,
     512, 256)``, ``dnn_activations="Dice"``, ``net_dropout=0.``, ``batch_norm=False``,
@@ -100,9 +100,9 @@ class SUAN(CTRModel):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 suan_target_field: str | Sequence[str] | None = None,
-                 suan_sequence_field: str | Sequence[str] | None = None,
-                 suan_side_field: str | Sequence[str] | None = None, suan_time_field: str | None = None,
+                 target_field: str | Sequence[str | Sequence[str]] | None = None,
+                 sequence_field: str | Sequence[str | Sequence[str]] | None = None,
+                 side_field: str | Sequence[str] | None = None, time_field: str | None = None,
                  n_layers: int = 2, n_heads: int = 2, num_time_buckets: int = 128, time_max_gap: float = 3.2e7,
                  use_time_bias: bool = True, use_time_embedding: bool = True,
                  attention_window: int | None = None, attention_stride: int | None = None,
@@ -111,27 +111,27 @@ class SUAN(CTRModel):
                  embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
         name = type(self).__name__
-        self.targets, self.sequences = suan_fields(feature_map, suan_target_field, suan_sequence_field)
+        self.targets, self.sequences = suan_fields(feature_map, target_field, sequence_field)
         seqs = {s.name: s for s in feature_map.sequences}
         self.max_len = seqs[self.sequences[0]].max_len
-        self.side = _group(suan_side_field, "suan_side_field") or ()
+        self.side = _group(side_field, "side_field") or ()
         for s in self.side:
             if s not in seqs or s in self.sequences:
-                raise ValueError(f"{name}: suan_side_field {s!r} must be a sequence field outside the behaviour "
+                raise ValueError(f"{name}: side_field {s!r} must be a sequence field outside the behaviour "
                                  f"group {list(self.sequences)}; sequence fields are {sorted(seqs)}")
             if seqs[s].max_len != self.max_len:
-                raise ValueError(f"{name}: suan_side_field {s!r} has max_len {seqs[s].max_len}, the behaviour "
+                raise ValueError(f"{name}: side_field {s!r} has max_len {seqs[s].max_len}, the behaviour "
                                  f"sequences {self.max_len}; side sequences must be aligned with them")
-        self.time_field = suan_time_field
-        if suan_time_field is not None:
+        self.time_field = time_field
+        if time_field is not None:
             numseqs = {s.name: s for s in getattr(feature_map, "numeric_sequences", None) or []}
-            if suan_time_field not in numseqs:
-                raise ValueError(f"{name}: suan_time_field {suan_time_field!r} is not a numeric sequence of the "
+            if time_field not in numseqs:
+                raise ValueError(f"{name}: time_field {time_field!r} is not a numeric sequence of the "
                                  f"feature map (numeric sequences: {sorted(numseqs)}); declare it in the dataset "
-                                 "config with kind: sequence, values: numbers, or set suan_time_field: null")
-            if int(numseqs[suan_time_field].max_len) != self.max_len:
-                raise ValueError(f"{name}: suan_time_field {suan_time_field!r} has max_len "
-                                 f"{numseqs[suan_time_field].max_len}, the behaviour sequences {self.max_len}")
+                                 "config with kind: sequence, values: numbers, or set time_field: null")
+            if int(numseqs[time_field].max_len) != self.max_len:
+                raise ValueError(f"{name}: time_field {time_field!r} has max_len "
+                                 f"{numseqs[time_field].max_len}, the behaviour sequences {self.max_len}")
         if attention_window is not None and attention_window < 0:
             raise ValueError(f"{name}: attention_window must be >= 0 or null (dense), got {attention_window}")
         if attention_stride is not None and attention_stride < 1:
@@ -150,7 +150,7 @@ class SUAN(CTRModel):
             raise ValueError(f"{name}: the profile fields {self.profile} (cross-attention keys) need one embedding "
                              f"size, got {sorted(profile_dims)}; remove their own embedding_dim")
         self.position = nn.Embedding(self.max_len + 2, self.token_dim)  # ranks 0 (leading padding) .. L + 1
-        with_time = suan_time_field is not None
+        with_time = time_field is not None
         self.time_embedding = (nn.Embedding(num_time_buckets, self.token_dim)
                                if with_time and use_time_embedding else None)
         self.num_time_buckets, self.time_max_gap = int(num_time_buckets), float(time_max_gap)
@@ -189,7 +189,7 @@ class SUAN(CTRModel):
             return None
         key = "numseq:" + self.time_field
         if key not in batch:
-            raise KeyError(f"{type(self).__name__}: the batch has no {key!r} (suan_time_field {self.time_field!r})")
+            raise KeyError(f"{type(self).__name__}: the batch has no {key!r} (time_field {self.time_field!r})")
         return batch[key].float().clamp(min=0.0)
 
     def _add_time(self, tokens: torch.Tensor, time: torch.Tensor | None) -> torch.Tensor:
@@ -275,8 +275,8 @@ class LightSUAN(SUAN):
     parallel inference as SUAN; with ``attention_window >= L`` it is SUAN exactly.
 
     Hyperparameters: those of :class:`SUAN` with the same defaults (``embedding_dim=10``,
-    ``suan_target_field=None``, ``suan_sequence_field=None``, ``suan_side_field=None``,
-    ``suan_time_field=None``, ``n_layers=2``, ``n_heads=2``, ``num_time_buckets=128``,
+    ``target_field=None``, ``sequence_field=None``, ``side_field=None``,
+    ``time_field=None``, ``n_layers=2``, ``n_heads=2``, ``num_time_buckets=128``,
     ``time_max_gap=3.2e7``, ``use_time_bias=True``, ``use_time_embedding=True``,
     ``attention_dropout=0.``, ``dnn_hidden_units=(1024, 512, 256)``, ``dnn_activations="Dice"``,
     ``net_dropout=0.``, ``batch_norm=False``, ``embedding_regularizer=0.``,
@@ -288,9 +288,9 @@ class LightSUAN(SUAN):
     """
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 suan_target_field: str | Sequence[str] | None = None,
-                 suan_sequence_field: str | Sequence[str] | None = None,
-                 suan_side_field: str | Sequence[str] | None = None, suan_time_field: str | None = None,
+                 target_field: str | Sequence[str | Sequence[str]] | None = None,
+                 sequence_field: str | Sequence[str | Sequence[str]] | None = None,
+                 side_field: str | Sequence[str] | None = None, time_field: str | None = None,
                  n_layers: int = 2, n_heads: int = 2, num_time_buckets: int = 128, time_max_gap: float = 3.2e7,
                  use_time_bias: bool = True, use_time_embedding: bool = True,
                  attention_window: int = 16, attention_stride: int | None = None,
@@ -299,8 +299,8 @@ class LightSUAN(SUAN):
                  embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         if attention_window is None:
             raise ValueError("LightSUAN: attention_window must be an int >= 0 (use SUAN for dense attention)")
-        super().__init__(feature_map, embedding_dim, suan_target_field, suan_sequence_field, suan_side_field,
-                         suan_time_field, n_layers, n_heads, num_time_buckets, time_max_gap, use_time_bias,
+        super().__init__(feature_map, embedding_dim, target_field, sequence_field, side_field,
+                         time_field, n_layers, n_heads, num_time_buckets, time_max_gap, use_time_bias,
                          use_time_embedding, attention_window, attention_stride, attention_dropout,
                          dnn_hidden_units, dnn_activations, net_dropout, batch_norm, embedding_regularizer,
                          net_regularizer)
