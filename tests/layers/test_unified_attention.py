@@ -216,6 +216,28 @@ def test_the_sparse_kernel_is_used_only_where_it_leaves_keys_out():
     assert not _block().uses_sparse_kernel(T)  # dense SUAN
 
 
+def test_the_sparse_kernel_is_causal_slot_by_slot_padding_included():
+    """Changing a token changes no earlier slot's state, padding slots included (SUAN's candidate,
+    the last token, must not move the behaviours' states, wherever the padding is)."""
+    block = _block(window=2, stride=3)
+    block.eval()
+    t = 10
+    real = _padded_rows(t, seed=1)
+    rank = torch.cumsum(real.long(), 1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(real.shape[0], t, D, generator=g)
+    time = torch.sort(torch.rand(real.shape[0], t, generator=g) * 1e5, 1, descending=True).values * real
+    profile = torch.randn(real.shape[0], 4, 6, generator=g)
+    assert block.uses_sparse_kernel(t)
+    out, _ = block(x, rank, real, time, profile)
+    for j in (4, t - 1):
+        x2 = x.clone()
+        x2[:, j] += 5.0
+        out2, _ = block(x2, rank, real, time, profile)
+        torch.testing.assert_close(out2[:, :j], out[:, :j], rtol=0, atol=1e-6)
+        assert (out2[:, j] - out[:, j]).abs().max() > 1e-3
+
+
 class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
     """Records the largest number of elements of any tensor an operator returns."""
 

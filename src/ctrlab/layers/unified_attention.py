@@ -177,7 +177,10 @@ class UnifiedAttentionBlock(nn.Module):
         1. The real tokens move to the front of each row, in order (the permutation a stable
            argsort of ``~real`` gives, computed with cumulative sums): there, the distance between
            two real tokens' slots is their rank distance, so the window and the grid are slot
-           patterns. The outputs go back to the original slots at the end.
+           patterns. The outputs go back to the original slots at the end. A padding token
+           attends to itself only (its state, which nothing reads, depends on nothing else: the
+           block stays causal slot by slot, padding included; the dense path lets it see earlier
+           real tokens).
         2. Local part: slots in blocks of ``w = window + 1``; block ``n``'s queries against the
            keys of blocks ``n − 1`` and ``n`` (``2w`` logits per query), kept where
            ``0 <= i − j <= window``.
@@ -220,7 +223,8 @@ class UnifiedAttentionBlock(nn.Module):
 
         offset = w + torch.arange(w, device=q.device).unsqueeze(1) - torch.arange(2 * w, device=q.device)  # i − j
         band = (offset >= 0) & (offset <= window)
-        keep = band & (two_blocks(real).unsqueeze(2) | (offset == 0))  # (B, nb, w, 2w)
+        real_q = one_block(real).unsqueeze(3)
+        keep = band & ((two_blocks(real).unsqueeze(2) & real_q) | (offset == 0))  # (B, nb, w, 2w)
         bias = self._pair_bias(one_block(rank).unsqueeze(3) - two_blocks(rank).unsqueeze(2),
                                None if time is None else one_block(time).unsqueeze(3),
                                None if time is None else two_blocks(time).unsqueeze(2))
@@ -240,7 +244,8 @@ class UnifiedAttentionBlock(nn.Module):
 
             grid = torch.arange(m, device=q.device)
             grid = grid.unsqueeze(1) - grid  # g_q − g_k
-            keep = (grid >= g0) & classes(real).unsqueeze(2)  # (B, stride, m, m)
+            real_d = classes(real)
+            keep = (grid >= g0) & real_d.unsqueeze(2) & real_d.unsqueeze(3)  # (B, stride, m, m)
             rank_d, time_d = classes(rank), None if time is None else classes(time)
             bias = self._pair_bias(rank_d.unsqueeze(3) - rank_d.unsqueeze(2),
                                    None if time is None else time_d.unsqueeze(3),
