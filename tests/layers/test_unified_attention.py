@@ -183,7 +183,8 @@ def test_the_sparse_kernel_equals_the_masked_dense_attention(t, window, stride, 
     b = real.shape[0]
     rank = torch.cumsum(real.long(), 1)
     x = torch.randn(b, t, D, dtype=torch.float64, requires_grad=True)
-    time = torch.sort(torch.rand(b, t, dtype=torch.float64) * 1e6, 1, descending=True).values * real if with_time else None
+    time = torch.sort(torch.rand(b, t, dtype=torch.float64) * 1e6, 1, descending=True).values * real
+    time = time if with_time else None
     profile = torch.randn(b, 3, 6, dtype=torch.float64) if with_profile else None
     probe = torch.randn(b, t, D, dtype=torch.float64) * real.unsqueeze(-1)  # a loss on the real tokens only
     results = []
@@ -209,7 +210,8 @@ def test_the_sparse_kernel_equals_the_masked_dense_attention(t, window, stride, 
 
 def test_the_sparse_kernel_is_used_only_where_it_leaves_keys_out():
     block = _block(window=3, stride=2)
-    assert block.uses_sparse_kernel(T) and block.uses_sparse_kernel(5) and not block.uses_sparse_kernel(4)  # 3 >= 4 − 1
+    assert block.uses_sparse_kernel(T) and block.uses_sparse_kernel(5)
+    assert not block.uses_sparse_kernel(4)  # window 3 >= 4 − 1: every causal pair, dense exactly
     x, rank, real, time, profile = _inputs()
     _, past = block(x[:, :8], rank[:, :8], real[:, :8], time[:, :8], profile)
     assert not block.uses_sparse_kernel(4, past)  # few queries against a cached prefix: dense with a mask
@@ -275,6 +277,5 @@ def test_the_sparse_kernel_never_builds_a_t_by_t_tensor():
     block.sparse_kernel = False
     meta = block.to("meta")
     with _LargestTensor() as dense:
-        meta(x.detach().to("meta"), rank.to("meta"), real.to("meta"), time.to("meta"), torch.randn(1, 3, 6, device="meta"),
-             cache=False)
+        meta(*(a.detach().to("meta") for a in (x, rank, real, time, torch.randn(1, 3, 6))), cache=False)
     assert dense.largest >= 2 * t * t > bound

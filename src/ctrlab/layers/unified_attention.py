@@ -103,6 +103,16 @@ class UnifiedAttentionBlock(nn.Module):
     flags and the fusion's running sum and count), so a prefix is encoded once and later tokens
     attend to it (SUAN's parallel inference); ``past`` may have batch size 1 and broadcast.
     Dropout (``dropout``) on the attention weights and the sub-layers' outputs.
+
+    Cost: with a ``window`` that leaves pairs out (``window < T − 1``) a full-sequence call
+    computes the sparse attention directly (:meth:`_sparse_attention`: local blocks plus the
+    dilated residue classes, one softmax), in ``O(B·H·T·(window + T/stride))`` memory and time,
+    no ``T × T`` tensor; it equals the dense attention with the pattern as a mask (tested) on the
+    real tokens. Calls with a ``past`` (a few candidate queries against a cached prefix), dense
+    blocks (``window=None``) and windows covering the sequence use the dense masked computation.
+    ``sparse_kernel = False`` (an attribute, not a hyperparameter) forces the dense one, for
+    reference. The sparse kernel also exports to ONNX (tracing): the sequence length is then a
+    constant of the graph (it is ``max_len + 1`` in SUAN), the batch size stays dynamic.
     """
 
     def __init__(self, dim: int, n_heads: int = 2, profile_dim: int | None = None, max_distance: int = 100,
@@ -193,12 +203,13 @@ class UnifiedAttentionBlock(nn.Module):
         """
         if self.stride is None or self.stride < 1:
             raise ValueError(f"sparse attention needs a stride >= 1, got {self.stride}")
-        h, t, dh = q.shape[1], q.shape[2], q.shape[3]
+        h, t, dh = (int(n) for n in q.shape[1:])  # constants when traced (the length is fixed in a graph)
         window, stride, scale = int(self.window), int(self.stride), math.sqrt(self.head_dim)
         # 1. real tokens first (dest: where each slot goes; src: which slot each place takes)
         real_l = real.long()
         slots = torch.arange(t, device=q.device).expand_as(rank)
-        dest = torch.where(real, torch.cumsum(real_l, 1) - 1, real_l.sum(1, keepdim=True) + torch.cumsum(1 - real_l, 1) - 1)
+        n_real = real_l.sum(1, keepdim=True)
+        dest = torch.where(real, torch.cumsum(real_l, 1) - 1, n_real + torch.cumsum(1 - real_l, 1) - 1)
         src = torch.zeros_like(dest).scatter(1, dest, slots)
         by_head = src.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh)
         q, k, v = q.gather(2, by_head), k.gather(2, by_head), v.gather(2, by_head)
@@ -209,11 +220,11 @@ class UnifiedAttentionBlock(nn.Module):
         nb = -(-t // w)
         tl = nb * w
 
-        def pad(z, front, back, value=0):  # along the token axis (dim 1 of (B, T), dim 2 of (B, H, T, d))
-            return F.pad(z, (front, back), value=value) if z.dim() == 2 else F.pad(z, (0, 0, front, back))
+        def pad(z, front, back):  # zeros (False) along the token axis (dim 1 of (B, T), dim 2 of (B, H, T, d))
+            return F.pad(z, (front, back)) if z.dim() == 2 else F.pad(z, (0, 0, front, back))
 
-        def two_blocks(z):  # (B[, H], T[, d]) -> (B[, H], nb, 2w[, d]): keys of block n = slots (n−1)w .. (n+1)w − 1
-            zp = pad(z, w, tl - t, False if z.dtype == torch.bool else 0)
+        def two_blocks(z):  # (B[, H], T[, d]) -> (B[, H], nb, 2w[, d]): block n's keys, slots (n−1)w .. (n+1)w − 1
+            zp = pad(z, w, tl - t)
             if z.dim() == 2:
                 return torch.cat([zp[:, :tl].reshape(-1, nb, w), zp[:, w:].reshape(-1, nb, w)], 2)
             return torch.cat([zp[:, :, :tl].reshape(-1, h, nb, w, dh), zp[:, :, w:].reshape(-1, h, nb, w, dh)], 3)
@@ -239,7 +250,7 @@ class UnifiedAttentionBlock(nn.Module):
         if dilated:
             def classes(z):  # (B[, H], T[, d]) -> (B[, H], stride, m[, d]): slot i = g·stride + r at [r, g]
                 if z.dim() == 2:
-                    return pad(z, 0, td - t, False if z.dtype == torch.bool else 0).reshape(-1, m, stride).transpose(1, 2)
+                    return pad(z, 0, td - t).reshape(-1, m, stride).transpose(1, 2)
                 return pad(z, 0, td - t).reshape(-1, h, m, stride, dh).transpose(2, 3)
 
             grid = torch.arange(m, device=q.device)
@@ -256,7 +267,8 @@ class UnifiedAttentionBlock(nn.Module):
             parts.append(logits.permute(0, 1, 3, 2, 4).reshape(-1, h, td, m)[:, :, :t])
         # 4. one softmax over both parts
         weights = self.dropout(torch.softmax(torch.cat(parts, -1) if dilated else parts[0], dim=-1))
-        att = (pad(weights[..., :2 * w], 0, tl - t).reshape(-1, h, nb, w, 2 * w) @ v_loc).reshape(-1, h, tl, dh)[:, :, :t]
+        att = pad(weights[..., :2 * w], 0, tl - t).reshape(-1, h, nb, w, 2 * w) @ v_loc
+        att = att.reshape(-1, h, tl, dh)[:, :, :t]
         if dilated:
             wd = pad(weights[..., 2 * w:], 0, td - t).reshape(-1, h, m, stride, m).transpose(2, 3)
             att = att + (wd @ v_dil).transpose(2, 3).reshape(-1, h, td, dh)[:, :, :t]
