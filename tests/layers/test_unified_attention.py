@@ -145,3 +145,137 @@ def test_bad_arguments_are_named():
         UnifiedAttentionBlock(10, n_heads=3)
     with pytest.raises(ValueError, match="window"):
         UnifiedAttentionBlock(8, window=-1)
+
+
+# ---- the sparse kernel (LightSUAN's attention without T × T tensors) -----------------------------
+
+def _padded_rows(t, seed):
+    """Real flags of rows with pre-, post- and scattered padding, one all-padding row, one with a
+    single real token and one shorter than any window used below (3 real tokens)."""
+    g = torch.Generator().manual_seed(seed)
+    n = torch.randint(1, t, (3,), generator=g)
+    slots = torch.arange(t)
+    rows = [slots >= t - n[0],  # pre-padding
+            slots < n[1],  # post-padding
+            torch.rand(t, generator=g) < 0.6,  # padding anywhere
+            torch.zeros(t, dtype=torch.bool),  # all padding
+            slots == t - 1,  # one real token
+            (slots >= 2) & (slots < 5),  # three real tokens between padding
+            torch.ones(t, dtype=torch.bool)]
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("t,window,stride", [(12, 2, 5), (12, 3, 1), (30, 4, 6), (30, 0, 3), (30, 5, 40),
+                                             (41, 7, 3), (17, 15, 2), (25, 6, 7)])
+@pytest.mark.parametrize("with_time,with_profile", [(True, True), (False, False), (True, False)])
+def test_the_sparse_kernel_equals_the_masked_dense_attention(t, window, stride, with_time, with_profile):
+    """Values and gradients (inputs and every parameter) of the sparse kernel equal the dense
+    attention with the pattern as a mask, on the real tokens (what padding tokens hold is read by
+    nothing; it only has to be finite)."""
+    torch.manual_seed(t + window)
+    block = UnifiedAttentionBlock(D, n_heads=2, profile_dim=6 if with_profile else None, max_distance=t,
+                                  window=window, stride=stride, use_time_bias=with_time).double()
+    with torch.no_grad():
+        block.position_bias.normal_()
+        if block.time_bias is not None:
+            block.time_bias.normal_()
+    real = _padded_rows(t, seed=t)
+    b = real.shape[0]
+    rank = torch.cumsum(real.long(), 1)
+    x = torch.randn(b, t, D, dtype=torch.float64, requires_grad=True)
+    time = torch.sort(torch.rand(b, t, dtype=torch.float64) * 1e6, 1, descending=True).values * real
+    time = time if with_time else None
+    profile = torch.randn(b, 3, 6, dtype=torch.float64) if with_profile else None
+    probe = torch.randn(b, t, D, dtype=torch.float64) * real.unsqueeze(-1)  # a loss on the real tokens only
+    results = []
+    for sparse in (True, False):
+        block.sparse_kernel = sparse
+        assert block.uses_sparse_kernel(t) is sparse
+        block.zero_grad()
+        x.grad = None
+        out, present = block(x, rank, real, time, profile)
+        (out * probe).sum().backward()
+        assert torch.isfinite(out).all()
+        results.append((out.detach()[real], x.grad.clone(), {n: p.grad.clone() for n, p in block.named_parameters()
+                                                            if p.grad is not None}, present))
+    (got, got_dx, got_dp, got_present), (want, want_dx, want_dp, want_present) = results
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+    torch.testing.assert_close(got_dx, want_dx, rtol=0, atol=1e-5)
+    assert got_dp.keys() == want_dp.keys() and "position_bias" in got_dp
+    for name in want_dp:
+        torch.testing.assert_close(got_dp[name], want_dp[name], rtol=1e-5, atol=1e-5, msg=name)
+    for name in ("k", "v", "rank", "real"):  # the cache a later call attends to is the dense path's
+        assert torch.equal(got_present[name], want_present[name])
+
+
+def test_the_sparse_kernel_is_used_only_where_it_leaves_keys_out():
+    block = _block(window=3, stride=2)
+    assert block.uses_sparse_kernel(T) and block.uses_sparse_kernel(5)
+    assert not block.uses_sparse_kernel(4)  # window 3 >= 4 − 1: every causal pair, dense exactly
+    x, rank, real, time, profile = _inputs()
+    _, past = block(x[:, :8], rank[:, :8], real[:, :8], time[:, :8], profile)
+    assert not block.uses_sparse_kernel(4, past)  # few queries against a cached prefix: dense with a mask
+    assert not _block().uses_sparse_kernel(T)  # dense SUAN
+
+
+def test_the_sparse_kernel_is_causal_slot_by_slot_padding_included():
+    """Changing a token changes no earlier slot's state, padding slots included (SUAN's candidate,
+    the last token, must not move the behaviours' states, wherever the padding is)."""
+    block = _block(window=2, stride=3)
+    block.eval()
+    t = 10
+    real = _padded_rows(t, seed=1)
+    rank = torch.cumsum(real.long(), 1)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(real.shape[0], t, D, generator=g)
+    time = torch.sort(torch.rand(real.shape[0], t, generator=g) * 1e5, 1, descending=True).values * real
+    profile = torch.randn(real.shape[0], 4, 6, generator=g)
+    assert block.uses_sparse_kernel(t)
+    out, _ = block(x, rank, real, time, profile)
+    for j in (4, t - 1):
+        x2 = x.clone()
+        x2[:, j] += 5.0
+        out2, _ = block(x2, rank, real, time, profile)
+        torch.testing.assert_close(out2[:, :j], out[:, :j], rtol=0, atol=1e-6)
+        assert (out2[:, j] - out[:, j]).abs().max() > 1e-3
+
+
+class _LargestTensor(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the largest number of elements of any tensor an operator returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for o in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(o, torch.Tensor):
+                self.largest = max(self.largest, o.numel())
+        return out
+
+
+def test_the_sparse_kernel_never_builds_a_t_by_t_tensor():
+    """At T = 20,000 (B = 1) no tensor of the forward or backward pass reaches T²/20 elements
+    (a dense T × T score tensor has T² per head); the same bound catches the dense path (run on
+    the meta device: shapes only). Largest tensor: H·T·(2(window + 1) + ⌈T/stride⌉)."""
+    t, window = 20_000, 16
+    stride = auto_stride(t)
+    torch.manual_seed(0)
+    block = UnifiedAttentionBlock(D, n_heads=2, profile_dim=6, max_distance=t, window=window, stride=stride)
+    real = torch.ones(1, t, dtype=torch.bool)
+    real[0, :1000] = False
+    rank = torch.cumsum(real.long(), 1)
+    time = torch.linspace(1e7, 0, t).unsqueeze(0) * real
+    x = torch.randn(1, t, D, requires_grad=True)
+    with _LargestTensor() as record:
+        out, _ = block(x, rank, real, time, torch.randn(1, 3, 6), cache=False)
+        out[:, -1].sum().backward()
+    assert torch.isfinite(out).all() and torch.isfinite(x.grad).all()
+    bound = t * t // 20
+    assert record.largest <= 2 * t * (2 * (window + 1) + -(-t // stride)) < bound, record.largest
+    block.sparse_kernel = False
+    meta = block.to("meta")
+    with _LargestTensor() as dense:
+        meta(*(a.detach().to("meta") for a in (x, rank, real, time, torch.randn(1, 3, 6))), cache=False)
+    assert dense.largest >= 2 * t * t > bound

@@ -103,6 +103,16 @@ class UnifiedAttentionBlock(nn.Module):
     flags and the fusion's running sum and count), so a prefix is encoded once and later tokens
     attend to it (SUAN's parallel inference); ``past`` may have batch size 1 and broadcast.
     Dropout (``dropout``) on the attention weights and the sub-layers' outputs.
+
+    Cost: with a ``window`` that leaves pairs out (``window < T − 1``) a full-sequence call
+    computes the sparse attention directly (:meth:`_sparse_attention`: local blocks plus the
+    dilated residue classes, one softmax), in ``O(B·H·T·(window + T/stride))`` memory and time,
+    no ``T × T`` tensor; it equals the dense attention with the pattern as a mask (tested) on the
+    real tokens. Calls with a ``past`` (a few candidate queries against a cached prefix), dense
+    blocks (``window=None``) and windows covering the sequence use the dense masked computation.
+    ``sparse_kernel = False`` (an attribute, not a hyperparameter) forces the dense one, for
+    reference. The sparse kernel also exports to ONNX (tracing): the sequence length is then a
+    constant of the graph (it is ``max_len + 1`` in SUAN), the batch size stays dynamic.
     """
 
     def __init__(self, dim: int, n_heads: int = 2, profile_dim: int | None = None, max_distance: int = 100,
@@ -136,6 +146,7 @@ class UnifiedAttentionBlock(nn.Module):
         self.ffn_gate, self.ffn_up = nn.Linear(dim, hidden, bias=False), nn.Linear(dim, hidden, bias=False)
         self.ffn_down = nn.Linear(hidden, dim, bias=False)
         self.dropout = nn.Dropout(dropout)
+        self.sparse_kernel = True
 
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
@@ -150,11 +161,118 @@ class UnifiedAttentionBlock(nn.Module):
         itself = k_idx.unsqueeze(0) == q_idx.unsqueeze(1)
         pattern = sparse_pattern(distance, self.window, self.stride)
         allowed = causal & (real_k.unsqueeze(1) | itself) & (pattern | itself)
+        time_q, time_k = (None, None) if time_q is None else (time_q.unsqueeze(2), time_k.unsqueeze(1))
+        return self._pair_bias(distance, time_q, time_k), allowed
+
+    def _pair_bias(self, distance, time_q, time_k) -> torch.Tensor:
+        """``p[min(distance, P)] + τ[bucket(|t_q − t_k|)]`` (no time term without times), for
+        whatever (broadcastable) set of pairs the arguments describe."""
         bias = self.position_bias[distance.clamp(0, self.max_distance)]
         if self.time_bias is not None and time_q is not None:
-            gap = (time_q.unsqueeze(2) - time_k.unsqueeze(1)).abs()
+            gap = (time_q - time_k).abs()
             bias = bias + self.time_bias[time_buckets(gap, self.num_time_buckets, self.time_max_gap)]
-        return bias, allowed
+        return bias
+
+    def uses_sparse_kernel(self, length: int, past: dict | None = None) -> bool:
+        """Whether a call on ``length`` tokens computes the sparse attention directly
+        (:meth:`_sparse_attention`) rather than as dense attention with a mask: a full-sequence
+        call (no ``past``) with a window that leaves some causal pair out (``window < T − 1``),
+        and :attr:`sparse_kernel` on. Both give the same attention (up to float rounding)."""
+        return self.sparse_kernel and past is None and self.window is not None and self.window < length - 1
+
+    def _sparse_attention(self, q, k, v, rank, time, real) -> torch.Tensor:
+        """The attention output ``(B, H, T, d_h)`` of a full sequence under the sparse pattern,
+        in ``O(B·H·T·(2(window + 1) + ⌈T/stride⌉))`` memory and time (no ``T × T`` tensor).
+
+        1. The real tokens move to the front of each row, in order (the permutation a stable
+           argsort of ``~real`` gives, computed with cumulative sums): there, the distance between
+           two real tokens' slots is their rank distance, so the window and the grid are slot
+           patterns. The outputs go back to the original slots at the end. A padding token
+           attends to itself only (its state, which nothing reads, depends on nothing else: the
+           block stays causal slot by slot, padding included; the dense path lets it see earlier
+           real tokens).
+        2. Local part: slots in blocks of ``w = window + 1``; block ``n``'s queries against the
+           keys of blocks ``n − 1`` and ``n`` (``2w`` logits per query), kept where
+           ``0 <= i − j <= window``.
+        3. Dilated part: the slots of one residue ``i mod stride`` form a ``⌈T/stride⌉``-long
+           subsequence; causal attention inside it at grid distances ``g`` with
+           ``g·stride > window`` (the nearer ones are in the window: no pair counted twice).
+        4. One softmax per query over both parts' logits (``q·k/√d_h`` + the position and
+           time-gap biases of those pairs; padding keys masked, each token its own key), dropout,
+           and the weighted values of both parts summed.
+        """
+        if self.stride is None or self.stride < 1:
+            raise ValueError(f"sparse attention needs a stride >= 1, got {self.stride}")
+        h, t, dh = (int(n) for n in q.shape[1:])  # constants when traced (the length is fixed in a graph)
+        window, stride, scale = int(self.window), int(self.stride), math.sqrt(self.head_dim)
+        # 1. real tokens first (dest: where each slot goes; src: which slot each place takes)
+        real_l = real.long()
+        slots = torch.arange(t, device=q.device).expand_as(rank)
+        n_real = real_l.sum(1, keepdim=True)
+        dest = torch.where(real, torch.cumsum(real_l, 1) - 1, n_real + torch.cumsum(1 - real_l, 1) - 1)
+        src = torch.zeros_like(dest).scatter(1, dest, slots)
+        by_head = src.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh)
+        q, k, v = q.gather(2, by_head), k.gather(2, by_head), v.gather(2, by_head)
+        rank, real = rank.gather(1, src), real.gather(1, src)
+        time = None if time is None else time.gather(1, src)
+        # 2. local: blocks of w = window + 1 slots, keys from the block before and the block itself
+        w = window + 1
+        nb = -(-t // w)
+        tl = nb * w
+
+        def pad(z, front, back):  # zeros (False) along the token axis (dim 1 of (B, T), dim 2 of (B, H, T, d))
+            return F.pad(z, (front, back)) if z.dim() == 2 else F.pad(z, (0, 0, front, back))
+
+        def two_blocks(z):  # (B[, H], T[, d]) -> (B[, H], nb, 2w[, d]): block n's keys, slots (n−1)w .. (n+1)w − 1
+            zp = pad(z, w, tl - t)
+            if z.dim() == 2:
+                return torch.cat([zp[:, :tl].reshape(-1, nb, w), zp[:, w:].reshape(-1, nb, w)], 2)
+            return torch.cat([zp[:, :, :tl].reshape(-1, h, nb, w, dh), zp[:, :, w:].reshape(-1, h, nb, w, dh)], 3)
+
+        def one_block(z):  # queries: (B, T) -> (B, nb, w)
+            return pad(z, 0, tl - t).reshape(-1, nb, w)
+
+        offset = w + torch.arange(w, device=q.device).unsqueeze(1) - torch.arange(2 * w, device=q.device)  # i − j
+        band = (offset >= 0) & (offset <= window)
+        real_q = one_block(real).unsqueeze(3)
+        keep = band & ((two_blocks(real).unsqueeze(2) & real_q) | (offset == 0))  # (B, nb, w, 2w)
+        bias = self._pair_bias(one_block(rank).unsqueeze(3) - two_blocks(rank).unsqueeze(2),
+                               None if time is None else one_block(time).unsqueeze(3),
+                               None if time is None else two_blocks(time).unsqueeze(2))
+        bias = bias.masked_fill(~keep, float("-inf"))
+        k_loc, v_loc = two_blocks(k), two_blocks(v)
+        logits = pad(q, 0, tl - t).reshape(-1, h, nb, w, dh) @ k_loc.transpose(-1, -2) / scale + bias.unsqueeze(1)
+        parts = [logits.reshape(-1, h, tl, 2 * w)[:, :, :t]]
+        # 3. dilated: residue classes of the stride, grid distances g >= g0 (g·stride > window)
+        m = -(-t // stride)
+        td, g0 = m * stride, window // stride + 1
+        dilated = g0 < m
+        if dilated:
+            def classes(z):  # (B[, H], T[, d]) -> (B[, H], stride, m[, d]): slot i = g·stride + r at [r, g]
+                if z.dim() == 2:
+                    return pad(z, 0, td - t).reshape(-1, m, stride).transpose(1, 2)
+                return pad(z, 0, td - t).reshape(-1, h, m, stride, dh).transpose(2, 3)
+
+            grid = torch.arange(m, device=q.device)
+            grid = grid.unsqueeze(1) - grid  # g_q − g_k
+            real_d = classes(real)
+            keep = (grid >= g0) & real_d.unsqueeze(2) & real_d.unsqueeze(3)  # (B, stride, m, m)
+            rank_d, time_d = classes(rank), None if time is None else classes(time)
+            bias = self._pair_bias(rank_d.unsqueeze(3) - rank_d.unsqueeze(2),
+                                   None if time is None else time_d.unsqueeze(3),
+                                   None if time is None else time_d.unsqueeze(2))
+            bias = bias.masked_fill(~keep, float("-inf"))
+            v_dil = classes(v)
+            logits = classes(q) @ classes(k).transpose(-1, -2) / scale + bias.unsqueeze(1)  # (B, H, stride, m, m)
+            parts.append(logits.permute(0, 1, 3, 2, 4).reshape(-1, h, td, m)[:, :, :t])
+        # 4. one softmax over both parts
+        weights = self.dropout(torch.softmax(torch.cat(parts, -1) if dilated else parts[0], dim=-1))
+        att = pad(weights[..., :2 * w], 0, tl - t).reshape(-1, h, nb, w, 2 * w) @ v_loc
+        att = att.reshape(-1, h, tl, dh)[:, :, :t]
+        if dilated:
+            wd = pad(weights[..., 2 * w:], 0, td - t).reshape(-1, h, m, stride, m).transpose(2, 3)
+            att = att + (wd @ v_dil).transpose(2, 3).reshape(-1, h, td, dh)[:, :, :t]
+        return att.gather(2, dest.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh))  # back to the original slots
 
     def forward(self, x: torch.Tensor, rank: torch.Tensor, real: torch.Tensor, time: torch.Tensor | None = None,
                 profile: torch.Tensor | None = None, past: dict | None = None, cache: bool = True):
@@ -171,17 +289,20 @@ class UnifiedAttentionBlock(nn.Module):
             rank_k = torch.cat([past["rank"].expand(b, -1), rank], 1)
             real_k = torch.cat([past["real"].expand(b, -1), real], 1)
             time_k = None if time is None else torch.cat([past["time"].expand(b, -1), time], 1)
-        bias, allowed = self._bias_and_mask(rank, rank_k, time, time_k, real_k, offset)
-        scores = q @ k.transpose(-1, -2)
-        if past is not None:  # (1 or B, H, P, d_h) keys broadcast against (B, H, Tq, d_h) queries
-            scores = torch.cat([(q @ past["k"].transpose(-1, -2)).expand(b, -1, -1, -1), scores], -1)
-        scores = scores / math.sqrt(self.head_dim) + bias.unsqueeze(1)
-        weights = self.dropout(torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), float("-inf")), dim=-1))
-        if past is None:
-            att = weights @ v
-        else:
-            p = offset
-            att = weights[..., :p] @ past["v"] + weights[..., p:] @ v
+        if self.uses_sparse_kernel(tq, past):
+            att = self._sparse_attention(q, k, v, rank, time, real)
+        else:  # dense attention with the pattern as a mask (also a few queries against a cached prefix)
+            bias, allowed = self._bias_and_mask(rank, rank_k, time, time_k, real_k, offset)
+            scores = q @ k.transpose(-1, -2)
+            if past is not None:  # (1 or B, H, P, d_h) keys broadcast against (B, H, Tq, d_h) queries
+                scores = torch.cat([(q @ past["k"].transpose(-1, -2)).expand(b, -1, -1, -1), scores], -1)
+            scores = scores / math.sqrt(self.head_dim) + bias.unsqueeze(1)
+            weights = self.dropout(torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), float("-inf")), dim=-1))
+            if past is None:
+                att = weights @ v
+            else:
+                p = offset
+                att = weights[..., :p] @ past["v"] + weights[..., p:] @ v
         att = self.o(att.transpose(1, 2).reshape(b, tq, self.dim))
         x = self.norm_attn(self.dropout(att) + xh)
         present = {}
