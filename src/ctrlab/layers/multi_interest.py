@@ -40,15 +40,17 @@ class OrthogonalMultiInterest(nn.Module):
     * routing: behaviour j goes to channel ``argmax_k s_jk`` only (real positions only); filtering:
       inside each channel only the ``top_k`` routed behaviours with the largest ``s_jk`` stay →
       0/1 mask ``M_jk`` (each behaviour in at most one channel, each channel ≤ top_k, padding in none);
-    * interests ``r_k = (1/n) Σ_j M_jk s_jk h_j`` with ``n`` = the row's number of real behaviours
-      (``normalize="behaviours"``: the paper's 1/L without counting padding, so r does not shrink
-      with the padded length) or the channel's routed count (``"routed"``); n ≥ 1.
+    * interests ``r_k = (1/n_k) Σ_j M_jk s_jk h_j`` with ``n_k`` = the channel's kept count
+      (``normalize="routed"``, default: a mean over the channel's behaviours, so an interest held by
+      few of a long history's behaviours is not diluted) or the row's number of real behaviours
+      (``"behaviours"``: the paper's 1/L without counting padding); n ≥ 1. On the planted
+      multi-interest task (tests/models/test_diffumin.py) "behaviours" fell below mean pooling.
     """
 
-    NORMALIZE = ("behaviours", "routed")
+    NORMALIZE = ("routed", "behaviours")
 
     def __init__(self, target_dim: int, behaviour_dim: int, num_channels: int = 4, top_k: int = 100,
-                 normalize: str = "behaviours"):
+                 normalize: str = "routed"):
         super().__init__()
         if not 1 <= num_channels <= behaviour_dim:
             raise ValueError(f"num_channels={num_channels} orthogonal channels need 1 <= num_channels <= the "

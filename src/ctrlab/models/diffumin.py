@@ -29,8 +29,8 @@ class DiffuMIN(CTRModel):
     * **OMIE** (:class:`~ctrlab.layers.multi_interest.OrthogonalMultiInterest`): orthonormal
       directions ``q_1 … q_K`` = QR of ``reshape(W t, (d, K))`` (diag(R) > 0), ``s_jk = h_j·q_k``,
       each real behaviour routed to ``argmax_k s_jk``, the ``top_k`` largest per channel kept,
-      ``r_k = (1/n) Σ_j M_jk s_jk h_j`` (n: real behaviours, or the routed count with
-      ``interest_normalize="routed"``) → ``r`` (B, K, d).
+      ``r_k = (1/n_k) Σ_j M_jk s_jk h_j`` (n_k: the channel's kept count; the row's real behaviours
+      with ``interest_normalize="behaviours"``) → ``r`` (B, K, d).
     * **DMIG** (``use_diffusion``): ``r̄_k = r_k/‖r_k‖``; DDPM (``diffusion_steps`` T, β linear
       ``beta_start → beta_end``) with an x₀-predicting denoiser
       (:class:`~ctrlab.layers.diffusion.InterestDenoiser`: ``n_layers`` blocks, ``num_heads``,
@@ -55,7 +55,7 @@ class DiffuMIN(CTRModel):
 
     Hyperparameters (the official repo's configs; D = 10 like the other ctrlab models, the repo
     uses 8): ``embedding_dim=10``, ``din_target_field=None``, ``din_sequence_field=None``,
-    ``num_channels=4``, ``top_k=100``, ``interest_normalize="behaviours"``, ``use_diffusion=True``,
+    ``num_channels=4``, ``top_k=100``, ``interest_normalize="routed"``, ``use_diffusion=True``,
     ``use_contrastive=True``, ``n_layers=2``, ``num_heads=2``, ``dff_factor=3``,
     ``diffusion_steps=1000``, ``infer_timesteps=10``, ``beta_start=1e-4``, ``beta_end=0.02``,
     ``temperature=0.05``, ``diffusion_weight=0.01`` (λ1), ``contrastive_weight=0.001`` (λ2),
@@ -75,7 +75,7 @@ class DiffuMIN(CTRModel):
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  din_target_field: str | Sequence[str | Sequence[str]] | None = None,
                  din_sequence_field: str | Sequence[str | Sequence[str]] | None = None,
-                 num_channels: int = 4, top_k: int = 100, interest_normalize: str = "behaviours",
+                 num_channels: int = 4, top_k: int = 100, interest_normalize: str = "routed",
                  use_diffusion: bool = True, use_contrastive: bool = True,
                  n_layers: int = 2, num_heads: int = 2, dff_factor: int = 3,
                  diffusion_steps: int = 1000, infer_timesteps: int = 10,
