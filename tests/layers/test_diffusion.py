@@ -88,6 +88,10 @@ def test_denoiser_output_k_ignores_the_clean_token_k():
     """Copy k of the tokens has token k replaced by its noisy version: output k depends on the
     other channels' clean interests, on its own noisy input and on t, not on its own clean interest."""
     den = InterestDenoiser(8, 4, n_layers=2, num_heads=2)
+    noisy = torch.randn(3, 4, 8)
+    assert torch.equal(den(torch.randn(3, 4, 8), noisy, 5, torch.randn(3, 4, 8)), noisy)
+    with torch.no_grad():  # untrained: x̂_0 = x_t exactly (zero-initialised output); trained-like weights below
+        den.out.weight.normal_()
     clean, noisy, q = torch.randn(3, 4, 8), torch.randn(3, 4, 8), torch.randn(3, 4, 8)
     t = torch.randint(1, 1000, (3, 4))
     out = den(clean, noisy, t, q)

@@ -101,8 +101,10 @@ class InterestDenoiser(nn.Module):
     """x₀-predictor over the K channel tokens: for each channel k, the tokens are the clean interests
     ``r̄_j`` with token k replaced by its noisy ``x_t``; ``+ emb(t)`` on every token; ``n_layers``
     :class:`TransformerBlock` s (self-attention over the K tokens → Add & LN → cross-attention to the
-    K channel directions ``q̂`` → Add & LN → FFN (ReLU, ``dff·d``) → Add & LN); a final ``Linear(d, d)``
-    (so the LN-normalised state can reach any vector); output token k = ``x̂_0`` of channel k.
+    K channel directions ``q̂`` → Add & LN → FFN (ReLU, ``dff·d``) → Add & LN); output token k:
+    ``x̂_0 = x_t + W_out z_k`` (a skip connection around the blocks, ``W_out`` zero-initialised, so an
+    untrained denoiser predicts ``x̂_0 = x_t`` and generation starts near the identity instead of a
+    random map: on the planted task a random start fed the CTR MLP noise and stalled training).
     All K channels are denoised in one batched pass of ``B·K`` token sets."""
 
     def __init__(self, dim: int, num_channels: int, n_layers: int = 2, num_heads: int = 2, dff: int = 3):
@@ -112,7 +114,9 @@ class InterestDenoiser(nn.Module):
         self.num_channels = int(num_channels)
         self.time = TimeEmbedding(dim)
         self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, dff, cross=True) for _ in range(n_layers))
-        self.out = init_linear(nn.Linear(dim, dim))
+        self.out = nn.Linear(dim, dim)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
         self.register_buffer("eye", torch.eye(num_channels, dtype=torch.bool)[None, :, :, None], persistent=False)
 
     def forward(self, clean: torch.Tensor, noisy: torch.Tensor, t, condition: torch.Tensor) -> torch.Tensor:
@@ -124,4 +128,4 @@ class InterestDenoiser(nn.Module):
         cond = condition.unsqueeze(1).expand(B, K, K, d).reshape(B * K, K, d)
         for block in self.blocks:
             x = block(x, condition=cond)
-        return (self.out(x).view(B, K, K, d) * self.eye).sum(dim=2)  # token k of copy k
+        return noisy + (self.out(x).view(B, K, K, d) * self.eye).sum(dim=2)  # token k of copy k
