@@ -178,3 +178,17 @@ def test_planted_multi_interest_omie_beats_mean_pooling():
     print(f"DMIG + CMIC change: {aucs['OMIE + DMIG + CMIC'] - aucs['OMIE only']:+.4f}")
     assert aucs["OMIE only"] > aucs["DNN (mean pooling)"] + 0.03
     assert aucs["OMIE + DMIG + CMIC"] > aucs["DNN (mean pooling)"] + 0.03
+
+
+def test_compress_leaves_the_training_only_projectors(mixed_map):
+    """CMIC's projectors never run at prediction time: AFM has no statistics for them, so naming one
+    is an error and the default layer choice (skip_unprofitable) keeps it."""
+    from ctrlab.recipes.compress import compress_linear
+
+    m = create("DiffuMIN", mixed_map, **SMALL)
+    b = _batch(mixed_map, batch_size=64)
+    with pytest.raises(ValueError, match="project_extracted.hidden.0"):
+        compress_linear(m, {"project_extracted.hidden.0": 2}, "afm", [b])
+    reports = compress_linear(m, {"project_extracted.hidden.0": 2, "mlp.hidden.0": 2}, "afm", [b],
+                              skip_unprofitable=True)
+    assert [r.name for r in reports] == ["mlp.hidden.0"]
