@@ -73,8 +73,9 @@ class OrthogonalMultiInterest(nn.Module):
         routed = (scores.argmax(dim=-1, keepdim=True) == torch.arange(K, device=scores.device)) & mask.unsqueeze(-1)
         k = min(self.top_k, scores.shape[1])
         ranked = scores.masked_fill(~routed, torch.finfo(scores.dtype).min)
-        top = torch.zeros_like(routed).scatter(1, ranked.topk(k, dim=1).indices, True)
-        return routed & top
+        idx = ranked.topk(k, dim=1).indices
+        top = torch.zeros_like(scores).scatter(1, idx, torch.ones_like(idx, dtype=scores.dtype))  # (ONNX: no bool scatter)
+        return routed & (top > 0)
 
     def forward(self, target: torch.Tensor, behaviours: torch.Tensor, mask: torch.Tensor):
         q = self.directions(target)
