@@ -11,7 +11,8 @@ from ctrlab.data.feature_map import FeatureMap
 from ctrlab.layers.low_rank import LowRankEmbedding, LowRankLinear, apply_low_rank
 from ctrlab.models import create
 from ctrlab.models.registry import list_models
-from ctrlab.recipes.compress import compress_embedding, compress_linear, embedding_tables, linear_layers
+from ctrlab.recipes.compress import (collect_output_stats, compress_embedding, compress_linear, embedding_tables,
+                                     linear_layers)
 
 MAP = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price", "age"],
                              sequences={"hist": (4, "item"), "tags": (3, 9)}, dense={"img": 6})
@@ -57,7 +58,10 @@ def test_full_rank_afm_reproduces_every_model_and_low_rank_rebuilds(name):
     train, valid = random_batch(MAP, 256, seed=1), random_batch(MAP, 64, seed=2)
     with torch.no_grad():
         ref = model(valid)["logit"]
-    layers = {n: min(m.in_features, m.out_features) for n, m in linear_layers(model).items() if m.out_features > 1}
+    # the layers a prediction runs (training-only heads, e.g. DiffuMIN's contrastive projectors, have no statistics)
+    seen = collect_output_stats(model, linear_layers(model), [valid])
+    layers = {n: min(m.in_features, m.out_features) for n, m in linear_layers(model).items()
+              if m.out_features > 1 and seen[n].count > 0}
     tables = [n for n, t in embedding_tables(model).items() if t.embedding_dim > 1]
     if not layers and not tables:
         pytest.skip(f"{name} has no linear layer with several outputs and no embedding table wider than 1")

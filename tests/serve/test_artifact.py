@@ -16,7 +16,7 @@ from ctrlab import api
 from ctrlab.cli import main
 from ctrlab.data.pipeline import prepare
 from ctrlab.data.readers import read_split
-from ctrlab.models import create, list_models
+from ctrlab.models import create, get_model_class, list_models
 from ctrlab.serve.artifact import (
     PARITY_TOLERANCE,
     ArtifactError,
@@ -30,9 +30,10 @@ from ctrlab.serve.predictor import Predictor
 
 PARITY_ROWS = 4000
 # (model, dataset): every model on real Frappe (categorical fields) and on real MovieLens 100K
-# (sequence fields, one sharing the item vocabulary); the sequence models need the behaviour sequence.
-SEQUENCE_MODELS = {"DIN", "SDIM", "SUAN", "LightSUAN", "DiffuMIN"}
-CASES = [(m, "frappe_x1_subset") for m in list_models() if m not in SEQUENCE_MODELS] + [(m, "movielens_100k") for m in list_models()]
+# (sequence fields, one sharing the item vocabulary); sequence models (``needs_sequence``) need the
+# behaviour sequence.
+CASES = [(m, "frappe_x1_subset") for m in list_models() if not get_model_class(m).needs_sequence] + [
+    (m, "movielens_100k") for m in list_models()]
 NEEDS_CROSSES = {"OptInter"}
 """Models whose default (OptInter's search) memorizes pairs through cross features: their data has
 ``crosses: {fields: all}``."""

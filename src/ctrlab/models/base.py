@@ -61,6 +61,10 @@ class CTRModel(nn.Module):
     override :meth:`task_loss` and keep the regularizer.
     """
 
+    needs_sequence: bool = False
+    """True for models that attend a behaviour sequence (DIN, SDIM, SUAN, LightSUAN, DiffuMIN): a dataset without one
+    cannot build them (tests and tools skip them there)."""
+
     def __init__(self, feature_map: FeatureMap, embedding_regularizer: float | str | None = 0.0,
                  net_regularizer: float | str | None = 0.0):
         super().__init__()

@@ -143,6 +143,8 @@ class DIN(CTRModel):
     ``net_dropout=0.``, ``batch_norm=False``, ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
+    needs_sequence = True
+
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  din_target_field: str | Sequence[str | Sequence[str]] | None = None,
                  din_sequence_field: str | Sequence[str | Sequence[str]] | None = None,

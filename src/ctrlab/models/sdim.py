@@ -79,6 +79,8 @@ class SDIM(CTRModel):
     ``embedding_regularizer=0.``, ``net_regularizer=0.``.
     """
 
+    needs_sequence = True
+
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  target_field: str | Sequence[str | Sequence[str]] | None = None,
                  sequence_field: str | Sequence[str | Sequence[str]] | None = None,

@@ -99,6 +99,8 @@ class SUAN(CTRModel):
     N(0, 1e-4²) like the field embeddings; the attention biases from 0.
     """
 
+    needs_sequence = True
+
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
                  target_field: str | Sequence[str | Sequence[str]] | None = None,
                  sequence_field: str | Sequence[str | Sequence[str]] | None = None,

@@ -177,8 +177,15 @@ def compress_linear(model: nn.Module, ranks: Mapping[str, int | float], method: 
         if batches is None:
             raise ValueError("afm needs training batches to collect the layers' output statistics")
         stats = collect_output_stats(model, list(ranks), batches)
+        unseen = [n for n in ranks if stats[n].count == 0]
+        if unseen and not skip_unprofitable:
+            raise ValueError(f"{unseen} did not run in a prediction-time forward pass (a training-only head, such as "
+                             "DiffuMIN's contrastive projectors): leave them out, compressing them saves no "
+                             "prediction cost")
     reports = []
     for name, spec in ranks.items():
+        if method == "afm" and stats[name].count == 0:  # a training-only layer (skip_unprofitable): kept
+            continue
         linear = layers[name]
         n, d = linear.in_features, linear.out_features
         tail = None
