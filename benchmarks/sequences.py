@@ -170,10 +170,10 @@ def accuracy(label: str, seed: int) -> dict:
             "train_seconds": seconds}
 
 # ---- real data --------------------------------------------------------------------------------------
-REAL_L = 200
+REAL_L = 100
 """History length of the real-data runs. The speed table covers L = 1,000 and 10,000; here SUAN's dense
-attention at 1,000 would cost about 25x its L = 200 time per epoch on this 2-core machine, and the
-histories average 77-152 events (docs/data.md), so 200 keeps most of every history."""
+attention at 1,000 would cost about 100x its L = 100 time per epoch on this 2-core machine (a SUAN-S step
+on 512 rows takes ~0.9 s at L = 200), and the histories average 77-152 events (docs/data.md)."""
 REAL_DATASETS = {
     "movielens_latest_long": {"target": [["item_id", "genre_set"]], "sequence": [["history", "genre_set_history"]],
                               "time": "history_gap"},
@@ -184,7 +184,7 @@ REAL_DATASETS = {
 REAL_EPOCHS = 8
 """Cap on epochs (ctrlab's auto preset stops earlier on validation AUC)."""
 SUAN_GRADES = {"S": {"n_layers": 1, "embedding_dim": 8}, "M": {"n_layers": 2, "embedding_dim": 16},
-               "L": {"n_layers": 4, "embedding_dim": 32}}
+               "L": {"n_layers": 3, "embedding_dim": 24}}
 """The scaling table's three grades (depth x width), same output MLP."""
 MLP = {"dnn_hidden_units": (256, 128)}
 

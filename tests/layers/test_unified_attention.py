@@ -279,3 +279,20 @@ def test_the_sparse_kernel_never_builds_a_t_by_t_tensor():
     with _LargestTensor() as dense:
         meta(*(a.detach().to("meta") for a in (x, rank, real, time, torch.randn(1, 3, 6))), cache=False)
     assert dense.largest >= 2 * t * t > bound
+
+
+def test_table_lookup_gradient_equals_plain_indexing():
+    """The bias tables' bincount backward sums exactly what indexing's backward sums."""
+    from ctrlab.layers.unified_attention import table_lookup
+
+    g = torch.Generator().manual_seed(0)
+    table = torch.randn(17, dtype=torch.float64, requires_grad=True)
+    idx = torch.randint(0, 17, (3, 9, 9), generator=g)
+    weight = torch.randn(3, 9, 9, dtype=torch.float64, generator=g)
+    (table_lookup(table, idx) * weight).sum().backward()
+    fast = table.grad.clone()
+    table.grad = None
+    (table[idx] * weight).sum().backward()
+    assert torch.equal(table_lookup(table, idx), table[idx])
+    torch.testing.assert_close(fast, table.grad, rtol=1e-12, atol=1e-12)
+    assert fast.abs().sum() > 0

@@ -54,8 +54,8 @@ def test_fields_are_inferred_and_bad_settings_are_named(mixed_map):
         create("DiffuMIN", mixed_map, num_heads=3)
     two = FeatureMap.from_fields({"item": 11, "cate": 5}, sequences={"hist": (4, "item"), "chist": (4, "cate")})
     with pytest.raises(ValueError, match="one behaviour sequence"):
-        create("DiffuMIN", two, din_target_field=["item", "cate"], din_sequence_field=["hist", "chist"])
-    grouped = create("DiffuMIN", two, din_target_field=[["item", "cate"]], din_sequence_field=[["hist", "chist"]],
+        create("DiffuMIN", two, target_field=["item", "cate"], sequence_field=["hist", "chist"])
+    grouped = create("DiffuMIN", two, target_field=[["item", "cate"]], sequence_field=[["hist", "chist"]],
                      embedding_dim=4)  # a group: d = 2 x 4
     assert grouped.omie.dim == 8
     assert grouped(_batch_two(two))["logit"].shape == (8,)

@@ -35,6 +35,37 @@ class RMSNorm(nn.RMSNorm):
         return super().forward(x)
 
 
+class _TableGather(torch.autograd.Function):
+    """``table[idx]`` whose backward sums the gradient per table entry with one ``bincount``: the
+    default backward of an index (``index_put_`` with accumulation) is serial on CPU, and the
+    attention biases index a table of ~100 entries with ``B·T·T`` indices (a third of a SUAN
+    training step at L = 200 went there)."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(idx)
+        ctx.size = table.shape[0]
+        return table[idx]
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (idx,) = ctx.saved_tensors
+        flat = grad.reshape(-1)
+        if flat.dtype not in (torch.float32, torch.float64):  # bincount sums float32 / float64 weights
+            flat = flat.float()
+        summed = torch.bincount(idx.reshape(-1), weights=flat, minlength=ctx.size)
+        return summed.to(grad.dtype), None
+
+
+def table_lookup(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """``table[idx]`` for a 1-d bias table; the fast-backward gather while autograd records (plain
+    indexing otherwise, e.g. under ONNX export or inference)."""
+    if torch.is_grad_enabled() and table.requires_grad and not torch.jit.is_tracing() \
+            and not torch.onnx.is_in_onnx_export():
+        return _TableGather.apply(table, idx)
+    return table[idx]
+
+
 def time_buckets(gap: torch.Tensor, num_buckets: int, max_gap: float) -> torch.Tensor:
     """Log-scaled bucket ids of time gaps in seconds: ``min(B − 1, ⌊log(1 + g) / log(1 + max_gap) · (B − 1)⌋)``
     (negative gaps count as 0). With ``B = 128`` and ``max_gap`` one year, a bucket spans a factor
@@ -167,10 +198,10 @@ class UnifiedAttentionBlock(nn.Module):
     def _pair_bias(self, distance, time_q, time_k) -> torch.Tensor:
         """``p[min(distance, P)] + τ[bucket(|t_q − t_k|)]`` (no time term without times), for
         whatever (broadcastable) set of pairs the arguments describe."""
-        bias = self.position_bias[distance.clamp(0, self.max_distance)]
+        bias = table_lookup(self.position_bias, distance.clamp(0, self.max_distance))
         if self.time_bias is not None and time_q is not None:
             gap = (time_q - time_k).abs()
-            bias = bias + self.time_bias[time_buckets(gap, self.num_time_buckets, self.time_max_gap)]
+            bias = bias + table_lookup(self.time_bias, time_buckets(gap, self.num_time_buckets, self.time_max_gap))
         return bias
 
     def uses_sparse_kernel(self, length: int, past: dict | None = None) -> bool:

@@ -59,7 +59,7 @@ class DiffuMIN(CTRModel):
     ``use_contrastive=False`` drops CMIC. ``num_channels`` must be ≤ d.
 
     Hyperparameters (the official repo's configs; D = 10 like the other ctrlab models, the repo
-    uses 8): ``embedding_dim=10``, ``din_target_field=None``, ``din_sequence_field=None``,
+    uses 8): ``embedding_dim=10``, ``target_field=None``, ``sequence_field=None``,
     ``num_channels=4``, ``top_k=100``, ``interest_normalize="routed"``, ``use_diffusion=True``,
     ``use_contrastive=True``, ``n_layers=2``, ``num_heads=2``, ``dff_factor=3``,
     ``diffusion_steps=1000``, ``infer_timesteps=10``, ``beta_start=1e-4``, ``beta_end=0.02``,
@@ -78,8 +78,8 @@ class DiffuMIN(CTRModel):
     needs_sequence = True
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10,
-                 din_target_field: str | Sequence[str | Sequence[str]] | None = None,
-                 din_sequence_field: str | Sequence[str | Sequence[str]] | None = None,
+                 target_field: str | Sequence[str | Sequence[str]] | None = None,
+                 sequence_field: str | Sequence[str | Sequence[str]] | None = None,
                  num_channels: int = 4, top_k: int = 100, interest_normalize: str = "routed",
                  use_diffusion: bool = True, use_contrastive: bool = True,
                  n_layers: int = 2, num_heads: int = 2, dff_factor: int = 3,
@@ -91,7 +91,7 @@ class DiffuMIN(CTRModel):
                  net_dropout: float = 0.0, batch_norm: bool = False,
                  embedding_regularizer: float | str | None = 0.0, net_regularizer: float | str | None = 0.0):
         super().__init__(feature_map, embedding_regularizer, net_regularizer)
-        pairs = din_pairs(feature_map, din_target_field, din_sequence_field)
+        pairs = din_pairs(feature_map, target_field, sequence_field)
         if len(pairs) != 1:
             raise ValueError(f"DiffuMIN attends one behaviour sequence (or one group), got {len(pairs)} pairs "
                              f"{[(list(t), list(s)) for t, s in pairs]}; group side sequences with their targets")
