@@ -228,7 +228,7 @@ def real_run(dataset: str, label: str, seed: int, runs: Path) -> dict:
         res = train(**common)
     test = res.metrics["test"]
     return {"dataset": dataset, "model": label, "seed": seed, "auc": test["AUC"], "logloss": test["logloss"],
-            "seconds": time.time() - t0, "epochs": len(res.metrics.get("history", [])) or None}
+            "seconds": time.time() - t0, "epochs": res.metrics.get("epochs")}
 
 
 def render_real(results: list[dict]) -> str:

@@ -198,7 +198,8 @@ def cmd_serve(args) -> int:
                       max_batch_rows=args.max_batch_rows,
                       interleave_rows=args.interleave_rows, max_wait_ms=args.max_wait_ms, queue_size=args.queue_size,
                       access_log=args.access_log, max_rows_in_flight=args.max_rows_in_flight,
-                      max_body_bytes_in_flight=int(args.max_body_mb_in_flight * (1 << 20)), api_docs=args.api_docs)
+                      max_body_bytes_in_flight=int(args.max_body_mb_in_flight * (1 << 20)), api_docs=args.api_docs,
+                      max_users=args.max_users)
     try:
         serve(args.artifact, cfg)
     except KeyboardInterrupt:  # Ctrl-C / SIGINT: uvicorn has shut down cleanly and re-raises it
@@ -417,6 +418,9 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--threads", type=int, help="intra-op threads of the model runtime (default: one per core)")
     sv.add_argument("--max-body-mb", type=float, default=sc.max_body_bytes / (1 << 20),
                     help="largest request body in MiB; larger gets 413 (default %(default)s)")
+    sv.add_argument("--max-users", type=int, default=sc.max_users,
+                    help="most per-user states of the two-stage /users endpoints, least recently used dropped "
+                         "(default %(default)s)")
     sv.add_argument("--max-request-rows", type=int, default=sc.max_request_rows,
                     help="most records per request; more gets 413 (default %(default)s)")
     sv.add_argument("--max-batch-rows", type=int, default=sc.max_batch_rows,

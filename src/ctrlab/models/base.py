@@ -134,6 +134,27 @@ class CTRModel(nn.Module):
             return p.device
         return torch.device("cpu")
 
+    # ---- two-stage scoring (per-user state, then candidates) -----------------------------------
+    supports_user_state: bool = False
+    """True for models whose candidate-independent part can be computed once per user and stored
+    (:meth:`encode_user`), then read for each request's candidates (:meth:`score_with_user`): SDIM's
+    bucket tables, SUAN's cached behaviour tokens. The server's ``/users`` endpoints use it."""
+
+    def user_state_fields(self) -> list[str]:
+        """The features (sequences, number sequences) the per-user state stands for: a request sends
+        them once per user and leaves them out of the candidates."""
+        return []
+
+    def encode_user(self, batch: dict[str, torch.Tensor]) -> Any:
+        """One user's row (a batch of one row; its behaviour sequences are what counts) -> a state
+        that :meth:`score_with_user` reads instead of the sequences."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-user state (supports_user_state is False)")
+
+    def score_with_user(self, state: Any, candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits ``(N,)`` of N candidate rows of one user from the state of :meth:`encode_user`;
+        equal to ``forward(rows)["logit"]`` on the rows with that user's sequences in them."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-user state (supports_user_state is False)")
+
     # ---- loss -------------------------------------------------------------------------------
     def task_loss(self, batch: dict[str, torch.Tensor], outputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean BCE of the main logit against the first label."""

@@ -128,6 +128,24 @@ class SDIM(CTRModel):
         index, valid = last_real_positions(mask, self.short_seq_len)
         return seq.gather(1, index.unsqueeze(-1).expand(-1, -1, seq.shape[-1])), valid
 
+    supports_user_state = True
+
+    def user_state_fields(self) -> list[str]:
+        return [s for _, sequences in self.pairs for s in sequences]
+
+    def encode_user(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """:meth:`encode_behaviours` of one user's row (the BSE step the paper serves apart)."""
+        rows = next(v for k, v in batch.items() if k.startswith("seq:")).shape[0]
+        if rows != 1:
+            raise ValueError(f"SDIM.encode_user takes one user's row (batch size 1), got {rows}")
+        return self.encode_behaviours(batch)
+
+    def score_with_user(self, state: dict[str, torch.Tensor], candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Logits of N candidates from one user's stored tables: each candidate hashes its target
+        and gathers ``m`` bucket sums, O(m·d) whatever the history length."""
+        n = candidates["cat"].shape[0]
+        return self({**candidates, **{k: v.expand(n, *v.shape[1:]) for k, v in state.items()}})["logit"]
+
     def encode_behaviours(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """The per-user part of the forward pass, independent of the candidate: for each pair's
         first sequence ``<s>``, ``"sdim_tables:<s>"`` and (with a short-term part)

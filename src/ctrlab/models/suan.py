@@ -237,6 +237,19 @@ class SUAN(CTRModel):
         return {"logit": self._output(batch, self.token_states(batch)[:, -1])}
 
     # ---- parallel inference ------------------------------------------------------------------
+    supports_user_state = True
+
+    def user_state_fields(self) -> list[str]:
+        return [*self.sequences, *self.side, *([self.time_field] if self.time_field else [])]
+
+    def encode_user(self, batch) -> dict:
+        """:meth:`encode_history` (the serving protocol's name)."""
+        return self.encode_history(batch)
+
+    def score_with_user(self, state: dict, candidates: dict[str, torch.Tensor]) -> torch.Tensor:
+        """:meth:`score_candidates` (the serving protocol's name)."""
+        return self.score_candidates(state, candidates)
+
     def encode_history(self, batch) -> dict:
         """One user's history (a batch of one row) -> a cache: per layer the behaviour tokens'
         keys, values, ranks, times, real flags and the fusion's running sum and count, computed

@@ -51,13 +51,18 @@ class ServeConfig:
     """Serve ``/docs``, ``/redoc`` and ``/openapi.json`` (off: they describe the service to anyone who asks)."""
     access_log: bool = False
     """uvicorn's per-request access log (off: it costs throughput)."""
+    max_users: int = 10000
+    """Most per-user states held by the two-stage endpoints (``PUT /users/{user}``: SDIM's bucket tables,
+    SUAN's cached history); beyond it the least recently used is dropped (its next request gets 404 and
+    the client sends the user again)."""
 
     def __post_init__(self):
         if not isinstance(self.port, int) or not 1 <= self.port <= 65535:
             raise ConfigError(f"serve: port {self.port!r} is not a TCP port; choose one in 1..65535 (--port)")
         positive = {"max_body_bytes": "--max-body-mb", "max_request_rows": "--max-request-rows",
                     "max_batch_rows": "--max-batch-rows", "interleave_rows": "--interleave-rows", "queue_size": "--queue-size",
-                    "max_rows_in_flight": "--max-rows-in-flight", "max_body_bytes_in_flight": "--max-body-mb-in-flight"}
+                    "max_rows_in_flight": "--max-rows-in-flight", "max_body_bytes_in_flight": "--max-body-mb-in-flight",
+                    "max_users": "--max-users"}
         for name, flag in positive.items():
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

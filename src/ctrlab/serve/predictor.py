@@ -121,11 +121,22 @@ class _TorchBackend:
         self.inputs = artifact.inputs
         self.torch = torch
 
+    def batch(self, feeds: dict[str, np.ndarray]) -> dict:
+        return model_batch(self.inputs, [self.torch.from_numpy(feeds[s.name]) for s in self.inputs])
+
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
-        batch = model_batch(self.inputs, [torch.from_numpy(feeds[s.name]) for s in self.inputs])
         with torch.inference_mode():
-            return torch.sigmoid(self.model(batch)["logit"]).float().numpy()
+            return torch.sigmoid(self.model(self.batch(feeds))["logit"]).float().numpy()
+
+    def encode_user(self, feeds: dict[str, np.ndarray]) -> Any:
+        with self.torch.inference_mode():
+            return self.model.encode_user(self.batch(feeds))
+
+    def score_with_user(self, state: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        torch = self.torch
+        with torch.inference_mode():
+            return torch.sigmoid(self.model.score_with_user(state, self.batch(feeds))).float().numpy()
 
 
 BACKENDS = ("auto", "onnx", "torch", "none")
@@ -344,6 +355,66 @@ class Predictor:
         detail = f": {field} is {value:.3g} after its normalizer" if field is not None else ""
         raise RequestError(f"the model's output is not a number for this row; a numeric input is far outside the "
                            f"training data{detail}", field=field, row=row)
+
+    # ---- two-stage scoring: a user's state once, then candidates ------------------------------------
+    @property
+    def user_columns(self) -> list[str]:
+        """The raw columns of the behaviour sequences the model's per-user state stands for (its
+        ``user_state_fields``): sent once per user to :meth:`encode_user`, left out of the candidates of
+        :meth:`score_user`. Other sequences (e.g. an item's genres) stay candidate columns."""
+        if not self.supports_users:
+            return []
+        fields = set(self.backend.model.user_state_fields())
+        return [c["name"] for c in self.schema if any(f["name"] in fields for f in c["features"])]
+
+    @property
+    def supports_users(self) -> bool:
+        """Whether this artifact can score candidates against a stored per-user state: the torch
+        backend and a model with ``supports_user_state`` (SDIM, SUAN, LightSUAN)."""
+        return isinstance(self.backend, _TorchBackend) and bool(getattr(self.backend.model, "supports_user_state",
+                                                                        False))
+
+    def _check_users(self) -> None:
+        if self.supports_users:
+            return
+        if isinstance(self.backend, _TorchBackend):
+            raise RequestError(f"model {self.metadata_model} has no per-user state (two-stage scoring is for SDIM, "
+                               "SUAN and LightSUAN); send whole rows to /predict", status=404)
+        raise RequestError("per-user state needs the torch backend (the ONNX graph takes whole rows); serve with "
+                           "--backend torch", status=404)
+
+    def encode_user(self, record: Any) -> Any:
+        """One user's raw record -> the model's per-user state. It must hold the behaviour-sequence
+        columns (:attr:`user_columns`); send the user's profile columns too (SUAN's history tokens attend
+        to them, and its candidates are scored as rows with that profile); columns left out are null.
+        Returns the state (SDIM: the SimHash bucket tables, BSE; SUAN: the history's
+        cached tokens), for :meth:`score_user`."""
+        self._check_users()
+        if not isinstance(record, dict):
+            raise RequestError(f"'record' must be an object, got {_type_name(record)}", field="record")
+        missing = [c for c in self.user_columns if c not in record]
+        if missing:
+            raise RequestError(f"missing behaviour-sequence column; a user's record holds {self.user_columns}",
+                               field=missing[0])
+        full = {c: record.get(c) for c in self.columns}
+        full.update((k, v) for k, v in record.items() if k not in full)  # unknown keys: named by records_to_frame
+        return self.backend.encode_user(self.encode(self.records_to_frame([full])))
+
+    def score_user(self, state: Any, records: Any) -> np.ndarray:
+        """Probabilities of candidate records (every column but the behaviour sequences, which the
+        stored ``state`` of :meth:`encode_user` stands for) of one user."""
+        self._check_users()
+        if isinstance(records, list):
+            for i, r in enumerate(records):
+                seq = next((c for c in self.user_columns if isinstance(r, dict) and c in r), None)
+                if seq is not None:
+                    raise RequestError("a candidate carries a behaviour-sequence column; the stored user state "
+                                       "stands for it (leave it out, or PUT the user again)", field=seq, row=i)
+            records = [{**dict.fromkeys(self.user_columns), **r} if isinstance(r, dict) else r for r in records]
+        probs = self.backend.score_with_user(state, self.encode(self.records_to_frame(records)))
+        if not np.isfinite(probs).all():
+            raise RequestError("the model's output is not a number for a candidate", row=int(np.argmax(~np.isfinite(probs))))
+        return probs
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
         """Probabilities for raw JSON-like records (see the module docstring for accepted values)."""

@@ -17,6 +17,13 @@ Endpoints: ``POST /predict`` (raw records in, probabilities out, in request orde
 ``GET /metadata`` (model, raw schema, run metrics, versions, serving limits). ``/docs``, ``/redoc``
 and ``/openapi.json`` only with ``api_docs`` (``--api-docs``).
 
+Two-stage scoring (models with ``supports_user_state``: SDIM, SUAN, LightSUAN; torch backend):
+``PUT /users/{user}`` with ``{"record": {...}}`` (the user's raw behaviour-sequence columns) computes the
+candidate-independent state once (SDIM's SimHash bucket tables, the paper's BSE; SUAN's cached history
+tokens) and keeps it (at most ``max_users``, least recently used dropped); ``POST /users/{user}/predict``
+with ``{"records": [...]}`` (candidates without the sequence columns) scores them against it, at a cost
+that does not grow with the history (SDIM) or without re-encoding it (SUAN); ``DELETE /users/{user}``.
+
 Each request is parsed and checked on its own (column-wise, see :mod:`ctrlab.serve.predictor`):
 small bodies on the event loop, larger ones (over 32 KiB) one at a time in the parse worker process
 (:mod:`ctrlab.serve.parse_worker`; with ``parse_process`` off, in a thread), passed to it and back in
@@ -43,7 +50,7 @@ import logging
 import socket
 import sys
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
@@ -422,6 +429,55 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
         if scores.rows > LARGE_ANSWER_ROWS:
             return await asyncio.to_thread(_json_response, 200, answer)
         return _json_response(200, answer)
+
+    # ---- two-stage scoring: a user's behaviour state once, then candidates (SDIM's BSE, SUAN) --------
+    users: OrderedDict[str, Any] = OrderedDict()  # least recently used first
+
+    async def _json_body(request: Request, field: str) -> Any:
+        body = await request.body()
+        if len(body) > cfg.max_body_bytes:
+            raise RequestError(f"body over {cfg.max_body_bytes} bytes", status=413)
+        try:
+            payload = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise RequestError(f"body is not JSON: {exc}") from None
+        if not isinstance(payload, dict) or field not in payload or len(payload) != 1:
+            raise RequestError(f"send an object with one key {field!r}", field=field)
+        return payload[field]
+
+    @app.put("/users/{user}")
+    async def put_user(user: str, request: Request):
+        """Store a user's state from its raw behaviour-sequence columns: ``{"record": {...}}``."""
+        try:
+            record = await _json_body(request, "record")
+            user_state = await asyncio.to_thread(predictor.encode_user, record)
+        except RequestError as exc:
+            return _json_response(exc.status, exc.detail())
+        users[user] = user_state
+        users.move_to_end(user)
+        while len(users) > cfg.max_users:
+            users.popitem(last=False)
+        return {"user": user, "stored": True, "users": len(users)}
+
+    @app.post("/users/{user}/predict")
+    async def predict_user(user: str, request: Request):
+        """Probabilities of candidates ``{"records": [...]}`` (no behaviour-sequence columns) of a stored user."""
+        try:
+            records = await _json_body(request, "records")
+            if user not in users:
+                raise RequestError(f"no stored state for user {user!r} (never sent, or dropped beyond max_users="
+                                   f"{cfg.max_users}); PUT /users/{{user}} with its record first", status=404)
+            if isinstance(records, list) and len(records) > cfg.max_request_rows:
+                raise RequestError(f"{len(records)} records; at most {cfg.max_request_rows} per request", status=413)
+            users.move_to_end(user)
+            probs = await asyncio.to_thread(predictor.score_user, users[user], records)
+        except RequestError as exc:
+            return _json_response(exc.status, exc.detail())
+        return {"probabilities": probs.tolist(), "model": predictor.metadata_model, "rows": len(probs)}
+
+    @app.delete("/users/{user}")
+    async def delete_user(user: str):
+        return {"user": user, "deleted": users.pop(user, None) is not None}
 
     @app.get("/health")
     async def health():
