@@ -80,7 +80,10 @@ def test_bucket_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, tau, 
     q, seq, mask = _data(B=16, L=40, d=12, seed=2, pad=pad)
     sh = SimHash(12, num_hashes=m, hash_bits=tau, l2_norm=l2, seed=5)
     with torch.no_grad():
+        fast = sh(q, seq, mask)  # the default direct form: a matrix product
+        sh.ordered_sums = True  # the direct form summed in position order: the reference of the BSE test
         direct = sh(q, seq, mask)
+        torch.testing.assert_close(fast, direct, rtol=1e-5, atol=1e-6)
         tables = sh.bucket_tables(seq, mask)
         assert tables.shape == (16, m, 2 ** tau, 12)
         assert torch.equal(sh.lookup(tables, q), direct)
@@ -101,6 +104,7 @@ def test_bucket_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, tau, 
 def test_padding_never_collides():
     q, seq, mask = _data(B=5, L=10, d=6, seed=3)
     sh = SimHash(6, num_hashes=2, hash_bits=3)
+    sh.ordered_sums = True  # bit-for-bit comparisons with the tables below
     with torch.no_grad():
         assert torch.all(sh(q, seq, mask)[0] == 0)  # row 0: all padding
         assert torch.all(sh.bucket_tables(seq, mask)[0] == 0)
@@ -146,6 +150,8 @@ def test_long_sequences_and_wide_tables_stay_small():
     with torch.no_grad():
         tables = sh.bucket_tables(seq, mask)
         assert tables.shape == (B, 2, 4096, d)
+        torch.testing.assert_close(sh.lookup(tables, q), sh(q, seq, mask), rtol=1e-5, atol=1e-5)
+        sh.ordered_sums = True
         assert torch.equal(sh.lookup(tables, q), sh(q, seq, mask))
 
 

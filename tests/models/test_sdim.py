@@ -99,12 +99,18 @@ def test_padding_side_and_extra_padding_change_nothing(train_mode):
 @pytest.mark.parametrize("kw", [dict(num_hashes=3, hash_bits=4), dict(num_hashes=2, hash_bits=0, l2_norm=True),
                                 dict(num_hashes=16, hash_bits=3, short_seq_len=0)])
 def test_forward_with_precomputed_behaviours_equals_forward_without(kw):
-    """Two-stage serving: the per-user encodings replace the sequences; at inference the logits
-    are equal bit for bit, with autograd on up to rounding."""
+    """Two-stage serving: the per-user encodings replace the sequences; at inference with position-
+    ordered sums (``ordered_sums``) the logits are equal bit for bit, with the default matrix-product
+    direct form (and with autograd on) up to rounding."""
     fmap = _map(L=30)
     m = _model(fmap, **kw)
     b = _batch(fmap)
     enc = m.encode_behaviours(b)
+    served = {k: v for k, v in b.items() if k != "seq:hist"} | enc
+    with torch.no_grad():
+        torch.testing.assert_close(m(served)["logit"], m(b)["logit"], rtol=1e-5, atol=1e-6)
+    for sh in m.simhash:
+        sh.ordered_sums = True
     assert enc["sdim_tables:hist"].shape == (16, kw["num_hashes"], 2 ** kw["hash_bits"], 4)
     assert ("sdim_short:hist" in enc) == bool(m.short_seq_len)
     served = {k: v for k, v in b.items() if k != "seq:hist"} | enc
@@ -126,6 +132,7 @@ def test_grouped_pair_tables():
     b = random_batch(fmap, batch_size=8)
     enc = m.encode_behaviours(b)
     assert enc["sdim_tables:hist"].shape == (8, 2, 16, 8) and m.simhash[0].dim == 8
+    m.simhash[0].ordered_sums = True
     with torch.no_grad():
         served = {"cat": b["cat"]} | enc
         assert torch.equal(m(served)["logit"], m(b)["logit"])

@@ -50,6 +50,8 @@ class SimHash(nn.Module):
                              f"2^hash_bits rows per hash), got {hash_bits}")
         self.dim, self.num_hashes, self.hash_bits = int(dim), int(num_hashes), int(hash_bits)
         self.l2_norm = bool(l2_norm)
+        self.ordered_sums = False
+        """Inference sums in position order, bit-identical to :meth:`bucket_tables` + :meth:`lookup` (slower)."""
         g = torch.Generator().manual_seed(int(seed))
         self.register_buffer("projections", torch.randn(self.dim, self.num_hashes, self.hash_bits, generator=g))
         self.register_buffer("powers", 2.0 ** torch.arange(self.hash_bits, dtype=torch.float32), persistent=False)
@@ -89,11 +91,12 @@ class SimHash(nn.Module):
         self._check(query, seq, mask)
         sig_q, sig_s = self.signatures(query), self.signatures(seq)  # (B, m), (B, L, m)
         hit = (sig_s == sig_q.unsqueeze(1)) & mask.unsqueeze(-1)  # (B, L, m)
-        if torch.is_grad_enabled() and (seq.requires_grad or query.requires_grad):
-            # training: one batched product (and its transpose in the backward pass), ~10x faster
-            # than the position-ordered sums below; equal to them up to float rounding
+        recording = torch.is_grad_enabled() and (seq.requires_grad or query.requires_grad)
+        if recording or not self.ordered_sums:
+            # one batched product (and its transpose in the backward pass), ~10x faster than the
+            # position-ordered sums below; equal to them up to float rounding
             u = torch.matmul(hit.transpose(1, 2).to(seq.dtype), seq)  # (B, m, d)
-        else:  # inference: summed exactly as bucket_tables sums, so lookup() reproduces it bit for bit
+        else:  # summed exactly as bucket_tables sums, so lookup() reproduces it bit for bit
             u = torch.stack([self._bucket_sums(seq, (~hit[..., h]).long(), 2)[:, 0]  # slot 0: collided
                              for h in range(self.num_hashes)], dim=1)
         return self._pool(u)
