@@ -60,6 +60,9 @@ MODELS = {
                                 "sequence_field": GROUPS["sequence"]}),
 }
 """Each model with a small output MLP (the same width for all), so that the sequence part dominates."""
+ACCURACY_SKIP = {"SUAN": "not run: dense attention trains at ~6 samples/s at L = 1,000 here (see the speed table), "
+                         "about 70 min per seed"}
+"""Models left out of the L = 1,000 accuracy runs, with the reason the table prints."""
 BEGIN, END = markers("sequences-speed")
 REAL_BEGIN, REAL_END = markers("sequences-real")
 
@@ -256,6 +259,91 @@ def render_real(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# ---- serving -----------------------------------------------------------------------------------------
+SERVE_DATASET, SERVE_L, SERVE_CANDIDATES = "movielens_latest_long", 1000, 100
+SERVE_MODELS = {"SDIM": {"num_hashes": 16, "hash_bits": 3, "l2_norm": True},
+                "SUAN": {"n_layers": 2}, "LightSUAN": {"n_layers": 2}}
+SERVE_REPEATS = 20
+SERVE_BEGIN, SERVE_END = markers("sequences-serving")
+
+
+def serve_one(label: str, runs: Path) -> dict:
+    """Worker: train one epoch on a slice of movielens_latest_long at L = 1,000 (the latency does not
+    depend on how well it is trained), export, and time the Predictor (raw records in, probabilities
+    out): one whole row, SERVE_CANDIDATES whole rows of one user (each carrying the 1,000-event history),
+    and the two-stage form (the user's state once, then the candidates without the history)."""
+    import numpy as np
+    import torch
+
+    from ctrlab.api import train
+    from ctrlab.data.readers import read_split
+    from ctrlab.serve.artifact import export_run
+    from ctrlab.serve.predictor import Predictor
+
+    f = REAL_DATASETS[SERVE_DATASET]
+    params = dict(SERVE_MODELS[label], target_field=f["target"], sequence_field=f["sequence"], **MLP)
+    if label != "SDIM":
+        params["time_field"] = f["time"]
+    run = runs / "serving" / label
+    train(dataset=SERVE_DATASET, model=label, model_params=params, output=str(run), overwrite=True,
+          dataset_params={"history_max_len": SERVE_L, "rows_per_user": 2}, log=lambda *a: None,
+          overrides=["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64"])
+    art = export_run(run, run / "artifact", overwrite=True)
+    torch.set_num_threads(1)
+    out = {"model": label, "L": SERVE_L, "candidates": SERVE_CANDIDATES}
+    for backend in ("onnx", "torch"):
+        pred = Predictor(art, backend=backend)
+        dcfg = pred.artifact.dataset_config
+        frame = read_split(dcfg, dcfg.resolve("test"), pred.columns).select(pred.columns)
+        lengths = frame["history"].list.len() if frame["history"].dtype != __import__("polars").String \
+            else frame["history"].str.split("^").list.len()
+        row = frame.row(int(lengths.arg_max()), named=True)
+        hist = row["history"]
+        n_hist = len(hist) if isinstance(hist, list) else len(hist.split("^"))
+        items = frame["item_id"].unique(maintain_order=True).to_list()[:SERVE_CANDIDATES]
+        whole = [{**row, "item_id": i} for i in items]
+
+        def timed(fn) -> float:
+            fn()
+            ts = []
+            for _ in range(SERVE_REPEATS):
+                t0 = time.perf_counter()
+                fn()
+                ts.append(time.perf_counter() - t0)
+            return 1000 * statistics.median(ts)
+
+        out[f"{backend}_one_row_ms"] = timed(lambda: pred.predict_records(whole[:1]))
+        out[f"{backend}_candidates_ms"] = timed(lambda: pred.predict_records(whole))
+        out["history_events"] = n_hist
+        if backend == "torch":
+            cands = [{k: v for k, v in r.items() if k not in pred.user_columns} for r in whole]
+            state = pred.encode_user(row)
+            out["user_state_ms"] = timed(lambda: pred.encode_user(row))
+            out["two_stage_candidates_ms"] = timed(lambda: pred.score_user(state, cands))
+            out["two_stage_max_abs_diff"] = float(np.abs(pred.score_user(state, cands)
+                                                         - pred.predict_records(whole)).max())
+    return out
+
+
+def render_serving(results: list[dict]) -> str:
+    lines = [SERVE_BEGIN, "## Serving with raw behaviour histories", "",
+             f"`python benchmarks/sequences.py serving`: each model trained one epoch on a slice of "
+             f"{SERVE_DATASET} at history length {SERVE_L:,}, exported (`ctrlab export`), and timed through "
+             "`ctrlab.serve.Predictor` (raw JSON-like records in: parsing, encoding and the model; one thread; "
+             f"median of {SERVE_REPEATS}). *Whole rows*: every record carries the user's history as `^`-joined "
+             f"text; *two-stage*: the user's state once (`PUT /users/{{user}}`), then {SERVE_CANDIDATES} candidates "
+             "without the history (`POST /users/{user}/predict`; torch backend).", "",
+             f"| model | history events | 1 row ONNX / torch (ms) | {SERVE_CANDIDATES} rows ONNX / torch (ms) | "
+             f"user state (ms) | {SERVE_CANDIDATES} candidates two-stage (ms) | two-stage vs whole rows max diff |",
+             "|---|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {r['model']} | {r['history_events']:,} | {r['onnx_one_row_ms']:.1f} / {r['torch_one_row_ms']:.1f} | "
+                     f"{r['onnx_candidates_ms']:.1f} / {r['torch_candidates_ms']:.1f} | {r['user_state_ms']:.1f} | "
+                     f"{r['two_stage_candidates_ms']:.1f} | {r['two_stage_max_abs_diff']:.1e} |")
+    lines.append(SERVE_END)
+    return "\n".join(lines)
+
+
 def render(results: dict) -> str:
     speed, acc = results.get("speed", []), results.get("accuracy", [])
     lines = [BEGIN, "## Speed and accuracy on the planted long-range task", "",
@@ -283,7 +371,9 @@ def render(results: dict) -> str:
                   f"{ACCURACY_EPOCHS} epochs, Adam {ACCURACY_LR:g}, batch 128), seeds {', '.join(map(str, SEEDS))}:", "",
                   "| model | n | AUC mean ± std | SE |", "|---|---|---|---|"]
         for m, v in aucs.items():
-            if v:
+            if m in ACCURACY_SKIP:
+                lines.append(f"| {m} | 0 | {ACCURACY_SKIP[m]} | |")
+            elif v:
                 mean, std, se = mean_std_se(v)
                 lines.append(f"| {m} | {len(v)} | {mean:.4f} ± {std:.4f} | {se:.4f} |")
         lines.append("")
@@ -306,7 +396,7 @@ def render(results: dict) -> str:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("what", choices=["speed", "real", "worker-speed", "worker-accuracy", "worker-real"])
+    ap.add_argument("what", choices=["speed", "real", "serving", "worker-speed", "worker-accuracy", "worker-real", "worker-serving"])
     ap.add_argument("--dataset")
     ap.add_argument("--datasets", nargs="*", default=list(REAL_DATASETS))
     ap.add_argument("--variants", nargs="*", help="real: variant labels to run (default: all)")
@@ -328,6 +418,16 @@ def main(argv=None) -> int:
         return 0
     if args.what == "real":
         return main_real(args)
+    if args.what == "worker-serving":
+        print(json.dumps(serve_one(args.model, Path(args.runs))))
+        return 0
+    if args.what == "serving":
+        results = [r for r in (run_worker([sys.executable, __file__, "worker-serving", "--model", m, "--runs", args.runs])
+                               for m in SERVE_MODELS) if r]
+        json_path = None if args.json == str(REPO / "docs" / "sequences_speed.json") else args.json
+        publish(render_serving(results), args.output, json_path or str(REPO / "docs" / "sequences_serving.json"),
+                results)
+        return 0
     if args.what == "worker-accuracy":
         print(json.dumps(accuracy(args.model, args.seed)))
         return 0
@@ -345,7 +445,7 @@ def main(argv=None) -> int:
             r = run_worker(env_cmd + ["worker-speed", "--model", label, "--L", str(L)])
             results["speed"].append(r or {"model": label, "L": L, "skipped": "failed"})
             print(results["speed"][-1], file=sys.stderr)
-        if not args.quick:
+        if not args.quick and label not in ACCURACY_SKIP:
             for seed in seeds:
                 r = run_worker(env_cmd + ["worker-accuracy", "--model", label, "--seed", str(seed)])
                 if r:
