@@ -177,3 +177,19 @@ def test_export_and_serve_a_number_sequence(tmp_path):
         pred.encode_records([{**as_lists[0], "gap": ["a"]}])
     with pytest.raises(RequestError):
         pred.encode_records([{**records[0], "gap": "1^zz"}])
+
+
+def test_min_count_setting_leaves_number_sequences_alone(tmp_path):
+    """``min_count`` (the auto preset's small-data setting, or --min-count) raises the categorical and
+    own-vocabulary id sequences' min_count; a number sequence has no vocabulary, so it must keep 1
+    (raising it made the saved encoder state fail its own validation when the run loaded it)."""
+    from ctrlab import api
+
+    torch.set_num_threads(1)
+    _write(tmp_path / "d")
+    run = tmp_path / "run"
+    api.train(dataset=str(tmp_path / "d" / "gaps.yaml"), model="DNN", preset="none", min_count=3, output=str(run),
+              log=lambda *a: None, overrides=["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=128"])
+    _, fmap, dcfg, _ = api.load_run(run)
+    specs = {s.name: s for s in dcfg.features}
+    assert specs["gap"].min_count == 1 and specs["item"].min_count == 3
