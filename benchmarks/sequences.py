@@ -288,7 +288,7 @@ def serve_one(label: str, runs: Path) -> dict:
     train(dataset=SERVE_DATASET, model=label, model_params=params, output=str(run), overwrite=True,
           dataset_params={"history_max_len": SERVE_L, "rows_per_user": 2}, log=lambda *a: None,
           overrides=["trainer.epochs=1", "trainer.progress=false", "trainer.batch_size=64"])
-    art = export_run(run, run / "artifact", overwrite=True)
+    art = export_run(run, runs / "serving" / f"{label}-artifact", overwrite=True)
     torch.set_num_threads(1)
     out = {"model": label, "L": SERVE_L, "candidates": SERVE_CANDIDATES}
     for backend in ("onnx", "torch"):
