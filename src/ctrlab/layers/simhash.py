@@ -54,7 +54,11 @@ class SimHash(nn.Module):
         """Inference sums in position order, bit-identical to :meth:`bucket_tables` + :meth:`lookup` (slower)."""
         g = torch.Generator().manual_seed(int(seed))
         self.register_buffer("projections", torch.randn(self.dim, self.num_hashes, self.hash_bits, generator=g))
-        self.register_buffer("powers", 2.0 ** torch.arange(self.hash_bits, dtype=torch.float32), persistent=False)
+        # bits (…, m·τ) @ packing (m·τ, m) = Σ_t bit_{h,t}·2^t: one product instead of a (…, m, τ) multiply + sum
+        packing = torch.zeros(self.num_hashes * self.hash_bits, self.num_hashes)
+        for h in range(self.num_hashes):
+            packing[h * self.hash_bits:(h + 1) * self.hash_bits, h] = 2.0 ** torch.arange(self.hash_bits)
+        self.register_buffer("packing", packing, persistent=False)
 
     @property
     def num_buckets(self) -> int:
@@ -69,9 +73,10 @@ class SimHash(nn.Module):
     def signatures(self, v: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` -> int64 ``(..., m)`` bucket ids ``sig_h(v)``."""
         proj = torch.matmul(v, self.projections.flatten(1).to(v.dtype))  # (..., m·τ)
-        # packed in float32 (exact: signatures < 2^16) by an elementwise sum, which autocast leaves alone
-        bits = (proj > 0).to(torch.float32).unflatten(-1, (self.num_hashes, self.hash_bits))
-        return (bits * self.powers).sum(-1).long()
+        bits = (proj > 0).to(torch.float32)
+        # packed in float32 (exact: signatures < 2^16), never in a lower autocast precision
+        with torch.autocast(device_type=bits.device.type, enabled=False):
+            return torch.matmul(bits, self.packing).long()
 
     @staticmethod
     def _bucket_sums(seq: torch.Tensor, index: torch.Tensor, slots: int) -> torch.Tensor:
