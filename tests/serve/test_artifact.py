@@ -428,3 +428,15 @@ def test_export_builds_in_a_folder_of_its_own(frappe_export, tmp_path, monkeypat
     with pytest.raises(ArtifactError, match="disagree"):
         export_run(run, tmp_path / "art2")
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_parity_chunks_shrink_with_the_sequence_length():
+    """Parity checks score thousands of rows; at L = 1,000 a SUAN call on 8,192 rows would need tens
+    of GB of attention scores, so the rows per call shrink as 1/L²."""
+    from ctrlab.data.feature_map import FeatureMap
+    from ctrlab.serve.artifact import chunk_rows
+
+    assert chunk_rows(FeatureMap.from_fields({"a": 5})) == 8192
+    assert chunk_rows(FeatureMap.from_fields({"a": 5}, sequences={"h": (20, "a")})) == 8192
+    long = FeatureMap.from_fields({"a": 5}, sequences={"h": (1000, "a"), "g": (10, 5)})
+    assert chunk_rows(long) == 33 and chunk_rows(FeatureMap.from_fields({"a": 5}, sequences={"h": (10_000, "a")})) == 1

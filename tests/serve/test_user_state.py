@@ -102,3 +102,17 @@ def test_models_or_backends_without_user_state_say_so(movielens_export):
     with TestClient(create_app(onnx, ServeConfig())) as client:
         r = client.put("/users/u1", json={"record": {"genres": "Drama", "history": "1^2"}})
         assert r.status_code == 404 and "--backend torch" in r.json()["error"]
+
+
+def test_whole_rows_are_scored_in_chunks_for_long_sequences(exported):
+    """The predictor splits a large call into chunk_rows-sized ones (SUAN's attention grows as rows·L²):
+    the probabilities do not depend on the split."""
+    _, predictor, frame = exported
+    records = frame.head(10).to_dicts()
+    whole = predictor.predict_records(records)
+    chunk = predictor._chunk
+    try:
+        predictor._chunk = 3
+        np.testing.assert_allclose(predictor.predict_records(records), whole, rtol=0, atol=1e-6)
+    finally:
+        predictor._chunk = chunk

@@ -258,10 +258,21 @@ def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET)
     return inputs
 
 
-def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int = 8192) -> np.ndarray:
-    """Eager PyTorch probabilities for encoded arrays (the reference for parity checks)."""
+def chunk_rows(fmap: FeatureMap, most: int = 8192) -> int:
+    """Rows per model call when scoring many encoded rows at once (parity checks): ``most``, fewer for
+    long sequences, whose attention (SUAN's dense self-attention: ``rows·L²`` scores per head and layer)
+    would otherwise need tens of GB at L = 1,000 and 8,192 rows: ``2^25 / L²`` rows, at least 1."""
+    longest = max([s.max_len for s in fmap.sequences] + [s.max_len for s in getattr(fmap, "numeric_sequences", [])]
+                  + [1])
+    return max(1, min(most, (1 << 25) // (longest * longest)))
+
+
+def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int | None = None) -> np.ndarray:
+    """Eager PyTorch probabilities for encoded arrays (the reference for parity checks), ``batch_size``
+    rows per call (default :func:`chunk_rows`)."""
     import torch
 
+    batch_size = batch_size or chunk_rows(fmap)
     inputs = model_inputs(fmap)
     rows = len(next(iter(arrays.values())))
     out = []
@@ -390,8 +401,9 @@ def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.
     feeds = as_model_arrays(arrays, inputs)
     rows = len(next(iter(feeds.values())))
     feeds = session_feeds(session, feeds)
-    got = np.concatenate([session.run(["probability"], {k: v[lo:lo + 8192] for k, v in feeds.items()})[0]
-                          for lo in range(0, rows, 8192)])
+    step = chunk_rows(fmap)
+    got = np.concatenate([session.run(["probability"], {k: v[lo:lo + step] for k, v in feeds.items()})[0]
+                          for lo in range(0, rows, step)])
     ref = torch_probabilities(model, arrays, fmap)
     return {"rows": int(rows), "max_abs_diff": float(np.max(np.abs(got - ref))) if rows else 0.0}
 

@@ -33,7 +33,7 @@ from ..data.errors import DataError
 from ..data.encoders import sequence_tokens, vector_values
 from ..data.pipeline import encode_frame, load_encoders
 from ..data.unseen import UnseenCheck
-from .artifact import Artifact, as_model_arrays, example_arrays, load_artifact, model_batch
+from .artifact import Artifact, as_model_arrays, chunk_rows, example_arrays, load_artifact, model_batch
 from .unseen import Scores
 
 
@@ -164,6 +164,7 @@ class Predictor:
             raise ValueError(f"{self.artifact.path} has no model.onnx (format {self.artifact.format}); use backend torch")
         self.backend_name = backend
         self.fmap = self.artifact.feature_map
+        self._chunk = chunk_rows(self.fmap)
         self.unseen = UnseenCheck(self.fmap)
         """The fields whose values can be unseen (:mod:`ctrlab.data.unseen`), for each answer's counts."""
         if backend == "none":
@@ -334,8 +335,14 @@ class Predictor:
 
     # ---- scoring ------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``."""
-        return self.backend(feeds)
+        """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``; in calls of at most
+        :func:`~ctrlab.serve.artifact.chunk_rows` rows (fewer for long sequences, whose attention grows
+        with rows·L²)."""
+        rows = len(next(iter(feeds.values()))) if feeds else 0
+        if rows <= self._chunk:
+            return self.backend(feeds)
+        return np.concatenate([self.backend({k: v[lo:lo + self._chunk] for k, v in feeds.items()})
+                               for lo in range(0, rows, self._chunk)])
 
     def _score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities of encoded ``arrays``, or a RequestError for the first row whose probability
