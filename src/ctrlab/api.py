@@ -660,14 +660,15 @@ def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
 
 
 def _init_output_bias(model, data: PreparedData, log) -> None:
-    """The model's output bias at the train base rate's log-odds, matched on the first 8192 train
+    """The model's output bias at the train base rate's log-odds, matched on the first 8192 (fewer for long sequences) train
     rows (file order, so no random state is used)."""
     train = data.splits["train"]
     base_rate = float(np.asarray(train.arrays["label"])[:, 0].mean())
     if not 0.0 < base_rate < 1.0:
         raise ConfigError(f"init_output_bias: the train split's base rate is {base_rate}; it needs both classes "
                           "(set init_output_bias=false)")
-    names = model.init_output_bias(to_batch(train.take(slice(0, 8192)).arrays), base_rate)
+    rows = data.feature_map.rows_per_call(8192)  # fewer for long sequences (attention grows as rows·L²)
+    names = model.init_output_bias(to_batch(train.take(slice(0, rows)).arrays), base_rate)
     log(f"[ctrlab] output bias ({', '.join(names)}) set for the train base rate {base_rate:.4g}")
 
 

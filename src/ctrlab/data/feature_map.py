@@ -101,6 +101,14 @@ class FeatureMap:
     with :meth:`from_fields`): grouped by kind, categorical, numeric, sequences, dense."""
 
     # ---- lookups -------------------------------------------------------------------------
+    def rows_per_call(self, most: int = 8192) -> int:
+        """Rows per model call when running a model over many rows outside the training loop (parity
+        checks, serving, the output-bias start): ``most``, fewer for long sequences, whose attention
+        (SUAN's dense self-attention: ``rows·L²`` scores per head and layer) would otherwise need tens
+        of GB at L = 1,000: ``2^25 / L²`` rows, at least 1."""
+        longest = max([s.max_len for s in self.sequences] + [s.max_len for s in self.numeric_sequences] + [1])
+        return max(1, min(most, (1 << 25) // (longest * longest)))
+
     @property
     def num_fields(self) -> int:
         """Fields a classic model embeds: categorical + numeric + sequences + dense vectors."""

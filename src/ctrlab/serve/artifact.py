@@ -259,12 +259,8 @@ def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET)
 
 
 def chunk_rows(fmap: FeatureMap, most: int = 8192) -> int:
-    """Rows per model call when scoring many encoded rows at once (parity checks): ``most``, fewer for
-    long sequences, whose attention (SUAN's dense self-attention: ``rows·L²`` scores per head and layer)
-    would otherwise need tens of GB at L = 1,000 and 8,192 rows: ``2^25 / L²`` rows, at least 1."""
-    longest = max([s.max_len for s in fmap.sequences] + [s.max_len for s in getattr(fmap, "numeric_sequences", [])]
-                  + [1])
-    return max(1, min(most, (1 << 25) // (longest * longest)))
+    """Rows per model call when scoring many encoded rows at once: :meth:`FeatureMap.rows_per_call`."""
+    return fmap.rows_per_call(most)
 
 
 def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int | None = None) -> np.ndarray:
