@@ -108,3 +108,16 @@ def test_ragged_array_indexing_save_load(tmp_path):
     assert isinstance(choose_storage(full, "auto", "post"), np.ndarray) == bool(lens.mean() >= 3)
     with pytest.raises(ValueError, match="sequence_storage"):
         choose_storage(full, "sparse")
+
+
+def test_operators_act_on_the_padded_array():
+    """A reader comparing or combining a sequence array (``(seq > 0).any()``) gets what the padded
+    matrix gives, whichever storage the split chose."""
+    from ctrlab.data.loader import RaggedArray
+
+    padded = np.array([[0, 0, 3], [0, 4, 5], [0, 0, 0]], dtype=np.int32)
+    ragged = RaggedArray(np.array([3, 4, 5], dtype=np.int32), np.array([0, 1, 3, 3]), 3, "pre")
+    for op in (lambda a: a > 0, lambda a: a >= 4, lambda a: a < 4, lambda a: a <= 3, lambda a: a + 1,
+               lambda a: 2 * a, lambda a: a - 1, lambda a: 10 - a, lambda a: (a > 0) & (a < 5), lambda a: a == 4):
+        np.testing.assert_array_equal(op(ragged), op(padded))
+    assert (ragged > 0).any() and ragged.max() == 5 and ragged.shape == (3, 3)

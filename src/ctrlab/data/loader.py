@@ -127,6 +127,20 @@ class RaggedArray:
 
     __hash__ = None
 
+    def _binary(ufunc, reflected=False):  # noqa: N805 - a factory used in the class body
+        def op(self, other):
+            other = np.asarray(other) if isinstance(other, RaggedArray) else other
+            return ufunc(other, np.asarray(self)) if reflected else ufunc(np.asarray(self), other)
+        return op
+
+    # operators are looked up on the type, not through __getattr__: each one on the padded array
+    __lt__, __le__, __gt__, __ge__ = (_binary(np.less), _binary(np.less_equal), _binary(np.greater),
+                                      _binary(np.greater_equal))
+    __add__, __sub__, __mul__ = _binary(np.add), _binary(np.subtract), _binary(np.multiply)
+    __radd__, __rsub__, __rmul__ = _binary(np.add, True), _binary(np.subtract, True), _binary(np.multiply, True)
+    __and__, __or__ = _binary(np.bitwise_and), _binary(np.bitwise_or)
+    del _binary
+
     def __getattr__(self, name: str):
         if name.startswith("__") or name in ("values", "offsets", "max_len", "padding"):
             raise AttributeError(name)
