@@ -252,8 +252,11 @@ def render_real(results: list[dict]) -> str:
                 continue
             a, sa, se = mean_std_se([r["auc"] for r in mine])
             ll, sll, _ = mean_std_se([r["logloss"] for r in mine])
-            lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {ll:.4f} ± {sll:.4f} | "
-                         f"{statistics.mean(r['seconds'] for r in mine):.0f} |")
+            secs = statistics.mean(r['seconds'] for r in mine)
+            if len(mine) == 1:  # one seed has no spread: say so rather than print ± 0
+                lines.append(f"| {label} | 1 | {a:.4f} (one seed) | – | {ll:.4f} | {secs:.0f} |")
+            else:
+                lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {ll:.4f} ± {sll:.4f} | {secs:.0f} |")
         lines.append("")
     lines.append(REAL_END)
     return "\n".join(lines)
