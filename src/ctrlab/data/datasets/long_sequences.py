@@ -23,7 +23,6 @@ from ..schema import DatasetConfig
 from .events import (
     check_split_params,
     event_log_config,
-    float_column,
     history_events,
     int_column,
     list_array,
@@ -35,9 +34,9 @@ from .events import (
     time_ordered_splits,
     write_parquet_splits,
 )
-from .movielens_samples import ML_LATEST_GENRES_MAX, ML_LATEST_SOURCES, genre_tokens, lookup, title_year
+from .movielens_samples import ML_LATEST_GENRES_MAX, ML_LATEST_SOURCES, genre_tokens, latest_ratings, lookup, title_year
 from .registry import DatasetContext, SourceFile, register_dataset
-from .taobao import BEHAVIORS, TAOBAO_SOURCES, UTC_OFFSET_S, read_behaviors
+from .taobao import TAOBAO_SOURCES, UTC_OFFSET_S, behavior_columns
 
 VIDEO_GAMES_SOURCES = [
     SourceFile(
@@ -137,16 +136,8 @@ def movielens_latest_long(
     ratings_src, movies_src = ctx.find_sources(ML_LATEST_SOURCES)
 
     def build(out: Path) -> dict:
-        lines = read_text(ratings_src, "utf-8").splitlines()
-        header = "userId,movieId,rating,timestamp"
-        if not lines or lines[0] != header:
-            raise DataError(f"header {lines[0] if lines else ''!r}, expected {header!r}", ratings_src, line=1,
-                            fix="use ml-latest-small's ratings.csv")
-        rows_txt = split_fields(ratings_src, lines[1:], ",", header.split(","), first_line=2)
-        users = int_column(ratings_src, rows_txt, 0, "userId", 2)
-        items = int_column(ratings_src, rows_txt, 1, "movieId", 2)
-        ratings = float_column(ratings_src, rows_txt, 2, "rating", 2)
-        ts = int_column(ratings_src, rows_txt, 3, "timestamp", 2)
+        r = latest_ratings(ratings_src)
+        users, items, ratings, ts = r["userId"], r["movieId"], r["rating"], r["timestamp"]
         label = (ratings >= positive_threshold).astype(np.int8)
         use = label.astype(bool) if history == "positive" else np.ones(len(users), dtype=bool)
 
@@ -244,16 +235,9 @@ def taobao_long(
     (src,) = ctx.find_sources(TAOBAO_SOURCES)
 
     def build(out: Path) -> dict:
-        rows_txt, dropped = read_behaviors(src, log=lambda msg: None)
-        users = int_column(src, rows_txt, 0, "user_id")
-        items = int_column(src, rows_txt, 1, "item_id")
-        cats = int_column(src, rows_txt, 2, "category_id")
-        ts = int_column(src, rows_txt, 4, "timestamp")
-        behavior = np.array([r[3] for r in rows_txt], dtype=object)
-        bad = np.flatnonzero(~np.isin(behavior, BEHAVIORS))
-        if len(bad):
-            raise DataError(f"behaviour {behavior[bad[0]]!r} is not one of {list(BEHAVIORS)}", src,
-                            line=int(bad[0]) + 1, column="behavior_type", fix="use the published UserBehavior.csv")
+        _, cols, dropped = behavior_columns(src, log=lambda msg: None)
+        users, items, cats, ts = (cols[c] for c in ("user_id", "item_id", "category_id", "timestamp"))
+        behavior = cols["behavior_type"]
         label = (behavior != "pv").astype(np.int8)
         local = ts + UTC_OFFSET_S
         use = np.ones(len(users), dtype=bool)

@@ -66,6 +66,19 @@ ML1M_AGE_CODES = ["1", "18", "25", "35", "45", "50", "56"]
 _YEAR = re.compile(r"\((\d{4})(?:\s*[\u2013-]\s*\d{4})?\)\s*$")
 
 
+def latest_ratings(path: Path) -> dict[str, np.ndarray]:
+    """ml-latest-small's ratings.csv (header checked) as columns ``userId``, ``movieId``, ``timestamp``
+    (int64) and ``rating`` (float64); a DataError names a bad header or line."""
+    lines = read_text(path, "utf-8").splitlines()
+    header = "userId,movieId,rating,timestamp"
+    if not lines or lines[0] != header:
+        raise DataError(f"header {lines[0] if lines else ''!r}, expected {header!r}", path, line=1,
+                        fix="use ml-latest-small's ratings.csv")
+    rows = split_fields(path, lines[1:], ",", header.split(","), first_line=2)
+    return {"userId": int_column(path, rows, 0, "userId", 2), "movieId": int_column(path, rows, 1, "movieId", 2),
+            "rating": float_column(path, rows, 2, "rating", 2), "timestamp": int_column(path, rows, 3, "timestamp", 2)}
+
+
 def title_year(title: str) -> str:
     """The release year MovieLens appends to a title, ``"Heat (1995)"`` -> ``"1995"`` (a range such
     as ``(2006–2007)`` gives its first year), or ``"unknown"`` where the title has none."""
@@ -146,18 +159,10 @@ def movielens_latest_small(
     ratings_src, movies_src = ctx.find_sources(ML_LATEST_SOURCES)
 
     def build(out: Path) -> dict:
-        lines = read_text(ratings_src, "utf-8").splitlines()
-        header = "userId,movieId,rating,timestamp"
-        if not lines or lines[0] != header:
-            raise DataError(f"header {lines[0] if lines else ''!r}, expected {header!r}", ratings_src, line=1,
-                            fix="use ml-latest-small's ratings.csv")
-        rows = split_fields(ratings_src, lines[1:], ",", header.split(","), first_line=2)
-        users = int_column(ratings_src, rows, 0, "userId", 2)
-        items = int_column(ratings_src, rows, 1, "movieId", 2)
-        ratings = float_column(ratings_src, rows, 2, "rating", 2)
-        ts = int_column(ratings_src, rows, 3, "timestamp", 2)
+        r = latest_ratings(ratings_src)
+        users, items, ratings, ts = r["userId"], r["movieId"], r["rating"], r["timestamp"]
         label = (ratings >= positive_threshold).astype(np.int8)
-        use = label.astype(bool) if history == "positive" else np.ones(len(rows), dtype=bool)
+        use = label.astype(bool) if history == "positive" else np.ones(len(users), dtype=bool)
         hist = build_histories(users, items, ts, use, history_max_len)
 
         movie_rows = list(csv.reader(io.StringIO(read_text(movies_src, "utf-8"))))

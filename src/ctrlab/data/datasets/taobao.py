@@ -55,6 +55,23 @@ def read_behaviors(path: Path, log=lambda msg: print(msg, file=sys.stderr)) -> t
     return split_fields(path, lines, ",", FIELDS), dropped
 
 
+def behavior_columns(path: Path, log=lambda msg: print(msg, file=sys.stderr)
+                     ) -> tuple[list[list[str]], dict[str, np.ndarray], list[dict]]:
+    """:func:`read_behaviors` (its rows of text and the lines dropped) with the columns parsed:
+    ``user_id``, ``item_id``, ``category_id``, ``timestamp`` (int64) and ``behavior_type`` (object; a
+    value outside :data:`BEHAVIORS` is a DataError naming its line)."""
+    rows, dropped = read_behaviors(path, log)
+    cols = {name: int_column(path, rows, i, name) for i, name in ((0, "user_id"), (1, "item_id"),
+                                                                  (2, "category_id"), (4, "timestamp"))}
+    behavior = np.array([r[3] for r in rows], dtype=object)
+    bad = np.flatnonzero(~np.isin(behavior, BEHAVIORS))
+    if len(bad):
+        raise DataError(f"behaviour {behavior[bad[0]]!r} is not one of {list(BEHAVIORS)}", path,
+                        line=int(bad[0]) + 1, column="behavior_type", fix="use the published UserBehavior.csv")
+    cols["behavior_type"] = behavior
+    return rows, cols, dropped
+
+
 @register_dataset("taobao_head")
 def taobao_head(
     ctx: DatasetContext,
@@ -97,16 +114,9 @@ def taobao_head(
     (src,) = ctx.find_sources(TAOBAO_SOURCES)
 
     def build(out: Path) -> dict:
-        rows, dropped = read_behaviors(src)
-        users = int_column(src, rows, 0, "user_id")
-        items = int_column(src, rows, 1, "item_id")
-        cats = int_column(src, rows, 2, "category_id")
-        ts = int_column(src, rows, 4, "timestamp")
-        behavior = np.array([r[3] for r in rows], dtype=object)
-        bad = np.flatnonzero(~np.isin(behavior, BEHAVIORS))
-        if len(bad):
-            raise DataError(f"behaviour {behavior[bad[0]]!r} is not one of {list(BEHAVIORS)}", src,
-                            line=int(bad[0]) + 1, column="behavior_type", fix="use the published UserBehavior.csv")
+        rows, cols, dropped = behavior_columns(src)
+        users, items, cats, ts = (cols[c] for c in ("user_id", "item_id", "category_id", "timestamp"))
+        behavior = cols["behavior_type"]
         label = (behavior != "pv").astype(np.int8)
         local = ts + UTC_OFFSET_S
         hour = (local // 3600) % 24
