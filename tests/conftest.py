@@ -113,3 +113,17 @@ def dead_owner() -> dict:
         proc.wait()
     assert owner["start_ticks"] is not None
     return owner
+
+
+@pytest.fixture
+def one_thread():
+    """Torch on one intra-op thread for the test, restored afterwards: the training tests run small
+    batches, where a second thread costs more than it gives (5-10x slower on a busy 2-core machine)."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

@@ -28,12 +28,6 @@ def single_thread():
         torch.set_num_threads(n)
 
 
-@pytest.fixture
-def one_thread():
-    with single_thread():
-        yield
-
-
 def _batch(fmap, batch_size=16, seed=0):
     """A random batch with real (non-pad) categorical ids and some all-padding histories."""
     b = random_batch(fmap, batch_size=batch_size, seed=seed)

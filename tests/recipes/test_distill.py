@@ -25,14 +25,7 @@ from ctrlab.models import create
 from ctrlab.recipes.distill import DistillOptions, DistillPair, distill_term
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 QUIET = lambda *a, **k: None  # noqa: E731
