@@ -74,6 +74,54 @@ def test_zero_bits_is_masked_sum_pooling():
                                (seq * mask[..., None]).sum(1))
 
 
+def test_bucket_mean_divides_by_the_collisions_and_zero_bits_is_masked_mean_pooling():
+    q, seq, mask = _data()
+    with torch.no_grad():
+        u = SimHash(8, num_hashes=3, hash_bits=0, bucket_mean=True)(q, seq, mask)
+        counts = mask.sum(1, keepdim=True)
+        torch.testing.assert_close(u[1:], (seq * mask[..., None]).sum(1)[1:] / counts[1:])
+        assert torch.equal(u[0], torch.zeros(8))  # row 0 is all padding: an empty bucket gives 0, not NaN
+        # with bits: each hash's sum over its collided behaviours divided by their number
+        sh = SimHash(8, num_hashes=4, hash_bits=2, bucket_mean=True, seed=3)
+        plain = SimHash(8, num_hashes=4, hash_bits=2, seed=3)
+        hit = (sh.signatures(seq) == sh.signatures(q).unsqueeze(1)) & mask.unsqueeze(-1)  # (B, L, m)
+        per_hash = torch.einsum("blm,bld->bmd", hit.float(), seq) / hit.sum(1).clamp(min=1).unsqueeze(-1)
+        torch.testing.assert_close(sh(q, seq, mask), per_hash.mean(1))
+        assert not torch.allclose(plain(q, seq, mask)[1:], sh(q, seq, mask)[1:])
+        # the scale does not grow with the history: every behaviour twice gives the same interest
+        twice = torch.cat([seq, seq], 1), torch.cat([mask, mask], 1)
+        torch.testing.assert_close(sh(q, *twice), sh(q, seq, mask))
+        torch.testing.assert_close(plain(q, *twice), 2 * plain(q, seq, mask))
+
+
+@pytest.mark.parametrize("m, tau, l2", [(1, 4, False), (8, 3, False), (3, 0, False), (4, 2, True)])
+@pytest.mark.parametrize("pad", ["pre", "post"])
+def test_bucket_mean_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, tau, l2, pad):
+    q, seq, mask = _data(B=16, L=40, d=12, seed=4, pad=pad)
+    sh = SimHash(12, num_hashes=m, hash_bits=tau, l2_norm=l2, seed=5, bucket_mean=True)
+    plain = SimHash(12, num_hashes=m, hash_bits=tau, seed=5)
+    with torch.no_grad():
+        sh.ordered_sums = True
+        direct = sh(q, seq, mask)
+        tables = sh.bucket_tables(seq, mask)
+        assert torch.equal(sh.lookup(tables, q), direct)
+        other = torch.randn(16, 12)
+        assert torch.equal(sh.lookup(tables, other), sh(other, seq, mask))
+        # the tables hold each bucket's mean: its sum divided by its number of real behaviours
+        sums = plain.bucket_tables(seq, mask)
+        sig = torch.where(mask.unsqueeze(-1), sh.signatures(seq), 2 ** tau)  # (B, L, m)
+        counts = torch.stack([torch.stack([(sig[..., h] == k).sum(1) for k in range(2 ** tau)], 1)
+                              for h in range(m)], 1)  # (B, m, 2^τ)
+        torch.testing.assert_close(tables, sums / counts.clamp(min=1).unsqueeze(-1))
+    s1, s2 = seq.clone().requires_grad_(), seq.clone().requires_grad_()
+    a, b = sh(q, s1, mask), sh.lookup(sh.bucket_tables(s2, mask), q)
+    torch.testing.assert_close(a, direct)
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+
+
 @pytest.mark.parametrize("m, tau, l2", [(1, 4, False), (16, 3, False), (4, 0, False), (2, 8, True), (5, 1, True)])
 @pytest.mark.parametrize("pad", ["pre", "post"])
 def test_bucket_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, tau, l2, pad):

@@ -35,7 +35,8 @@ def _batch(fmap, n=16, seed=0):
 def test_defaults_and_registration():
     hp = default_hparams("SDIM")
     assert hp["embedding_dim"] == 10 and hp["num_hashes"] == 1 and hp["hash_bits"] == 4
-    assert hp["reuse_hash"] is True and hp["l2_norm"] is False and hp["short_seq_len"] == 50
+    assert hp["reuse_hash"] is True and hp["l2_norm"] is False and hp["bucket_mean"] is False
+    assert hp["short_seq_len"] == 50
     assert hp["attention_dim"] == 64 and hp["num_heads"] == 1 and hp["use_qkvo"] is True
     assert hp["dnn_hidden_units"] == (512, 128, 64) and hp["net_dropout"] == 0 and hp["batch_norm"] is False
     for k in hp:
@@ -97,7 +98,8 @@ def test_padding_side_and_extra_padding_change_nothing(train_mode):
 
 
 @pytest.mark.parametrize("kw", [dict(num_hashes=3, hash_bits=4), dict(num_hashes=2, hash_bits=0, l2_norm=True),
-                                dict(num_hashes=16, hash_bits=3, short_seq_len=0)])
+                                dict(num_hashes=16, hash_bits=3, short_seq_len=0),
+                                dict(num_hashes=4, hash_bits=3, bucket_mean=True)])
 def test_forward_with_precomputed_behaviours_equals_forward_without(kw):
     """Two-stage serving: the per-user encodings replace the sequences; at inference with position-
     ordered sums (``ordered_sums``) the logits are equal bit for bit, with the default matrix-product

@@ -19,14 +19,16 @@ class SimHash(nn.Module):
     ``projections`` (so saved weights and exported graphs carry them). Bits
     ``b_{h,t}(v) = 1[⟨v, R_{:,h,t}⟩ > 0]`` (strictly: 0 maps to bit 0, for target and behaviours
     alike), signature ``sig_h(v) = Σ_t b_{h,t}(v)·2^t ∈ [0, 2^τ)``;
-    ``u_h = Σ_j mask_j · 1[sig_h(s_j) = sig_h(q)] · s_j``, optionally ``u_h / ‖u_h‖₂``
-    (``l2_norm``; a zero ``u_h`` stays 0), and ``u = (1/m) Σ_h u_h``. ``E[u_h] =
+    ``u_h = Σ_j mask_j · 1[sig_h(s_j) = sig_h(q)] · s_j``, optionally divided by the number of
+    collided behaviours ``n_h`` (``bucket_mean``: the mean of the bucket, so ``u_h`` keeps the
+    behaviours' scale whatever the history length; an empty bucket gives 0), optionally
+    ``u_h / ‖u_h‖₂`` (``l2_norm``; a zero ``u_h`` stays 0), and ``u = (1/m) Σ_h u_h``. ``E[u_h] =
     Σ_j mask_j (1 − θ_j/π)^τ s_j`` (θ_j the angle between q and s_j). ``τ = 0``: every behaviour
-    collides and ``u`` is the masked sum. Padding never collides: it is left out by the mask, not
+    collides and ``u`` is the masked sum (with ``bucket_mean``: the masked mean, mean pooling). Padding never collides: it is left out by the mask, not
     by its vector (a zero vector has signature 0).
 
     Two-stage form (SDIM's BSE): :meth:`bucket_tables` ``(B, m, 2^τ, d)`` holds each bucket's sum
-    (independent of the candidate; computed once per user), :meth:`lookup` hashes the candidate and
+    (its mean with ``bucket_mean``; independent of the candidate; computed once per user), :meth:`lookup` hashes the candidate and
     gathers its buckets: O(m·d) per candidate. ``lookup(bucket_tables(s, mask), q)`` equals
     ``forward(q, s, mask)`` bit for bit on CPU when autograd is off (inference, serving): both
     then sum the collided behaviours with the same ``scatter_add`` in position order (the direct
@@ -39,7 +41,8 @@ class SimHash(nn.Module):
     ``scatter_add`` per hash function, no ``(B, L, 2^τ)`` one-hot); memory ``O(B·L·(d + m·τ))``.
     """
 
-    def __init__(self, dim: int, num_hashes: int = 1, hash_bits: int = 4, l2_norm: bool = False, seed: int = 0):
+    def __init__(self, dim: int, num_hashes: int = 1, hash_bits: int = 4, l2_norm: bool = False, seed: int = 0,
+                 bucket_mean: bool = False):
         super().__init__()
         if int(dim) < 1:
             raise ValueError(f"SimHash: dim must be >= 1, got {dim}")
@@ -49,7 +52,7 @@ class SimHash(nn.Module):
             raise ValueError(f"hash_bits must be in [0, {MAX_HASH_BITS}] (bits per signature; a bucket table has "
                              f"2^hash_bits rows per hash), got {hash_bits}")
         self.dim, self.num_hashes, self.hash_bits = int(dim), int(num_hashes), int(hash_bits)
-        self.l2_norm = bool(l2_norm)
+        self.l2_norm, self.bucket_mean = bool(l2_norm), bool(bucket_mean)
         self.ordered_sums = False
         """Inference sums in position order, bit-identical to :meth:`bucket_tables` + :meth:`lookup` (slower)."""
         g = torch.Generator().manual_seed(int(seed))
@@ -70,11 +73,28 @@ class SimHash(nn.Module):
         if self.projections.numel():
             self.projections.normal_(generator=generator)
 
+    SIGNATURE_CHUNK_ROWS = 4096
+    """Vectors hashed per step: the ``(rows, m·τ)`` projections then stay in the CPU cache between
+    the product, the bits and the packing (at L = 1,000 with m·τ = 64, 3-4x faster than one pass
+    over the whole ``(B·L, m·τ)`` tensor, which is memory-bound)."""
+
+    @torch.no_grad()  # ids are not differentiable: nothing to record
     def signatures(self, v: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` -> int64 ``(..., m)`` bucket ids ``sig_h(v)``."""
-        proj = torch.matmul(v, self.projections.flatten(1).to(v.dtype))  # (..., m·τ)
-        bits = (proj > 0).to(torch.float32)
-        # packed in float32 (exact: signatures < 2^16), never in a lower autocast precision
+        flat = v.reshape(-1, v.shape[-1])
+        weights = self.projections.flatten(1).to(v.dtype)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return self._pack(torch.matmul(flat, weights)).view(*v.shape[:-1], self.num_hashes)
+        out = torch.empty(flat.shape[0], self.num_hashes, dtype=torch.long, device=v.device)
+        for i in range(0, flat.shape[0], self.SIGNATURE_CHUNK_ROWS):
+            out[i:i + self.SIGNATURE_CHUNK_ROWS] = self._pack(flat[i:i + self.SIGNATURE_CHUNK_ROWS] @ weights)
+        return out.view(*v.shape[:-1], self.num_hashes)
+
+    def _pack(self, proj: torch.Tensor) -> torch.Tensor:
+        """Projections ``(n, m·τ)`` -> ``(n, m)`` ids: bit = 1[proj > 0] as ``relu(sign(proj))`` (in place,
+        float: one vectorised pass each, where a ``> 0`` to bool costs twice both), packed by one
+        product in float32 (exact: signatures < 2^16), never in a lower autocast precision."""
+        bits = proj.float().sign_().clamp_(min=0.0)
         with torch.autocast(device_type=bits.device.type, enabled=False):
             return torch.matmul(bits, self.packing).long()
 
@@ -104,6 +124,8 @@ class SimHash(nn.Module):
         else:  # summed exactly as bucket_tables sums, so lookup() reproduces it bit for bit
             u = torch.stack([self._bucket_sums(seq, (~hit[..., h]).long(), 2)[:, 0]  # slot 0: collided
                              for h in range(self.num_hashes)], dim=1)
+        if self.bucket_mean:
+            u = u / hit.sum(1).clamp(min=1).unsqueeze(-1).to(u.dtype)
         return self._pool(u)
 
     def bucket_tables(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,9 +134,13 @@ class SimHash(nn.Module):
         self._check(None, seq, mask)
         sig_s = self.signatures(seq)
         K = self.num_buckets
-        tables = [self._bucket_sums(seq, torch.where(mask, sig_s[..., h], K), K + 1)[:, :K]  # slot K: padding
-                  for h in range(self.num_hashes)]
-        return torch.stack(tables, dim=1)
+        index = torch.where(mask.unsqueeze(-1), sig_s, K)  # (B, L, m); slot K: padding
+        tables = torch.stack([self._bucket_sums(seq, index[..., h], K + 1)[:, :K] for h in range(self.num_hashes)], 1)
+        if self.bucket_mean:  # counts per bucket, the same division forward() makes
+            counts = torch.zeros(seq.shape[0], self.num_hashes, K + 1, dtype=torch.long, device=seq.device)
+            counts = counts.scatter_add(2, index.transpose(1, 2), torch.ones_like(index.transpose(1, 2)))[..., :K]
+            tables = tables / counts.clamp(min=1).unsqueeze(-1).to(tables.dtype)
+        return tables
 
     def lookup(self, tables: torch.Tensor, query: torch.Tensor) -> torch.Tensor:
         """Candidates' interests from precomputed :meth:`bucket_tables`: ``(B, m, 2^τ, d)``,
@@ -137,4 +163,5 @@ class SimHash(nn.Module):
             raise ValueError(f"SimHash: query must be (B, {self.dim}) for B = {seq.shape[0]}, got {tuple(query.shape)}")
 
     def extra_repr(self) -> str:
-        return f"dim={self.dim}, num_hashes={self.num_hashes}, hash_bits={self.hash_bits}, l2_norm={self.l2_norm}"
+        return (f"dim={self.dim}, num_hashes={self.num_hashes}, hash_bits={self.hash_bits}, l2_norm={self.l2_norm}, "
+                f"bucket_mean={self.bucket_mean}")

@@ -39,7 +39,8 @@ class SDIM(CTRModel):
     real positions = those of s_1);
 
     * long-term interest, the whole sequence: ``u_long = (1/m) Σ_h u_h``,
-      ``u_h = Σ_j mask_j 1[sig_h(s_j) = sig_h(q)] s_j`` (optionally L2-normalised), SimHash
+      ``u_h = Σ_j mask_j 1[sig_h(s_j) = sig_h(q)] s_j`` (optionally divided by the number of
+      collided behaviours, ``bucket_mean``, and/or L2-normalised, ``l2_norm``), SimHash
       signatures ``sig_h(v) = Σ_t 1[⟨v, R_{:,h,t}⟩ > 0] 2^t`` with fixed Gaussian ``R (d, m, τ)``
       (:class:`~ctrlab.layers.simhash.SimHash`; ``m = num_hashes``, ``τ = hash_bits``);
     * short-term interest, the last ``short_seq_len`` real behaviours: ``u_short =``
@@ -72,7 +73,9 @@ class SDIM(CTRModel):
     ``embedding_dim=10``, ``target_field=None``, ``sequence_field=None`` (DIN's
     ``din_target_field`` / ``din_sequence_field`` forms: names, groups, lists; None is inferred from
     ``share_vocab_with``, see :func:`ctrlab.models.din.infer_din_fields`), ``num_hashes=1``,
-    ``hash_bits=4``, ``reuse_hash=True``, ``l2_norm=False``, ``hash_seed=0`` (ctrlab),
+    ``hash_bits=4``, ``reuse_hash=True``, ``l2_norm=False``, ``bucket_mean=False`` (ctrlab: each
+    bucket's mean instead of its sum, so the interest keeps the embeddings' scale whatever the
+    history length, as mean pooling does; see docs/models.md), ``hash_seed=0`` (ctrlab),
     ``short_seq_len=50`` (0: no short-term part), ``attention_dim=64``, ``num_heads=1``,
     ``use_qkvo=True``, ``attention_dropout=0.``, ``dnn_hidden_units=(512, 128, 64)``,
     ``dnn_activations="ReLU"``, ``net_dropout=0.``, ``batch_norm=False``,
@@ -85,7 +88,7 @@ class SDIM(CTRModel):
                  target_field: str | Sequence[str | Sequence[str]] | None = None,
                  sequence_field: str | Sequence[str | Sequence[str]] | None = None,
                  num_hashes: int = 1, hash_bits: int = 4, reuse_hash: bool = True, l2_norm: bool = False,
-                 hash_seed: int = 0, short_seq_len: int = 50, attention_dim: int = 64, num_heads: int = 1,
+                 bucket_mean: bool = False, hash_seed: int = 0, short_seq_len: int = 50, attention_dim: int = 64, num_heads: int = 1,
                  use_qkvo: bool = True, attention_dropout: float = 0.0,
                  dnn_hidden_units: Sequence[int] = (512, 128, 64), dnn_activations: str = "ReLU",
                  net_dropout: float = 0.0, batch_norm: bool = False,
@@ -98,7 +101,7 @@ class SDIM(CTRModel):
         D = self.embedding.embedding_dim
         self.reuse_hash, self.short_seq_len = bool(reuse_hash), int(short_seq_len)
         self.simhash = torch.nn.ModuleList(
-            SimHash(D * len(t), num_hashes, hash_bits, l2_norm, seed=int(hash_seed) + i)
+            SimHash(D * len(t), num_hashes, hash_bits, l2_norm, seed=int(hash_seed) + i, bucket_mean=bucket_mean)
             for i, (t, _) in enumerate(self.pairs))
         self.short_attention = torch.nn.ModuleList(
             MultiHeadTargetAttention(D * len(t), attention_dim, num_heads, use_qkvo, attention_dropout)

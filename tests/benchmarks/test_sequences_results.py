@@ -1,0 +1,39 @@
+"""benchmarks/sequences.py keeps results with the settings they were made with: a changed variant's
+old runs are retired (not mixed into the new mean), and a partial speed call keeps the other rows."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO / "benchmarks"))  # sequences.py imports script_io from beside it
+spec = importlib.util.spec_from_file_location("sequences_bench", REPO / "benchmarks" / "sequences.py")
+seq = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(seq)
+
+
+def _row(label, seed, auc, config):
+    return {"dataset": "taobao_long", "model": label, "seed": seed, "auc": auc, "logloss": 0.3, "seconds": 1.0,
+            "epochs": 3, "config": config}
+
+
+def test_runs_made_with_other_settings_are_retired_not_averaged():
+    current = seq.variant_config(seq.real_variants("taobao_long")["SDIM"])
+    old = json.loads(json.dumps(dict(current, params=dict(current["params"], hash_bits=3))))
+    rows = [_row("SDIM", 2021, 0.60, old), _row("SDIM", 2021, 0.67, current), _row("SDIM", 2022, 0.65, current)]
+    assert seq.current_rows(rows) == rows[1:]
+    text = seq.render_real(rows)
+    assert "| SDIM | 2 | 0.6600 ± 0.0141 |" in text
+    assert "1 older runs" in text
+    # a row without a config (or a label no longer defined) never counts
+    assert seq.current_rows([dict(rows[1], config=None), dict(rows[1], model="SDIM-old")]) == []
+
+
+def test_config_records_what_defines_a_run():
+    v = seq.real_variants("taobao_long")["LightSUAN-S distilled from SUAN-L"]
+    c = seq.variant_config(v)
+    assert c["model"] == "LightSUAN" and c["teacher"] == "SUAN" and c["history_max_len"] == seq.REAL_L
+    assert c["epochs"] == seq.REAL_EPOCHS and c["params"]["n_layers"] == 1
+    assert c == json.loads(json.dumps(c))  # what the JSON file stores compares equal to it
