@@ -37,24 +37,6 @@ BARS_FRAPPE_TEST_MD5 = "3470f6d32713dc5f7715f198ca7c612a"
 BARS_FRAPPE_VALID_MD5 = "88d51bf2173505436d3a8f78f2a59da8"
 
 
-@pytest.fixture(scope="module")
-def shared(data_dir) -> Path:
-    root = data_dir
-    if not (root / "frappe_x1").is_dir():
-        pytest.skip(f"real datasets not found at {root}: set CTRLAB_DATA_DIR to the shared datasets folder")
-    return root
-
-
-@pytest.fixture(scope="module")
-def env(shared, tmp_path_factory):
-    """CTRLAB_DATA_DIR = the shared folder, CTRLAB_CACHE_DIR = a fresh tmp folder (module-wide)."""
-    cache = tmp_path_factory.mktemp("ctrlab_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CTRLAB_DATA_DIR", str(shared))
-        mp.setenv("CTRLAB_CACHE_DIR", str(cache))
-        yield {"data": shared, "cache": cache}
-
-
 def _lines(path: str | Path) -> list[bytes]:
     return Path(path).read_bytes().splitlines()
 

@@ -20,17 +20,6 @@ from ctrlab.data.datasets.registry import read_manifest
 from ctrlab.data.pipeline import load_encoders, prepare
 
 
-@pytest.fixture(scope="module")
-def env(data_dir, tmp_path_factory):
-    if not (data_dir / "sasrec_amazon_video_games").is_dir():
-        pytest.skip(f"real datasets not found at {data_dir}: set CTRLAB_DATA_DIR to the shared datasets folder")
-    cache = tmp_path_factory.mktemp("ctrlab_cache")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CTRLAB_DATA_DIR", str(data_dir))
-        mp.setenv("CTRLAB_CACHE_DIR", str(cache))
-        yield {"data": data_dir, "cache": cache}
-
-
 def _frames(cfg) -> dict[str, pl.DataFrame]:
     return {s: pl.read_parquet(p) for s, p in cfg.files.items()}
 
