@@ -83,6 +83,39 @@ def test_a_prefix_cache_gives_the_full_pass_outputs(window):
         torch.testing.assert_close(cont[i], ref[0, p:], rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("with_time", [True, False])
+def test_the_pair_index_reads_the_bias_table_and_masks_with_its_last_entry(with_time):
+    """Dense attention's logit bias is one gather from ``bias_table``: ``p[min(d, P)] + τ[bucket]``
+    where the pair is allowed, ``-inf`` elsewhere; the index shared by a stack (``pairs``) gives
+    the same outputs as each block computing it, also against a cached prefix."""
+    block = _block(window=3, stride=4)
+    x, rank, real, time, profile = _inputs()
+    t = time if with_time else None
+    index = block.pair_index(rank, rank, t, t, real)
+    bias = block.bias_table(with_time)[index]
+    distance = (rank.unsqueeze(2) - rank.unsqueeze(1)).clamp(0, block.max_distance)
+    want = block.position_bias.detach()[distance]
+    if with_time:
+        gap = (time.unsqueeze(2) - time.unsqueeze(1)).abs()
+        want = want + block.time_bias.detach()[time_buckets(gap, block.num_time_buckets, block.time_max_gap)]
+    slots = torch.arange(T)
+    causal = slots.unsqueeze(1) >= slots.unsqueeze(0)
+    allowed = causal & (real.unsqueeze(1) | torch.eye(T, dtype=torch.bool))
+    allowed &= ((distance <= 3) | (distance % 4 == 0)) | torch.eye(T, dtype=torch.bool)
+    assert torch.equal(torch.isinf(bias), ~allowed)
+    torch.testing.assert_close(bias[allowed], want[allowed], rtol=0, atol=0)
+    block.sparse_kernel = False  # the dense path reads the index (the sparse kernel builds its own pairs)
+    ref, _ = block(x, rank, real, t, profile)
+    shared, _ = block(x, rank, real, t, profile, pairs=block.pairs_for(rank, real, t))
+    assert torch.equal(shared, ref)
+    p = 8
+    _, past = block(x[:, :p], rank[:, :p], real[:, :p], None if t is None else t[:, :p], profile)
+    args = (rank[:, p:], real[:, p:], None if t is None else t[:, p:])
+    ref, _ = block(x[:, p:], *args[:2], args[2], profile, past=past, cache=False)
+    shared, _ = block(x[:, p:], *args[:2], args[2], profile, past=past, cache=False, pairs=block.pairs_for(*args, past))
+    assert torch.equal(shared, ref)
+
+
 def test_sparse_with_a_window_covering_the_sequence_is_dense_exactly():
     dense = _block()
     x, rank, real, time, profile = _inputs()

@@ -129,7 +129,9 @@ class UnifiedAttentionBlock(nn.Module):
        ``x = RMSNorm(w₁ ⊙ x + w₂ ⊙ c + x)``; without a profile this step is skipped;
     3. SwiGLU ``x = x + W₃(SiLU(x W₁) ⊙ x W₂)`` (hidden ``ffn_mult·d``, bias-free), plain residual.
 
-    ``forward(x, rank, real, time=None, profile=None, past=None) -> (x, present)``: ``past`` is the
+    ``forward(x, rank, real, time=None, profile=None, past=None, cache=True, pairs=None) -> (x,
+    present)``; ``pairs``: :meth:`pairs_for` of these arguments, computed once for a stack of blocks
+    (computed here when None). ``past`` is the
     ``present`` of an earlier call on the tokens before these (keys, values, ranks, times, real
     flags and the fusion's running sum and count), so a prefix is encoded once and later tokens
     attend to it (SUAN's parallel inference); ``past`` may have batch size 1 and broadcast.
@@ -182,8 +184,14 @@ class UnifiedAttentionBlock(nn.Module):
     def _heads(self, t: torch.Tensor) -> torch.Tensor:
         return t.view(t.shape[0], t.shape[1], self.n_heads, self.head_dim).transpose(1, 2)
 
-    def _bias_and_mask(self, rank_q, rank_k, time_q, time_k, real_k, offset: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(bias (B, Tq, K), allowed (B, Tq, K))`` for queries at global indices ``offset + i``."""
+    @torch.no_grad()  # indices: nothing to differentiate
+    def pair_index(self, rank_q, rank_k, time_q, time_k, real_k, offset: int = 0) -> torch.Tensor:
+        """``(B, Tq, K)`` int64: each (query, key) pair's entry in :meth:`bias_table`, for queries
+        at global indices ``offset + i``: ``min(distance, P)·N_τ + bucket(|t_q − t_k|)`` (``N_τ = 1``
+        without the time term), and the table's last entry (``-inf``) where the pair is not allowed
+        (not causal, a padding key other than the query itself, or outside the sparse pattern).
+        It depends on ranks, times and real flags only, so one index serves every block of a stack
+        with the same settings (SUAN computes it once per forward, not once per layer)."""
         tq, tk = rank_q.shape[1], rank_k.shape[1]
         distance = rank_q.unsqueeze(2) - rank_k.unsqueeze(1)
         q_idx = torch.arange(tq, device=rank_q.device) + offset
@@ -192,8 +200,41 @@ class UnifiedAttentionBlock(nn.Module):
         itself = k_idx.unsqueeze(0) == q_idx.unsqueeze(1)
         pattern = sparse_pattern(distance, self.window, self.stride)
         allowed = causal & (real_k.unsqueeze(1) | itself) & (pattern | itself)
-        time_q, time_k = (None, None) if time_q is None else (time_q.unsqueeze(2), time_k.unsqueeze(1))
-        return self._pair_bias(distance, time_q, time_k), allowed
+        index = distance.clamp(0, self.max_distance)
+        if self._uses_time(time_q):
+            index = index * self.num_time_buckets + time_buckets(
+                (time_q.unsqueeze(2) - time_k.unsqueeze(1)).abs(), self.num_time_buckets, self.time_max_gap)
+        return index.masked_fill(~allowed, self._table_size(time_q))
+
+    def pairs_for(self, rank, real, time=None, past: dict | None = None) -> torch.Tensor | None:
+        """The :meth:`pair_index` a call ``forward(x, rank, real, time, past=past)`` uses (None
+        where it computes the sparse kernel instead): pass it as ``pairs`` to every block of a stack
+        that shares these settings and inputs (the ranks, times and flags of ``past`` are the same
+        in every layer's cache)."""
+        if self.uses_sparse_kernel(rank.shape[1], past):
+            return None
+        if past is None:
+            return self.pair_index(rank, rank, time, time, real)
+        b = rank.shape[0]
+        rank_k = torch.cat([past["rank"].expand(b, -1), rank], 1)
+        real_k = torch.cat([past["real"].expand(b, -1), real], 1)
+        time_k = None if time is None else torch.cat([past["time"].expand(b, -1), time], 1)
+        return self.pair_index(rank, rank_k, time, time_k, real_k, past["rank"].shape[1])
+
+    def _uses_time(self, time) -> bool:
+        return self.time_bias is not None and time is not None
+
+    def _table_size(self, time) -> int:
+        return (self.max_distance + 1) * (self.num_time_buckets if self._uses_time(time) else 1)
+
+    def bias_table(self, with_time: bool) -> torch.Tensor:
+        """The logit bias of every index of :meth:`pair_index`: ``p[d] + τ[b]`` at ``d·N_τ + b``
+        (``p[d]`` alone without times), then ``-inf`` (pairs not allowed). A ``(P + 1)·N_τ``-entry
+        table built per call: one gather of ``B·Tq·K`` entries instead of two plus a mask."""
+        table = self.position_bias
+        if with_time and self.time_bias is not None:
+            table = (self.position_bias.unsqueeze(1) + self.time_bias.unsqueeze(0)).flatten()
+        return F.pad(table, (0, 1), value=float("-inf"))
 
     def _pair_bias(self, distance, time_q, time_k) -> torch.Tensor:
         """``p[min(distance, P)] + τ[bucket(|t_q − t_k|)]`` (no time term without times), for
@@ -306,7 +347,8 @@ class UnifiedAttentionBlock(nn.Module):
         return att.gather(2, dest.unsqueeze(1).unsqueeze(-1).expand(-1, h, -1, dh))  # back to the original slots
 
     def forward(self, x: torch.Tensor, rank: torch.Tensor, real: torch.Tensor, time: torch.Tensor | None = None,
-                profile: torch.Tensor | None = None, past: dict | None = None, cache: bool = True):
+                profile: torch.Tensor | None = None, past: dict | None = None, cache: bool = True,
+                pairs: torch.Tensor | None = None):
         b, tq, _ = x.shape
         if (profile is None) != (self.profile_dim is None):
             raise ValueError("UnifiedAttentionBlock: pass a profile exactly when the block was built with profile_dim")
@@ -323,12 +365,15 @@ class UnifiedAttentionBlock(nn.Module):
         if self.uses_sparse_kernel(tq, past):
             att = self._sparse_attention(q, k, v, rank, time, real)
         else:  # dense attention with the pattern as a mask (also a few queries against a cached prefix)
-            bias, allowed = self._bias_and_mask(rank, rank_k, time, time_k, real_k, offset)
-            scores = q @ k.transpose(-1, -2)
+            if pairs is None:
+                pairs = self.pair_index(rank, rank_k, time, time_k, real_k, offset)
+            bias = table_lookup(self.bias_table(time is not None), pairs)  # -inf where not allowed
+            qs = q / math.sqrt(self.head_dim)  # scaled before the product: (B, H, Tq, d_h), not (B, H, Tq, K)
+            scores = qs @ k.transpose(-1, -2)
             if past is not None:  # (1 or B, H, P, d_h) keys broadcast against (B, H, Tq, d_h) queries
-                scores = torch.cat([(q @ past["k"].transpose(-1, -2)).expand(b, -1, -1, -1), scores], -1)
-            scores = scores / math.sqrt(self.head_dim) + bias.unsqueeze(1)
-            weights = self.dropout(torch.softmax(scores.masked_fill(~allowed.unsqueeze(1), float("-inf")), dim=-1))
+                scores = torch.cat([(qs @ past["k"].transpose(-1, -2)).expand(b, -1, -1, -1), scores], -1)
+            scores = scores + bias.unsqueeze(1)
+            weights = self.dropout(torch.softmax(scores, dim=-1))
             if past is None:
                 att = weights @ v
             else:

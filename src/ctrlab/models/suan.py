@@ -229,8 +229,9 @@ class SUAN(CTRModel):
         x, rank, real = torch.cat([x, cx], 1), torch.cat([rank, crank], 1), torch.cat([real, creal], 1)
         time = None if time is None else torch.cat([time, ctime], 1)
         profile = self._profile(batch)
+        pairs = self.blocks[0].pairs_for(rank, real, time) if len(self.blocks) else None  # one index, every layer
         for block in self.blocks:
-            x, _ = block(x, rank, real, time, profile, cache=False)
+            x, _ = block(x, rank, real, time, profile, cache=False, pairs=pairs)
         return x
 
     def forward(self, batch):
@@ -259,9 +260,10 @@ class SUAN(CTRModel):
             raise ValueError(f"{type(self).__name__}.encode_history takes one user's row (batch size 1), got {rows}")
         x, rank, real, time = self._history(batch)
         profile = self._profile(batch)
+        pairs = self.blocks[0].pairs_for(rank, real, time) if len(self.blocks) else None
         layers = []
         for block in self.blocks:
-            x, present = block(x, rank, real, time, profile)
+            x, present = block(x, rank, real, time, profile, pairs=pairs)
             layers.append(present)
         return {"layers": layers, "n_real": real.sum(1)}
 
@@ -276,8 +278,9 @@ class SUAN(CTRModel):
             batch.setdefault("seq:" + s, torch.zeros(n, self.max_len, dtype=torch.long, device=batch["cat"].device))
         x, rank, real, time = self._candidate(batch, cache["n_real"].expand(n))
         profile = self._profile(batch)
+        pairs = self.blocks[0].pairs_for(rank, real, time, cache["layers"][0]) if len(self.blocks) else None
         for block, past in zip(self.blocks, cache["layers"]):
-            x, _ = block(x, rank, real, time, profile, past=past, cache=False)
+            x, _ = block(x, rank, real, time, profile, past=past, cache=False, pairs=pairs)
         return self._output(batch, x[:, -1])
 
 
