@@ -452,6 +452,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--models", nargs="*", default=list(MODELS), help="model labels to run (default: all)")
     ap.add_argument("--quick", action="store_true", help="L = 100 only, one accuracy seed: checks the script")
+    ap.add_argument("--speed-only", action="store_true",
+                    help="speed: measure throughput only; the named models keep their accuracy rows from the JSON")
     ap.add_argument("--output", default=str(REPO / "docs" / "sequences.md"))
     ap.add_argument("--json", default=str(REPO / "docs" / "sequences_speed.json"))
     args = ap.parse_args(argv)
@@ -488,7 +490,8 @@ def main(argv=None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     # the models not named keep their rows from the JSON (re-measure all: name all, the default)
     results = json.loads(Path(args.json).read_text()) if Path(args.json).exists() and not args.quick else {}
-    results = {k: [r for r in results.get(k, []) if r["model"] not in args.models] for k in ("speed", "accuracy")}
+    results = {k: [r for r in results.get(k, []) if r["model"] not in args.models
+                   or (k == "accuracy" and args.speed_only)] for k in ("speed", "accuracy")}
     for label in args.models:
         for L in lengths:
             name = MODELS[label][0]
@@ -499,7 +502,7 @@ def main(argv=None) -> int:
             r = run_worker(env_cmd + ["worker-speed", "--model", label, "--L", str(L)])
             results["speed"].append(r or {"model": label, "L": L, "skipped": "failed"})
             print(results["speed"][-1], file=sys.stderr)
-        if not args.quick and label not in ACCURACY_SKIP:
+        if not args.quick and not args.speed_only and label not in ACCURACY_SKIP:
             for seed in seeds:
                 r = run_worker(env_cmd + ["worker-accuracy", "--model", label, "--seed", str(seed)])
                 if r:
