@@ -195,7 +195,8 @@ SUAN_GRADES = {"S": {"n_layers": 1, "embedding_dim": 8}, "M": {"n_layers": 2, "e
                "L": {"n_layers": 3, "embedding_dim": 24}}
 """The scaling table's three grades (depth x width), same output MLP."""
 MLP = {"dnn_hidden_units": (256, 128)}
-SDIM_REAL = {k: v for k, v in MODELS["SDIM"][1].items() if k in ("num_hashes", "hash_bits", "bucket_mean", "short_seq_len")}
+SDIM_REAL = {k: v for k, v in MODELS["SDIM"][1].items()
+             if k in ("num_hashes", "hash_bits", "bucket_mean", "short_seq_len")}
 """SDIM as on the planted task: m = 16, τ = 4, bucket means, long-term part only (the variant with the
 short-term attention of FuxiCTR's default is its own row)."""
 DIFFUMIN_REAL = {"short_seq_len": 0}

@@ -24,12 +24,13 @@ class SimHash(nn.Module):
     behaviours' scale whatever the history length; an empty bucket gives 0), optionally
     ``u_h / ‖u_h‖₂`` (``l2_norm``; a zero ``u_h`` stays 0), and ``u = (1/m) Σ_h u_h``. ``E[u_h] =
     Σ_j mask_j (1 − θ_j/π)^τ s_j`` (θ_j the angle between q and s_j). ``τ = 0``: every behaviour
-    collides and ``u`` is the masked sum (with ``bucket_mean``: the masked mean, mean pooling). Padding never collides: it is left out by the mask, not
-    by its vector (a zero vector has signature 0).
+    collides and ``u`` is the masked sum (with ``bucket_mean``: the masked mean, mean pooling).
+    Padding never collides: it is left out by the mask, not by its vector (a zero vector has
+    signature 0).
 
     Two-stage form (SDIM's BSE): :meth:`bucket_tables` ``(B, m, 2^τ, d)`` holds each bucket's sum
-    (its mean with ``bucket_mean``; independent of the candidate; computed once per user), :meth:`lookup` hashes the candidate and
-    gathers its buckets: O(m·d) per candidate. ``lookup(bucket_tables(s, mask), q)`` equals
+    (its mean with ``bucket_mean``; independent of the candidate; computed once per user),
+    :meth:`lookup` hashes the candidate and gathers its buckets: O(m·d) per candidate. ``lookup(bucket_tables(s, mask), q)`` equals
     ``forward(q, s, mask)`` bit for bit on CPU when autograd is off (inference, serving): both
     then sum the collided behaviours with the same ``scatter_add`` in position order (the direct
     form into a 2-slot "collided / other" table). While autograd records (training) the direct
@@ -91,9 +92,10 @@ class SimHash(nn.Module):
         return out.view(*v.shape[:-1], self.num_hashes)
 
     def _pack(self, proj: torch.Tensor) -> torch.Tensor:
-        """Projections ``(n, m·τ)`` -> ``(n, m)`` ids: bit = 1[proj > 0] as ``relu(sign(proj))`` (in place,
-        float: one vectorised pass each, where a ``> 0`` to bool costs twice both), packed by one
-        product in float32 (exact: signatures < 2^16), never in a lower autocast precision."""
+        """Projections ``(n, m·τ)`` -> ``(n, m)`` ids: bit = 1[proj > 0], computed in place as
+        ``clamp(sign(proj), min=0)`` (two float passes cost less than one ``> 0`` into a bool tensor
+        and its conversion back to float), packed by one product in float32 (exact: signatures
+        < 2^16), never in a lower autocast precision."""
         bits = proj.float().sign_().clamp_(min=0.0)
         with torch.autocast(device_type=bits.device.type, enabled=False):
             return torch.matmul(bits, self.packing).long()
