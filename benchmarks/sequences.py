@@ -250,7 +250,8 @@ def real_run(dataset: str, label: str, seed: int, runs: Path) -> dict:
         res = train(**common)
     test = res.metrics["test"]
     return {"dataset": dataset, "model": label, "seed": seed, "auc": test["AUC"], "logloss": test["logloss"],
-            "seconds": time.time() - t0, "epochs": res.metrics.get("epochs"), "config": variant_config(v)}
+            "seconds": time.time() - t0, "epochs": res.metrics.get("epochs"), "config": variant_config(v),
+            "warnings": [w["code"] for w in res.metrics.get("warnings", [])]}
 
 
 def variant_config(variant: dict) -> dict:
@@ -267,7 +268,50 @@ def current_rows(results: list[dict]) -> list[dict]:
             and r.get("config") == variant_config(variants[r["dataset"]][r["model"]])]
 
 
-def render_real(results: list[dict]) -> str:
+def constant_logloss(dataset: str) -> float:
+    """Test logloss of always predicting the train click rate (the check every run makes,
+    ``logloss_above_base_rate``), from the prepared splits' labels."""
+    import math
+
+    import polars as pl
+
+    from ctrlab.data.datasets import get_dataset
+
+    cfg = get_dataset(dataset, history_max_len=REAL_L)
+    label = cfg.labels[0]
+    p = float(pl.read_parquet(cfg.files["train"], columns=[label])[label].mean())
+    y = float(pl.read_parquet(cfg.files["test"], columns=[label])[label].mean())
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+WARNING_NAMES = {"logloss_above_base_rate": "**test logloss worse than the base rate**",
+                 "epoch_cap_while_improving": "stopped at the epoch cap while improving"}
+"""The run checks (:mod:`ctrlab.train.run_checks`) the table names; others appear by their code."""
+
+
+def run_warnings(rows: list[dict], base_logloss: float | None = None) -> str:
+    """``"<warning> k/n; …"`` over a variant's runs: the codes each run recorded, and test logloss
+    above ``base_logloss`` counted from the numbers (also for runs made before warnings were
+    recorded; their other warnings are then unknown, which the text says)."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        codes = set(r.get("warnings", []))
+        if base_logloss is not None and r["logloss"] > base_logloss:
+            codes.add("logloss_above_base_rate")
+        for code in codes:
+            counts[code] = counts.get(code, 0) + 1
+    unknown = sum("warnings" not in r for r in rows)
+    parts = [f"{WARNING_NAMES.get(c, c)} {k}/{len(rows)}" for c, k in sorted(counts.items())]
+    if unknown:
+        parts.append(f"other checks not recorded for {unknown}/{len(rows)}")
+    return "; ".join(parts)
+
+
+def render_real(results: list[dict], base_logloss: dict[str, float] | None = None) -> str:
+    """The real-data tables; ``base_logloss``: per dataset the test logloss of a constant at the train
+    click rate (:func:`constant_logloss`): runs above it are counted in the warnings column, whether
+    or not the run recorded its warnings."""
+    base_logloss = base_logloss or {}
     kept = current_rows(results)
     retired, results = len(results) - len(kept), kept
     lines = [REAL_BEGIN, "## Accuracy on the real long-history datasets", "",
@@ -278,20 +322,24 @@ def render_real(results: list[dict]) -> str:
         rows = [r for r in results if r["dataset"] == dataset]
         if not rows:
             continue
-        lines += [f"### {dataset}", "", "| model | n | AUC mean ± std | SE | logloss mean ± std | s/run |",
-                  "|---|---|---|---|---|---|"]
+        base = (f"Always predicting the train click rate gives test logloss {base_logloss[dataset]:.4f}."
+                if dataset in base_logloss else "")
+        lines += [f"### {dataset}", "", *([base, ""] if base else []), "| model | n | AUC mean ± std | SE | logloss mean ± std | s/run | run warnings |",
+                  "|---|---|---|---|---|---|---|"]
         for label in real_variants(dataset):
             mine = [r for r in rows if r["model"] == label]
             if not mine:
-                lines.append(f"| {label} | 0 | not run yet | | | |")
+                lines.append(f"| {label} | 0 | not run yet | | | | |")
                 continue
             a, sa, se = mean_std_se([r["auc"] for r in mine])
             ll, sll, _ = mean_std_se([r["logloss"] for r in mine])
             secs = statistics.mean(r['seconds'] for r in mine)
+            warned = run_warnings(mine, base_logloss.get(dataset))
             if len(mine) == 1:  # one seed has no spread: say so rather than print ± 0
-                lines.append(f"| {label} | 1 | {a:.4f} (one seed) | – | {ll:.4f} | {secs:.0f} |")
+                lines.append(f"| {label} | 1 | {a:.4f} (one seed) | – | {ll:.4f} | {secs:.0f} | {warned} |")
             else:
-                lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {ll:.4f} ± {sll:.4f} | {secs:.0f} |")
+                lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {ll:.4f} ± {sll:.4f} | {secs:.0f} "
+                             f"| {warned} |")
         lines.append("")
     if retired:
         lines += [f"({retired} older runs in the JSON were made with settings since changed and are not counted.)", ""]
@@ -533,7 +581,7 @@ def main_real(args) -> int:
                     print(r, file=sys.stderr)
                 else:
                     print(f"FAILED: {dataset} {label} seed {seed}", file=sys.stderr)
-    publish(render_real(done), args.output, None, done)
+    publish(render_real(done, {d: constant_logloss(d) for d in REAL_DATASETS}), args.output, None, done)
     return 0
 
 

@@ -37,3 +37,17 @@ def test_config_records_what_defines_a_run():
     assert c["model"] == "LightSUAN" and c["teacher"] == "SUAN" and c["history_max_len"] == seq.REAL_L
     assert c["epochs"] == seq.REAL_EPOCHS and c["params"]["n_layers"] == 1
     assert c == json.loads(json.dumps(c))  # what the JSON file stores compares equal to it
+
+
+def test_the_warnings_column_counts_recorded_checks_and_logloss_above_the_constant():
+    current = seq.variant_config(seq.real_variants("taobao_long")["DIN"])
+    rows = [dict(_row("DIN", 2021, 0.67, current), logloss=0.35, warnings=["epoch_cap_while_improving"]),
+            dict(_row("DIN", 2022, 0.66, current), logloss=0.30, warnings=[]),
+            _row("DIN", 2023, 0.66, current)]  # made before warnings were recorded, logloss 0.3
+    text = seq.run_warnings(rows, base_logloss=0.32)
+    assert "**test logloss worse than the base rate** 1/3" in text
+    assert "stopped at the epoch cap while improving 1/3" in text
+    assert "other checks not recorded for 1/3" in text
+    assert seq.run_warnings(rows[1:2], base_logloss=0.32) == ""
+    table = seq.render_real(rows, {"taobao_long": 0.32})
+    assert "Always predicting the train click rate gives test logloss 0.3200." in table
