@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -271,8 +272,6 @@ def current_rows(results: list[dict]) -> list[dict]:
 def constant_logloss(dataset: str) -> float:
     """Test logloss of always predicting the train click rate (the check every run makes,
     ``logloss_above_base_rate``), from the prepared splits' labels."""
-    import math
-
     import polars as pl
 
     from ctrlab.data.datasets import get_dataset
@@ -307,6 +306,16 @@ def run_warnings(rows: list[dict], base_logloss: float | None = None) -> str:
     return "; ".join(parts)
 
 
+BASELINE = "mean pooling (DNN)"
+"""The row every real-data variant is compared with: what the history gives without attending to it."""
+
+
+def difference(a: list[float], b: list[float]) -> tuple[float, float]:
+    """``mean(a) − mean(b)`` and its standard error ``√(SE_a² + SE_b²)`` (Welch's, unequal variances)."""
+    return statistics.mean(a) - statistics.mean(b), math.sqrt(statistics.variance(a) / len(a)
+                                                              + statistics.variance(b) / len(b))
+
+
 def render_real(results: list[dict], base_logloss: dict[str, float] | None = None) -> str:
     """The real-data tables; ``base_logloss``: per dataset the test logloss of a constant at the train
     click rate (:func:`constant_logloss`): runs above it are counted in the warnings column, whether
@@ -324,22 +333,28 @@ def render_real(results: list[dict], base_logloss: dict[str, float] | None = Non
             continue
         base = (f"Always predicting the train click rate gives test logloss {base_logloss[dataset]:.4f}."
                 if dataset in base_logloss else "")
-        lines += [f"### {dataset}", "", *([base, ""] if base else []), "| model | n | AUC mean ± std | SE | logloss mean ± std | s/run | run warnings |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [f"### {dataset}", "", *([base, ""] if base else []),
+                  f"| model | n | AUC mean ± std | SE | Δ AUC vs {BASELINE} ± SE | logloss mean ± std | s/run "
+                  "| run warnings |", "|---|---|---|---|---|---|---|---|"]
+        ref = [r["auc"] for r in rows if r["model"] == BASELINE]
         for label in real_variants(dataset):
             mine = [r for r in rows if r["model"] == label]
             if not mine:
-                lines.append(f"| {label} | 0 | not run yet | | | | |")
+                lines.append(f"| {label} | 0 | not run yet | | | | | |")
                 continue
             a, sa, se = mean_std_se([r["auc"] for r in mine])
             ll, sll, _ = mean_std_se([r["logloss"] for r in mine])
             secs = statistics.mean(r['seconds'] for r in mine)
             warned = run_warnings(mine, base_logloss.get(dataset))
+            delta = ""
+            if label != BASELINE and len(mine) > 1 and len(ref) > 1:
+                d, d_se = difference([r["auc"] for r in mine], ref)
+                delta = f"{d:+.4f} ± {d_se:.4f}" + (" (> 2 SE)" if abs(d) > 2 * d_se else "")
             if len(mine) == 1:  # one seed has no spread: say so rather than print ± 0
-                lines.append(f"| {label} | 1 | {a:.4f} (one seed) | – | {ll:.4f} | {secs:.0f} | {warned} |")
+                lines.append(f"| {label} | 1 | {a:.4f} (one seed) | – | – | {ll:.4f} | {secs:.0f} | {warned} |")
             else:
-                lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {ll:.4f} ± {sll:.4f} | {secs:.0f} "
-                             f"| {warned} |")
+                lines.append(f"| {label} | {len(mine)} | {a:.4f} ± {sa:.4f} | {se:.4f} | {delta} | {ll:.4f} ± {sll:.4f} "
+                             f"| {secs:.0f} | {warned} |")
         lines.append("")
     if retired:
         lines += [f"({retired} older runs in the JSON were made with settings since changed and are not counted.)", ""]
@@ -480,7 +495,6 @@ def render(results: dict) -> str:
     light = [by.get(("LightSUAN", L)) for L in LENGTHS]
     if all(r and "skipped" not in r for r in light):
         # cost per sample ~ L^k between the two longest lengths: k < 2 is sub-quadratic
-        import math
         k = math.log(light[1]["infer_sps"] / light[2]["infer_sps"]) / math.log(LENGTHS[2] / LENGTHS[1])
         lines.append(f"LightSUAN inference cost per sample grows as L^{k:.2f} from L = 1,000 to 10,000 "
                      f"({'sub-quadratic' if k < 2 else 'NOT sub-quadratic'}).")

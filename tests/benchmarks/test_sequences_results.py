@@ -51,3 +51,14 @@ def test_the_warnings_column_counts_recorded_checks_and_logloss_above_the_consta
     assert seq.run_warnings(rows[1:2], base_logloss=0.32) == ""
     table = seq.render_real(rows, {"taobao_long": 0.32})
     assert "Always predicting the train click rate gives test logloss 0.3200." in table
+
+
+def test_the_difference_to_mean_pooling_and_its_welch_standard_error():
+    d, se = seq.difference([0.70, 0.72, 0.74], [0.66, 0.67, 0.68])
+    assert abs(d - 0.05) < 1e-12
+    assert abs(se - ((0.02 ** 2 / 3) + (0.01 ** 2 / 3)) ** 0.5) < 1e-12  # sample variances 4e-4 and 1e-4
+    current = {lab: seq.variant_config(v) for lab, v in seq.real_variants("taobao_long").items()}
+    rows = [_row(seq.BASELINE, 2021 + i, a, current[seq.BASELINE]) for i, a in enumerate([0.66, 0.67, 0.68])]
+    rows += [_row("DIN", 2021 + i, a, current["DIN"]) for i, a in enumerate([0.70, 0.72, 0.74])]
+    table = seq.render_real(rows)
+    assert f"| DIN | 3 | 0.7200 ± 0.0200 | 0.0115 | +0.0500 ± {se:.4f} (> 2 SE) |" in table
