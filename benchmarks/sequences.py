@@ -364,7 +364,7 @@ def render_real(results: list[dict], base_logloss: dict[str, float] | None = Non
 
 # ---- serving -----------------------------------------------------------------------------------------
 SERVE_DATASET, SERVE_L, SERVE_CANDIDATES = "movielens_latest_long", 1000, 100
-SERVE_MODELS = {"SDIM": {"num_hashes": 16, "hash_bits": 3, "l2_norm": True},
+SERVE_MODELS = {"SDIM": SDIM_REAL,
                 "SUAN": {"n_layers": 2}, "LightSUAN": {"n_layers": 2}}
 SERVE_REPEATS = 20
 SERVE_BEGIN, SERVE_END = markers("sequences-serving")
