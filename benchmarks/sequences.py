@@ -62,8 +62,8 @@ MODELS = {
                                 "sequence_field": GROUPS["sequence"]}),
 }
 """Each model with a small output MLP (the same width for all), so that the sequence part dominates."""
-ACCURACY_SKIP = {"SUAN": "not run: dense attention trains at ~6 samples/s at L = 1,000 here (see the speed table), "
-                         "about 70 min per seed"}
+ACCURACY_SKIP = {"SUAN": "not run: dense attention trains at a few rows/s at L = 1,000 here (the speed table), "
+                         "over an hour per seed"}
 """Models left out of the L = 1,000 accuracy runs, with the reason the table prints."""
 BEGIN, END = markers("sequences-speed")
 REAL_BEGIN, REAL_END = markers("sequences-real")
