@@ -119,11 +119,7 @@ def dead_owner() -> dict:
 def one_thread():
     """Torch on one intra-op thread for the test, restored afterwards: the training tests run small
     batches, where a second thread costs more than it gives (5-10x slower on a busy 2-core machine)."""
-    import torch
+    from models.synthetic import single_thread  # tests/models/synthetic.py (tests/ is on sys.path)
 
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with single_thread():
         yield
-    finally:
-        torch.set_num_threads(n)

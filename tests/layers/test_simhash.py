@@ -74,6 +74,18 @@ def test_zero_bits_is_masked_sum_pooling():
                                (seq * mask[..., None]).sum(1))
 
 
+def _direct_and_tables_agree_under_autograd(sh, q, seq, mask, direct):
+    """With autograd on, the direct form is a matrix product: the same values as ``direct`` up to
+    rounding, and the same gradients as tables + lookup."""
+    s1, s2 = seq.clone().requires_grad_(), seq.clone().requires_grad_()
+    a, b = sh(q, s1, mask), sh.lookup(sh.bucket_tables(s2, mask), q)
+    torch.testing.assert_close(a, direct)
+    w = torch.randn_like(a)
+    (a * w).sum().backward()
+    (b * w).sum().backward()
+    torch.testing.assert_close(s1.grad, s2.grad)
+
+
 def test_bucket_mean_divides_by_the_collisions_and_zero_bits_is_masked_mean_pooling():
     q, seq, mask = _data()
     with torch.no_grad():
@@ -113,13 +125,7 @@ def test_bucket_mean_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, 
         counts = torch.stack([torch.stack([(sig[..., h] == k).sum(1) for k in range(2 ** tau)], 1)
                               for h in range(m)], 1)  # (B, m, 2^τ)
         torch.testing.assert_close(tables, sums / counts.clamp(min=1).unsqueeze(-1))
-    s1, s2 = seq.clone().requires_grad_(), seq.clone().requires_grad_()
-    a, b = sh(q, s1, mask), sh.lookup(sh.bucket_tables(s2, mask), q)
-    torch.testing.assert_close(a, direct)
-    w = torch.randn_like(a)
-    (a * w).sum().backward()
-    (b * w).sum().backward()
-    torch.testing.assert_close(s1.grad, s2.grad)
+    _direct_and_tables_agree_under_autograd(sh, q, seq, mask, direct)
 
 
 @pytest.mark.parametrize("m, tau, l2", [(1, 4, False), (16, 3, False), (4, 0, False), (2, 8, True), (5, 1, True)])
@@ -139,14 +145,7 @@ def test_bucket_tables_and_lookup_reproduce_the_direct_form_bit_for_bit(m, tau, 
         torch.testing.assert_close(tables.sum(2), (seq * mask[..., None]).sum(1, keepdim=True).expand(-1, m, -1))
         other = torch.randn(16, 12)  # other candidates, the same tables
         assert torch.equal(sh.lookup(tables, other), sh(other, seq, mask))
-    # with autograd on, the direct form is a matrix product: the same values up to rounding, same gradients
-    s1, s2 = seq.clone().requires_grad_(), seq.clone().requires_grad_()
-    a, b = sh(q, s1, mask), sh.lookup(sh.bucket_tables(s2, mask), q)
-    torch.testing.assert_close(a, direct)
-    w = torch.randn_like(a)
-    (a * w).sum().backward()
-    (b * w).sum().backward()
-    torch.testing.assert_close(s1.grad, s2.grad)
+    _direct_and_tables_agree_under_autograd(sh, q, seq, mask, direct)
 
 
 def test_padding_never_collides():

@@ -1,11 +1,26 @@
 """Synthetic data and a tiny Adam training loop for model tests (no dependency on ctrlab.train)."""
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 from sklearn.metrics import roc_auc_score
 
 from ctrlab.data.feature_map import FeatureMap
+
+
+@contextlib.contextmanager
+def single_thread():
+    """Torch on one intra-op thread, restored afterwards: the training tests run small batches,
+    where a second thread costs more than it gives (5-10x slower on a busy 2-core machine). Also
+    the ``one_thread`` fixture of tests/conftest.py."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def planted_pairwise(n: int = 20_000, n_fields: int = 6, cardinality: int = 10, seed: int = 0):

@@ -9,8 +9,7 @@ from ctrlab.data.feature_map import FeatureMap
 from ctrlab.models import create, default_hparams
 from ctrlab.models.diffumin import DiffuMIN
 
-from .synthetic import auc, fit, random_batch, take
-from .test_din import single_thread
+from .synthetic import auc, fit, random_batch, single_thread, take
 
 SMALL = dict(embedding_dim=8, dnn_hidden_units=[16], short_seq_len=3)
 

@@ -1,5 +1,3 @@
-import contextlib
-
 import numpy as np
 import pytest
 import torch
@@ -11,21 +9,9 @@ from ctrlab.layers.target_attention import Dice
 from ctrlab.models import create, default_hparams
 from ctrlab.models.din import DIN, din_pairs
 
-from .synthetic import auc, fit, random_batch, take
+from .synthetic import auc, fit, random_batch, single_thread, take
 
 DIN_ARGS = dict(din_target_field="item", din_sequence_field="hist")
-
-
-@contextlib.contextmanager
-def single_thread():
-    """The training tests run small batches, where a second intra-op thread costs more than it
-    gives (5-10x slower on a busy 2-core machine); the setting is restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 def _batch(fmap, batch_size=16, seed=0):

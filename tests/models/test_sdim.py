@@ -6,8 +6,7 @@ from ctrlab.data.feature_map import FeatureMap
 from ctrlab.models import create, default_hparams
 from ctrlab.models.sdim import SDIM
 
-from .synthetic import auc, fit, random_batch, take
-from .test_din import single_thread
+from .synthetic import auc, fit, random_batch, single_thread, take
 
 ARGS = dict(target_field="item", sequence_field="hist")
 

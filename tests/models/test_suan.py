@@ -9,8 +9,7 @@ from ctrlab.data.feature_map import FeatureMap
 from ctrlab.models import create, default_hparams
 from ctrlab.models.suan import SUAN, LightSUAN
 
-from .synthetic import auc, fit, random_batch, take
-from .test_din import single_thread
+from .synthetic import auc, fit, random_batch, single_thread, take
 
 L = 6
 
