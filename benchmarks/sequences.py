@@ -270,17 +270,20 @@ def current_rows(results: list[dict]) -> list[dict]:
 
 
 def constant_logloss(dataset: str) -> float:
-    """Test logloss of always predicting the train click rate (the check every run makes,
-    ``logloss_above_base_rate``), from the prepared splits' labels."""
+    """Test logloss of always predicting the train click rate: the run check's constant
+    (:func:`ctrlab.train.run_checks.logloss_above_base_rate`), from the prepared splits' labels."""
+    import numpy as np
     import polars as pl
 
     from ctrlab.data.datasets import get_dataset
+    from ctrlab.train.metrics import logloss
+    from ctrlab.train.run_checks import base_rate
 
     cfg = get_dataset(dataset, history_max_len=REAL_L)
     label = cfg.labels[0]
-    p = float(pl.read_parquet(cfg.files["train"], columns=[label])[label].mean())
-    y = float(pl.read_parquet(cfg.files["test"], columns=[label])[label].mean())
-    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+    rate = base_rate(pl.read_parquet(cfg.files["train"], columns=[label])[label].to_numpy())
+    y = pl.read_parquet(cfg.files["test"], columns=[label])[label].to_numpy()
+    return float(logloss(y, np.full(len(y), rate)))
 
 
 WARNING_NAMES = {"logloss_above_base_rate": "**test logloss worse than the base rate**",
@@ -295,7 +298,7 @@ def run_warnings(rows: list[dict], base_logloss: float | None = None) -> str:
     counts: dict[str, int] = {}
     for r in rows:
         codes = set(r.get("warnings", []))
-        if base_logloss is not None and r["logloss"] > base_logloss:
+        if base_logloss is not None and r["logloss"] >= base_logloss:  # the run check's rule
             codes.add("logloss_above_base_rate")
         for code in codes:
             counts[code] = counts.get(code, 0) + 1
