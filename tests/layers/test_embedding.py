@@ -331,3 +331,38 @@ def test_pretrained_file_errors(tmp_path):
     fmap.categorical[1].pretrained_emb = str(tmp_path / "gone.npz")
     with pytest.warns(UserWarning, match="gone.npz"):  # serving rebuilds the model, then loads weights
         FeatureEmbedding(fmap, 2)
+
+
+def test_sequence_group_embedding_is_one_lookup_equal_to_the_concatenated_sequences():
+    """A behaviour's item and category vectors side by side: the fused one-gather path gives the
+    per-sequence vectors concatenated (bit for bit, gradients too), masked by the first sequence;
+    without zeroing, only the padded positions differ; other layouts fall back to the concatenation."""
+    fmap = FeatureMap.from_fields({"user": 7, "item": 11}, sequences={"hist": (5, "item"), "cate_hist": (5, 9)})
+    g = torch.Generator().manual_seed(1)
+    b = {"cat": torch.stack([torch.randint(0, 7, (4,), generator=g), torch.randint(0, 11, (4,), generator=g)], 1),
+         "seq:hist": torch.randint(1, 11, (4, 5), generator=g), "seq:cate_hist": torch.randint(1, 9, (4, 5), generator=g)}
+    b["seq:hist"][:, :2] = 0  # left padding, aligned in both sequences
+    b["seq:cate_hist"][:, :2] = 0
+    emb = FeatureEmbedding(fmap, 3)
+    with torch.no_grad():
+        emb.embedding.weight.normal_()
+    parts = [emb.sequence_embedding(b, n) for n in ("hist", "cate_hist")]
+    want = torch.cat([parts[0][0], parts[1][0]], -1)
+    got, mask = emb.sequence_group_embedding(b, ["hist", "cate_hist"])
+    assert torch.equal(got, want) and torch.equal(mask, parts[0][1]) and got.shape == (4, 5, 6)
+    raw, _ = emb.sequence_group_embedding(b, ["hist", "cate_hist"], zero_padding=False)
+    assert torch.equal(raw[mask], want[mask]) and not torch.equal(raw[~mask], want[~mask])
+    (got * torch.arange(6.0)).sum().backward()
+    fused_grad, emb.embedding.weight.grad = emb.embedding.weight.grad.clone(), None
+    (want * torch.arange(6.0)).sum().backward()
+    torch.testing.assert_close(fused_grad, emb.embedding.weight.grad)
+    # one sequence: its own embedding; fields of other sizes (sub-layers): the concatenation
+    assert torch.equal(emb.sequence_group_embedding(b, ["hist"])[0], parts[0][0])
+    fmap.categorical[1].embedding_dim = 4
+    mixed = FeatureEmbedding(fmap, 3, mixed_dims=True)
+    got, _ = mixed.sequence_group_embedding(b, ["hist", "cate_hist"])
+    assert got.shape == (4, 5, 7)
+    torch.testing.assert_close(got, torch.cat([mixed.sequence_embedding(b, n)[0] for n in ("hist", "cate_hist")], -1))
+    b["seq:cate_hist"][0, 3] = 9  # out of the category vocabulary: named, not read from another block
+    with pytest.raises(IndexError, match="cate_hist"):
+        emb.sequence_group_embedding(b, ["hist", "cate_hist"])

@@ -214,3 +214,17 @@ def test_bad_arguments_are_named():
         sh(torch.randn(2, 4), torch.randn(2, 5, 3), torch.ones(2, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match=r"tables must be \(B, num_hashes, 2\^hash_bits, dim\) = \(B, 2, 8, 4\)"):
         sh.lookup(torch.zeros(2, 2, 4, 4), torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("chunk_rows", [4, 20, 4096])  # one user per chunk (L > rows), 2 users, all at once
+def test_collisions_follow_the_definition_in_every_chunking(chunk_rows, monkeypatch):
+    q, seq, mask = _data(B=7, L=9, d=8, seed=5)
+    sh = SimHash(8, num_hashes=5, hash_bits=3, seed=2)
+    want = ((sh.signatures(seq) == sh.signatures(q).unsqueeze(1)) & mask.unsqueeze(-1)).float()
+    monkeypatch.setattr(SimHash, "SIGNATURE_CHUNK_ROWS", chunk_rows)
+    hit = sh.collisions(q, seq, mask)
+    assert hit.dtype == torch.float32 and torch.equal(hit, want)
+    assert want[1:3].any() and not want[0].any()  # targets copied from the history collide; padding never does
+    q16, seq16 = q.bfloat16(), seq.bfloat16()  # in the inputs' dtype, from their own signatures
+    want16 = (sh.signatures(seq16) == sh.signatures(q16).unsqueeze(1)) & mask.unsqueeze(-1)
+    assert torch.equal(sh.collisions(q16, seq16, mask), want16.bfloat16())

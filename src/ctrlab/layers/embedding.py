@@ -342,6 +342,30 @@ class FeatureEmbedding(nn.Module):
         emb = lookup(self.embedding, ids + self._seq_offset[name], self._seq_offset[name])
         return emb * mask.unsqueeze(-1).to(emb.dtype), mask
 
+    def sequence_group_embedding(self, batch: dict[str, torch.Tensor], names: list[str],
+                                 zero_padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """``((B, L, k·D), mask (B, L))``: the k sequences ``names`` side by side per position (a
+        behaviour's item, category, … vectors), ``mask`` = the first sequence's real positions.
+
+        Sequences in this embedding's fused table are looked up in ONE gather of the stacked ids
+        (no per-sequence tensors to concatenate: at L = 1,000 the concatenation and the per-sequence
+        padding products cost as much as the lookup); otherwise one :meth:`sequence_embedding` each.
+        ``zero_padding=False`` skips zeroing the first sequence's padded positions (they then hold
+        the padding rows) for callers that leave them out by ``mask`` anyway; the per-sequence path
+        always zeroes each sequence's own padding."""
+        names = list(names)
+        fused = (self.groups is None and isinstance(self.embedding, nn.Embedding) and len(names) > 1
+                 and all(n in self._seq_offset for n in names))
+        if not fused:
+            embs = [self.sequence_embedding(batch, n) for n in names]
+            return (torch.cat([e for e, _ in embs], dim=-1) if len(embs) > 1 else embs[0][0]), embs[0][1]
+        for n in names:
+            check_id_range(batch["seq:" + n], self._seq_size[n], [n])
+        ids = torch.stack([batch["seq:" + n] + self._seq_offset[n] for n in names], dim=-1)  # (B, L, k)
+        mask = sequence_mask(batch["seq:" + names[0]])
+        emb = lookup(self.embedding, ids).flatten(-2)
+        return (emb * mask.unsqueeze(-1).to(emb.dtype) if zero_padding else emb), mask
+
     # ---- forward ------------------------------------------------------------------------------
     def forward_flat(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``(B, Σ_f D_f)``: the fields' embeddings side by side in field order (fields of any

@@ -39,7 +39,8 @@ class SimHash(nn.Module):
     adds with atomics in no fixed order, so there the forms agree to float rounding only.
 
     Cost: ``O(B·L·d·m·τ)`` for the signatures and ``O(B·L·d·m)`` for the sums (tables: one
-    ``scatter_add`` per hash function, no ``(B, L, 2^τ)`` one-hot); memory ``O(B·L·(d + m·τ))``.
+    ``scatter_add`` per hash function, no ``(B, L, 2^τ)`` one-hot); memory ``O(B·L·(d + m))``: the
+    ``(B·L, m·τ)`` projections are made and consumed a few users at a time (:meth:`collisions`).
     """
 
     def __init__(self, dim: int, num_hashes: int = 1, hash_bits: int = 4, l2_norm: bool = False, seed: int = 0,
@@ -83,22 +84,44 @@ class SimHash(nn.Module):
     def signatures(self, v: torch.Tensor) -> torch.Tensor:
         """``(..., d)`` -> int64 ``(..., m)`` bucket ids ``sig_h(v)``."""
         flat = v.reshape(-1, v.shape[-1])
-        weights = self.projections.flatten(1).to(v.dtype)
         if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-            return self._pack(torch.matmul(flat, weights)).view(*v.shape[:-1], self.num_hashes)
-        out = torch.empty(flat.shape[0], self.num_hashes, dtype=torch.long, device=v.device)
+            return self._pack(torch.matmul(flat, self._weights(v))).long().view(*v.shape[:-1], self.num_hashes)
+        out = torch.empty(flat.shape[0], self.num_hashes, dtype=torch.float32, device=v.device)
         for i in range(0, flat.shape[0], self.SIGNATURE_CHUNK_ROWS):
-            out[i:i + self.SIGNATURE_CHUNK_ROWS] = self._pack(flat[i:i + self.SIGNATURE_CHUNK_ROWS] @ weights)
-        return out.view(*v.shape[:-1], self.num_hashes)
+            self._pack(flat[i:i + self.SIGNATURE_CHUNK_ROWS] @ self._weights(v), out=out[i:i + self.SIGNATURE_CHUNK_ROWS])
+        return out.long().view(*v.shape[:-1], self.num_hashes)
 
-    def _pack(self, proj: torch.Tensor) -> torch.Tensor:
-        """Projections ``(n, m·τ)`` -> ``(n, m)`` ids: bit = 1[proj > 0], computed in place as
-        ``clamp(sign(proj), min=0)`` (two float passes cost less than one ``> 0`` into a bool tensor
-        and its conversion back to float), packed by one product in float32 (exact: signatures
-        < 2^16), never in a lower autocast precision."""
+    @torch.no_grad()
+    def collisions(self, query: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """``hit (B, L, m)`` in ``seq``'s dtype: 1 where behaviour j is real and ``sig_h(s_j) = sig_h(q)``.
+
+        Computed a few users at a time (:data:`SIGNATURE_CHUNK_ROWS` behaviours): each chunk's
+        projections, signatures (float32, exact below 2^16) and comparison stay in the CPU cache and
+        only ``hit`` is written out; no int64 signature tensor of the sequence's size is made."""
+        sig_q = self.signatures(query).to(torch.float32)  # (B, m)
+        if torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+            return ((self.signatures(seq) == sig_q.long().unsqueeze(1)) & mask.unsqueeze(-1)).to(seq.dtype)
+        B, L, d = seq.shape
+        hit = torch.empty(B, L, self.num_hashes, dtype=torch.float32, device=seq.device)
+        users = max(1, self.SIGNATURE_CHUNK_ROWS // max(L, 1))
+        weights = self._weights(seq)
+        for b in range(0, B, users):
+            rows = hit[b:b + users]  # (u, L, m), contiguous
+            self._pack(seq[b:b + users].reshape(-1, d) @ weights, out=rows.view(-1, self.num_hashes))
+            rows.eq_(sig_q[b:b + users].unsqueeze(1)).mul_(mask[b:b + users].unsqueeze(-1))
+        return hit.to(seq.dtype)
+
+    def _weights(self, v: torch.Tensor) -> torch.Tensor:
+        return self.projections.flatten(1).to(v.dtype)
+
+    def _pack(self, proj: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Projections ``(n, m·τ)`` -> ``(n, m)`` ids as float32 (exact: signatures < 2^16): bit =
+        1[proj > 0], computed in place as ``clamp(sign(proj), min=0)`` (two float passes cost less
+        than one ``> 0`` into a bool tensor and its conversion back to float), packed by one product
+        in float32, never in a lower autocast precision; into ``out`` when given."""
         bits = proj.float().sign_().clamp_(min=0.0)
         with torch.autocast(device_type=bits.device.type, enabled=False):
-            return torch.matmul(bits, self.packing).long()
+            return torch.matmul(bits, self.packing) if out is None else torch.matmul(bits, self.packing, out=out)
 
     @staticmethod
     def _bucket_sums(seq: torch.Tensor, index: torch.Tensor, slots: int) -> torch.Tensor:
@@ -116,18 +139,18 @@ class SimHash(nn.Module):
     def forward(self, query: torch.Tensor, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Direct form: ``q (B, d)``, ``s (B, L, d)``, ``mask (B, L)`` -> ``u (B, d)``."""
         self._check(query, seq, mask)
-        sig_q, sig_s = self.signatures(query), self.signatures(seq)  # (B, m), (B, L, m)
-        hit = (sig_s == sig_q.unsqueeze(1)) & mask.unsqueeze(-1)  # (B, L, m)
+        hit = self.collisions(query, seq, mask)  # (B, L, m), no autograd: the bucket ids are constants
         recording = torch.is_grad_enabled() and (seq.requires_grad or query.requires_grad)
         if recording or not self.ordered_sums:
             # one batched product (and its transpose in the backward pass), ~10x faster than the
             # position-ordered sums below; equal to them up to float rounding
-            u = torch.matmul(hit.transpose(1, 2).to(seq.dtype), seq)  # (B, m, d)
+            u = torch.matmul(hit.transpose(1, 2), seq)  # (B, m, d)
         else:  # summed exactly as bucket_tables sums, so lookup() reproduces it bit for bit
-            u = torch.stack([self._bucket_sums(seq, (~hit[..., h]).long(), 2)[:, 0]  # slot 0: collided
+            miss = (hit == 0).long()
+            u = torch.stack([self._bucket_sums(seq, miss[..., h], 2)[:, 0]  # slot 0: collided
                              for h in range(self.num_hashes)], dim=1)
-        if self.bucket_mean:
-            u = u / hit.sum(1).clamp(min=1).unsqueeze(-1).to(u.dtype)
+        if self.bucket_mean:  # counts summed in float32: exact up to 2^24 behaviours whatever seq's dtype
+            u = u / hit.sum(1, dtype=torch.float32).clamp(min=1).unsqueeze(-1).to(u.dtype)
         return self._pool(u)
 
     def bucket_tables(self, seq: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -125,8 +125,8 @@ class SDIM(CTRModel):
         if missing:
             raise ValueError(f"SDIM: the batch has neither sequence(s) {missing} (keys 'seq:<name>') nor their "
                              f"precomputed interests ('{TABLES_KEY}{sequences[0]}', see encode_behaviours)")
-        embs = [self.embedding.sequence_embedding(batch, s) for s in sequences]
-        return torch.cat([e for e, _ in embs], dim=-1), embs[0][1]  # SimHash and attention apply the mask
+        # SimHash and the short-term attention leave padded positions out by the mask: no zeroing pass
+        return self.embedding.sequence_group_embedding(batch, list(sequences), zero_padding=False)
 
     def _short(self, seq, mask):
         index, valid = last_real_positions(mask, self.short_seq_len)
