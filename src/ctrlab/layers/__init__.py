@@ -5,7 +5,9 @@ from .fusion import MultiHeadBilinearFusion
 from .gating import FeatureGating
 from .interaction import CIN, CrossNet, CrossNetV2, FactorizationMachine, InnerProducts
 from .mlp import MLPBlock, get_activation, init_linear
+from .quadratic import QuadraticLayer, QuadraticNetwork
 from .sequence import SequencePooling, sequence_mask
+from .sparse_target_attention import ReLUTargetAttention
 
 __all__ = [
     "EMBEDDING_INIT_STD",
@@ -20,6 +22,9 @@ __all__ = [
     "MLPBlock",
     "MultiHeadBilinearFusion",
     "MultiHeadSelfAttention",
+    "QuadraticLayer",
+    "QuadraticNetwork",
+    "ReLUTargetAttention",
     "SequencePooling",
     "get_activation",
     "init_linear",
