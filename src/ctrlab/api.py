@@ -740,8 +740,9 @@ def predict(
     Raw values go through the run's saved feature map, so unseen categories map to OOV and
     missing numerics to their fill value exactly as in training; a field mostly unseen in the file
     is warned about (``log`` and a :class:`~ctrlab.data.errors.DataWarning`). Writes a CSV with the
-    ``keep_columns`` of the input (e.g. ids), then a ``probability`` column, one row per input row,
-    when ``output_path`` is given.
+    ``keep_columns`` of the input (e.g. ids), then a ``probability`` column (a multi-task model's
+    main task, followed by a ``probability_<task>`` column per task), one row per input row, when
+    ``output_path`` is given.
     """
     from .data.predict_io import read_with_kept, warn_unseen, write_scores
 
@@ -753,9 +754,11 @@ def predict(
     enc = encode_frame(df, fmap, Path(input_path), with_labels=False)
     warn_unseen(fmap, df, enc.arrays, Path(input_path), log)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
-    probs = trainer.predict(BatchLoader(enc, batch_size, shuffle=False))
+    loader = BatchLoader(enc, batch_size, shuffle=False)
+    tasks = trainer.predict_tasks(loader) if trainer.task_names else None
+    probs = tasks[trainer.task_names[0]] if tasks else trainer.predict(loader)
     if output_path is not None:
-        write_scores(df.select(keep), probs, Path(output_path))
+        write_scores(df.select(keep), probs, Path(output_path), tasks)
     return probs
 
 

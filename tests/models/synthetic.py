@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 
 import numpy as np
 import torch
@@ -112,3 +113,13 @@ def fit_until(model, train, valid, target: float, max_epochs: int, lr: float):
         if auc(model, valid) > target:
             break
     return model
+
+
+def with_labels_for(model_cls, fmap: FeatureMap) -> FeatureMap:
+    """``fmap``, with a second label column ``conversion`` when ``model_cls`` needs two (ESMM's
+    clicks and conversions); :func:`random_batch` then draws both."""
+    if model_cls.min_labels <= len(fmap.labels):
+        return fmap
+    out = copy.deepcopy(fmap)
+    out.labels = list(fmap.labels) + [f"label_{i}" for i in range(len(fmap.labels), model_cls.min_labels)]
+    return out

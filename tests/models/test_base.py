@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from ctrlab.models import create, list_models
+from ctrlab.models import create, get_model_class, list_models
 from ctrlab.models.base import parse_regularizer
 
 
@@ -45,8 +45,9 @@ def test_init_output_bias_makes_the_untrained_mean_prediction_the_base_rate(mixe
     """Issue 15.1: every registered model's output bias can start at the base rate's log-odds (found
     generically, no per-model code), so an untrained model predicts the base rate on average; only
     the output bias changes (DCNv3: its two streams' biases)."""
-    from .synthetic import random_batch
+    from .synthetic import random_batch, with_labels_for
 
+    mixed_map = with_labels_for(get_model_class(name), mixed_map)
     kwargs = {"din_sequence_field": "hist", "din_target_field": "item"} if name.upper() == "DIN" else {}
     if name == "OptInter":  # the map has no cross features, which memorize (and so the search) needs
         kwargs = {"pair_methods": "factorize"}

@@ -15,7 +15,8 @@ from ctrlab.recipes.compress import (collect_output_stats, compress_embedding, c
                                      linear_layers)
 
 MAP = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price", "age"],
-                             sequences={"hist": (4, "item"), "tags": (3, 9)}, dense={"img": 6})
+                             sequences={"hist": (4, "item"), "tags": (3, 9)}, dense={"img": 6},
+                             labels=["click", "conversion"])  # two labels: ESMM needs both, the others read the first
 
 
 PARAMS = {"DIN": {"din_target_field": "item", "din_sequence_field": "hist"},

@@ -74,7 +74,8 @@ def test_options_name_the_bad_field():
 
 # ---- every registered model ------------------------------------------------------------------
 MAP = FeatureMap.from_fields({"user": 7, "item": 11, "ctx": 5}, numeric=["price"],
-                             sequences={"hist": (4, "item"), "tags": (3, 9)})
+                             sequences={"hist": (4, "item"), "tags": (3, 9)},
+                             labels=["click", "conversion"])  # two labels: ESMM needs both, the others read the first
 PARAMS = {"DIN": {"din_target_field": "item", "din_sequence_field": "hist"},
           "FinalMLP": {"fs1_context": ["user"], "fs2_context": ["item"]},
           "FGCNN": {"channels": (4, 4), "dnn_hidden_units": (64, 32)},
@@ -84,7 +85,7 @@ PARAMS = {"DIN": {"din_target_field": "item", "din_sequence_field": "hist"},
 def _batch(n=64, seed=0):
     g = torch.Generator().manual_seed(seed)
     b = {"cat": torch.stack([torch.randint(0, f.vocab_size, (n,), generator=g) for f in MAP.categorical], 1),
-         "num": torch.randn(n, 1, generator=g), "label": torch.randint(0, 2, (n, 1), generator=g).float()}
+         "num": torch.randn(n, 1, generator=g), "label": torch.randint(0, 2, (n, 2), generator=g).float()}
     b.update({"seq:" + s.name: torch.randint(0, s.vocab_size, (n, s.max_len), generator=g) for s in MAP.sequences})
     return b
 

@@ -47,7 +47,10 @@ def warn_unseen(fmap: FeatureMap, frame: pl.DataFrame, arrays: dict[str, np.ndar
         warnings.warn(message, DataWarning, stacklevel=3)
 
 
-def write_scores(kept: pl.DataFrame, probabilities: np.ndarray, path: Path) -> None:
-    """The scores CSV: the kept input columns, row-aligned, then ``probability``."""
+def write_scores(kept: pl.DataFrame, probabilities: np.ndarray, path: Path,
+                 tasks: dict[str, np.ndarray] | None = None) -> None:
+    """The scores CSV: the kept input columns, row-aligned, then ``probability`` (a multi-task
+    model's main task) and, given ``tasks``, one ``probability_<task>`` column per task."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame([*kept.get_columns(), pl.Series(SCORE_COLUMN, probabilities.astype(np.float64))]).write_csv(path)
+    extra = [pl.Series(f"{SCORE_COLUMN}_{t}", p.astype(np.float64)) for t, p in (tasks or {}).items()]
+    pl.DataFrame([*kept.get_columns(), pl.Series(SCORE_COLUMN, probabilities.astype(np.float64)), *extra]).write_csv(path)

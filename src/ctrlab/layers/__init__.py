@@ -4,6 +4,7 @@ from .embedding import EMBEDDING_INIT_STD, FeatureEmbedding, LinearLogit
 from .fusion import MultiHeadBilinearFusion
 from .gating import FeatureGating
 from .interaction import CIN, CrossNet, CrossNetV2, FactorizationMachine, InnerProducts
+from .mixture import MixtureOfExperts
 from .mlp import MLPBlock, get_activation, init_linear
 from .quadratic import QuadraticLayer, QuadraticNetwork
 from .sequence import SequencePooling, sequence_mask
@@ -19,6 +20,7 @@ __all__ = [
     "FeatureGating",
     "InnerProducts",
     "LinearLogit",
+    "MixtureOfExperts",
     "MLPBlock",
     "MultiHeadBilinearFusion",
     "MultiHeadSelfAttention",

@@ -65,6 +65,14 @@ class CTRModel(nn.Module):
     """True for models that attend a behaviour sequence (DIN, SDIM, SUAN, LightSUAN, DiffuMIN): a dataset without one
     cannot build them (tests and tools skip them there)."""
 
+    min_labels: int = 1
+    """Label columns the model needs (ESMM: clicks and conversions); tests and tools give a dataset
+    with fewer to the other models only."""
+
+    task_names: list[str] = []
+    """A multi-task model's tasks, main task first (see :mod:`ctrlab.models.multitask`): its forward
+    also returns ``"task_logits"`` ``(B, T)`` and it defines ``task_targets(batch)``; empty = one task."""
+
     def __init__(self, feature_map: FeatureMap, embedding_regularizer: float | str | None = 0.0,
                  net_regularizer: float | str | None = 0.0):
         super().__init__()

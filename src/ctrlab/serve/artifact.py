@@ -221,7 +221,8 @@ def example_arrays(fmap: FeatureMap, rows: int, seed: int = 0) -> dict[str, np.n
 
 def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET) -> list[TensorSpec]:
     """Write ``model`` as an ONNX graph with inputs :func:`model_inputs` (batch dimension dynamic)
-    and outputs ``logit`` and ``probability`` of shape ``(B,)``."""
+    and outputs ``logit`` and ``probability`` of shape ``(B,)`` (the main task), plus, for a
+    multi-task model, ``task_probabilities`` ``(B, T)`` in its ``task_names`` order."""
     import torch
 
     inputs = model_inputs(fmap)
@@ -236,20 +237,23 @@ def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET)
             self.model = model
 
         def forward(self, *tensors):
-            logit = self.model(model_batch(inputs, tensors))["logit"]
-            return logit, torch.sigmoid(logit)
+            out = self.model(model_batch(inputs, tensors))
+            if outputs[2:]:
+                return out["logit"], torch.sigmoid(out["logit"]), torch.sigmoid(out["task_logits"])
+            return out["logit"], torch.sigmoid(out["logit"])
 
     # 7 rows: odd, and unlike any other dimension, so that tracing cannot confuse it with one.
     example = as_model_arrays(example_arrays(fmap, 7), inputs)
     args = tuple(torch.from_numpy(example[s.name]) for s in inputs)
     names = [s.name for s in inputs]
-    dynamic = {n: {0: "batch"} for n in names + ["logit", "probability"]}
+    outputs = output_names(model)
+    dynamic = {n: {0: "batch"} for n in names + outputs}
     model.eval()
     with torch.no_grad(), warnings.catch_warnings():
         # The tracer warns about every Python branch on a shape; the parity check is the real test.
         warnings.simplefilter("ignore")
         try:
-            torch.onnx.export(_Graph(), args, str(path), input_names=names, output_names=["logit", "probability"],
+            torch.onnx.export(_Graph(), args, str(path), input_names=names, output_names=outputs,
                               dynamic_axes=dynamic, opset_version=opset, dynamo=False)
         except Exception as exc:  # the exporter raises many kinds; report which model and why
             raise ArtifactError(
@@ -258,14 +262,20 @@ def export_onnx(model, fmap: FeatureMap, path: Path, opset: int = DEFAULT_OPSET)
     return inputs
 
 
+def output_names(model) -> list[str]:
+    """The graph's outputs: ``logit``, ``probability`` and, for a multi-task model, ``task_probabilities``."""
+    return ["logit", "probability"] + (["task_probabilities"] if getattr(model, "task_names", None) else [])
+
+
 def chunk_rows(fmap: FeatureMap, most: int = 8192) -> int:
     """Rows per model call when scoring many encoded rows at once: :meth:`FeatureMap.rows_per_call`."""
     return fmap.rows_per_call(most)
 
 
-def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int | None = None) -> np.ndarray:
+def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, batch_size: int | None = None,
+                        tasks: bool = False) -> np.ndarray:
     """Eager PyTorch probabilities for encoded arrays (the reference for parity checks), ``batch_size``
-    rows per call (default :func:`chunk_rows`)."""
+    rows per call (default :func:`chunk_rows`); ``tasks=True``: a multi-task model's ``(N, T)``."""
     import torch
 
     batch_size = batch_size or chunk_rows(fmap)
@@ -277,8 +287,8 @@ def torch_probabilities(model, arrays: dict[str, np.ndarray], fmap: FeatureMap, 
         for lo in range(0, rows, batch_size):
             # np.array copies: torch must not wrap a read-only memory map
             tensors = [torch.from_numpy(np.array(arrays[s.key][lo:lo + batch_size], dtype=s.dtype)) for s in inputs]
-            out.append(torch.sigmoid(model(model_batch(inputs, tensors))["logit"]).float().numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
+            out.append(torch.sigmoid(model(model_batch(inputs, tensors))["task_logits" if tasks else "logit"]).float().numpy())
+    return np.concatenate(out) if out else np.zeros((0, len(model.task_names)) if tasks else 0, np.float32)
 
 
 def export_run(
@@ -356,7 +366,8 @@ def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any
         "schema": raw_schema(dcfg),
         "labels": list(dcfg.labels),
         "inputs": [vars(s) for s in inputs],
-        "outputs": ["logit", "probability"],
+        "outputs": output_names(model),
+        **({"tasks": list(model.task_names)} if getattr(model, "task_names", None) else {}),
         "opset": opset if format == "onnx" else None,
         "parity": parity,
         "metrics": {k: metrics[k] for k in ("valid", "test", "epochs", "seed") if k in metrics},
@@ -389,7 +400,8 @@ def session_feeds(session, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray
 
 
 def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.ndarray]) -> dict[str, Any]:
-    """Max |p_onnx - p_torch| over the given encoded rows (ONNX Runtime vs eager PyTorch)."""
+    """Max |p_onnx - p_torch| over the given encoded rows (ONNX Runtime vs eager PyTorch), over every
+    task's probability for a multi-task model."""
     import onnxruntime as ort
 
     inputs = model_inputs(fmap)
@@ -398,9 +410,11 @@ def check_parity(onnx_path: Path, model, fmap: FeatureMap, arrays: dict[str, np.
     rows = len(next(iter(feeds.values())))
     feeds = session_feeds(session, feeds)
     step = chunk_rows(fmap)
-    got = np.concatenate([session.run(["probability"], {k: v[lo:lo + step] for k, v in feeds.items()})[0]
+    tasks = bool(getattr(model, "task_names", None))
+    output = "task_probabilities" if tasks else "probability"
+    got = np.concatenate([session.run([output], {k: v[lo:lo + step] for k, v in feeds.items()})[0]
                           for lo in range(0, rows, step)])
-    ref = torch_probabilities(model, arrays, fmap)
+    ref = torch_probabilities(model, arrays, fmap, tasks=tasks)
     return {"rows": int(rows), "max_abs_diff": float(np.max(np.abs(got - ref))) if rows else 0.0}
 
 
@@ -421,6 +435,11 @@ class Artifact:
     @property
     def inputs(self) -> list[TensorSpec]:
         return [TensorSpec(**s) for s in self.manifest["inputs"]]
+
+    @property
+    def tasks(self) -> list[str]:
+        """A multi-task model's task names (main first); empty for one task."""
+        return list(self.manifest.get("tasks") or [])
 
 
 REQUIRED_FILES = {

@@ -84,11 +84,12 @@ class _ONNXBackend:
         self.session = ort.InferenceSession(str(artifact.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         # the exporter drops inputs the model never reads (e.g. a numseq: sequence a model ignores)
         self.names = frozenset(i.name for i in self.session.get_inputs())
+        self.output = "task_probabilities" if artifact.tasks else "probability"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self.names.issuperset(feeds):
             feeds = {k: v for k, v in feeds.items() if k in self.names}
-        return self.session.run(["probability"], feeds)[0]
+        return self.session.run([self.output], feeds)[0]
 
 
 class _TorchBackend:
@@ -119,6 +120,7 @@ class _TorchBackend:
         self.model.load_state_dict(load_file(str(artifact.path / "model.safetensors")))
         self.model.eval()
         self.inputs = artifact.inputs
+        self.tasks = artifact.tasks
         self.torch = torch
 
     def batch(self, feeds: dict[str, np.ndarray]) -> dict:
@@ -127,7 +129,8 @@ class _TorchBackend:
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            return torch.sigmoid(self.model(self.batch(feeds))["logit"]).float().numpy()
+            out = self.model(self.batch(feeds))
+            return torch.sigmoid(out["task_logits"] if self.tasks else out["logit"]).float().numpy()
 
     def encode_user(self, feeds: dict[str, np.ndarray]) -> Any:
         with self.torch.inference_mode():
@@ -174,6 +177,8 @@ class Predictor:
                             else _TorchBackend(self.artifact, threads))
             self.encoders = load_encoders(self.fmap)
         self.inputs = self.artifact.inputs
+        self.tasks = self.artifact.tasks
+        """A multi-task model's task names: :meth:`run` then gives ``(N, T)`` probabilities in this order."""
         self.schema = self.artifact.manifest["schema"]
         self.columns = [c["name"] for c in self.schema]
         self._allowed = {c["name"]: tuple(chain.from_iterable(_JSON_TYPES[t] for t in c["accepts"])) for c in self.schema}
@@ -335,7 +340,8 @@ class Predictor:
 
     # ---- scoring ------------------------------------------------------------------------------------
     def run(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)``; in calls of at most
+        """Model input arrays (any number of rows) -> probabilities, float32 ``(N,)`` (a multi-task
+        model's: ``(N, T)``, :attr:`tasks` order, main task first); in calls of at most
         :func:`~ctrlab.serve.artifact.chunk_rows` rows (fewer for long sequences, whose attention grows
         with rows·L²)."""
         rows = len(next(iter(feeds.values()))) if feeds else 0
@@ -351,6 +357,8 @@ class Predictor:
         furthest from zero in that row."""
         probs = self.run(as_model_arrays(arrays, self.inputs))
         bad = ~np.isfinite(probs)
+        if bad.ndim == 2:  # a multi-task model: a row is bad when any task's probability is
+            bad = bad.any(axis=1)
         if not bad.any():
             return probs
         row = int(np.argmax(bad))
@@ -424,15 +432,25 @@ class Predictor:
         return probs
 
     def predict_records(self, records: Sequence[dict[str, Any]]) -> np.ndarray:
-        """Probabilities for raw JSON-like records (see the module docstring for accepted values)."""
-        return self._score(self._encoded(self.records_to_frame(list(records))))
+        """Probabilities for raw JSON-like records (see the module docstring for accepted values); a
+        multi-task model's main task (all of them: :meth:`predict_tasks`)."""
+        return main_task(self._score(self._encoded(self.records_to_frame(list(records)))))
 
     def predict_frame(self, frame: pl.DataFrame) -> np.ndarray:
         """Probabilities for a raw frame read like the training files (e.g. with :func:`read_split`)."""
+        return main_task(self._score(self._encoded(self._checked_frame(frame))))
+
+    def predict_tasks(self, records: Sequence[dict[str, Any]] | pl.DataFrame) -> dict[str, np.ndarray]:
+        """Every task's probabilities by task name (records or a raw frame); a single-task model's
+        one task is named ``"probability"``."""
+        frame = self._checked_frame(records) if isinstance(records, pl.DataFrame) else self.records_to_frame(list(records))
+        return task_columns(self._score(self._encoded(frame)), self.tasks)
+
+    def _checked_frame(self, frame: pl.DataFrame) -> pl.DataFrame:
         missing = [c for c in self.columns if c not in frame.columns]
         if missing:
             raise RequestError(f"the frame lacks columns {missing}", field=missing[0])
-        return self._score(self._encoded(frame))
+        return frame
 
     @property
     def metadata_model(self) -> str:
@@ -451,10 +469,23 @@ class Predictor:
             "backend": self.backend_name,
             "schema": self.schema,
             "metrics": m.get("metrics", {}),
+            **({"tasks": self.tasks} if self.tasks else {}),
             "versions": m.get("versions", {}),
             "created": m.get("created"),
             "files": m.get("files", {}),
         }
+
+
+def main_task(probs: np.ndarray) -> np.ndarray:
+    """``(N,)`` probabilities of the main task (the first column of a multi-task model's ``(N, T)``)."""
+    return np.ascontiguousarray(probs[:, 0]) if probs.ndim == 2 else probs
+
+
+def task_columns(probs: np.ndarray, tasks: list[str]) -> dict[str, np.ndarray]:
+    """``(N, T)`` -> ``{task: (N,)}``; ``(N,)`` -> ``{"probability": (N,)}``."""
+    if probs.ndim == 1:
+        return {"probability": probs}
+    return {t: np.ascontiguousarray(probs[:, i]) for i, t in enumerate(tasks)}
 
 
 def _read_as(feature: dict[str, Any]) -> str:

@@ -6,6 +6,9 @@
     curl -s localhost:8000/predict -H 'Content-Type: application/json' -d '{"columns": {"user": ["12", "40"], ...}}'
     -> {"probabilities": [0.8312, 0.1207], "model": "FinalMLP", "rows": 2, "unseen_fields": [0, 0]}
 
+A multi-task model (e.g. ESMM) answers its main task in ``probabilities`` and every task's in
+``tasks`` (``{"ctr": [...], "cvr": [...], "ctcvr": [...]}``).
+
 ``unseen_fields``: per row, how many of its categorical and sequence fields hold values the training
 vocabularies do not know (:mod:`ctrlab.data.unseen`); a request that is mostly such values is logged
 (rate-limited, :mod:`ctrlab.serve.unseen`) and counted in ``/health``.
@@ -65,7 +68,7 @@ from ..config import ConfigError
 from .config import ServeConfig
 from .parse_worker import ParseWorker, ParseWorkerFailed
 from .parsing import BODY_FORMS, check_body, parse_body  # noqa: F401 - parse_body, BODY_FORMS: public here too
-from .predictor import Predictor, RequestError
+from .predictor import Predictor, RequestError, main_task, task_columns
 from .unseen import Scores, UnseenLog
 
 log = logging.getLogger("ctrlab.serve")
@@ -424,8 +427,10 @@ def create_app(predictor: Predictor, cfg: ServeConfig | None = None):
             if reserved:
                 bodies.release(reserved)
         state["unseen"].note(scores, frame)
-        answer = {"probabilities": scores.probabilities, "model": predictor.metadata_model, "rows": scores.rows,
-                  "unseen_fields": scores.unseen_fields}
+        answer = {"probabilities": main_task(scores.probabilities), "model": predictor.metadata_model,
+                  "rows": scores.rows, "unseen_fields": scores.unseen_fields}
+        if predictor.tasks:  # a multi-task model: every task's probabilities too (the main one is "probabilities")
+            answer["tasks"] = task_columns(scores.probabilities, predictor.tasks)
         if scores.rows > LARGE_ANSWER_ROWS:
             return await asyncio.to_thread(_json_response, 200, answer)
         return _json_response(200, answer)

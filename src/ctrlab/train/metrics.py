@@ -20,10 +20,23 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "auc", "logloss", "gauc", "evaluate_metrics"]
+__all__ = ["METRIC_NAMES", "auc", "logloss", "gauc", "evaluate_metrics", "task_metric"]
 
 METRIC_NAMES = ("AUC", "logloss", "gAUC")
 """Metric names understood by :func:`evaluate_metrics`."""
+
+
+def task_metric(name: str) -> tuple[str | None, str]:
+    """``"cvr_AUC"`` -> ``("cvr", "AUC")``, ``"AUC"`` -> ``(None, "AUC")``. A multi-task model's
+    metrics are named ``<task>_<metric>`` (its first task's also plainly, ``AUC``); raises
+    ValueError for a name that is neither."""
+    if name in METRIC_NAMES:
+        return None, name
+    task, sep, metric = str(name).rpartition("_")
+    if sep and task and metric in METRIC_NAMES:
+        return task, metric
+    raise ValueError(f"unknown metric {name!r}; choose from {list(METRIC_NAMES)}, or <task>_<metric> for a "
+                     "task of a multi-task model (e.g. cvr_AUC)")
 
 
 def _labels(y_true, name: str = "y_true") -> np.ndarray:

@@ -60,7 +60,7 @@ from .distributed import (
     gather_rows,
     rank_device,
 )
-from .metrics import METRIC_NAMES, evaluate_metrics
+from .metrics import METRIC_NAMES, evaluate_metrics, task_metric
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
 __all__ = [
@@ -137,8 +137,11 @@ def parse_monitor(monitor: str | Mapping[str, float]) -> dict[str, float]:
     if not items:
         raise ConfigError("monitor is empty; use e.g. 'AUC'")
     for name, w in items:
-        if name not in METRIC_NAMES:
-            raise ConfigError(f"monitor uses unknown metric {name!r}; choose from {list(METRIC_NAMES)}")
+        try:
+            task_metric(name)  # a metric, or <task>_<metric> of a multi-task model (checked against it by Trainer)
+        except ValueError:
+            raise ConfigError(f"monitor uses unknown metric {name!r}; choose from {list(METRIC_NAMES)} "
+                              "(a multi-task model's: <task>_<metric>, e.g. cvr_AUC)") from None
         if not math.isfinite(w):
             raise ConfigError(f"monitor weight of {name} must be finite, got {w}")
         weights[name] = weights.get(name, 0.0) + w
@@ -237,7 +240,7 @@ class TrainerConfig:
         if self.monitor_mode in ("max", "min"):
             return self.monitor_mode
         directions = {
-            (w > 0) != (name in _LOWER_IS_BETTER)  # True: a larger monitor value is better
+            (w > 0) != (task_metric(name)[1] in _LOWER_IS_BETTER)  # True: a larger monitor value is better
             for name, w in self.monitor_weights().items()
             if w != 0
         }
@@ -524,6 +527,14 @@ class Trainer:
             self._train_module = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.monitor = config.monitor_weights()
+        self.task_names = list(getattr(self.model, "task_names", ()) or ())
+        for name in self.monitor:
+            task = task_metric(name)[0]
+            if task is not None and task not in self.task_names:
+                raise ConfigError(
+                    f"trainer.monitor uses {name!r}, a metric of task {task!r}; "
+                    + (f"{type(self.model).__name__}'s tasks are {self.task_names}" if self.task_names
+                       else f"{type(self.model).__name__} has one task: monitor plain metrics such as 'AUC'"))
         self.monitor_mode = config.resolved_monitor_mode()
         self.early_stopping = EarlyStopping(self.monitor_mode, config.min_delta, config.patience, config.min_epochs)
         self._reset_state()
@@ -685,8 +696,16 @@ class Trainer:
 
     def predict(self, loader: Iterable) -> np.ndarray:
         """Predicted click probabilities ``sigmoid(logit)`` (float64, loader order)."""
-        prob, _, _ = self._run_inference(loader, desc="predict", need_labels=False)
+        prob, _, _, _ = self._run_inference(loader, desc="predict", need_labels=False)
         return prob
+
+    def predict_tasks(self, loader: Iterable) -> dict[str, np.ndarray]:
+        """Every task's predicted probability (float64, loader order) by task name; a single-task
+        model's one task is ``"label"``'s first column, named by :attr:`task_names` or ``"logit"``."""
+        prob, _, _, tasks = self._run_inference(loader, desc="predict", need_labels=False)
+        if tasks is None:
+            return {"logit": prob}
+        return {t: tasks["prob"][:, i] for i, t in enumerate(self.task_names)}
 
     def restore_best(self) -> bool:
         """Load ``checkpoints/best.safetensors`` into the model; False when there is none."""
@@ -775,16 +794,27 @@ class Trainer:
     @torch.no_grad()
     def _run_inference(
         self, loader: Iterable, desc: str, need_labels: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, dict[str, np.ndarray] | None]:
+        """``(prob, label, group, tasks)``: the main logit's probabilities and the first label per
+        row; for a multi-task model also ``tasks`` = ``{"prob", "label", "rows"}`` ``(N, T)`` in
+        :attr:`task_names` order (``rows``: where each task is evaluated, from the model's
+        ``task_targets``), else None."""
         self.model.eval()
         probs: list[torch.Tensor] = []
         labels: list[torch.Tensor] = []
         groups: list[torch.Tensor] = []
+        task_probs: list[torch.Tensor] = []
+        task_labels: list[torch.Tensor] = []
+        task_rows: list[torch.Tensor] = []
         bar = self._bar(loader, desc)
         try:
             for batch in loader:
                 if "label" in batch:
                     labels.append(batch["label"][:, 0].reshape(-1))
+                    if self.task_names:
+                        y, rows = self.model.task_targets(batch)
+                        task_labels.append(y)
+                        task_rows.append(rows)
                 elif need_labels:
                     raise KeyError("evaluation batches need a 'label' tensor")
                 if "group" in batch:
@@ -794,6 +824,8 @@ class Trainer:
                 # would then charge the clipping constant instead of the row's real loss
                 p = torch.sigmoid(outputs["logit"].double()).reshape(-1)
                 probs.append(p)
+                if self.task_names:
+                    task_probs.append(torch.sigmoid(outputs["task_logits"].double()))
                 if bar is not None:
                     bar.update(int(p.shape[0]))
         finally:
@@ -804,17 +836,48 @@ class Trainer:
         prob = torch.cat(probs).cpu().numpy()
         y = torch.cat(labels).cpu().numpy().astype(np.float64) if labels else None
         g = torch.cat(groups).cpu().numpy() if groups and len(groups) == len(probs) else None
+        tasks = None
+        if self.task_names:
+            tasks = {"prob": torch.cat(task_probs).cpu().numpy()}
+            if task_labels:
+                tasks["label"] = torch.cat(task_labels).cpu().numpy().astype(np.float64)
+                tasks["rows"] = torch.cat(task_rows).cpu().numpy().astype(bool)
         if getattr(loader, "world_size", 1) > 1:  # a shard of the rows: gather all of them, in order
             prob = gather_rows(self.dist, prob)
             y = gather_rows(self.dist, y) if y is not None else None
             g = gather_rows(self.dist, g) if g is not None else None
-        return prob, y, g
+            if tasks is not None:
+                tasks = {k: gather_rows(self.dist, v) for k, v in tasks.items()}
+        return prob, y, g, tasks
 
     def _evaluate_names(self, loader: Iterable, names: Sequence[str], desc: str) -> dict[str, float]:
-        prob, y, group = self._run_inference(loader, desc)
-        if "gAUC" in names and group is None:
+        prob, y, group, tasks = self._run_inference(loader, desc)
+        parsed = [(n, *task_metric(n)) for n in names]
+        if any(metric == "gAUC" for _, _, metric in parsed) and group is None:
             raise ValueError("gAUC needs a 'group' tensor in every batch (set the dataset's group_field)")
-        return evaluate_metrics(y, prob, names, group)
+        plain = [n for n, task, _ in parsed if task is None]
+        if tasks is None:
+            return evaluate_metrics(y, prob, plain, group)
+        out: dict[str, float] = {}
+        for i, task in enumerate(self.task_names):  # every task on its own rows (e.g. CVR: clicked ones)
+            want = list(dict.fromkeys(plain + [m for _, t, m in parsed if t == task]))
+            rows = tasks["rows"][:, i]
+            values = self._task_metrics(task, tasks["label"][rows, i], tasks["prob"][rows, i], want,
+                                        None if group is None else group[rows], desc)
+            if i == 0:  # the main task under the plain names too (monitor, bench and reports read those)
+                out.update({m: values[m] for m in plain})
+            out.update({f"{task}_{m}": v for m, v in values.items()})
+        return {k: out[k] for k in [n for n in names if n in out] + [k for k in out if k not in names]}
+
+    def _task_metrics(self, task: str, y: np.ndarray, prob: np.ndarray, names: list[str], group, desc: str):
+        """A task's metrics on its rows; NaN (with a warning in the log) where a split holds one class
+        of that task only (a rare conversion label on a small validation split), instead of failing
+        the run; a monitored NaN never counts as an improvement."""
+        if len(y) and 0 < y.sum() < len(y):
+            return evaluate_metrics(y, prob, names, group)
+        self._log(f"{desc}: task {task!r} has {len(y)} rows with {int(y.sum())} positives: its metrics {names} "
+                  "are NaN", level=logging.WARNING)
+        return {m: float("nan") for m in names}
 
     # ---- protocol pieces ---------------------------------------------------------------------
     def _seed_rank(self, *extra: int) -> None:
