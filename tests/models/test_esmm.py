@@ -37,10 +37,17 @@ def test_pctcvr_is_the_product_of_the_towers_and_below_both():
     p_ctcvr = torch.sigmoid(out["task_logits"][:, 2].double())
     torch.testing.assert_close(p_ctcvr, torch.sigmoid(a.double()) * torch.sigmoid(c.double()), rtol=1e-5, atol=1e-7)
     assert (p_ctcvr <= torch.minimum(torch.sigmoid(a), torch.sigmoid(c)).double() + 1e-6).all() and (p_ctcvr >= 0).all()
-    # far in the tails the product neither underflows to log(0) nor reaches 1 (log-space)
-    big = {"a": torch.tensor([40.0, -40.0, -40.0]), "b": torch.tensor([40.0, 40.0, -40.0])}
-    lp = (F.logsigmoid(big["a"]) + F.logsigmoid(big["b"])).clamp(max=-1e-7)
-    assert torch.isfinite(lp - torch.log(-torch.expm1(lp))).all()
+    # far in the tails the product's logit stays finite and right: σ(a)σ(b) far out in both directions
+    with torch.no_grad():
+        for t in (m.ctr_tower.out, m.cvr_tower.out):
+            t.weight.zero_()
+        cases = [(15.0, 15.0), (-40.0, 40.0), (-40.0, -40.0), (3.0, -2.0)]  # (float64 σ(40) is 1.0)
+        for a_, b_ in cases:
+            m.ctr_tower.out.bias.fill_(a_)
+            m.cvr_tower.out.bias.fill_(b_)
+            logit = m(b)["task_logits"][0, 2].double()
+            p = torch.sigmoid(torch.tensor(a_, dtype=torch.float64)) * torch.sigmoid(torch.tensor(b_, dtype=torch.float64))
+            torch.testing.assert_close(logit, torch.log(p) - torch.log1p(-p), rtol=1e-5, atol=1e-5)
 
 
 def test_loss_is_bce_of_clicks_plus_bce_of_click_and_convert_over_all_rows():

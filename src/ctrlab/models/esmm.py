@@ -12,19 +12,16 @@ from ..layers import FeatureEmbedding, MLPBlock
 from .base import CTRModel
 from .registry import register
 
-LOG_ONE = -1e-7
-"""Upper clamp of ``log pCTCVR``: keeps ``log(1 − pCTCVR) = log(−expm1(·))`` finite when both
-probabilities round to 1 (it then charges ~16 nats, the float32 limit, instead of inf)."""
-
-
 @register
 class ESMM(CTRModel):
     """Embeddings ``e = flatten(E)`` shared by two towers with their own weights:
     ``a = MLP_ctr(e)``, ``b = MLP_cvr(e)``; ``pCTR = σ(a)``, ``pCVR = σ(b)``,
-    ``pCTCVR = pCTR·pCVR``, computed in log space: ``log pCTCVR = logσ(a) + logσ(b)``.
+    ``pCTCVR = pCTR·pCVR``, as the logit of the product in closed form:
+    ``logit(σ(a)σ(b)) = −log(e^{−a} + e^{−b} + e^{−a−b})`` (a log-sum-exp: no underflow of the
+    product in the tails, no ``1 − p`` cancellation, and ONNX-exportable).
 
     Loss over ALL impressions (click ``y``, conversion ``z``): ``w_ctr·BCE(y, pCTR) +
-    w_ctcvr·BCE(y·z, pCTCVR)``, no term on pCVR (the CTCVR term reaches the CVR tower through the
+    w_ctcvr·BCE(y·z, pCTCVR)`` (BCE with logits on that logit), no term on pCVR (the CTCVR term reaches the CVR tower through the
     product; with ``ctcvr_weight=0`` the CVR tower gets no gradient). The CTCVR label is ``y·z``:
     a conversion on an unclicked row (inconsistent data) counts as none.
 
@@ -72,9 +69,8 @@ class ESMM(CTRModel):
     def forward(self, batch):
         e = self.embedding(batch).flatten(start_dim=1)
         a, b = self.ctr_tower(e).squeeze(-1), self.cvr_tower(e).squeeze(-1)
-        log_ctcvr = (F.logsigmoid(a) + F.logsigmoid(b)).clamp(max=LOG_ONE)
-        ctcvr_logit = log_ctcvr - torch.log(-torch.expm1(log_ctcvr))  # logit of the product, not of a + b
-        return {"logit": a, "task_logits": torch.stack([a, b, ctcvr_logit], dim=1), "log_ctcvr": log_ctcvr}
+        ctcvr_logit = -torch.logsumexp(torch.stack([-a, -b, -a - b], dim=-1), dim=-1)  # of the product, not of a + b
+        return {"logit": a, "task_logits": torch.stack([a, b, ctcvr_logit], dim=1)}
 
     def task_targets(self, batch):
         y, z = batch["label"][:, self.click_column], batch["label"][:, self.conversion_column]
@@ -85,7 +81,5 @@ class ESMM(CTRModel):
     def task_loss(self, batch, outputs):
         y, z = batch["label"][:, self.click_column], batch["label"][:, self.conversion_column]
         ctr = F.binary_cross_entropy_with_logits(outputs["logit"], y)
-        log_p = outputs["log_ctcvr"]  # BCE of y·z against pCTCVR in log space (no underflow of the product)
-        t = y * z
-        ctcvr = -(t * log_p + (1 - t) * torch.log(-torch.expm1(log_p))).mean()
+        ctcvr = F.binary_cross_entropy_with_logits(outputs["task_logits"][:, 2], y * z)
         return self.ctr_weight * ctr + self.ctcvr_weight * ctcvr
