@@ -668,8 +668,23 @@ def _init_output_bias(model, data: PreparedData, log) -> None:
         raise ConfigError(f"init_output_bias: the train split's base rate is {base_rate}; it needs both classes "
                           "(set init_output_bias=false)")
     rows = data.feature_map.rows_per_call(8192)  # fewer for long sequences (attention grows as rows·L²)
-    names = model.init_output_bias(to_batch(train.take(slice(0, rows)).arrays), base_rate)
-    log(f"[ctrlab] output bias ({', '.join(names)}) set for the train base rate {base_rate:.4g}")
+    batch = to_batch(train.take(slice(0, rows)).arrays)
+    tasks = list(getattr(model, "task_names", ()) or ())
+    if not tasks:
+        names = model.init_output_bias(batch, base_rate)
+        log(f"[ctrlab] output bias ({', '.join(names)}) set for the train base rate {base_rate:.4g}")
+        return
+    labels, on = model.task_targets(batch)  # each task's own tower at its own base rate (on its rows)
+    for t, task in enumerate(tasks):
+        if task in model.derived_tasks:  # ESMM's CTCVR: set by the towers it multiplies
+            continue
+        rate = float(labels[on[:, t], t].double().mean()) if on[:, t].any() else float("nan")
+        if not 0.0 < rate < 1.0:
+            log(f"[ctrlab] task {task!r}: base rate {rate:.4g} on the first {len(labels):,} train rows; its output "
+                "bias is left as initialised")
+            continue
+        names = model.init_output_bias(batch, rate, task=t)
+        log(f"[ctrlab] task {task!r}: output bias ({', '.join(names)}) set for its train base rate {rate:.4g}")
 
 
 def _apply_opt_embed(model, cfg: RunConfig, ctx: DistContext = SINGLE) -> dict:

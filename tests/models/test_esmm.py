@@ -142,3 +142,18 @@ def test_selection_bias_esmm_pcvr_over_all_impressions_beats_a_cvr_model_trained
     assert auc_esmm > auc_base + 0.03 and auc_esmm > bayes - 0.06, (auc_esmm, auc_base, bayes)
     gap_esmm, gap_base = abs(p_esmm.mean() - z_test.mean()), abs(p_base.mean() - z_test.mean())
     assert gap_esmm < gap_base - 0.02, (gap_esmm, gap_base)
+
+
+def test_each_tower_starts_at_its_task_base_rate_on_its_rows():
+    torch.manual_seed(0)
+    m = create("ESMM", MAP, embedding_dim=4, tower_hidden_units=(16, 8))  # untrained: near-constant outputs
+    b = _batch(512)
+    assert m.init_output_bias(b, 0.07, task=0) == ["ctr_tower.out.bias"]
+    assert m.init_output_bias(b, 0.2, task=1) == ["cvr_tower.out.bias"]
+    m.eval()
+    with torch.no_grad():
+        p = torch.sigmoid(m(b)["task_logits"].double())
+    clicked = b["label"][:, 0] > 0
+    assert p[:, 0].mean().item() == pytest.approx(0.07, rel=1e-4)
+    assert p[clicked, 1].mean().item() == pytest.approx(0.2, rel=1e-4)  # on the rows CVR is evaluated on
+    assert p[:, 2].mean().item() == pytest.approx(0.014, rel=1e-2) and m.derived_tasks == ["ctcvr"]

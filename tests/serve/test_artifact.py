@@ -32,7 +32,7 @@ PARITY_ROWS = 4000
 # (model, dataset): every model on real Frappe (categorical fields) and on real MovieLens 100K
 # (sequence fields, one sharing the item vocabulary); sequence models (``needs_sequence``) need the
 # behaviour sequence.
-# Models that need two labels (ESMM: clicks and conversions) export in tests/serve/test_multitask.py.
+# Models that need two labels (ESMM: clicks and conversions) export in tests/serve/test_multitask_serving.py.
 CASES = [(m, "frappe_x1_subset") for m in list_models()
          if not get_model_class(m).needs_sequence and get_model_class(m).min_labels == 1] + [
     (m, "movielens_100k") for m in list_models() if get_model_class(m).min_labels == 1]

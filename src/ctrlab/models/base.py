@@ -73,6 +73,10 @@ class CTRModel(nn.Module):
     """A multi-task model's tasks, main task first (see :mod:`ctrlab.models.multitask`): its forward
     also returns ``"task_logits"`` ``(B, T)`` and it defines ``task_targets(batch)``; empty = one task."""
 
+    derived_tasks: list[str] = []
+    """Tasks whose logit is computed from the other tasks' (ESMM's CTCVR = CTR × CVR): they have no
+    output bias of their own, so starting biases at base rates (``init_output_bias``) skips them."""
+
     def __init__(self, feature_map: FeatureMap, embedding_regularizer: float | str | None = 0.0,
                  net_regularizer: float | str | None = 0.0):
         super().__init__()
@@ -180,26 +184,36 @@ class CTRModel(nn.Module):
 
     # ---- output bias ------------------------------------------------------------------------
     @torch.no_grad()
-    def init_output_bias(self, batch: dict[str, torch.Tensor], base_rate: float) -> list[str]:
+    def init_output_bias(self, batch: dict[str, torch.Tensor], base_rate: float, task: int | None = None) -> list[str]:
         """Shift the model's output bias so that its mean prediction on ``batch`` equals
         ``base_rate`` (about ``log(p / (1 - p))`` for an untrained model, whose other logit terms are
         near 0); returns the names of the parameters moved. Works for any model without per-model
         code: an output bias is a scalar parameter that moves every row's logit by the same amount
         ``c`` per unit. The last one with ``c = 1`` (nearest the output) is moved; a model whose logit
         averages several streams (DCNv3: ``(z_D + z_S) / 2``) has its stream biases moved together.
-        Raises ValueError when the model has no such parameter."""
+        ``task``: a multi-task model's task (index into :attr:`task_names`): its logit, matched on the
+        rows it is evaluated on (``task_targets``), e.g. ESMM's CVR tower on the clicked rows; a
+        task whose logit no single bias moves uniformly (ESMM's CTCVR, a product of two towers)
+        raises ValueError. Raises ValueError when the model has no such parameter."""
         if not 0.0 < base_rate < 1.0:
             raise ValueError(f"base_rate must be in (0, 1), got {base_rate}")
+        rows = None if task is None else self.task_targets(batch)[1][:, task]
+
+        def task_logit() -> torch.Tensor:
+            out = self(batch)
+            value = out["logit"] if task is None else out["task_logits"][:, task]
+            return (value if rows is None else value[rows]).double()
+
         was_training = self.training
         self.eval()  # no dropout; batch norm on its running statistics, as at prediction time
         try:
-            logit = self(batch)["logit"].double()
+            logit = task_logit()
             found: list[tuple[str, nn.Parameter, float]] = []
             for name, p in self.named_parameters():
                 if p.numel() != 1 or not p.requires_grad:
                     continue
                 p.add_(1.0)
-                moved = self(batch)["logit"].double() - logit
+                moved = task_logit() - logit
                 p.sub_(1.0)
                 c = moved.mean().item()
                 if c > 1e-3 and torch.allclose(moved, torch.full_like(moved, c), atol=1e-4 * max(c, 1.0)):

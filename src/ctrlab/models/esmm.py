@@ -37,6 +37,7 @@ class ESMM(CTRModel):
     """
 
     task_names = ["ctr", "cvr", "ctcvr"]
+    derived_tasks = ["ctcvr"]
     min_labels = 2
 
     def __init__(self, feature_map: FeatureMap, embedding_dim: int = 10, click_label: str | None = None,

@@ -24,7 +24,7 @@ from .registry import (
 )
 
 # Importing the entry modules registers their datasets.
-from . import bars, frappe, kaggle_heads, long_sequences, movielens, movielens_samples, synthetic, taobao  # noqa: E402,F401  isort: skip
+from . import bars, frappe, kaggle_heads, long_sequences, movielens, movielens_samples, multitask_samples, selection_bias, synthetic, taobao  # noqa: E402,F401  isort: skip
 
 __all__ = [
     "get_dataset",
