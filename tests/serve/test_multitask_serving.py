@@ -1,5 +1,5 @@
-"""Multi-task runs end to end on the real Ali-CCP sample (click + purchase labels, torch-rechub's
-100/50/50 rows): ESMM trains with every task's metrics in metrics.json, exports with every task's
+"""Multi-task runs end to end on the real Ali-CCP sample (``ali_ccp_sample``: click + purchase labels,
+torch-rechub's 100/50/50 rows): ESMM trains with every task's metrics in metrics.json, exports with every task's
 probability in the graph (parity on all of them), and serves them from raw rows (ONNX and torch
 backends, HTTP answer and the scores CSV)."""
 from __future__ import annotations
@@ -13,37 +13,20 @@ import pytest
 from fastapi.testclient import TestClient
 
 from ctrlab import api
+from ctrlab.data.datasets import get_dataset
 from ctrlab.serve.artifact import PARITY_TOLERANCE, export_run
 from ctrlab.serve.config import ServeConfig
 from ctrlab.serve.predictor import Predictor
 from ctrlab.serve.server import create_app
 
-ALI = "small_samples/torch-rechub/examples/ranking/data/ali-ccp"
-CATEGORICAL = ("101,121,122,124,125,126,127,128,129,205,206,207,210,216,508,509,702,853,301,"
-               "109_14,110_14,127_14,150_14").split(",")
-NUMERIC = "D109_14,D110_14,D127_14,D150_14,D508,D509,D702,D853".split(",")
-
-
-def ali_ccp_yaml(data_dir: Path, folder: Path) -> Path:
-    """A dataset YAML for the shared Ali-CCP sample: clicks and purchases, 23 id fields, 8 numbers."""
-    d = data_dir / ALI
-    feats = [f"  - {{name: f{c}, source: '{c}', kind: categorical}}" for c in CATEGORICAL]
-    feats += [f"  - {{name: {c}, kind: numeric}}" for c in NUMERIC]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "ali_ccp_sample.yaml"
-    path.write_text(f"name: ali_ccp_sample\nformat: csv\nfiles: {{train: {d}/ali_ccp_train_sample.csv.gz, "
-                    f"valid: {d}/ali_ccp_val_sample.csv.gz, test: {d}/ali_ccp_test_sample.csv.gz}}\n"
-                    "labels: [click, purchase]\nfeatures:\n" + "\n".join(feats) + "\n")
-    return path
-
-
 @pytest.fixture(scope="module")
 def esmm_export(data_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("esmm")
     run = tmp / "run"
-    api.train(dataset=str(ali_ccp_yaml(data_dir, tmp / "data")), model="ESMM", output=str(run), log=lambda *a: None,
+    api.train(dataset="ali_ccp_sample", model="ESMM", output=str(run), log=lambda *a: None,
               overrides=["trainer.epochs=2", "trainer.progress=false"])
-    return run, export_run(run, tmp / "artifact"), data_dir / ALI / "ali_ccp_test_sample.csv.gz"
+    test_file = Path(get_dataset("ali_ccp_sample").resolve("test"))
+    return run, export_run(run, tmp / "artifact"), test_file
 
 
 def test_esmm_run_reports_every_task(esmm_export):
