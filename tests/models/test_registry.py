@@ -4,7 +4,7 @@ import pytest
 
 from ctrlab.models import CTRModel, create, default_hparams, get_model_class, list_models
 
-MODELS = ["LR", "FM", "DNN", "DeepFM", "DCNv2", "FinalMLP", "WideDeep", "DCN", "xDeepFM", "IPNN", "AutoInt", "AutoIntPlus", "FCN", "DCNv3", "ECN", "LCN", "FGCNN", "SDIM", "QIN"]
+MODELS = ["LR", "FM", "DNN", "DeepFM", "DCNv2", "FinalMLP", "WideDeep", "DCN", "xDeepFM", "IPNN", "AutoInt", "AutoIntPlus", "FCN", "DCNv3", "ECN", "LCN", "FGCNN", "SDIM", "SharedBottom", "MMoE", "ESMM", "QIN"]
 
 
 def test_all_registered():
