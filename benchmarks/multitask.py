@@ -10,7 +10,8 @@ Every run is ``ctrlab train`` (``api.train``) with ctrlab's defaults (``preset: 
 
 * ``selection_bias`` (generated, :mod:`ctrlab.data.datasets.selection_bias`: clicks likelier where
   conversion is unlikely; the files hold each impression's counterfactual conversion z and true pCVR).
-  ESMM, SharedBottom and MMoE train on all impressions (labels click, click·z); BASE is ctrlab's DNN
+  ESMM, SharedBottom and MMoE train on all impressions (labels click, click·z), early-stopped on their main
+  task (the CTR AUC) as by default, and ESMM once more on its CTCVR AUC; BASE is ctrlab's DNN
   trained on the clicked rows only (``dataset_params.clicked_only``), label z. Each model's pCVR is
   scored on EVERY test impression against z (the quantity a CVR model is used for: ranking and
   bidding over all impressions): AUC, the mean pCVR over the mean z (calibration) and the expected
@@ -65,15 +66,22 @@ def task_scores(run_dir: Path, test_file: Path) -> dict[str, np.ndarray]:
     return {c: frame[c].to_numpy() for c in frame.columns}
 
 
-def run_one(dataset: str, model: str, seed: int, runs: Path, params: dict, quick: bool) -> dict:
+MONITORED = {"ESMM, early stop on CTCVR AUC": ("ESMM", "ctcvr_AUC")}
+"""Extra rows on the simulation: a model early-stopped on another task's validation metric than its main
+task's (ESMM's CVR tower learns only through the CTCVR term; the default monitor is the CTR AUC)."""
+
+
+def run_one(dataset: str, model: str, seed: int, runs: Path, params: dict, quick: bool, label: str | None = None,
+            monitor: str | None = None) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from ctrlab import api
 
     overrides = ["trainer.progress=false", f"trainer.seed={seed}"] + (["trainer.epochs=2"] if quick else [])
     overrides += [f"dataset_params.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
-    label = "BASE" if params.get("clicked_only") else model
-    run_dir = runs / dataset / label / f"s{seed}"
+    overrides += [f"trainer.monitor={monitor}"] if monitor else []
+    label = label or ("BASE" if params.get("clicked_only") else model)
+    run_dir = runs / dataset / label.replace(" ", "_").replace(",", "") / f"s{seed}"
     result = api.train(dataset=dataset, model=model, output=str(run_dir), overrides=overrides, overwrite=True,
                        log=lambda *a: None)
     dcfg = api.dataset_config(api.load_run_config(None, dataset=dataset, dataset_params=params))
@@ -89,7 +97,7 @@ def run_one(dataset: str, model: str, seed: int, runs: Path, params: dict, quick
     z, y = truth["conversion_if_clicked"].to_numpy(), truth["click"].to_numpy()
     if label == "BASE":
         p_cvr, p_ctcvr = scores["probability"], None
-    elif model == "ESMM":
+    elif model == "ESMM":  # (also the monitored variants)
         p_cvr, p_ctcvr = scores["probability_cvr"], scores["probability_ctcvr"]
     else:  # the conversion tower predicts click·z: pCVR = pCTCVR / pCTR
         p_ctcvr = scores["probability_conversion"]
@@ -124,7 +132,7 @@ def render(rows: list[dict], counts: dict) -> str:
                   "rate over all impressions (1 = calibrated).", "",
                   "| model | n | CVR AUC, all impressions | CVR AUC, clicked rows | CTCVR AUC | calibration | ECE | epochs |",
                   "|---|---|---|---|---|---|---|---|"]
-        for model in ["ESMM", "BASE", "SharedBottom", "MMoE"]:
+        for model in ["ESMM", *MONITORED, "BASE", "SharedBottom", "MMoE"]:
             rs = [r for r in sim if r["model"] == model]
             if not rs:
                 continue
@@ -197,15 +205,23 @@ def main(argv=None) -> int:
         return 0
     seeds = args.seeds[:1] if args.quick else args.seeds
     sim_params = {"rows": 20_000} if args.quick else {}
-    rows, counts = [], {}
+    path = Path(args.json)
+    saved = json.loads(path.read_text()) if path.exists() and not args.quick else {"rows": [], "counts": {}}
+    rows, counts = saved["rows"], saved["counts"]
+    have = {(r["dataset"], r["model"], r["seed"]) for r in rows}
     for dataset in args.datasets:
         counts[dataset] = split_counts(dataset, sim_params if dataset == SIM else None)
-        jobs = [(m, {}) for m in MODELS]
+        jobs = [(m, m, {}, None) for m in MODELS]
         if dataset == SIM:
-            jobs = [(m, dict(sim_params)) for m in MODELS] + [("DNN", {**sim_params, "clicked_only": True})]
-        for model, params in jobs:
+            jobs = [(m, m, dict(sim_params), None) for m in MODELS] + [
+                (label, model, dict(sim_params), monitor) for label, (model, monitor) in MONITORED.items()] + [
+                ("BASE", "DNN", {**sim_params, "clicked_only": True}, None)]
+        for label, model, params, monitor in jobs:
             for seed in seeds:
-                rows.append(run_one(dataset, model, seed, Path(args.runs), params, args.quick))
+                if (dataset, label, seed) in have:  # a second call adds what the JSON lacks
+                    continue
+                rows.append(run_one(dataset, model, seed, Path(args.runs), params, args.quick, label, monitor))
+                path.write_text(json.dumps({"rows": rows, "counts": counts}, indent=1))
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     publish(render(rows, counts), args.output, args.json, {"rows": rows, "counts": counts})
     return 0
