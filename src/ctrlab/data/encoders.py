@@ -610,6 +610,10 @@ def encoder_from_state(state: dict[str, Any], encoders: dict[str, Any]):
     if isinstance(spec, SequenceSpec):
         shared = encoders[spec.share_vocab_with] if spec.share_vocab_with else None
         return SequenceEncoder(spec, state.get("vocab"), shared)
+    if spec.is_lookup:  # vectors looked up by item id in the fitted table
+        from .item_vectors import ItemVectorEncoder
+
+        return ItemVectorEncoder.from_state(state)
     return DenseVectorEncoder(spec)
 
 

@@ -5,7 +5,9 @@ column) encodes to the OOV id (1) there, and the model then sees one value for t
 a wrong number with no error. ``prepare()`` logs every split's rates and warns when one is high.
 
 * categorical field: the share of the split's rows whose id is OOV;
-* sequence field: the share of its tokens (padding excluded) that are OOV.
+* sequence field: the share of its tokens (padding excluded) that are OOV;
+* item-vector field (a ``dense_vector`` with ``key``, :mod:`ctrlab.data.item_vectors`): the share of
+  rows whose item has no vector (zeros: not in the table, or no fitted term in its text).
 
 Hashed fields (``hash_buckets``) have no vocabulary and bucketized numerics no OOV id: they are
 not reported.
@@ -81,6 +83,13 @@ def oov_rates(fmap: FeatureMap, split: EncodedSplit) -> dict[str, float]:
             oov += int((part == OOV_ID).sum())
             tokens += int((part != PAD_ID).sum())
         rates[f.name] = round(oov / tokens, 6) if tokens else 0.0
+    for f in fmap.dense:
+        if not (fmap.encoders.get(f.name) or {}).get("spec", {}).get("key"):
+            continue  # a vector column: nothing is looked up
+        vecs, none = split.arrays[f"dense:{f.name}"], 0
+        for start in range(0, n, CHUNK_ROWS):
+            none += int((~np.asarray(vecs[start:start + CHUNK_ROWS]).any(axis=1)).sum())
+        rates[f.name] = round(none / n, 6) if n else 0.0
     return rates
 
 

@@ -45,6 +45,7 @@ from .feature_map import CategoricalField, DenseField, FeatureMap, NumericField,
 from .loader import RAGGED_SUFFIX, RAGGED_WHEN_MEAN_BELOW, EncodedSplit, RaggedArray, array_file_name, choose_storage
 from .oov import oov_rates, report_oov
 from .holdout import Holdout, holdout
+from .item_vectors import ItemVectorEncoder, report_item_vectors, source_files
 from .readers import file_columns, read_split
 from .streaming import (
     DEFAULT_BLOCK_ROWS,
@@ -84,6 +85,8 @@ def _make_encoders(cfg: DatasetConfig) -> dict[str, Any]:
         elif isinstance(spec, SequenceSpec):
             shared = encoders[spec.share_vocab_with] if spec.share_vocab_with else None
             encoders[spec.name] = SequenceEncoder(spec, shared=shared)
+        elif isinstance(spec, DenseVectorSpec) and spec.is_lookup:
+            encoders[spec.name] = ItemVectorEncoder(spec, root=cfg.root)
         elif isinstance(spec, DenseVectorSpec):
             encoders[spec.name] = DenseVectorEncoder(spec)
     return encoders
@@ -259,9 +262,12 @@ def _fingerprint(path: Path, memo_dir: Path | None = None) -> dict[str, Any]:
     return {"size": path.stat().st_size, "sha256": content_sha256(path, memo_dir)}
 
 
-def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None = None) -> str:
-    """Hash of the config (without its root), each source file's size and sha256, the library
-    version and the encoding code (:data:`ENCODING_CODE`): equal keys mean equal encoded arrays."""
+def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None = None,
+              fitted: bool = False) -> str:
+    """Hash of the config (without its root), each source file's size and sha256 (the splits' and
+    those item-vector tables are made from), the library version and the encoding code
+    (:data:`ENCODING_CODE`): equal keys mean equal encoded arrays. ``fitted``: the feature map is
+    given (it holds the item-vector tables), so a table's source file that is gone is left out."""
     cfg_d = to_dict(cfg)
     cfg_d.pop("root", None)
     payload = {
@@ -271,7 +277,26 @@ def cache_key(cfg: DatasetConfig, files: dict[str, Path], memo_dir: Path | None 
         "config": cfg_d,
         "sources": {split: _fingerprint(p, memo_dir) for split, p in files.items()},
     }
+    vectors = _vector_sources(cfg, memo_dir, fitted)
+    if vectors:  # only then, so that the keys of datasets without item vectors stay as they were
+        payload["item_vectors"] = vectors
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _vector_sources(cfg: DatasetConfig, memo_dir: Path | None, fitted: bool = False) -> dict[str, list[Any]]:
+    """Feature -> the fingerprint of each file its item-vector table is made from, in config order."""
+    out: dict[str, list[Any]] = {}
+    for name, paths in source_files(cfg).items():
+        prints = []
+        for p in paths:
+            if p.is_file():
+                prints.append(_fingerprint(p, memo_dir))
+            elif not fitted:
+                raise DataError(f"item vectors of feature {name!r}: the file does not exist", file=p,
+                                fix="check the feature's vectors.file / vectors.text[].file (relative paths resolve "
+                                    "against the dataset's root)")
+        out[name] = prints
+    return out
 
 
 def feature_map_digest(fmap: FeatureMap) -> str:
@@ -322,7 +347,7 @@ def prepare(
     root = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     remove_abandoned(root / "encoded", log)  # folders of builds killed earlier, here or elsewhere
     memo_dir = root / "fingerprints"  # the sources' sha256, remembered per file identity
-    key = cache_key(cfg, files, memo_dir)
+    key = cache_key(cfg, files, memo_dir, fitted=feature_map is not None)
     folder = root / "encoded" / f"{cfg.name}-{key}"
     if feature_map is not None:
         digest = feature_map_digest(feature_map)
@@ -344,6 +369,7 @@ def prepare(
         oov = manifest.get("oov_rates")
         if manifest.get("valid_from_train"):
             log(f"[ctrlab] {manifest['valid_from_train']}")
+        report_item_vectors(fmap, log)
         report_oov(oov or {}, log, [f.name for f in fmap.sequences])
         return PreparedData(fmap, splits, folder, cfg, reused=True, oov_rates=oov)
 
@@ -402,6 +428,8 @@ def prepare(
         "library_version": library_version(),
         "code": code_fingerprint(*ENCODING_CODE),
         "sources": {s: {**stat_identity(p), **_fingerprint(p, memo_dir)} for s, p in files.items()},
+        **({"item_vectors": {name: [{**stat_identity(p), **_fingerprint(p, memo_dir)} for p in paths if p.is_file()]
+                             for name, paths in source_files(cfg).items()}} if source_files(cfg) else {}),
         "rows": counts,
         "valid_from_train": carved.description if carved is not None else None,
         "oov_rates": oov,
@@ -412,6 +440,7 @@ def prepare(
     # identical content, so theirs is kept. `rebuild` replaces an existing folder.
     build.publish(replace=rebuild)
     splits = {s: encoded[s] if s in encoded else EncodedSplit.load(folder / s, mmap=mmap) for s in names}
+    report_item_vectors(fmap, log)
     report_oov(oov, log, [f.name for f in fmap.sequences])
     return PreparedData(fmap, splits, folder, cfg, reused=False, oov_rates=oov)
 

@@ -209,11 +209,95 @@ class SequenceSpec:
 
 
 @dataclass
+class ItemTextSpec:
+    """One table of item text for ``vectors.text`` (:mod:`ctrlab.data.item_vectors`): a csv/tsv
+    (``.gz`` too), Parquet or JSON file with the text of each item, keyed by item id."""
+
+    file: str
+    """Path (relative paths resolve like ``files``; ``${CTRLAB_DATA_DIR}`` and ``~`` expand). The format
+    is the file name's: ``.csv``, ``.tsv``, ``.parquet`` or ``.json`` (each may end in ``.gz``). A JSON file
+    is one object mapping item id -> text or a list of tokens (e.g. S3-Rec's ``*_item2attributes.json``:
+    attribute ids); it takes no ``key_column`` / ``columns``."""
+    key_column: str | None = None
+    """csv/tsv/Parquet: the column of item ids (matched to the ``key`` column's values as tokens:
+    ``10``, ``10.0`` and ``"10"`` are one item)."""
+    columns: list[str] = field(default_factory=list)
+    """csv/tsv/Parquet: the text columns, joined by a space (list cells: their elements)."""
+    duplicates: Literal["error", "join"] = "error"
+    """A key on several rows: ``error`` (default), or ``join`` their text in file order (a table with
+    one row per tag, such as MovieLens ``tags.csv``)."""
+
+    def validate(self, where: str) -> None:
+        is_json = _strip_gz(self.file).lower().endswith(".json")
+        if is_json and (self.key_column is not None or self.columns):
+            raise ConfigError(f"{where}: {self.file} is a JSON object keyed by item id; drop key_column and columns")
+        if not is_json and (self.key_column is None or not self.columns):
+            raise ConfigError(f"{where}: name the item id column and the text columns of {self.file}, e.g. "
+                              "key_column: movieId, columns: [title, genres]")
+
+
+@dataclass
+class ItemVectorsSpec:
+    """Where an item-vector feature's table comes from (``vectors`` of a ``dense_vector`` feature with
+    ``key``): a file of vectors, or vectors fitted from item text (:mod:`ctrlab.data.item_vectors`)."""
+
+    file: str | None = None
+    """User-supplied vectors keyed by item id: ``.parquet`` (a key column and a list-of-floats column),
+    ``.npz`` (a key array and an ``(n, dim)`` array) or ``.safetensors`` (one tensor per key), read by
+    :mod:`ctrlab.data.pretrained`. Relative paths resolve like ``files``."""
+    key_column: str = "key"
+    """With ``file`` (.parquet / .npz): the column / array of item ids."""
+    value_column: str = "value"
+    """With ``file`` (.parquet / .npz): the column / array of vectors."""
+    text: list[ItemTextSpec] | None = None
+    """Item text tables to fit vectors from with ``method`` (a list; an item's texts in the tables are
+    joined). Fitted on the items of the train split only; every item of the tables gets a vector."""
+    method: Literal["tfidf_svd"] = "tfidf_svd"
+    """With ``text``: ``tfidf_svd``: TF-IDF of the lowercased word tokens (scikit-learn
+    ``TfidfVectorizer``), reduced to ``dim`` by ``TruncatedSVD`` (randomized, seeded), then L2-normalised
+    (``normalize``). Both are fitted on the train items' text; all items are transformed."""
+    max_features: int | None = 50000
+    """With ``text``: keep the most frequent terms only (None: all)."""
+    min_df: int = 1
+    """With ``text``: drop terms found in fewer train items than this."""
+    sublinear_tf: bool = True
+    """With ``text``: ``1 + log(tf)`` instead of raw term counts (a tag repeated by many users counts less)."""
+    normalize: bool = True
+    """With ``text``: scale each item's vector to unit length (an item without known terms stays zeros)."""
+    seed: int = 0
+    """With ``text``: the SVD's random state: the same data and settings give the same vectors."""
+    n_iter: int = 7
+    """With ``text``: power iterations of the randomized SVD."""
+
+    def validate(self, where: str) -> None:
+        if (self.file is None) == (self.text is None):
+            raise ConfigError(f"{where}: give either file (vectors keyed by item id) or text (item text to fit "
+                              "vectors from), not both or neither")
+        if self.text is not None and not self.text:
+            raise ConfigError(f"{where}.text: list at least one item text table")
+        if self.min_df < 1:
+            raise ConfigError(f"{where}.min_df: must be >= 1, got {self.min_df}")
+        if self.max_features is not None and self.max_features < 1:
+            raise ConfigError(f"{where}.max_features: must be >= 1 (or null for all terms), got {self.max_features}")
+        if self.n_iter < 0:
+            raise ConfigError(f"{where}.n_iter: must be >= 0, got {self.n_iter}")
+
+    def paths(self) -> list[str]:
+        """The files the table is read from, as written in the config."""
+        return [self.file] if self.file is not None else [t.file for t in self.text or []]
+
+
+def _strip_gz(name: str) -> str:
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+@dataclass
 class DenseVectorSpec:
-    """A fixed-size float vector per row (pretrained or multimodal embedding)."""
+    """A fixed-size float vector per row (pretrained or multimodal embedding), read from a raw column,
+    or looked up by item id in a table of item vectors (``key`` + ``vectors``)."""
 
     name: str
-    """Feature name: the model's field name, and the raw column read unless ``source`` is set."""
+    """Feature name: the model's field name, and the raw column read unless ``source`` or ``key`` is set."""
     dim: int
     """Vector length; every row must have exactly this many values."""
     kind: Literal["dense_vector"] = "dense_vector"
@@ -222,10 +306,28 @@ class DenseVectorSpec:
     """Raw column to read; defaults to ``name``. Text cells are split by ``splitter``."""
     splitter: str = " "
     """Separator inside a text cell."""
+    key: str | None = None
+    """Item vectors: the raw column of item ids (e.g. ``item_id``, read as a categorical column is) whose
+    vector each row gets from the table of ``vectors``; no vector column is read. The fitted table is
+    stored in the feature map, so prediction and the server turn a raw item id into the same vector.
+    An item without a vector gets zeros (counted and logged per split as the feature's OOV rate)."""
+    vectors: ItemVectorsSpec | None = None
+    """With ``key``: the table's source (:class:`ItemVectorsSpec`)."""
 
     def validate(self, where: str) -> None:
         if self.dim < 1:
             raise ConfigError(f"{where}.dim: must be >= 1, got {self.dim}")
+        if (self.key is None) != (self.vectors is None):
+            raise ConfigError(f"{where}: an item-vector feature needs both key (the item id column) and vectors "
+                              "(file or text); a vector column needs neither")
+        if self.key is not None and (self.source is not None or self.splitter != " "):
+            raise ConfigError(f"{where}: an item-vector feature reads the item id column (key: {self.key}), not "
+                              "a vector column; drop source/splitter")
+
+    @property
+    def is_lookup(self) -> bool:
+        """Vectors looked up by item id (``key``) rather than read from a column."""
+        return self.key is not None
 
 
 CROSS_SEPARATOR = "\x1f"
@@ -295,8 +397,8 @@ FEATURE_KINDS: dict[str, type] = {
 
 
 def column_of(spec: FeatureSpec) -> str:
-    """The raw column a feature is read from."""
-    return spec.source or spec.name
+    """The raw column a feature is read from (an item-vector feature's: its ``key``)."""
+    return getattr(spec, "key", None) or spec.source or spec.name
 
 
 def encoded_column(spec: FeatureSpec) -> str:

@@ -26,8 +26,9 @@ import numpy as np
 import polars as pl
 
 from .derive import with_derived
-from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder, warn_splitter
+from .encoders import CategoricalEncoder, NumericEncoder, SequenceEncoder, categorical_tokens, warn_splitter
 from .errors import DataError
+from .item_vectors import ItemVectorEncoder
 from .readers import LINE, _numeric_columns, _require, csv_blocks
 from .schema import DatasetConfig
 
@@ -154,6 +155,7 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
     for name, enc in encoders.items():
         if isinstance(enc, NumericEncoder):
             moments[name] = _RunningMoments(keep_values=bool(enc.spec.n_buckets))
+    items = {name: set() for name, enc in encoders.items() if isinstance(enc, ItemVectorEncoder)}
     kept, rows = rows, 0
     float32_lost: dict[str, float] = {}  # a value float32 cannot hold, per numeric feature (one warning each)
     for block in iter_blocks(cfg, path, columns, block_rows, numbers, rows=kept):
@@ -171,6 +173,8 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
                 running.add(enc.flat_tokens(block))
         for name, seq in sharing:
             counts[name].add(seq.flat_tokens(block))
+        for name, seen in items.items():  # the train split's items: what an item-vector table is fitted on
+            seen.update(categorical_tokens(block[encoders[name].column]).unique().to_list())
         for name, running in moments.items():
             enc = encoders[name]
             x = enc.values(block, path)
@@ -187,6 +191,8 @@ def fit_streaming(cfg: DatasetConfig, path: Path, columns: list[str], encoders: 
         enc = encoders[name]
         tokens = running.vocabulary(enc.spec.min_count)
         enc.vocab = tokens.to_list()
+    for name, seen in items.items():
+        encoders[name].fit_keys(seen)
     for name, m in moments.items():
         enc = encoders[name]
         enc.stats = {"mean": m.mean, "std": float(np.sqrt(m.m2 / m.n)), "min": m.min, "max": m.max}

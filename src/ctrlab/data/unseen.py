@@ -12,6 +12,8 @@ Which fields count (the *checked* fields):
   (null, an empty string or NaN is a missing value, not an unseen one);
 * a sequence field is unseen in a row when it has at least one token (after the cut to
   ``max_len``) and every one of them is OOV; an empty or missing history is not unseen;
+* an item-vector field (a ``dense_vector`` with ``key``, :mod:`ctrlab.data.item_vectors`) is unseen
+  in a row when its item cell is not missing and the row's vector is zeros (no vector in the table);
 * hashed fields (``hash_buckets``) have no vocabulary, and numeric fields (bucketized too) no
   OOV id: they are not checked.
 
@@ -42,10 +44,11 @@ class CheckedField:
     column: str
     """The raw column it reads."""
     key: str
-    """Its encoded array: ``cat`` (column ``index``) or ``seq:<name>``."""
+    """Its encoded array: ``cat`` (column ``index``), ``seq:<name>`` or ``dense:<name>`` (item vectors)."""
     index: int | None
     known: str | None
-    """A value of the training vocabulary (the most frequent non-empty one), to show the expected form."""
+    """A value of the training vocabulary (the most frequent non-empty one; an item table's first id), to show
+    the expected form."""
 
 
 def _spec(fmap: FeatureMap, name: str) -> dict[str, Any]:
@@ -70,6 +73,11 @@ class UnseenCheck:
             spec, vocab_of = _spec(fmap, f.name), f.shares or f.name
             if spec and not _spec(fmap, vocab_of).get("hash_buckets"):
                 fields.append(CheckedField(f.name, _column(spec), f"seq:{f.name}", None, _known(fmap, vocab_of)))
+        for f in fmap.dense:
+            spec = _spec(fmap, f.name)
+            if spec.get("key"):  # item vectors: the item has no vector in the fitted table
+                keys = (fmap.encoders.get(f.name) or {}).get("keys") or []
+                fields.append(CheckedField(f.name, spec["key"], f"dense:{f.name}", None, keys[0] if keys else None))
         self.fields = fields
         self.names = [f.name for f in fields]
         self._cat = [f for f in fields if f.key == "cat"]
@@ -101,6 +109,11 @@ class UnseenCheck:
                                         for k, j in enumerate(cols)]).to_numpy()
                 out[:, cols] &= ~missing
         for j, f in enumerate(self.fields[len(self._cat):], start=len(self._cat)):
+            if f.key.startswith("dense:"):  # zeros where the item (a present cell) has no vector
+                out[:, j] = ~np.asarray(arrays[f.key]).any(axis=1)
+                if out[:, j].any():
+                    out[:, j] &= ~frame.select(_missing(frame.schema[f.column], f.column)).to_series().to_numpy()
+                continue
             ids = np.asarray(arrays[f.key])
             tokens = (ids != PAD_ID).sum(axis=1)
             out[:, j] = (tokens > 0) & ((ids == OOV_ID).sum(axis=1) == tokens)
@@ -120,11 +133,13 @@ class UnseenCheck:
         """``field 'item': '4:1' not in the training vocabulary (known values look like '4')``."""
         f = self.fields[field]
         known = f" (known values look like {_short(f.known)})" if f.known is not None else ""
+        if f.key.startswith("dense:"):
+            return f"field {f.name!r}: item {_short(example)} has no vector in the item table{known}"
         return f"field {f.name!r}: {_short(example)} not in the training vocabulary{known}"
 
 
 def _column(spec: dict[str, Any]) -> str:
-    return spec.get("source") or spec["name"]
+    return spec.get("key") or spec.get("source") or spec["name"]
 
 
 def _missing(dtype: pl.DataType, column: str) -> pl.Expr:

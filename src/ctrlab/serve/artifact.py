@@ -129,9 +129,13 @@ def raw_schema(dcfg: DatasetConfig) -> list[dict[str, Any]]:
             entry.update(splitter=spec.splitter, max_len=spec.max_len)
             if spec.values == "numbers":
                 entry.update(values="numbers")
+        elif isinstance(spec, DenseVectorSpec) and spec.is_lookup:
+            entry.update(dim=spec.dim, lookup="item_vectors")  # the column holds item ids, not vectors
         elif isinstance(spec, DenseVectorSpec):
             entry.update(dim=spec.dim, splitter=spec.splitter)
         kinds = accepts_by_kind[type(spec)]
+        if isinstance(spec, DenseVectorSpec) and spec.is_lookup:  # an item id, as a categorical cell
+            kinds = accepts_by_kind[CategoricalSpec]
         if getattr(spec, "derive", None):  # the raw timestamp: epoch numbers, or strings in time_format
             entry.update(derive=spec.derive, time_unit=spec.time_unit, time_format=spec.time_format,
                          timezone=spec.timezone)

@@ -13,7 +13,10 @@ Accepted JSON per raw column (the artifact's ``manifest.json`` lists them under 
 * numeric: number; ``null`` is missing and takes the feature's ``fill_value``;
 * sequence: a string with the feature's splitter (as in the source file) or an array of
   strings / integers; ``null`` is an empty history;
-* dense vector: an array of ``dim`` numbers, or a string of them with the splitter;
+* dense vector: an array of ``dim`` numbers, or a string of them with the splitter; an item-vector
+  feature (``key``, :mod:`ctrlab.data.item_vectors`) takes the item id instead, as a categorical
+  cell, and looks its vector up in the table the artifact's feature map holds (zeros for an item
+  without one);
 * timestamp (features with ``derive``; the column is listed once, the derived features are not):
   an epoch number (integer or number, in the features' ``time_unit``), or a string in their
   ``time_format``; ``null`` is missing. The hour, weekday, ... are derived here as in training
@@ -495,6 +498,8 @@ def _read_as(feature: dict[str, Any]) -> str:
         return "categorical" if feature.get("time_format") else "numeric"
     if feature["kind"] == "sequence" and feature.get("values") == "numbers":
         return "number_sequence"  # a numeric (value) sequence: "^"-joined text or an array of numbers
+    if feature.get("lookup"):
+        return "categorical"  # item vectors: the cell is the item id, looked up in the fitted table
     return feature["kind"]
 
 
