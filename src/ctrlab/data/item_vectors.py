@@ -214,7 +214,9 @@ def read_table(vspec: ItemVectorsSpec, root: str | Path | None, dim: int, field:
     if not path.is_file():
         raise DataError(f"item vectors of feature {field!r} do not exist", file=path,
                         fix="check vectors.file (relative paths resolve against the dataset's root)")
-    keys, values = read_vectors(path, f"item vectors {field}", vspec.key_column, vspec.value_column)
+    keys, values = read_vectors(path, f"item vectors of feature {field}", vspec.key_column, vspec.value_column,
+                                fix="; set vectors.key_column / value_column to the ones holding the item ids and "
+                                    "vectors")
     if not keys:
         raise DataError(f"item vectors of feature {field!r}: the file has no vectors", file=path,
                         fix="write one vector per item")

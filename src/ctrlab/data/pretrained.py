@@ -25,16 +25,17 @@ from .encoders import FIRST_ID, categorical_tokens
 FORMATS = (".parquet", ".npz", ".safetensors")
 
 
-def _read(path: Path, field: str, key: str = "key", value: str = "value") -> tuple[list[str], np.ndarray]:
+def _read(path: Path, field: str, key: str = "key", value: str = "value",
+          fix: str = "") -> tuple[list[str], np.ndarray]:
     """(keys as tokens, ``(n, dim)`` float32 values) of a vectors file; ``key`` / ``value``: the
-    Parquet columns or npz arrays holding them."""
+    Parquet columns or npz arrays holding them; ``fix``: what to do when they are missing."""
     suffix = path.suffix.lower()
     if suffix == ".parquet":
         df = pl.read_parquet(path)
         missing = [c for c in (key, value) if c not in df.columns]
         if missing:
             raise DataError(f"{path}: pretrained embeddings of {field!r} need columns {key!r} and {value!r}; "
-                            f"missing {missing} (columns: {df.columns})")
+                            f"missing {missing} (columns: {df.columns}){fix}")
         keys = categorical_tokens(df[key]).to_list()
         cells = df[value]
         if not isinstance(cells.dtype, (pl.List, pl.Array)):
@@ -52,7 +53,7 @@ def _read(path: Path, field: str, key: str = "key", value: str = "value") -> tup
             missing = [k for k in (key, value) if k not in npz.files]
             if missing:
                 raise DataError(f"{path}: pretrained embeddings of {field!r} need arrays {key!r} and {value!r}; "
-                                f"missing {missing} (arrays: {npz.files})")
+                                f"missing {missing} (arrays: {npz.files}){fix}")
             try:
                 raw_keys = npz[key]
             except ValueError as exc:  # an object array needs pickle, which is never used
@@ -73,14 +74,16 @@ def _read(path: Path, field: str, key: str = "key", value: str = "value") -> tup
     return keys, values
 
 
-def read_vectors(path: str | Path, field: str, key: str = "key", value: str = "value") -> tuple[list[str], np.ndarray]:
+def read_vectors(path: str | Path, field: str, key: str = "key", value: str = "value",
+                 fix: str = "") -> tuple[list[str], np.ndarray]:
     """``(keys, vectors)`` of a vectors file (formats in the module docstring), checked: it exists,
     no key repeats, every value is a finite number. ``key`` / ``value``: the Parquet columns or npz
-    arrays to read (safetensors names each tensor by its key)."""
+    arrays to read (safetensors names each tensor by its key); ``fix``: added to the error when
+    they are missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"pretrained embeddings of {field!r}: {path} does not exist")
-    keys, values = _read(path, field, key, value)
+    keys, values = _read(path, field, key, value, fix)
     seen: set[str] = set()
     dup = sorted({k for k in keys if k in seen or seen.add(k)})
     if dup:
