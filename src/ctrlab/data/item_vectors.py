@@ -77,8 +77,8 @@ def source_files(cfg: DatasetConfig) -> dict[str, list[Path]]:
 def _text_format(path: Path) -> str:
     name = _strip_gz(path.name).lower()
     fmt = next((f for s, f in TEXT_FORMATS.items() if name.endswith(s)), None)
-    if fmt is None:
-        raise DataError(f"item text must be a {', '.join(TEXT_FORMATS)} file (optionally .gz)", file=path,
+    if fmt is None or (fmt == "parquet" and path.name.lower().endswith(".gz")):
+        raise DataError(f"item text must be a {', '.join(TEXT_FORMATS)} file (csv, tsv and JSON may be .gz)", file=path,
                         fix="convert the table, or rename it with the suffix of its format")
     return fmt
 

@@ -210,12 +210,13 @@ class SequenceSpec:
 
 @dataclass
 class ItemTextSpec:
-    """One table of item text for ``vectors.text`` (:mod:`ctrlab.data.item_vectors`): a csv/tsv
-    (``.gz`` too), Parquet or JSON file with the text of each item, keyed by item id."""
+    """One table of item text for ``vectors.text`` (:mod:`ctrlab.data.item_vectors`): a csv/tsv, Parquet
+    or JSON file with the text of each item, keyed by item id."""
 
     file: str
     """Path (relative paths resolve like ``files``; ``${CTRLAB_DATA_DIR}`` and ``~`` expand). The format
-    is the file name's: ``.csv``, ``.tsv``, ``.parquet`` or ``.json`` (each may end in ``.gz``). A JSON file
+    is the file name's: ``.csv``, ``.tsv``, ``.parquet`` or ``.json`` (csv, tsv and JSON may be gzipped:
+    ``.csv.gz``). A JSON file
     is one object mapping item id -> text or a list of tokens (e.g. S3-Rec's ``*_item2attributes.json``:
     attribute ids); it takes no ``key_column`` / ``columns``."""
     key_column: str | None = None
@@ -257,7 +258,7 @@ class ItemVectorsSpec:
     ``TfidfVectorizer``), reduced to ``dim`` by ``TruncatedSVD`` (randomized, seeded), then L2-normalised
     (``normalize``). Both are fitted on the train items' text; all items are transformed."""
     max_features: int | None = 50000
-    """With ``text``: keep the most frequent terms only (None: all)."""
+    """With ``text``: keep the most frequent terms only (null: all)."""
     min_df: int = 1
     """With ``text``: drop terms found in fewer train items than this."""
     sublinear_tf: bool = True
