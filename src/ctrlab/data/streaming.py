@@ -7,8 +7,9 @@
    block adds its token counts to running counts per vocabulary (a vocabulary shared with
    sequences counts their tokens too), and its values to running
    statistics per numeric feature (count, mean and sum of squares combined by Chan's formula, min,
-   max). The vocabularies come out identical to an in-memory fit (same counts, same order); the
-   statistics equal it up to float rounding.
+   max), and its distinct items to the set an item-vector table is fitted on
+   (:mod:`ctrlab.data.item_vectors`). The vocabularies and item tables come out identical to an
+   in-memory fit (same counts, same order); the statistics equal it up to float rounding.
 2. **Encode** (every split): blocks again, each encoded with :func:`~ctrlab.data.pipeline.encode_frame`
    and appended to its ``.npy`` files (:class:`NpyAppender`: the header's row count is filled in
    at the end, so no pass is spent counting rows).
