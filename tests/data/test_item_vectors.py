@@ -384,3 +384,24 @@ def test_feature_map_state_is_checked_on_load(tmp_path):
         ItemVectorEncoder.from_state({**state, "keys": state["keys"][:-1]})
     with pytest.raises(DataError, match="not base64"):
         ItemVectorEncoder.from_state({**state, "vectors": "###"})
+
+
+# ---- built-in datasets --------------------------------------------------------------------------
+def test_movielens_latest_small_adds_an_item_text_vector_on_request(data_dir, tmp_path):
+    from ctrlab.data.datasets import get_dataset
+
+    plain = get_dataset("movielens_latest_small", data_dir=str(data_dir))
+    assert not [f for f in plain.features if f.kind == "dense_vector"]
+    cfg = get_dataset("movielens_latest_small", data_dir=str(data_dir), item_text_dim=8)
+    assert cfg.files == plain.files  # the same prepared splits
+    data = prepare(cfg, cache_dir=tmp_path / "cache", log=quiet)
+    report = data.feature_map.encoders["item_text_vec"]["report"]
+    assert [s.rsplit("/", 1)[-1] for s in report["sources"]] == ["movies.csv.gz", "tags.csv.gz"]
+    train_items = set(pl.read_parquet(cfg.resolve("train"), columns=["item_id"])["item_id"])
+    assert report["train_items"] == report["fit_items"] == len(train_items) and report["items"] == 9742
+    assert data.splits["valid"].arrays["dense:item_text_vec"].shape == (10_049, 8)
+    assert data.oov_rates["valid"]["item_text_vec"] == 0.0 < data.oov_rates["valid"]["item_id"]
+    no_tags = get_dataset("movielens_latest_small", data_dir=str(data_dir), item_text_dim=8, item_text_tags=False)
+    assert len(no_tags.features[-1].vectors.text) == 1
+    with pytest.raises(ConfigError, match="item_text_dim must be >= 1"):
+        get_dataset("movielens_latest_small", data_dir=str(data_dir), item_text_dim=-1)

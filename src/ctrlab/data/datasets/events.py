@@ -126,14 +126,16 @@ def history_feature(max_len: int) -> dict[str, Any]:
     return {"name": "history", "kind": "sequence", "splitter": "^", "max_len": max_len, "share_vocab_with": "item_id"}
 
 
-def event_log_config(name: str, folder: Path, categorical: list[str], sequences: list[dict[str, Any]] = ()):
+def event_log_config(name: str, folder: Path, categorical: list[str], sequences: list[dict[str, Any]] = (),
+                     extra: list[dict[str, Any]] = ()):
     """The config of a prepared event-log dataset (the parquet splits of :func:`write_parquet_splits`):
     ``categorical`` columns (``min_count`` 1), then ``sequences`` (``^``-separated unless given),
-    label ``label``, gAUC groups by ``user_id``."""
+    then the ``extra`` feature specs as given; label ``label``, gAUC groups by ``user_id``."""
     from .registry import make_config
 
     feats = [{"name": c, "kind": "categorical", "min_count": 1} for c in categorical]
     feats += [{"kind": "sequence", "splitter": "^", **s} for s in sequences]
+    feats += [dict(f) for f in extra]
     return make_config(name=name, format="parquet", files=parquet_config_files(folder), root=str(folder),
                        labels=["label"], features=feats, group_field="user_id")
 

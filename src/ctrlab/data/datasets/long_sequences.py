@@ -34,7 +34,8 @@ from .events import (
     time_ordered_splits,
     write_parquet_splits,
 )
-from .movielens_samples import ML_LATEST_GENRES_MAX, ML_LATEST_SOURCES, genre_tokens, latest_ratings, lookup, title_year
+from .movielens_samples import (ML_LATEST_GENRES_MAX, ML_LATEST_SOURCES, genre_tokens, item_text_features,
+                                 latest_ratings, lookup, title_year)
 from .registry import DatasetContext, SourceFile, register_dataset
 from .taobao import TAOBAO_SOURCES, UTC_OFFSET_S, behavior_columns
 
@@ -93,6 +94,8 @@ def movielens_latest_long(
     min_history_len: int = 0,
     train_fraction: float = 0.8,
     valid_fraction: float = 0.1,
+    item_text_dim: int = 0,
+    item_text_tags: bool = True,
 ) -> DatasetConfig:
     """MovieLens Latest Small with long per-event histories (item, genre set, rating, time gap) as
     CTR: label = rating >= 4, global time split.
@@ -126,7 +129,8 @@ def movielens_latest_long(
     so its id would be out of vocabulary; the history stands for the user. genres sequence
     (max_len 10, own vocabulary); history (``share_vocab_with: item_id``), genre_set_history
     (``share_vocab_with: genre_set``), rating_history and history_gap (``values: numbers``), max_len
-    ``history_max_len``. ``group_field: user_id``.
+    ``history_max_len``. ``group_field: user_id``. ``item_text_dim`` / ``item_text_tags``: an
+    ``item_text_vec`` feature from the movies' titles, genres and tags, as for ``movielens_latest_small``.
     Terms: as ``movielens_latest_small`` (research use, no commercial use; keep internal).
     """
     name = "movielens_latest_long"
@@ -188,7 +192,7 @@ def movielens_latest_long(
         sequence_feature("history", L, share_vocab_with="item_id"),
         sequence_feature("genre_set_history", L, share_vocab_with="genre_set"),
         *numeric_sequences(["rating_history", "history_gap"], L),
-    ])
+    ], item_text_features(ctx, movies_src, item_text_dim, item_text_tags, name))
 
 
 def numeric_sequences(names: list[str], max_len: int) -> list[dict]:

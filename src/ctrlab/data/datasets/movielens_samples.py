@@ -41,6 +41,12 @@ ML_LATEST_SOURCES = [
         gz_sha256="1d059d5fc8793fc0c8be8bad9e26907fed81b7ea1594b92d9b0d6166b8145d63",
     ),
 ]
+ML_LATEST_TAGS = SourceFile(
+    "movielens_latest_small/tags.csv",
+    sha256="92a9f8bb7916dceef6151209845788c3643f794dfa79d1feaec7121b5960399d",
+    gz_sha256="4761011ed74c28cd034188969c1efef2b3209ef2f7d54fd6ec89fab80f925754",
+)
+"""ml-latest-small's tags.csv (userId, movieId, tag, timestamp): item text of ``item_text_dim``."""
 ML1M_SAMPLE_SOURCES = [
     SourceFile(
         "movielens_1m_sample100k/sample_movielens_rating.dat",
@@ -79,6 +85,23 @@ def latest_ratings(path: Path) -> dict[str, np.ndarray]:
             "rating": float_column(path, rows, 2, "rating", 2), "timestamp": int_column(path, rows, 3, "timestamp", 2)}
 
 
+def item_text_features(ctx: DatasetContext, movies_src: Path, dim: int, tags: bool, name: str) -> list[dict]:
+    """``item_text_vec`` (``item_text_dim`` > 0; none at 0): a ``dense_vector`` of ``dim`` values per
+    row, the movie's TF-IDF + SVD vector of its title and genres (movies.csv) and, with ``tags``, its
+    tags (tags.csv, joined per movie), fitted on the train split's movies only
+    (:mod:`ctrlab.data.item_vectors`). The source files' paths and contents are part of the cache key."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+        raise ConfigError(f"{name}: item_text_dim must be >= 1 (0: no item text vector), got {dim!r}")
+    if dim == 0:
+        return []
+    text = [{"file": str(movies_src), "key_column": "movieId", "columns": ["title", "genres"]}]
+    if tags:
+        (tags_src,) = ctx.find_sources([ML_LATEST_TAGS])
+        text.append({"file": str(tags_src), "key_column": "movieId", "columns": ["tag"], "duplicates": "join"})
+    return [{"name": "item_text_vec", "kind": "dense_vector", "dim": dim, "key": "item_id",
+             "vectors": {"text": text}}]
+
+
 def title_year(title: str) -> str:
     """The release year MovieLens appends to a title, ``"Heat (1995)"`` -> ``"1995"`` (a range such
     as ``(2006–2007)`` gives its first year), or ``"unknown"`` where the title has none."""
@@ -113,6 +136,8 @@ def movielens_latest_small(
     train_fraction: float = 0.8,
     valid_fraction: float = 0.1,
     split: str = "per_user",
+    item_text_dim: int = 0,
+    item_text_tags: bool = True,
 ) -> DatasetConfig:
     """MovieLens Latest Small (GroupLens ml-latest-small, 2018-09) as CTR: label = rating >= 4, genres
     as a multi-valued field, release year, and a leak-free history of earlier liked movies.
@@ -148,6 +173,11 @@ def movielens_latest_small(
     ``^``, max_len 10, own vocabulary); history sequence (``share_vocab_with: item_id``).
     ``group_field: user_id``. Not a BARS dataset (BARS MovielensLatest_x1 is built from the full
     ml-latest tags, not from this release).
+    Item text vectors (``item_text_dim`` > 0, default 0: off): an ``item_text_vec`` dense-vector feature
+    keyed by ``item_id``, TF-IDF + SVD of each movie's title and genres and (``item_text_tags``, default
+    on) its tags, fitted on the train split's movies (:func:`item_text_features`). The tags (3,683, from
+    58 users) carry timestamps and are used whatever their time: set ``item_text_tags: false`` to leave
+    them out. Needs ``movielens_latest_small/tags.csv[.gz]`` (sha256 92a9f8bb..., .gz 4761011e...).
     Terms (GroupLens README): research use; cite Harper & Konstan 2015; no endorsement claims;
     redistribution only under the same licence; **no commercial use**. Keep it internal.
     """
@@ -201,7 +231,9 @@ def movielens_latest_small(
     }
     folder = ctx.prepare(params, build, ML_LATEST_SOURCES)
     return event_log_config("movielens_latest_small", folder, ["user_id", "item_id", "release_year"],
-                            [{"name": "genres", "max_len": ML_LATEST_GENRES_MAX}, history_feature(history_max_len)])
+                            [{"name": "genres", "max_len": ML_LATEST_GENRES_MAX}, history_feature(history_max_len)],
+                            item_text_features(ctx, movies_src, item_text_dim, item_text_tags,
+                                               "movielens_latest_small"))
 
 
 @register_dataset("movielens_1m_sample")
