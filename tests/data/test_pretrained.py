@@ -84,3 +84,13 @@ def test_dataset_config_to_model_rows(tmp_path):
     (tmp_path / "items.npz").unlink()
     with pytest.raises(DataError, match="'item': pretrained_emb file .*items.npz does not exist"):
         prepare(load_dataset_config(tmp_path / "d.yaml"), tmp_path / "cache2", log=lambda *a: None)
+
+
+def test_non_finite_and_ragged_pretrained_vectors_are_errors(tmp_path):
+    """The reader item-vector features share (issue 18): NaN and ragged Parquet vectors name the key."""
+    np.savez(tmp_path / "nan.npz", key=np.array(["a", "b"]), value=np.array([[1.0, 2.0], [np.nan, 0.0]]))
+    with pytest.raises(DataError, match="vector of key 'b' .*NaN or infinity"):
+        pretrained_rows(tmp_path / "nan.npz", ["a", "b"], 2, "item")
+    pl.DataFrame({"key": ["a", "b"], "value": [[1.0, 2.0], [1.0]]}).write_parquet(tmp_path / "ragged.parquet")
+    with pytest.raises(DataError, match="vector of key 'b' .*is 1 long"):
+        pretrained_rows(tmp_path / "ragged.parquet", ["a", "b"], 2, "item")
