@@ -290,6 +290,20 @@ def test_bad_item_text_tables_give_clear_errors(tmp_path, check_error):
         _prepare(write_dataset(tmp_path / "y", TEXT, dim=20), tmp_path)
 
 
+@pytest.mark.parametrize("content, fragment", [
+    ('[["i0", "apple"]]', "expected a JSON object of item id -> text, got list"),
+    ('{"i0": {"a": 1}}', "item 'i0': expected text or a list of tokens"),
+    ('{"i0": "apple",', "not a readable JSON file"),
+])
+def test_bad_json_item_text_is_named(tmp_path, content, fragment):
+    (tmp_path / "attrs.json").write_text(content)
+    spec = from_dict(DenseVectorSpec, {"name": "v", "dim": 2, "key": "item",
+                                       "vectors": {"text": [{"file": "attrs.json"}]}})
+    with pytest.raises(DataError, match=fragment) as err:
+        ItemVectorEncoder(spec, root=tmp_path).fit_keys(["i0"])
+    assert str(tmp_path / "attrs.json") in str(err.value) and "Fix: write" in str(err.value)
+
+
 @pytest.mark.parametrize("vectors, fragment", [
     ({}, "give either file"),
     ({"file": "a.npz", "text": TEXT["text"]}, "give either file"),
