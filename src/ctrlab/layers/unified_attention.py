@@ -238,12 +238,15 @@ class UnifiedAttentionBlock(nn.Module):
 
     def _pair_bias(self, distance, time_q, time_k) -> torch.Tensor:
         """``p[min(distance, P)] + τ[bucket(|t_q − t_k|)]`` (no time term without times), for
-        whatever (broadcastable) set of pairs the arguments describe."""
-        bias = table_lookup(self.position_bias, distance.clamp(0, self.max_distance))
-        if self.time_bias is not None and time_q is not None:
+        whatever (broadcastable) set of pairs the arguments describe: the entries of
+        :meth:`bias_table` at the index :meth:`pair_index` gives an allowed pair (one gather; the
+        sparse kernel masks its pairs itself)."""
+        index = distance.clamp(0, self.max_distance)
+        with_time = self._uses_time(time_q)
+        if with_time:
             gap = (time_q - time_k).abs()
-            bias = bias + table_lookup(self.time_bias, time_buckets(gap, self.num_time_buckets, self.time_max_gap))
-        return bias
+            index = index * self.num_time_buckets + time_buckets(gap, self.num_time_buckets, self.time_max_gap)
+        return table_lookup(self.bias_table(with_time), index)
 
     def uses_sparse_kernel(self, length: int, past: dict | None = None) -> bool:
         """Whether a call on ``length`` tokens computes the sparse attention directly
