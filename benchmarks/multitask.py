@@ -140,14 +140,23 @@ def render(rows: list[dict], counts: dict) -> str:
             lines.append(f"| {model} | {len(rs)} | {_fmt(get('cvr_auc_all'))} | {_fmt(get('cvr_auc_clicked'))} | "
                          f"{_fmt(get('ctcvr_auc'))} | {_fmt(get('calibration'), 3)} | {_fmt(get('ece'), 4)} | "
                          f"{np.mean([r['epochs'] for r in rs]):.1f} |")
-        esmm = [r["sim"]["cvr_auc_all"] for r in sim if r["model"] == "ESMM"]
-        base = [r["sim"]["cvr_auc_all"] for r in sim if r["model"] == "BASE"]
-        if esmm and base:
-            (me, se_e), (mb, se_b) = mean_std_se(esmm)[::2], mean_std_se(base)[::2]
-            d, se = me - mb, (se_e ** 2 + se_b ** 2) ** 0.5
-            lines += ["", f"ESMM − BASE, CVR AUC over all impressions: {d:+.4f} ± {se:.4f} (Welch SE; "
-                      f"{'more than' if d > 2 * se else 'within'} 2 SE)."]
         lines.append("")
+        for a, b in [("ESMM", "BASE"), ("ESMM, early stop on CTCVR AUC", "ESMM"), ("SharedBottom", "ESMM"),
+                     ("MMoE", "SharedBottom")]:
+            xa = [r["sim"]["cvr_auc_all"] for r in sim if r["model"] == a]
+            xb = [r["sim"]["cvr_auc_all"] for r in sim if r["model"] == b]
+            if len(xa) > 1 and len(xb) > 1:
+                (ma, se_a), (mb, se_b) = mean_std_se(xa)[::2], mean_std_se(xb)[::2]
+                d, se = ma - mb, (se_a ** 2 + se_b ** 2) ** 0.5
+                lines.append(f"* {a} − {b}, CVR AUC over all impressions: {d:+.4f} ± {se:.4f} (Welch SE; "
+                             f"{'more than' if abs(d) > 2 * se else 'within'} 2 SE).")
+        lines += ["", "Reading: training on every impression is what removes the selection bias. BASE, trained on "
+                  "the clicked rows (where conversion is unlikely by construction), ranks all impressions worst "
+                  "and underestimates the conversion rate most. ESMM's CVR tower learns only through the product "
+                  "pCTR·pCVR; the shared bottom and MMoE, whose second tower fits click·z directly, give a pCVR "
+                  "(their pCTCVR / pCTR) that ranks and calibrates better here, with less seed spread. The "
+                  "simulation tests the paper's selection-bias claim only (its other claim, conversions too sparse "
+                  "for a CVR model alone, needs real logged conversions at scale, which are not here).", ""]
     for dataset in REAL:
         rs = [r for r in rows if r["dataset"] == dataset]
         if not rs:
