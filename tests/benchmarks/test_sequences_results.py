@@ -62,3 +62,21 @@ def test_the_difference_to_mean_pooling_and_its_welch_standard_error():
     rows += [_row("DIN", 2021 + i, a, current["DIN"]) for i, a in enumerate([0.70, 0.72, 0.74])]
     table = seq.render_real(rows)
     assert f"| DIN | 3 | 0.7200 ± 0.0200 | 0.0115 | +0.0500 ± {se:.4f} (> 2 SE) |" in table
+
+
+def test_sdim_accuracy_target_follows_the_statistical_rule():
+    """Within 0.002 of DIN on the mean, or at >= 10 seeds per side not significantly below (Δ + 2·SE >= 0)."""
+    speed = [{"model": m, "L": 1000, "batch": 128, "train_sps": sps, "infer_sps": sps}
+             for m, sps in (("DIN", 100.0), ("SDIM", 600.0))]
+
+    def verdict(sdim, din):
+        acc = [{"model": "SDIM", "seed": i, "auc": a} for i, a in enumerate(sdim)]
+        acc += [{"model": "DIN", "seed": i, "auc": a} for i, a in enumerate(din)]
+        line = next(ln for ln in seq.render({"speed": speed, "accuracy": acc}).splitlines() if ln.startswith("**Target"))
+        return "NOT met" not in line
+
+    assert verdict([0.861, 0.863, 0.862], [0.862, 0.862, 0.863])  # mean within 0.002
+    assert not verdict([0.850, 0.870, 0.848], [0.862, 0.862, 0.863])  # 0.006 lower at n = 3: not shown
+    noisy = [0.85, 0.87] * 5  # 10 seeds: 0.004 lower on the mean but within 2 SE
+    assert verdict(noisy, [0.864, 0.864, 0.863, 0.865, 0.864, 0.864, 0.863, 0.865, 0.864, 0.864])
+    assert not verdict([0.855, 0.857] * 5, [0.864, 0.866] * 5)  # 10 seeds, clearly below
