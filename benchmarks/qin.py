@@ -29,6 +29,24 @@ TEXT_DIM = 32
 BEGIN, END = markers("qin-content")
 
 
+def cold_auc(run_dir: Path) -> tuple[float, int]:
+    """Test AUC of a finished run on the rows whose movie never occurs in the train split (where an
+    item's id embedding is untrained and only its content can say anything), and their number."""
+    import numpy as np
+    import polars as pl
+    from sklearn.metrics import roc_auc_score
+
+    from ctrlab import api
+
+    cfg = api.load_run_config(Path(run_dir) / "run_config.yaml")
+    dcfg = api.dataset_config(cfg)
+    train, test = pl.read_parquet(dcfg.resolve("train")), Path(dcfg.resolve("test"))
+    probs = api.predict(run_dir, test, log=lambda *a: None)
+    frame = pl.read_parquet(test)
+    cold = ~frame["item_id"].is_in(train["item_id"].unique().to_list()).to_numpy()
+    return float(roc_auc_score(frame["label"].to_numpy()[cold], np.asarray(probs)[cold])), int(cold.sum())
+
+
 def run_one(model: str, vectors: bool, seed: int, runs: Path, quick: bool) -> dict:
     from ctrlab import api
 
@@ -41,7 +59,9 @@ def run_one(model: str, vectors: bool, seed: int, runs: Path, quick: bool) -> di
     result = api.train(dataset=DATASET, model=model, output=str(run_dir), overrides=overrides, overwrite=True,
                        log=lambda *a: None)
     test = result.metrics["test"]
+    auc_cold, n_cold = cold_auc(run_dir)
     return {"model": model, "vectors": vectors, "seed": seed, "auc": test["AUC"], "logloss": test["logloss"],
+            "cold_auc": auc_cold, "cold_rows": n_cold, "run": str(run_dir),
             "epochs": len(result.history), "warnings": [w["code"] for w in result.metrics.get("warnings", [])]}
 
 
@@ -51,8 +71,9 @@ def render(rows: list[dict]) -> str:
              "mean ± sample std; *with vectors*: the movies' TF-IDF + SVD text vectors (title, genres, tags; "
              f"{TEXT_DIM} values, fitted on the train split's movies) as a field (QIN: its multimodal vector); "
              "Δ AUC = with − without ± Welch SE (module docstring of `benchmarks/qin.py`).", "",
-             "| model | n | AUC without | AUC with vectors | Δ AUC ± SE | logloss without | logloss with |",
-             "|---|---|---|---|---|---|---|"]
+             "| model | n | AUC without | AUC with vectors | Δ AUC ± SE | logloss without | logloss with | "
+             "cold-movie AUC without | cold-movie AUC with |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model in MODELS:
         plain = [r for r in rows if r["model"] == model and not r["vectors"]]
         vec = [r for r in rows if r["model"] == model and r["vectors"]]
@@ -72,9 +93,29 @@ def render(rows: list[dict]) -> str:
             d, se = mv - mp, (sp ** 2 + sv ** 2) ** 0.5
             delta = f"{d:+.4f} ± {se:.4f}" + (" (> 2 SE)" if abs(d) > 2 * se and se > 0 else "")
         lines.append(f"| {model} | {len(plain)}/{len(vec)} | {fmt(plain, 'auc')} | {fmt(vec, 'auc')} | {delta} | "
-                     f"{fmt(plain, 'logloss')} | {fmt(vec, 'logloss')} |")
-    warned = sorted({w for r in rows for w in r["warnings"]})
-    lines += ["", f"Run warnings seen: {', '.join(warned) if warned else 'none'} (each run's `metrics.json`).", END]
+                     f"{fmt(plain, 'logloss')} | {fmt(vec, 'logloss')} | {fmt(plain, 'cold_auc')} | "
+                     f"{fmt(vec, 'cold_auc')} |")
+    cold = next((r["cold_rows"] for r in rows if "cold_rows" in r), None)
+    if cold is not None:
+        lines += ["", f"*Cold-movie AUC*: on the {cold:,} test rows whose movie never occurs in the train split, where "
+                  "the movie's id embedding is untrained and only its content (genres, text) can tell movies apart."]
+    warned = {}
+    for r in rows:
+        for w in set(r["warnings"]):
+            key = (r["model"], "with" if r["vectors"] else "without", w)
+            warned[key] = warned.get(key, 0) + 1
+    listed = "; ".join(f"{m} {v} vectors: {w} {n}/{sum(1 for r in rows if r['model'] == m and ('with' if r['vectors'] else 'without') == v)}"
+                       for (m, v, w), n in sorted(warned.items()))
+    lines += ["", "Reading: QIN ranks best without the vectors. The text vectors do not help on this split, where most "
+              "test rows' movies have a trained id embedding, and the models do worse with them even on the cold-movie "
+              "rows. The vectors enter at unit length, three orders of magnitude above the id embeddings' N(0, 1e-4) "
+              "start, through a projection that no regularizer covers, and the runs with them overfit sooner (more "
+              "runs end with test logloss above the constant predictor's, below); scaling or regularizing them is "
+              "not tuned here. Every model's logloss is near the constant predictor's on this set: its runs stop on "
+              "AUC. Where clicks depend on the content alone, QIN does use the vectors (its planted multimodal test, "
+              "tests/models/test_qin.py: AUC 0.84 with them, 0.50 without, on candidates unseen in training)."]
+    lines += ["", f"Run warnings (runs with each code; `logloss_above_base_rate`: test logloss worse than always "
+              f"predicting the train click rate): {listed or 'none'}.", END]
     return "\n".join(lines)
 
 
@@ -92,6 +133,12 @@ def main(argv=None) -> int:
     rows = json.loads(path.read_text()) if path.exists() else []
     if not args.render_only:
         seeds = args.seeds[:1] if args.quick else args.seeds
+        for r in rows:  # rows from before the cold-movie column: scored from their run folders
+            if "cold_auc" not in r and Path(args.runs, r["model"], "vectors" if r["vectors"] else "plain",
+                                            f"s{r['seed']}").exists():
+                r["cold_auc"], r["cold_rows"] = cold_auc(Path(args.runs, r["model"], "vectors" if r["vectors"]
+                                                              else "plain", f"s{r['seed']}"))
+        path.write_text(json.dumps(rows, indent=1))
         have = {(r["model"], r["vectors"], r["seed"]) for r in rows}
         for seed in seeds:  # seed-major: an interrupted call leaves every cell at the same n
             for model in args.models:
