@@ -61,7 +61,7 @@ def run_one(model: str, vectors: bool, seed: int, runs: Path, quick: bool) -> di
     test = result.metrics["test"]
     auc_cold, n_cold = cold_auc(run_dir)
     return {"model": model, "vectors": vectors, "seed": seed, "auc": test["AUC"], "logloss": test["logloss"],
-            "cold_auc": auc_cold, "cold_rows": n_cold, "run": str(run_dir),
+            "cold_auc": auc_cold, "cold_rows": n_cold,
             "epochs": len(result.history), "warnings": [w["code"] for w in result.metrics.get("warnings", [])]}
 
 
