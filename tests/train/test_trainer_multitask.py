@@ -82,3 +82,13 @@ def test_shared_bottom_tasks_are_its_label_columns(tmp_path, one_thread):
     probs = trainer.predict_tasks(BatchLoader(valid, 1000))
     assert logs["purchase_AUC"] == pytest.approx(roc_auc_score(valid.arrays["label"][:, 1], probs["purchase"]))
     assert json.dumps(logs)  # plain floats, for metrics.json
+
+
+def test_a_single_task_model_predicts_one_probability_under_the_servers_name(tmp_path):
+    torch.manual_seed(0)
+    trainer = Trainer(create("DNN", MAP, embedding_dim=4, hidden_units=(8,)), TrainerConfig(progress=False),
+                      tmp_path / "dnn")
+    valid = _split(300, 2)
+    probs = trainer.predict_tasks(BatchLoader(valid, 100))
+    assert list(probs) == ["probability"] and trainer.task_names == []
+    np.testing.assert_array_equal(probs["probability"], trainer.predict(BatchLoader(valid, 100)))

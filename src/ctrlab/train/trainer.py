@@ -700,11 +700,11 @@ class Trainer:
         return prob
 
     def predict_tasks(self, loader: Iterable) -> dict[str, np.ndarray]:
-        """Every task's predicted probability (float64, loader order) by task name; a single-task
-        model's one task is ``"label"``'s first column, named by :attr:`task_names` or ``"logit"``."""
+        """Every task's predicted probability (float64, loader order) by task name, main task first; a
+        single-task model's one probability is named ``"probability"`` (as the server names it)."""
         prob, _, _, tasks = self._run_inference(loader, desc="predict", need_labels=False)
         if tasks is None:
-            return {"logit": prob}
+            return {"probability": prob}
         return {t: tasks["prob"][:, i] for i, t in enumerate(self.task_names)}
 
     def restore_best(self) -> bool:
