@@ -61,6 +61,7 @@ def test_a_task_with_one_class_on_a_split_gives_nan_metrics_and_a_warning(tmp_pa
     trainer.fit(BatchLoader(_split(2000, 1), 256, shuffle=True), BatchLoader(_split(500, 2, conversions=False), 500))
     logs = trainer.evaluate(BatchLoader(_split(500, 3, conversions=False), 500))
     assert np.isnan(logs["cvr_AUC"]) and np.isnan(logs["ctcvr_AUC"]) and np.isfinite(logs["AUC"])
+    assert np.isfinite(logs["cvr_logloss"]) and np.isfinite(logs["ctcvr_logloss"])  # defined with one class
     assert "task 'cvr' has" in (tmp_path / "run" / "train.log").read_text()
 
 

@@ -870,14 +870,16 @@ class Trainer:
         return {k: out[k] for k in [n for n in names if n in out] + [k for k in out if k not in names]}
 
     def _task_metrics(self, task: str, y: np.ndarray, prob: np.ndarray, names: list[str], group, desc: str):
-        """A task's metrics on its rows; NaN (with a warning in the log) where a split holds one class
-        of that task only (a rare conversion label on a small validation split), instead of failing
-        the run; a monitored NaN never counts as an improvement."""
+        """A task's metrics on its rows. Where a split holds one class of that task only (a rare
+        conversion label on a small validation split) the ranking metrics are NaN, with a warning in
+        the log, instead of failing the run (logloss is still defined; with no rows at all, NaN too);
+        a monitored NaN never counts as an improvement."""
         if len(y) and 0 < y.sum() < len(y):
             return evaluate_metrics(y, prob, names, group)
-        self._log(f"{desc}: task {task!r} has {len(y)} rows with {int(y.sum())} positives: its metrics {names} "
+        undefined = [m for m in names if m != "logloss" or not len(y)]
+        self._log(f"{desc}: task {task!r} has {len(y)} rows with {int(y.sum())} positives: its metrics {undefined} "
                   "are NaN", level=logging.WARNING)
-        return {m: float("nan") for m in names}
+        return {m: (float("nan") if m in undefined else evaluate_metrics(y, prob, [m])[m]) for m in names}
 
     # ---- protocol pieces ---------------------------------------------------------------------
     def _seed_rank(self, *extra: int) -> None:
