@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optembed efficiency-optinter sequences venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optembed efficiency-optinter sequences multitask qin venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -102,6 +102,13 @@ sequences: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/sequences.py speed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/sequences.py real
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/sequences.py serving
+
+## docs/results.md, issue 18's measurements: ESMM / BASE / SharedBottom / MMoE on the selection-bias simulation
+## and the real click + conversion samples (multitask section); QIN and the movies' text vectors (qin-content).
+multitask: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/multitask.py
+qin: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/qin.py
 
 efficiency-optembed: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optembed.py --output docs/efficiency.md --json docs/efficiency_optembed.json
