@@ -49,8 +49,9 @@ def test_state_dict_roundtrip_through_safetensors(mixed_map, name):
     import torch
     st = pytest.importorskip("safetensors.torch")
 
-    from .synthetic import random_batch
+    from .synthetic import random_batch, with_labels_for
 
+    mixed_map = with_labels_for(get_model_class(name), mixed_map)  # ESMM: clicks and conversions
     a, b = create(name, mixed_map), create(name, mixed_map)
     blob = st.save({k: v.contiguous() for k, v in a.state_dict().items()})
     b.load_state_dict(st.load(blob))
@@ -265,8 +266,11 @@ def test_defaults_saved_as_lists_rebuild_the_same_model(mixed_map, name):
 
     import yaml
 
+    from .synthetic import with_labels_for
+
     saved = yaml.safe_load(yaml.safe_dump(json.loads(json.dumps(default_hparams(name)))))
     assert saved == json.loads(json.dumps(default_hparams(name)))
+    mixed_map = with_labels_for(get_model_class(name), mixed_map)  # ESMM: clicks and conversions
     torch.manual_seed(0)
     a = create(name, mixed_map)
     torch.manual_seed(0)
