@@ -129,7 +129,7 @@ def render(rows: list[dict]) -> str:
         lines += ["", f"Run warnings (runs with each code; `logloss_above_base_rate`: test logloss worse than always "
                   f"predicting the train click rate): {listed or 'none'}.", ""]
     lines += ["Reading: QIN ranks best on `movielens_latest_small` without the vectors and worst on "
-              "`movielens_latest_long` (where the history groups the movie with its genre set). The text vectors "
+              "`movielens_latest_long` (attending the movie and its genre set against the history's as one group). The text vectors "
               "lift DNN and FinalMLP on `movielens_latest_long` (by about 0.01, > 2 SE, cold movies too) and lower "
               "every model's AUC on `movielens_latest_small`, where most test rows' movies have a trained id "
               "embedding; with DIN and QIN, whose attention reads them through the candidate, they lower it on "
