@@ -543,7 +543,8 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         run_warnings = run_checks(fmap=data.feature_map, splits=data.splits, metrics=metrics, history=history,
                               epochs=cfg.trainer.epochs, stopped_early=trainer.stopped_early,
                               steps_per_epoch=len(loaders["train"]), batch_size=cfg.trainer.batch_size,
-                              oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir))
+                              oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir),
+                              main_label=getattr(model, "main_label_column", 0))
         report_warnings(run_warnings, log, trainer.log)
     if distill_info:  # the teacher as of the student's best epoch (the pair's restored checkpoint)
         teacher_trainer = Trainer(model.teacher, cfg.trainer, run_dir / distill_info["teacher_run"])

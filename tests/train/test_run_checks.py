@@ -215,3 +215,36 @@ def test_no_progress_prints_nothing(tmp_path, capsys):
     Trainer(K.TinyModel(), cfg, tmp_path).fit(train, valid)
     out, err = capsys.readouterr()
     assert out == "" and err == ""
+
+
+def test_a_multi_task_runs_logloss_is_checked_against_its_main_tasks_label():
+    """A model whose main task is the second label column (SharedBottom with tasks: [purchase, click])
+    is compared with that column's base rate, not the first's."""
+    from ctrlab.data.feature_map import FeatureMap
+    from ctrlab.models import create
+    from ctrlab.train.run_checks import run_checks
+
+    rng = np.random.default_rng(0)
+    click = (rng.random(2000) < 0.5).astype(np.float32)
+    purchase = click * (rng.random(2000) < 0.04)
+    split = EncodedSplit({"cat": rng.integers(0, 5, (2000, 1)).astype(np.int32),
+                          "label": np.stack([click, purchase], 1).astype(np.float32)})
+    fmap = FeatureMap.from_fields({"a": 5}, labels=["click", "purchase"])
+    model = create("SharedBottom", fmap, tasks=["purchase", "click"])
+    assert model.main_label_column == 1 and create("ESMM", fmap).main_label_column == 0
+    rate = float(purchase.mean())
+    good = logloss(purchase, np.full(2000, rate)) - 1e-3  # better than the purchase base rate, far below click's
+
+    def check(column):
+        return run_checks(fmap=fmap, splits={"train": split, "test": split}, metrics={"test": {"logloss": good}},
+                          history=[], epochs=1, stopped_early=True, steps_per_epoch=100, batch_size=20,
+                          main_label=column)
+
+    assert [w.code for w in check(model.main_label_column)] == []
+    assert [w.code for w in check(1)] == [] and check(0) == []  # click's base rate logloss is larger still
+    bad = logloss(purchase, np.full(2000, rate)) + 1e-3
+    assert [w.code for w in run_checks(fmap=fmap, splits={"train": split, "test": split},
+                                       metrics={"test": {"logloss": bad}}, history=[], epochs=1, stopped_early=True,
+                                       steps_per_epoch=100, batch_size=20, main_label=1)] == ["logloss_above_base_rate"]
+    assert run_checks(fmap=fmap, splits={"train": split, "test": split}, metrics={"test": {"logloss": bad}},
+                      history=[], epochs=1, stopped_early=True, steps_per_epoch=100, batch_size=20, main_label=0) == []

@@ -73,6 +73,10 @@ class CTRModel(nn.Module):
     """A multi-task model's tasks, main task first (see :mod:`ctrlab.models.multitask`): its forward
     also returns ``"task_logits"`` ``(B, T)`` and it defines ``task_targets(batch)``; empty = one task."""
 
+    main_label_column: int = 0
+    """The label column the main ``logit`` predicts on every row (run checks compare its logloss with
+    that column's base rate): the first; a multi-task model's main task's."""
+
     derived_tasks: list[str] = []
     """Tasks whose logit is computed from the other tasks' (ESMM's CTCVR = CTR × CVR): they have no
     output bias of their own, so starting biases at base rates (``init_output_bias``) skips them."""

@@ -57,6 +57,7 @@ class ESMM(CTRModel):
         if min(ctr_weight, ctcvr_weight) < 0:
             raise ValueError(f"ESMM: ctr_weight and ctcvr_weight must be >= 0, got {ctr_weight}, {ctcvr_weight}")
         self.click_column, self.conversion_column = labels.index(click), labels.index(conversion)
+        self.main_label_column = self.click_column  # the CTR task, on every row
         self.ctr_weight, self.ctcvr_weight = float(ctr_weight), float(ctcvr_weight)
         self.embedding = FeatureEmbedding(feature_map, embedding_dim)
         width = self.embedding.num_fields * embedding_dim

@@ -46,6 +46,7 @@ class MultiTaskModel(CTRModel):
         self.task_names = names
         self.task_weights = weights
         self.register_buffer("label_columns", torch.tensor([labels.index(t) for t in names]), persistent=False)
+        self.main_label_column = labels.index(names[0])
 
     @property
     def num_tasks(self) -> int:

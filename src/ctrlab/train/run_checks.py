@@ -147,8 +147,8 @@ def high_oov_rate(rates: Mapping[str, Mapping[str, float]] | None) -> list[RunWa
     ) for split, name, rate, ref in high_oov_fields(dict(rates or {}))]
 
 
-def _label(split: EncodedSplit, stop: int, start: int = 0) -> np.ndarray:
-    return np.asarray(split.arrays["label"][start:stop, 0], dtype=np.float64)
+def _label(split: EncodedSplit, stop: int, start: int = 0, column: int = 0) -> np.ndarray:
+    return np.asarray(split.arrays["label"][start:stop, column], dtype=np.float64)
 
 
 def single_feature_aucs(fmap: FeatureMap, train: EncodedSplit, valid: EncodedSplit) -> dict[str, float]:
@@ -201,11 +201,13 @@ def likely_label_leak(fmap: FeatureMap, train: EncodedSplit, valid: EncodedSplit
 def run_checks(*, fmap: FeatureMap, splits: Mapping[str, EncodedSplit], metrics: Mapping[str, Mapping[str, float]],
                history: Sequence[Mapping[str, Any]], epochs: int, stopped_early: bool, steps_per_epoch: int,
                batch_size: int, oov_rates: Mapping[str, Mapping[str, float]] | None = None,
-               monitor: Mapping[str, float] | None = None, run_dir: str = "RUN") -> list[RunWarning]:
+               monitor: Mapping[str, float] | None = None, run_dir: str = "RUN",
+               main_label: int = 0) -> list[RunWarning]:
     """Every check on a finished run: ``splits`` the encoded splits (``train``, and ``valid`` /
     ``test`` when present), ``metrics`` split -> metric -> value as evaluated at the end, ``history``
     the trainer's per-epoch records, ``epochs`` the cap (``trainer.epochs``), ``monitor`` the monitored
-    metrics' weights (``{"AUC": 1.0}``), ``run_dir`` the run folder (named in a fix)."""
+    metrics' weights (``{"AUC": 1.0}``), ``run_dir`` the run folder (named in a fix), ``main_label``
+    the label column the plain metrics are of (a multi-task model's main task: ``main_label_column``)."""
     monitor = dict(monitor or {"AUC": 1.0})
     monitor_name = "+".join(f"{w:g}*{k}" for k, w in monitor.items()).replace("+-", "-")
     if len(monitor) == 1 and next(iter(monitor.values())) == 1.0:
@@ -214,8 +216,8 @@ def run_checks(*, fmap: FeatureMap, splits: Mapping[str, EncodedSplit], metrics:
     out = few_steps_per_epoch(steps_per_epoch, len(train), batch_size)
     split_logloss = {s: m["logloss"] for s, m in metrics.items() if "logloss" in m and s in splits}
     if split_logloss:
-        labels = {s: _label(splits[s], len(splits[s])) for s in split_logloss}
-        out += logloss_above_base_rate(split_logloss, base_rate(train.arrays["label"][:, 0]), labels,
+        labels = {s: _label(splits[s], len(splits[s]), column=main_label) for s in split_logloss}
+        out += logloss_above_base_rate(split_logloss, base_rate(train.arrays["label"][:, main_label]), labels,
                                        monitor_has_logloss=bool(monitor.get("logloss")))
     out += epoch_cap_while_improving(history, epochs, stopped_early, monitor_name, run_dir)
     out += high_oov_rate(oov_rates)
