@@ -42,17 +42,6 @@ MODELS = ["ESMM", "SharedBottom", "MMoE"]
 BEGIN, END = markers("multitask")
 
 
-def ece(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
-    """Expected calibration error: Σ_b (n_b / n)·|mean(p) − mean(y)| over equal-width bins of p."""
-    index = np.minimum((p * bins).astype(int), bins - 1)
-    total = 0.0
-    for b in range(bins):
-        rows = index == b
-        if rows.any():
-            total += rows.mean() * abs(p[rows].mean() - y[rows].mean())
-    return float(total)
-
-
 def task_scores(run_dir: Path, test_file: Path) -> dict[str, np.ndarray]:
     """Every task's test probabilities of a finished run (``ctrlab predict`` on the raw test file)."""
     import polars as pl
@@ -76,6 +65,7 @@ def run_one(dataset: str, model: str, seed: int, runs: Path, params: dict, quick
     from sklearn.metrics import roc_auc_score
 
     from ctrlab import api
+    from ctrlab.train.metrics import calibration_ratio, expected_calibration_error
 
     overrides = ["trainer.progress=false", f"trainer.seed={seed}"] + (["trainer.epochs=2"] if quick else [])
     overrides += [f"dataset_params.{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in params.items()]
@@ -105,7 +95,7 @@ def run_one(dataset: str, model: str, seed: int, runs: Path, params: dict, quick
     row["sim"] = {"cvr_auc_all": float(roc_auc_score(z, p_cvr)),
                   "cvr_auc_clicked": float(roc_auc_score(z[y > 0], p_cvr[y > 0])),
                   "ctcvr_auc": None if p_ctcvr is None else float(roc_auc_score(y * z, p_ctcvr)),
-                  "calibration": float(p_cvr.mean() / z.mean()), "ece": ece(z, p_cvr),
+                  "calibration": calibration_ratio(z, p_cvr), "ece": expected_calibration_error(z, p_cvr),
                   "bayes_cvr_auc": float(roc_auc_score(z, truth["p_cvr"].to_numpy()))}
     return row
 

@@ -106,3 +106,24 @@ def test_evaluate_metrics_names_and_order():
         evaluate_metrics(y, p, ["gAUC"])
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate_metrics(y, p, ["accuracy"])
+
+
+def test_calibration_metrics_against_hand_computations():
+    from ctrlab.train.metrics import calibration_ratio, expected_calibration_error, normalized_entropy
+
+    y = np.array([1, 0, 0, 1, 0, 0, 0, 0], dtype=float)  # rate 0.25
+    p = np.array([0.9, 0.2, 0.1, 0.6, 0.3, 0.05, 0.15, 0.5])
+    ll = -np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))
+    base = -(0.25 * np.log(0.25) + 0.75 * np.log(0.75))
+    assert normalized_entropy(y, p) == pytest.approx(ll / base, rel=1e-12)
+    assert normalized_entropy(y, np.full(8, 0.25)) == pytest.approx(1.0)  # the base rate itself: NE 1
+    assert calibration_ratio(y, p) == pytest.approx(p.mean() / 0.25)
+    # bins of width 0.1: [0.05] [0.1, 0.15] [0.2] [0.3] [0.5] [0.6] [0.9]
+    gaps = [(1, abs(0.05 - 0)), (2, abs(0.125 - 0)), (1, 0.2), (1, 0.3), (1, 0.5), (1, abs(0.6 - 1)), (1, abs(0.9 - 1))]
+    assert expected_calibration_error(y, p) == pytest.approx(sum(n * g for n, g in gaps) / 8)
+    assert expected_calibration_error(y, p, bins=1) == pytest.approx(abs(p.mean() - 0.25))
+    assert expected_calibration_error([0, 1], [1.0, 1.0], bins=4) == pytest.approx(0.5)  # p = 1 is in the last bin
+    with pytest.raises(ValueError, match="both classes"):
+        normalized_entropy([0, 0], [0.1, 0.2])
+    with pytest.raises(ValueError, match="positive"):
+        calibration_ratio([0, 0], [0.1, 0.2])

@@ -13,6 +13,10 @@ All functions take numpy-compatible 1-D arrays and return Python floats.
   group (e.g. user), averaged with the group's number of rows as weight; groups whose rows
   are all positive or all negative have no AUC and are left out of both the sum and the
   weights.
+* Calibration: :func:`normalized_entropy` (logloss over the logloss of always predicting the
+  labels' own rate, He et al. 2014: below 1 = better than the base rate), :func:`calibration_ratio`
+  (mean prediction over the observed rate) and :func:`expected_calibration_error` (the
+  row-weighted gap between mean prediction and observed rate over equal-width probability bins).
 """
 from __future__ import annotations
 
@@ -20,7 +24,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["METRIC_NAMES", "auc", "logloss", "gauc", "evaluate_metrics", "task_metric"]
+__all__ = ["METRIC_NAMES", "auc", "logloss", "gauc", "evaluate_metrics", "task_metric", "normalized_entropy",
+           "calibration_ratio", "expected_calibration_error"]
 
 METRIC_NAMES = ("AUC", "logloss", "gAUC")
 """Metric names understood by :func:`evaluate_metrics`."""
@@ -160,6 +165,41 @@ def gauc(y_true, y_score, group) -> float:
     size = (p_g + n_g)[valid].astype(np.float64)
     auc_g = twice[valid] / (2.0 * p_g[valid].astype(np.float64) * n_g[valid].astype(np.float64))
     return float(np.sum(auc_g * size) / np.sum(size))
+
+
+def normalized_entropy(y_true, y_prob) -> float:
+    """Logloss divided by the logloss of the constant prediction ``p̄ = mean(y)`` (the labels' own
+    rate). Raises ValueError when the labels hold one class (the constant's logloss is 0)."""
+    y = _labels(y_true).astype(np.float64)
+    rate = float(y.mean()) if len(y) else float("nan")
+    if not 0.0 < rate < 1.0:
+        raise ValueError(f"normalized entropy needs both classes in y_true (rate {rate})")
+    return logloss(y, y_prob) / logloss(y, np.full(len(y), rate))
+
+
+def calibration_ratio(y_true, y_prob) -> float:
+    """``mean(y_prob) / mean(y_true)``: 1 when the predictions add up to the observed clicks (above 1:
+    over-prediction). Raises ValueError when there is no positive."""
+    y = _labels(y_true).astype(np.float64)
+    p = _scores(y_prob, len(y), "y_prob").astype(np.float64)
+    if not len(y) or y.sum() == 0:
+        raise ValueError("calibration ratio needs at least one positive in y_true")
+    return float(p.mean() / y.mean())
+
+
+def expected_calibration_error(y_true, y_prob, bins: int = 10) -> float:
+    """``Σ_b (n_b / n)·|mean(p) − mean(y)|`` over ``bins`` equal-width bins of the probability
+    ``[0, 1]`` (the last bin includes 1); empty bins count 0."""
+    y = _labels(y_true).astype(np.float64)
+    p = _scores(y_prob, len(y), "y_prob").astype(np.float64)
+    if not len(y):
+        raise ValueError("expected calibration error of an empty set is undefined")
+    if int(bins) < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    index = np.minimum((p * bins).astype(np.int64), bins - 1)
+    count = np.bincount(index, minlength=bins)
+    gap = np.abs(np.bincount(index, p, bins) - np.bincount(index, y, bins))  # per bin: n_b·|mean p − mean y|
+    return float(gap.sum() / count.sum())
 
 
 def evaluate_metrics(y_true, y_prob, names: Sequence[str], group=None) -> dict[str, float]:
