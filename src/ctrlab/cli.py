@@ -477,6 +477,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _leave_torchrun_rank() -> None:
+    """End a torchrun rank whose command finished cleanly (its run written, the process group left)
+    with ``os._exit(0)`` after flushing the logs and streams. Ending through the interpreter's
+    finalisation instead, a gloo rank now and then still holds a joinable worker thread when the C++
+    runtime destroys it and aborts ("terminate called without an active exception", exit -6): torchrun
+    then reports a failure for a run that completed (seen in CI after ``distributed.teardown``'s barrier
+    had made it rare)."""
+    import logging
+
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Known errors print one ``ctrlab: error:`` line (no traceback; set
     ``CTRLAB_DEBUG=1`` for it): exit code 2 for bad input (config, data, run folder, artifact),
@@ -495,7 +510,10 @@ def main(argv: list[str] | None = None) -> int:
             from .models import add_plugins
 
             add_plugins(args.plugins)  # also into CTRLAB_PLUGINS, for worker processes
-        return args.func(args)
+        code = args.func(args)
+        if code == 0 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            _leave_torchrun_rank()
+        return code
     except (ConfigError, DataError, StoreError, ArtifactError, FileNotFoundError, ValueError,
             CheckpointError, SafetensorError, OSError) as exc:
         if os.environ.get("CTRLAB_DEBUG"):
