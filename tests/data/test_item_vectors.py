@@ -328,12 +328,17 @@ def test_key_and_vectors_go_together():
 
 
 # ---- cache ------------------------------------------------------------------------------------
-def test_cache_is_rebuilt_when_the_vectors_file_or_the_settings_change(tmp_path):
-    folder = tmp_path / "c"
+def _npz_dataset(folder):
+    """A dataset whose item vectors come from ``folder/vecs.npz`` (items i0..i14): (config, keys)."""
     keys = [f"i{k}" for k in range(15)]
     folder.mkdir()
     np.savez(folder / "vecs.npz", key=np.array(keys), value=_vectors(keys))
-    config = write_dataset(folder, {"file": "vecs.npz"})
+    return write_dataset(folder, {"file": "vecs.npz"}), keys
+
+
+def test_cache_is_rebuilt_when_the_vectors_file_or_the_settings_change(tmp_path):
+    folder = tmp_path / "c"
+    config, keys = _npz_dataset(folder)
     first = _prepare(config, tmp_path)
     again = _prepare(config, tmp_path)
     assert again.reused and again.path == first.path
@@ -362,10 +367,7 @@ def test_a_runs_feature_map_encodes_without_the_source_files(tmp_path):
     """Evaluation and prediction encode with the run's map, which holds the table: the vectors file
     may be gone, and a changed one is not used."""
     folder = tmp_path / "e"
-    keys = [f"i{k}" for k in range(15)]
-    folder.mkdir()
-    np.savez(folder / "vecs.npz", key=np.array(keys), value=_vectors(keys))
-    config = write_dataset(folder, {"file": "vecs.npz"})
+    config, _ = _npz_dataset(folder)
     fitted = _prepare(config, tmp_path)
     fmap = FeatureMap.load(fitted.path / "feature_map.json")
     (folder / "vecs.npz").unlink()

@@ -81,7 +81,7 @@ class ESMM(CTRModel):
         return labels, rows
 
     def task_loss(self, batch, outputs):
-        y, z = batch["label"][:, self.click_column], batch["label"][:, self.conversion_column]
-        ctr = F.binary_cross_entropy_with_logits(outputs["logit"], y)
-        ctcvr = F.binary_cross_entropy_with_logits(outputs["task_logits"][:, 2], y * z)
+        labels, _ = self.task_targets(batch)  # the CTCVR label y·z defined once, there
+        ctr = F.binary_cross_entropy_with_logits(outputs["logit"], labels[:, 0])
+        ctcvr = F.binary_cross_entropy_with_logits(outputs["task_logits"][:, 2], labels[:, 2])
         return self.ctr_weight * ctr + self.ctcvr_weight * ctcvr
