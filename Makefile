@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CTRLAB_DATA_DIR ?= $(if $(wildcard ../shared/datasets),$(abspath ../shared/datasets),)
 export CTRLAB_DATA_DIR
 
-.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optembed efficiency-optinter sequences multitask qin venv clean
+.PHONY: demo test browser docs bench report results peers bench-peers bench-peers-10m own-data efficiency efficiency-compress efficiency-optembed efficiency-optinter sequences multitask qin baselines venv clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -109,6 +109,11 @@ multitask: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/multitask.py
 qin: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/qin.py
+
+## docs/results.md, issue 19's measurements: LR, LightGBM, XGBoost, TabR and four deep models on every small real
+## dataset (benchmarks/plans/baselines.yaml through ctrlab bench; resumable), with NE, calibration, ECE and cost.
+baselines: $(BIN)/.installed
+	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/baselines.py --output docs/results.md --json docs/baselines.json
 
 efficiency-optembed: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optembed.py --output docs/efficiency.md --json docs/efficiency_optembed.json
