@@ -128,6 +128,11 @@ class RunConfig:
     auto_settings: dict[str, Any] = field(default_factory=dict)
     """What ``preset: auto`` derived from the data, ``{setting: {value, reason}}``: filled in by
     :func:`train` and saved with the run (the values themselves are in their own fields)."""
+    measure_cost: bool = True
+    """After the test evaluation, measure what the trained model costs to serve and write it to
+    ``metrics.json["cost"]`` (:mod:`ctrlab.train.cost`: parameters, matmul FLOPs per row, median latency
+    of 1 row and of 4096 rows on the run's device and threads; about 0.2 s for a small model). False: no
+    ``cost`` record (e.g. many tiny runs where the time matters). Does not change what is learned."""
 
 
 @dataclass
@@ -242,7 +247,7 @@ def _default_run_dir(cfg: RunConfig) -> Path:
 # ---- resume: the saved config, with only the overrides that cannot change the run's result ----
 RESUME_SAFE = ("trainer.epochs", "trainer.progress", "trainer.device", "trainer.num_threads",
                "trainer.eval_batch_size", "data_dir", "cache_dir", "download", "mmap", "streaming",
-               "stream_block_rows")
+               "stream_block_rows", "measure_cost")
 """Settings a resumed run may change: the epoch budget, where and how it runs, where data and caches
 live. Everything else (dataset, model, hyperparameters, seed, lr, batch size, ...) is the run."""
 _NESTED = ("trainer", "model_params", "dataset_params")
@@ -546,6 +551,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
                               oov_rates=data.oov_rates, monitor=trainer.monitor, run_dir=str(run_dir),
                               main_label=getattr(model, "main_label_column", 0))
         report_warnings(run_warnings, log, trainer.log)
+    cost = _measure_cost(served, data, cfg, log) if ctx.is_main and cfg.measure_cost else None
     if distill_info:  # the teacher as of the student's best epoch (the pair's restored checkpoint)
         teacher_trainer = Trainer(model.teacher, cfg.trainer, run_dir / distill_info["teacher_run"])
         distill_info.update({split: teacher_trainer.evaluate(loaders[split], split=split)
@@ -573,6 +579,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         "cache": str(data.path),
         **({"world_size": ctx.world_size} if ctx.active else {}),
         **metrics,
+        **({"cost": cost} if cost is not None else {}),
         "warnings": [w.to_dict() for w in run_warnings],
     }
     if ctx.is_main:
@@ -585,6 +592,14 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
         (run_dir / "history.json").write_text(json.dumps(history, indent=1))
     return RunResult(run_dir, summary, history)
+
+
+def _measure_cost(model, data: PreparedData, cfg: RunConfig, log) -> dict[str, Any]:
+    """``metrics.json["cost"]`` of the trained model (:func:`ctrlab.train.cost.measure_run`) with the
+    trainer's threads, on the test split's rows."""
+    from .train.cost import measure_run
+
+    return measure_run(model, data.splits, data.feature_map, cfg.trainer.num_threads, log)
 
 
 def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, log):
@@ -877,14 +892,22 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
         else:
             trainer = Trainer(model, cfg.trainer, out)
         metrics = {s: trainer.evaluate(loaders[s], split=s) for s in ("valid", "test") if s in loaders}
+        cost, cost_before = {}, {}
+        if cfg.measure_cost:  # the source model measured beside it, in this process: the latency gained
+            cost = _measure_cost(model, data, cfg, log)
+            source_model = load_run(source)[0].to(next(model.parameters()).device)
+            cost_before = _measure_cost(source_model, data, cfg, lambda *a: None)
+            del source_model
         summary = {
             "dataset": dcfg.name, "model": cfg.model, "parameters": model.count_parameters(),
             "compression": {"method": method, "source_run": str(source.resolve()), "parameters_before": before,
                             "statistics_rows": len(sample) if method == "afm" else 0,
                             "layers": [dataclasses.asdict(r) for r in reports],
                             "tables": [dataclasses.asdict(t) for t in tables],
-                            **({"finetune": tuned} if tuned else {})},
+                            **({"finetune": tuned} if tuned else {}),
+                            **({"cost_before": cost_before} if cost_before else {})},
             **metrics,
+            **({"cost": cost} if cost else {}),
         }
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(out / "model.safetensors"))
@@ -894,7 +917,9 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
         lock.release()
     log(f"[ctrlab] compressed {cfg.model} ({method}): {before:,} -> {summary['parameters']:,} parameters; "
         + ", ".join(f"{r.name} rank {r.rank}" for r in [*reports, *tables]) + "; "
-        + " ".join(f"{s} AUC {m.get('AUC', float('nan')):.5f}" for s, m in metrics.items()) + f" -> {out}")
+        + " ".join(f"{s} AUC {m.get('AUC', float('nan')):.5f}" for s, m in metrics.items())
+        + (f"; 4096-row latency {cost_before['latency_ms_4096_rows']:.3g} -> {cost['latency_ms_4096_rows']:.3g} ms"
+           if cost else "") + f" -> {out}")
     return RunResult(out, summary, [])
 
 

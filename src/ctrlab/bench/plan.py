@@ -135,9 +135,9 @@ option is left out of a run's identity, so adding an option never renames (and r
 recorded before it existed; any other value is part of the identity. Append new options here."""
 
 
-LATER_TOP_LEVEL: dict[str, Any] = {"streaming": False, "stream_block_rows": 1 << 18}
-"""Top-level run options added later (how data is prepared, not what is learned), with their defaults;
-left out of a run's identity at their defaults, like :data:`LATER_OPTIONS`."""
+LATER_TOP_LEVEL: dict[str, Any] = {"streaming": False, "stream_block_rows": 1 << 18, "measure_cost": True}
+"""Top-level run options added later (how data is prepared, or what is measured after training: not what
+is learned), with their defaults; left out of a run's identity at their defaults, like :data:`LATER_OPTIONS`."""
 
 
 def run_key(resolved: dict[str, Any]) -> str:

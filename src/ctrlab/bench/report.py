@@ -4,11 +4,15 @@
 
 writes ``report.html`` (self-contained: tables, inline SVG plots, a few lines of inline script to
 sort tables; no network access needed to open it), ``report.md`` and the plots as SVG files
-beside them. Contents per dataset: a leaderboard (mean ± sample std over seeds, parameters,
-seconds per epoch, training throughput) beside the published BARS numbers for the same split
-(``published/bars.csv``, each row with its source), AUC vs parameters, AUC vs throughput and the
-learning curves; then the tuning studies, the protocol, the selection rule and the environment
-the runs ran in.
+beside them. Contents per dataset: a leaderboard (mean ± sample std over seeds of test AUC,
+logloss, normalized entropy, calibration ratio and ECE; parameters, FLOPs per row, inference
+latency of 1 and 4096 rows, seconds per epoch, training throughput) beside the published BARS
+numbers for the same split (``published/bars.csv``, each row with its source), AUC vs parameters,
+AUC vs throughput, the learning curves and a reliability diagram of the test predictions; then the
+tuning studies, the protocol, the selection rule and the environment the runs ran in.
+
+The calibration and cost numbers are read from each run's metrics.json (the store's ``metrics``
+column): a run recorded before they existed shows "–" in their columns and no reliability line.
 
 Runs are grouped into one leaderboard row when their resolved configs are equal except for the
 seed (and run folder / thread count): a row is one experiment repeated over seeds.
@@ -44,6 +48,12 @@ LEADERBOARD_RULE = ("rows ranked by mean test AUC over seeds; a row is one resol
                     "and Welch's t-test p-value over the seeds (p > 0.05: not distinguishable from the top row "
                     "with these seeds)")
 
+COST_RULE = ("Calibration = mean prediction / observed click rate (1 is calibrated), ECE over 10 bins, NE = "
+             "logloss / the base rate's entropy (below 1 beats predicting the base rate). FLOPs/row counts "
+             "matrix multiplies only (torch's FlopCounterMode: lookups and element-wise operations are not "
+             "counted); latency: the median milliseconds of one predict_proba call after a warm-up, mean over "
+             "seeds.")
+
 
 def load_published() -> dict[str, dict[str, dict[str, Any]]]:
     """Published numbers shipped with ctrlab: split -> model -> {auc, logloss, source}."""
@@ -58,6 +68,7 @@ def load_published() -> dict[str, dict[str, dict[str, Any]]]:
 def _group_key(run: dict[str, Any]) -> str:
     cfg = json.loads(json.dumps(run["config"]))
     cfg.pop("output", None)
+    cfg.pop("measure_cost", None)  # what is measured after training, not the experiment
     trainer = cfg.get("trainer", {})
     for k in ("seed", "num_threads", "progress"):
         trainer.pop(k, None)
@@ -88,6 +99,35 @@ class Row:
     def stat(self, col: str) -> tuple[float, float] | None:
         xs = [r[col] for r in self.runs if r.get(col) is not None]
         return _mean_std(xs) if xs else None
+
+    def metric(self, section: str, name: str) -> tuple[float, float] | None:
+        """Mean ± sample std over the seeds of ``metrics.json[section][name]`` (``("test", "NE")``,
+        ``("cost", "latency_ms_1_row")``); None when no run has it (a run from before it existed)."""
+        xs = [v for r in self.runs if isinstance(v := ((r.get("metrics") or {}).get(section) or {}).get(name),
+                                                     (int, float)) and v == v]
+        return _mean_std(xs) if xs else None
+
+    def reliability(self, split: str = "test") -> tuple[list[float], list[float], list[int]] | None:
+        """The seeds' reliability diagrams of ``split`` pooled bin by bin: per non-empty bin the
+        count-weighted mean prediction and observed click rate over all seeds' rows (what one diagram
+        of their predictions concatenated shows) and the rows; None when no run recorded one."""
+        diagrams = [d for r in self.runs
+                    if isinstance(d := ((r.get("metrics") or {}).get("reliability") or {}).get(split), dict)]
+        if not diagrams:
+            return None
+        bins = len(diagrams[0]["count"])
+        if any(len(d["count"]) != bins for d in diagrams):
+            raise ValueError(f"{self.label}: the seeds' {split} reliability diagrams have different bin counts "
+                             f"{sorted({len(d['count']) for d in diagrams})}; they cannot be pooled")
+        pred, rate, rows = [], [], []
+        for b in range(bins):
+            n = sum(d["count"][b] for d in diagrams if d["count"][b])
+            if not n:
+                continue
+            pred.append(sum(d["count"][b] * d["mean_prediction"][b] for d in diagrams if d["count"][b]) / n)
+            rate.append(sum(d["count"][b] * d["observed_rate"][b] for d in diagrams if d["count"][b]) / n)
+            rows.append(n)
+        return pred, rate, rows
 
     @property
     def seeds(self) -> list[int]:
@@ -174,6 +214,24 @@ def _plots(dataset: str, rows: list[Row]) -> dict[str, str]:
         ax.legend(fontsize=7, ncol=2)
     plots["learning_curves"] = _svg(fig)
     plt.close(fig)
+    curves = [(i, row, d) for i, row in enumerate(rows[:12]) if (d := row.reliability("test")) is not None]
+    if curves:  # runs recorded before metrics.json had "reliability" draw none
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+        top = max(max(max(pred), max(rate)) for _, _, (pred, rate, _) in curves)
+        top = min(1.02, top * 1.05) or 1.0  # rates reach 1: a margin keeps their points inside the frame
+        ax.plot([0, top], [0, top], color="0.6", linestyle=":", linewidth=1, label="perfectly calibrated")
+        for i, row, (pred, rate, _) in curves:
+            ax.plot(pred, rate, marker="o", markersize=3, label=row.label, linewidth=1.2,
+                    linestyle="-" if i < 10 else "--")
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("mean predicted click probability (bin)")
+        ax.set_ylabel("observed click rate (bin)")
+        ax.set_title(f"{dataset}: reliability (test, seeds pooled)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+        plots["reliability"] = _svg(fig)
+        plt.close(fig)
     return plots
 
 
@@ -202,28 +260,39 @@ def table_rows(dataset: str, rows: list[Row], published: dict) -> tuple[list[str
     """(header, cells, note) of one dataset's leaderboard."""
     split, comparable = PUBLISHED_SPLITS.get(dataset, (None, False))
     pub = published.get(split, {}) if split else {}
-    header = ["#", "model", "seeds", "test AUC", "Δ vs #1 (p)", "test logloss", "valid AUC", "epochs", "parameters",
-              "s/epoch", "samples/s"]
+    header = ["#", "model", "seeds", "test AUC", "Δ vs #1 (p)", "test logloss", "test NE", "test calibration",
+              "test ECE", "valid AUC", "epochs", "parameters", "FLOPs/row", "latency 1 row (ms)",
+              "latency 4096 rows (ms)", "s/epoch", "samples/s"]
     if pub:
         header.append(f"BARS {split} AUC / logloss" + ("" if comparable else " (full train, not comparable)"))
     cells = []
     for i, row in enumerate(rows, 1):
         params = row.stat("parameters")
         spe, sps = row.stat("seconds_per_epoch"), row.stat("samples_per_s")
+        flops, ms_1, ms_4096 = (row.metric("cost", k) for k in ("flops_per_row", "latency_ms_1_row",
+                                                                 "latency_ms_4096_rows"))
         c = [str(i), row.label, str(len(row.runs)), _fmt(row.stat("test_auc")), _versus_best(row, rows[0]),
-             _fmt(row.stat("test_logloss")),
+             _fmt(row.stat("test_logloss")), _fmt(row.metric("test", "NE")), _fmt(row.metric("test", "calibration")),
+             _fmt(row.metric("test", "ECE")),
              _fmt(row.stat("valid_auc")), _fmt(row.stat("epochs"), 1), f"{params[0]:,.0f}" if params else "–",
+             f"{flops[0]:,.0f}" if flops else "–", f"{ms_1[0]:.3f}" if ms_1 else "–",
+             f"{ms_4096[0]:.2f}" if ms_4096 else "–",
              f"{spe[0]:.2f}" if spe else "–", f"{sps[0]:,.0f}" if sps else "–"]
         if pub:
             p = pub.get(row.model)
             c.append(f"{p['auc']:.4f} / {p['logloss']:.4f}" if p else "–")
         cells.append(c)
-    note = None
+    notes = []
     if pub:
         sources = sorted({pub[r.model]["source"] for r in rows if r.model in pub})
-        note = (f"Published numbers: {', '.join(sources) or 'none for these models'} (single seed-2021 runs on the "
-                f"{split} split{'' if comparable else '; this dataset trains on a subset of it, so they are shown for orientation only'}).")
-    return header, cells, note
+        notes.append(f"Published numbers: {', '.join(sources) or 'none for these models'} (single seed-2021 runs on the "
+                     f"{split} split{'' if comparable else '; this dataset trains on a subset of it, so they are shown for orientation only'}).")
+    measured = sorted({(c["threads"], c.get("device", "cpu")) for row in rows for r in row.runs
+                       if isinstance(c := (r.get("metrics") or {}).get("cost"), dict) and "threads" in c})
+    if measured:
+        notes.append(COST_RULE + " Measured with " + ", ".join(
+            f"{t} thread{'s' if t != 1 else ''} on {d}" for t, d in measured) + ".")
+    return header, cells, " ".join(notes) or None
 
 
 def _md_table(header: list[str], cells: list[list[str]]) -> str:

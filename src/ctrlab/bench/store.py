@@ -15,7 +15,9 @@ Schema (version 1; created on first open, documented in docs/benchmark.md):
     ``parameters``, ``epochs``, ``best_epoch``, ``train_seconds``, ``seconds_per_epoch``,
     ``samples_per_s`` (mean training throughput over epochs)
     ``valid_auc``, ``valid_logloss``, ``test_auc``, ``test_logloss``
-    ``metrics``      JSON: the run's metrics.json
+    ``metrics``      JSON: the run's metrics.json (the report reads the calibration metrics, ``cost`` and
+                     ``reliability`` from it: no column of their own, so a store written before they
+                     existed opens unchanged and shows them as missing)
     ``error``        the exception of a failed run
 
 ``epochs``: one row per finished epoch of a run, written as the epoch ends (so a crash loses
