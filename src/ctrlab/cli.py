@@ -261,10 +261,13 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .baselines import estimator_defaults, list_estimators
     from .models import default_hparams, list_models
 
     for name in list_models():
         print(name if not args.verbose else f"{name}: {default_hparams(name)}")
+    for name in list_estimators():  # non-torch baselines (docs/baselines.md): train, evaluate, predict, bench
+        print(name if not args.verbose else f"{name} (non-torch baseline): {estimator_defaults(name)}")
     return 0
 
 
@@ -471,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.set_defaults(func=cmd_datasets)
-    m = sub.add_parser("models", help="list registered models")
+    m = sub.add_parser("models", help="list registered models (torch models, then the non-torch baselines)")
     m.add_argument("-v", "--verbose", action="store_true", help="show default hyperparameters")
     m.set_defaults(func=cmd_models)
     return p

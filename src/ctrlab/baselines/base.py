@@ -43,6 +43,8 @@ class TabularEstimator:
     """The registered name (set by :func:`ctrlab.baselines.register_estimator`)."""
     Params: ClassVar[type] = NoParams
     """The hyperparameters: a dataclass whose fields all have defaults and attribute docstrings."""
+    parameters_unit: ClassVar[str] = "parameters"
+    """What :meth:`count_parameters` counts (a GBDT: ``tree nodes``), as metrics.json names it."""
     model_files: ClassVar[tuple[str, ...]] = ()
     """Files :meth:`save` writes into the run folder (besides ``estimator.json``)."""
 

@@ -182,6 +182,7 @@ def _check_rounds(p, where: str) -> None:
 class _GBDT(TabularEstimator):
     """What LightGBM and XGBoost share: the columns, the rounds, ``estimator.json``."""
 
+    parameters_unit = "tree nodes"
     library: str = ""
     package: str = ""
     model_file: str = ""
@@ -271,7 +272,7 @@ class LightGBM(_GBDT):
     features (many-vs-many splits on gradient-sorted categories), early stopping on the validation split."""
 
     Params = LightGBMParams
-    library, package, model_file = "lightgbm", "lightgbm", "lightgbm_model.txt"
+    library, package, model_file = "lightgbm", "lightgbm", "estimator_lightgbm.txt"
     model_files = (model_file,)
 
     def _train_params(self, seed: int) -> dict[str, Any]:
@@ -336,7 +337,7 @@ class XGBoost(_GBDT):
     columns typed ``c`` (partition splits), early stopping on the validation split."""
 
     Params = XGBoostParams
-    library, package, model_file = "xgboost", "xgboost-cpu", "xgboost_model.json"
+    library, package, model_file = "xgboost", "xgboost-cpu", "estimator_xgboost.json"
     model_files = (model_file,)
 
     def _train_params(self, seed: int) -> dict[str, Any]:
