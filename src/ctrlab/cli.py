@@ -41,7 +41,9 @@ def cmd_train(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports
     m = result.metrics
-    print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} epochs, {m['parameters']:,} parameters)")
+    rounds = m.get("estimator")  # a non-torch baseline: boosting rounds and tree nodes
+    print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} {'rounds' if rounds else 'epochs'}, "
+          f"{m['parameters']:,} {rounds['parameters_unit'] if rounds else 'parameters'})")
     for split in ("valid", "test"):
         if split in m:
             print(f"[ctrlab] {split}: {_fmt(m[split])}")
