@@ -188,3 +188,42 @@ def test_the_shipped_lightgbm_search_loads():
     cfg = load_tune_config(Path(__file__).resolve().parents[2] / "benchmarks/plans/tune_lightgbm_frappe.yaml")
     assert cfg.model == "LightGBM" and cfg.trials == 24 and len(cfg.seeds) == 2
     assert np.all([name in cfg.space for name in ("learning_rate", "num_leaves", "min_data_in_leaf")])
+
+
+def test_any_registered_estimator_runs_through_train_and_a_worse_than_base_rate_run_is_flagged(data_dir, tmp_path):
+    """The protocol is not GBDT-specific: an estimator without a Params class (it takes any model_params)
+    that predicts the train click rate everywhere trains, evaluates and predicts as a run; the run checks
+    flag its logloss as no better than the base rate's (it is that constant)."""
+    from ctrlab.baselines import TabularEstimator, register_estimator
+
+    @register_estimator("BaseRateProbe")
+    class BaseRate(TabularEstimator):
+        def fit(self, train, valid, seed, threads, log):
+            self.rate = float(train.y.mean())
+            return {"rounds": 1, "best_round": 1, "history": []}
+
+        def predict_proba(self, split):
+            return np.full(len(split), self.rate)
+
+        def save(self, run_dir):
+            (run_dir / "estimator_rate.json").write_text(json.dumps({"rate": self.rate}))
+
+        @classmethod
+        def load(cls, run_dir, params):
+            est = cls(**params)
+            est.rate = json.loads((run_dir / "estimator_rate.json").read_text())["rate"]
+            return est
+
+        def count_parameters(self):
+            return 1
+
+    out = tmp_path / "rate"
+    res = api.train(dataset=DATASET, model="baserateprobe", model_params={"anything": 1}, output=str(out),
+                    log=lambda *a: None)
+    m = res.metrics
+    assert m["model"] == "BaseRateProbe" and m["model_params"] == {"anything": 1} and m["parameters"] == 1
+    assert m["valid"]["AUC"] == m["test"]["AUC"] == 0.5
+    flagged = [w for w in m["warnings"] if w["code"] == "logloss_above_base_rate"]
+    assert {w["message"].split()[0] for w in flagged} == {"valid", "test"}
+    assert flagged[0]["fix"].startswith("Check the estimator's model_params")  # not the optimiser's fix
+    assert api.evaluate(out) == {"valid": m["valid"], "test": m["test"]}

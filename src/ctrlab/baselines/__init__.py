@@ -60,8 +60,11 @@ def check_estimator_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """``params`` (a run's ``model_params``) checked against the estimator's ``Params``: unknown names
     and wrong types raise a ConfigError naming ``model_params.<key>``; returns defaults + params."""
     from ..config import from_dict, to_dict
+    from .base import NoParams
 
     cls = get_estimator(name)
+    if cls.Params is NoParams:  # an estimator that checks its own hyperparameters
+        return dict(params)
     return to_dict(from_dict(cls.Params, dict(params), where=f"model_params ({cls.name})"))
 
 

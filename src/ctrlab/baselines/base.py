@@ -42,14 +42,19 @@ class TabularEstimator:
     name: ClassVar[str] = ""
     """The registered name (set by :func:`ctrlab.baselines.register_estimator`)."""
     Params: ClassVar[type] = NoParams
-    """The hyperparameters: a dataclass whose fields all have defaults and attribute docstrings."""
+    """The hyperparameters: a dataclass whose fields all have defaults and attribute docstrings. An
+    estimator that leaves it at :class:`NoParams` takes any ``model_params`` and checks them itself."""
     parameters_unit: ClassVar[str] = "parameters"
     """What :meth:`count_parameters` counts (a GBDT: ``tree nodes``), as metrics.json names it."""
+    calibration_fix: ClassVar[str] = ("check the estimator's model_params (ctrlab models -v lists them) and that "
+                                      "the features carry signal")
+    """The fix a run's ``logloss_above_base_rate`` warning gives for this estimator."""
     model_files: ClassVar[tuple[str, ...]] = ()
     """Files :meth:`save` writes into the run folder (besides ``estimator.json``)."""
 
     def __init__(self, **params: Any):
-        self.params = from_dict(self.Params, params, where=f"model_params ({self.name or type(self).__name__})")
+        self.params = (dict(params) if self.Params is NoParams
+                       else from_dict(self.Params, params, where=f"model_params ({self.name or type(self).__name__})"))
         self.monitor: str = "AUC"
         self.on_round: Callable[[dict[str, Any]], None] | None = None
 

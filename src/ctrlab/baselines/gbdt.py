@@ -183,6 +183,9 @@ class _GBDT(TabularEstimator):
     """What LightGBM and XGBoost share: the columns, the rounds, ``estimator.json``."""
 
     parameters_unit = "tree nodes"
+    calibration_fix = ("monitor logloss for early stopping (trainer.monitor=logloss), lower model_params.learning_rate, "
+                       "or regularise the trees more (model_params.min_data_in_leaf / min_child_weight, lambda_l2 / "
+                       "reg_lambda)")
     library: str = ""
     package: str = ""
     model_file: str = ""

@@ -30,7 +30,7 @@ from ..train import metrics as metrics_module
 from ..train.run_checks import (RunWarning, base_rate, high_oov_rate, likely_label_leak, logloss_above_base_rate,
                                 report_warnings)
 from ..train.trainer import parse_monitor
-from . import get_estimator
+from . import check_estimator_params, get_estimator
 from .base import MONITORS, TabularEstimator
 from .tabular import TabularSplit, tabular_split
 
@@ -142,7 +142,8 @@ def fit_run(cfg, data, params: dict[str, Any], run_dir: Path, log: Callable[[str
     report_warnings(warnings, log)
     summary: dict[str, Any] = {
         "dataset": data.config.name, "model": cls.name, "seed": cfg.trainer.seed,
-        "parameters": est.count_parameters(), "model_params": est.param_dict(), "preset": preset,
+        "parameters": est.count_parameters(),
+        "model_params": {**cls.defaults(), **check_estimator_params(cls.name, params)}, "preset": preset,
         "auto_settings": dict(cfg.auto_settings), "epochs": fitted["rounds"], "best_epoch": fitted["best_round"],
         "train_seconds": round(train_seconds, 2),
         "seconds_per_epoch": round(train_seconds / max(fitted["rounds"], 1), 4),
@@ -180,8 +181,7 @@ def _checks(fmap: FeatureMap, data, metrics: Mapping[str, Mapping[str, float]], 
     split_logloss = {s: m["logloss"] for s, m in metrics.items() if "logloss" in m}
     labels = {s: np.asarray(splits[s].arrays["label"][:, 0], dtype=np.float64) for s in split_logloss}
     rate = base_rate(train_labels[:, 0])
-    fix = ("monitor logloss for early stopping (trainer.monitor=logloss), lower model_params.learning_rate, or "
-           "regularise the trees more (model_params.min_data_in_leaf / min_child_weight, lambda_l2 / reg_lambda)")
+    fix = est.calibration_fix[0].upper() + est.calibration_fix[1:]
     out = [RunWarning(w.code, w.message, fix)  # the torch fix names trainer settings: say what changes here
            for w in logloss_above_base_rate(split_logloss, rate, labels, est.monitor == "logloss")]
     cap = getattr(getattr(est, "params", None), "num_boost_round", None)
