@@ -62,7 +62,8 @@ class RunConfig:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of a registered dataset (e.g. ``rows`` and ``seed`` of ``synthetic``)."""
     model: str = "FinalMLP"
-    """A registered model name (``ctrlab models``)."""
+    """A registered model name (``ctrlab models``): a torch model, or a non-torch baseline (``LightGBM``,
+    ``XGBoost``: docs/baselines.md), trained on the same encoded splits into the same kind of run folder."""
     preset: str | None = "auto"
     """Hyperparameter preset: ``auto`` uses the BARS-tuned values for this model on this
     dataset's benchmark family when ctrlab ships them (``configs/presets/<family>/<model>.yaml``)
