@@ -183,9 +183,9 @@ class _GBDT(TabularEstimator):
     """What LightGBM and XGBoost share: the columns, the rounds, ``estimator.json``."""
 
     parameters_unit = "tree nodes"
-    calibration_fix = ("monitor logloss for early stopping (trainer.monitor=logloss), lower model_params.learning_rate, "
-                       "or regularise the trees more (model_params.min_data_in_leaf / min_child_weight, lambda_l2 / "
-                       "reg_lambda)")
+    calibration_fix = ("monitor logloss for early stopping (trainer.monitor=logloss), lower "
+                       "model_params.learning_rate, or regularise the trees more (model_params.min_data_in_leaf / "
+                       "min_child_weight, lambda_l2 / reg_lambda)")
     library: str = ""
     package: str = ""
     model_file: str = ""
@@ -205,7 +205,8 @@ class _GBDT(TabularEstimator):
     def _start(self, train: TabularSplit, valid: TabularSplit | None, threads: int) -> None:
         self.check_monitor()
         if train.y is None:
-            raise DataError(f"{self.name}: the train split has no labels", fix="give the dataset's train file its label column")
+            raise DataError(f"{self.name}: the train split has no labels",
+                            fix="give the dataset's train file its label column")
         if valid is not None and valid.y is None:
             raise DataError(f"{self.name}: the valid split has no labels", fix="give the valid file its label column")
         self.feature_names, self.categorical = list(train.feature_names), list(train.categorical)
@@ -355,8 +356,8 @@ class XGBoost(_GBDT):
     def _matrix(self, split: TabularSplit, with_label: bool = True):
         xgb = self._lib()
         cat = set(self.categorical)
-        return xgb.DMatrix(split.X, label=split.y if with_label else None, feature_names=_safe_names(self.feature_names),
-                           feature_types=["c" if j in cat else "q" for j in range(len(self.feature_names))],
+        return xgb.DMatrix(split.X, label=split.y if with_label else None,
+                           feature_names=_safe_names(self.feature_names), feature_types=["c" if j in cat else "q" for j in range(len(self.feature_names))],
                            enable_categorical=True, nthread=self.threads)
 
     def fit(self, train: TabularSplit, valid: TabularSplit | None, seed: int, threads: int, log) -> dict[str, Any]:
