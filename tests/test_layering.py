@@ -1,4 +1,4 @@
-"""Lower layers never import higher ones: data -> layers -> models -> train / serve -> api/cli."""
+"""Lower layers never import higher ones: data -> layers -> models -> train / serve / baselines -> api/cli."""
 from __future__ import annotations
 
 import ast
@@ -17,6 +17,8 @@ FORBIDDEN = {
     "recipes": {"bench", "serve", "api", "cli"},
     # serving needs the data pipeline and the models, never training, the benchmark or the API layer
     "serve": {"train", "bench", "api", "cli"},
+    # non-torch baselines read the encoded data and the trainer's metrics and checks; the API runs them
+    "baselines": {"recipes", "bench", "serve", "api", "cli"},
 }
 
 

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .baselines import check_estimator_params, get_estimator, is_estimator
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
 from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
@@ -61,7 +62,8 @@ class RunConfig:
     dataset_params: dict[str, Any] = field(default_factory=dict)
     """Parameters of a registered dataset (e.g. ``rows`` and ``seed`` of ``synthetic``)."""
     model: str = "FinalMLP"
-    """A registered model name (``ctrlab models``)."""
+    """A registered model name (``ctrlab models``): a torch model, or a non-torch baseline (``LightGBM``,
+    ``XGBoost``: docs/baselines.md), trained on the same encoded splits into the same kind of run folder."""
     preset: str | None = "auto"
     """Hyperparameter preset: ``auto`` uses the BARS-tuned values for this model on this
     dataset's benchmark family when ctrlab ships them (``configs/presets/<family>/<model>.yaml``)
@@ -187,7 +189,7 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
     preset = cfg.preset
     if preset not in (None, "none"):
         if preset == "auto":
-            name = f"{get_model_class(cfg.model).__name__}.yaml"
+            name = f"{_model_name(cfg.model)}.yaml"
             ref = resources.files("ctrlab") / "configs" / "presets" / _preset_family(Path(cfg.dataset).stem) / name
             if ref.is_file():
                 params = yaml.safe_load(ref.read_text()) or {}
@@ -196,6 +198,9 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
             params = load_yaml(preset)
             source = str(preset)
     params.update(cfg.model_params)
+    if is_estimator(cfg.model):  # a GBDT's (non-torch) hyperparameters: unknown names and types, named
+        check_estimator_params(cfg.model, params)
+        return params, source
     try:
         check_hparams(cfg.model, params)  # unknown names, required ones (no default) not given, types
     except ConfigError:
@@ -203,6 +208,11 @@ def resolve_model_params(cfg: RunConfig) -> tuple[dict[str, Any], str | None]:
     except ValueError as exc:
         raise ConfigError(f"model_params: {exc}") from None
     return params, source
+
+
+def _model_name(name: str) -> str:
+    """The registered spelling of a torch model's or an estimator's (:mod:`ctrlab.baselines`) name."""
+    return get_estimator(name).name if is_estimator(name) else get_model_class(name).__name__
 
 
 def resolved_config(cfg: RunConfig, run_dir: str | Path) -> dict[str, Any]:
@@ -240,7 +250,7 @@ def _distill_settings(cfg: RunConfig):
 def _default_run_dir(cfg: RunConfig) -> Path:
     """A new, unique folder ``runs/<dataset>/<model>-<time>-s<seed>-<6 hex>`` (created atomically)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    base = Path("runs") / Path(cfg.dataset).stem / f"{get_model_class(cfg.model).__name__}-{stamp}-s{cfg.trainer.seed}"
+    base = Path("runs") / Path(cfg.dataset).stem / f"{_model_name(cfg.model)}-{stamp}-s{cfg.trainer.seed}"
     return create_unique_folder(base)
 
 
@@ -290,6 +300,9 @@ def _resume_config(explicit: dict[str, Any], run_dir: Path) -> tuple[RunConfig, 
     if not saved_file.exists():
         raise FileNotFoundError(f"cannot resume: {saved_file} does not exist (pass the run folder as --output)")
     saved = load_run_config(saved_file)
+    if is_estimator(saved.model):
+        raise ConfigError(f"cannot resume {run_dir}: it is a {_model_name(saved.model)} run, which has no checkpoints "
+                          "(boosting is not resumable here); train it again with --overwrite")
     given = {k: v for k, v in explicit.items() if k != "output"}
     requested = load_run_config(_overlay(to_dict(saved), given))
     if get_model_class(requested.model) is not get_model_class(saved.model):
@@ -339,6 +352,8 @@ def _apply_auto(cfg: RunConfig, given: set[str], log) -> RunConfig:
     """``preset: auto`` on a dataset outside the BARS families: the settings
     :func:`ctrlab.train.auto.derive` finds for the training data, except those in ``given``, applied
     to a copy of ``cfg`` (recorded in ``auto_settings``) and logged with their reasons."""
+    if is_estimator(cfg.model):  # the derived settings (batch size, early stopping, ...) are a torch model's
+        return cfg
     family = _preset_family(Path(cfg.dataset).stem)
     preset_params, preset_source = resolve_model_params(cfg)
     if auto_rules.keeps_bars_protocol(family, preset_source is not None, bool(cfg.dataset_params)):
@@ -450,6 +465,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, An
             log(f"[ctrlab] {resume_note}")
     # everything that can be checked without data, before a folder is created or locked
     params, preset_source = resolve_model_params(cfg)
+    if is_estimator(cfg.model):
+        _check_estimator_run(cfg, ctx)
     if cfg.distill:
         _distill_settings(cfg)
         if ctx.active:
@@ -477,6 +494,8 @@ def _train(cfg: RunConfig, resume: bool, overwrite: bool, explicit: dict[str, An
 
     run_dir, lock = _on_rank0(ctx, take_folder) or (Path(cfg.output), None)
     try:
+        if is_estimator(cfg.model):
+            return _fit_estimator(cfg, dcfg, params, preset_source, run_dir, log, callbacks)
         return _fit_and_evaluate(cfg, dcfg, params, preset_source, run_dir, resume, log, callbacks, ctx)
     finally:
         if lock is not None:
@@ -602,6 +621,55 @@ def _measure_cost(model, data: PreparedData, cfg: RunConfig, log) -> dict[str, A
     return measure_run(model, data.splits, data.feature_map, cfg.trainer.num_threads, log)
 
 
+# ---- non-torch baselines (ctrlab.baselines) ----------------------------------------------------------------
+_TORCH_ONLY = ("low_rank", "opt_embed", "distill", "init_output_bias", "small_numeric_init", "linear_warm_start")
+"""Run settings that change a torch model: refused for an estimator."""
+
+
+def _check_estimator_run(cfg: RunConfig, ctx: DistContext) -> None:
+    name = _model_name(cfg.model)
+    given = [k for k in _TORCH_ONLY if getattr(cfg, k)]
+    if given:
+        raise ConfigError(f"{given} {'is a setting' if len(given) == 1 else 'are settings'} of torch models; "
+                          f"{name} is a non-torch baseline (ctrlab.baselines): remove {given[0]}")
+    if ctx.active:
+        raise ConfigError(f"{name} trains in one process (its library's own threads: trainer.num_threads); "
+                          "run it without torchrun")
+
+
+def _fit_estimator(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any], preset_source: str | None,
+                   run_dir: Path, log, callbacks) -> RunResult:
+    """A run of a non-torch estimator (:func:`ctrlab.baselines.run.fit_run`) on the same encoded splits
+    (cache) a torch run of the dataset reads; ``callbacks`` are called after every boosting round."""
+    from .baselines.run import fit_run
+
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows)
+    summary, history = fit_run(cfg, data, params, run_dir, log, callbacks, preset_source)
+    return RunResult(run_dir, summary, history)
+
+
+def _is_estimator_run(run_dir: Path) -> bool:
+    """Whether ``run_dir``'s run_config.yaml names a non-torch estimator."""
+    saved = run_dir / "run_config.yaml"
+    return saved.is_file() and is_estimator((yaml.safe_load(saved.read_text()) or {}).get("model"))
+
+
+def _estimator_run(run_dir: Path):
+    """(estimator, feature map, dataset config, run config) of a finished estimator run, or None when
+    ``run_dir`` holds a torch run."""
+    from .baselines.run import load_estimator
+    from .data.schema import load_dataset_config
+
+    if not _is_estimator_run(run_dir):
+        return None
+    cfg = load_run_config(run_dir / "run_config.yaml")
+    est = load_estimator(run_dir, cfg.model, cfg.model_params, cfg.trainer.num_threads)
+    fmap = FeatureMap.load(run_dir / "feature_map.json")
+    dcfg = load_dataset_config(json.loads((run_dir / "dataset_config.json").read_text()))
+    return est, fmap, dcfg, cfg
+
+
 def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, log):
     """(the teacher-student pair the trainer trains, the ``distill`` record for metrics.json) of a run
     with ``distill`` (:mod:`ctrlab.recipes.distill`). The teacher is built, and warm-started as the run
@@ -725,6 +793,9 @@ def _apply_opt_embed(model, cfg: RunConfig, ctx: DistContext = SINGLE) -> dict:
 
 def _build(model: str, fmap: FeatureMap, params: dict[str, Any]):
     """``create`` with an error that names the model and its hyperparameters when they do not fit."""
+    if is_estimator(model):
+        raise ConfigError(f"{_model_name(model)} is a non-torch baseline (ctrlab.baselines): this recipe needs a "
+                          "torch model (see ctrlab models)")
     try:
         return create(model, fmap, **params)
     except (TypeError, ValueError) as exc:
@@ -740,6 +811,9 @@ def load_run(run_dir: str | Path):
     from .serve.artifact import load_trained_run
 
     run_dir = Path(run_dir)
+    if not (run_dir / "model.safetensors").exists() and _is_estimator_run(run_dir):
+        raise ConfigError(f"{run_dir} is a run of a non-torch baseline (ctrlab.baselines), not of a torch model: "
+                          "ctrlab evaluate and ctrlab predict take it; the torch recipes and export do not")
     if not (run_dir / "model.safetensors").exists():
         raise FileNotFoundError(f"{run_dir} is not a finished ctrlab run (no model.safetensors)")
     model, fmap, dcfg, _, _ = load_trained_run(run_dir)
@@ -748,6 +822,14 @@ def load_run(run_dir: str | Path):
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
     """Re-evaluate a finished run on its dataset's splits, encoded with the run's feature map."""
+    baseline = _estimator_run(Path(run_dir))
+    if baseline is not None:
+        from .baselines.run import evaluate_split
+
+        est, fmap, dcfg, cfg = baseline
+        data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
+                       block_rows=cfg.stream_block_rows, feature_map=fmap)
+        return {s: evaluate_split(est, fmap, data.splits[s], cfg.trainer.metrics) for s in splits if s in data.splits}
     model, fmap, dcfg, cfg = load_run(run_dir)
     # the run's own feature map, as predict uses it: never one re-fitted on today's train file
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
@@ -777,13 +859,21 @@ def predict(
     """
     from .data.predict_io import read_with_kept, warn_unseen, write_scores
 
-    model, fmap, dcfg, cfg = load_run(run_dir)
+    baseline = _estimator_run(Path(run_dir))
+    model, fmap, dcfg, cfg = (None, *baseline[1:]) if baseline is not None else load_run(run_dir)
     if input_format:
         dcfg.format = input_format
     cols = list(dict.fromkeys(column_of(f) for f in read_features(dcfg.features)))  # crosses are derived
     df, keep = read_with_kept(dcfg, Path(input_path), cols, keep_columns)
     enc = encode_frame(df, fmap, Path(input_path), with_labels=False)
     warn_unseen(fmap, df, enc.arrays, Path(input_path), log)
+    if baseline is not None:
+        from .baselines.run import predict_encoded
+
+        probs = predict_encoded(baseline[0], fmap, enc)
+        if output_path is not None:
+            write_scores(df.select(keep), probs, Path(output_path), None)
+        return probs
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     loader = BatchLoader(enc, batch_size, shuffle=False)
     tasks = trainer.predict_tasks(loader) if trainer.task_names else None

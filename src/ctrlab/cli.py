@@ -41,7 +41,9 @@ def cmd_train(args) -> int:
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # rank 0 reports
     m = result.metrics
-    print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} epochs, {m['parameters']:,} parameters)")
+    rounds = m.get("estimator")  # a non-torch baseline: boosting rounds and tree nodes
+    print(f"[ctrlab] {m['model']} on {m['dataset']} (seed {m['seed']}, {m['epochs']} {'rounds' if rounds else 'epochs'}, "
+          f"{m['parameters']:,} {rounds['parameters_unit'] if rounds else 'parameters'})")
     for split in ("valid", "test"):
         if split in m:
             print(f"[ctrlab] {split}: {_fmt(m[split])}")
@@ -261,10 +263,13 @@ def cmd_datasets(args) -> int:
 
 
 def cmd_models(args) -> int:
+    from .baselines import estimator_defaults, list_estimators
     from .models import default_hparams, list_models
 
     for name in list_models():
         print(name if not args.verbose else f"{name}: {default_hparams(name)}")
+    for name in list_estimators():  # non-torch baselines (docs/baselines.md): train, evaluate, predict, bench
+        print(name if not args.verbose else f"{name} (non-torch baseline): {estimator_defaults(name)}")
     return 0
 
 
@@ -471,7 +476,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("datasets", help="list registered datasets")
     d.set_defaults(func=cmd_datasets)
-    m = sub.add_parser("models", help="list registered models")
+    m = sub.add_parser("models", help="list registered models (torch models, then the non-torch baselines)")
     m.add_argument("-v", "--verbose", action="store_true", help="show default hyperparameters")
     m.set_defaults(func=cmd_models)
     return p

@@ -314,7 +314,17 @@ def pages() -> list[Page]:
                 "Settings of the OptEmbed recipe: `options={...}` of `ctrlab.api.opt_embed`, or the flags "
                 "`--alpha`, `--threshold-lr`, `--supernet-epochs`, `--search-rounds`, `--search-rows`."),
     ])
-    return [training, serving, benchmark, efficiency]
+    from .baselines.gbdt import LightGBMParams, XGBoostParams
+
+    baselines = Page("docs/baselines.md", "Baselines", [
+        Section(LightGBMParams, "LightGBM (`model: LightGBM`)", "options-lightgbm",
+                "Hyperparameters of the LightGBM baseline: keys under `model_params:`, on the command line "
+                "`--set model_params.KEY=VALUE`.", prefix="model_params."),
+        Section(XGBoostParams, "XGBoost (`model: XGBoost`)", "options-xgboost",
+                "Hyperparameters of the XGBoost baseline: keys under `model_params:`, on the command line "
+                "`--set model_params.KEY=VALUE`.", prefix="model_params."),
+    ])
+    return [training, serving, benchmark, efficiency, baselines]
 
 
 def documented_classes() -> list[type]:

@@ -33,6 +33,9 @@ RUN_FILES = ("run_config.yaml", "dataset_config.json", "feature_map.json", "mode
 """What a training run writes into its folder (``checkpoints`` is a folder; so is ``search``, the
 search phase of an OptInter run, :mod:`ctrlab.recipes.opt_inter`, and ``teacher``, the teacher of a
 distilled run, :mod:`ctrlab.recipes.distill`)."""
+ESTIMATOR_PREFIX = "estimator"
+"""A non-torch estimator's run (:mod:`ctrlab.baselines`) writes its model as files named ``estimator*``
+(``estimator.json`` and the library's model file) in place of ``model.safetensors``."""
 FINISHED_FILES = ("model.safetensors", "metrics.json", "history.json")
 """The files that mark a run as finished: cleared first, written last."""
 
@@ -139,7 +142,8 @@ def _refuse_foreign(run_dir: Path) -> list[Path]:
     entries = sorted(p for p in run_dir.iterdir() if p.name != LOCK_NAME)
     # export's default folders (RUN/export-onnx) hold the old run's weights: they go with it
     unknown = [p.name for p in entries
-               if p.name not in RUN_FILES and not (p.name.startswith("export-") and _is_artifact(p))]
+               if p.name not in RUN_FILES and not p.name.startswith(ESTIMATOR_PREFIX)
+               and not (p.name.startswith("export-") and _is_artifact(p))]
     if unknown:
         raise RunFolderError(
             f"{run_dir} is not empty and not a ctrlab run folder (it holds {unknown[:5]}); ctrlab never writes into "
@@ -153,7 +157,7 @@ def _refuse_or_clear(run_dir: Path, overwrite: bool, log) -> None:
         return
     has_weights = any((run_dir / n).exists() for n in FINISHED_FILES) or any((run_dir / "checkpoints").glob("*"))
     if has_weights and not overwrite:
-        finished = (run_dir / "model.safetensors").exists()
+        finished = (run_dir / "model.safetensors").exists() or (run_dir / "metrics.json").exists()
         raise RunFolderError(
             f"{run_dir} already holds a {'finished' if finished else 'partly trained'} ctrlab run; pass --resume "
             "to continue it, --overwrite to delete it and train anew, or choose another --output")

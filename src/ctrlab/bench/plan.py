@@ -156,10 +156,11 @@ def make_job(plan: str, runs_dir: str, dataset: str, model: str, seed: int, prot
              dataset_params: dict[str, Any] | None = None, threads: int = 1) -> Job:
     """One run: its config, resolved config (presets merged), identity and run folder."""
     from ..api import load_run_config, resolved_config
+    from ..baselines import get_estimator, is_estimator
     from ..models import get_model_class
 
     hset = hparam_set or HparamSet()
-    name = get_model_class(model).__name__
+    name = get_estimator(model).name if is_estimator(model) else get_model_class(model).__name__
     folder = name if hset.name == "preset" else f"{name}-{hset.name}"
     run_dir = str(Path(runs_dir) / Path(dataset).stem / protocol / f"{folder}-s{seed}")
     trainer = {**PROTOCOLS[protocol], **(trainer or {}), "seed": seed, "num_threads": threads, "progress": False}

@@ -93,10 +93,19 @@ def _finished_run_folder(job: Job) -> tuple[bool, bool]:
         return False, False
     if (out / "metrics.json").is_file() and (out / "history.json").is_file():
         # the config does not see a change of the model's code: a different parameter count does
+        from ..baselines import is_estimator
         from ..data.feature_map import FeatureMap
         from ..models import create
 
-        built = create(job.model, FeatureMap.load(out / "feature_map.json"), **job.resolved["model_params"])
+        if is_estimator(job.model):  # a GBDT's saved trees, read back and counted (a damaged model: retrain)
+            from ..baselines.run import load_estimator
+
+            try:
+                built = load_estimator(out, job.model, job.resolved["model_params"])
+            except (OSError, ValueError):
+                return False, False
+        else:
+            built = create(job.model, FeatureMap.load(out / "feature_map.json"), **job.resolved["model_params"])
         if built.count_parameters() == json.loads((out / "metrics.json").read_text())["parameters"]:
             return True, False
         return False, False

@@ -15,7 +15,8 @@
       mlp1_hidden_units: {type: categorical, choices: [[400], [400, 400]]}
 
 Sampler: TPE (seeded). Pruner: median of the earlier trials' validation AUC at the same epoch,
-reported after every epoch of a trial's first seed. Selection rule (printed): the best trial is
+reported after every epoch of a trial's first seed (for a GBDT baseline, :mod:`ctrlab.baselines`:
+after every boosting round, so ``pruner.n_warmup_steps`` counts rounds). Selection rule (printed): the best trial is
 the completed one with the highest mean validation AUC over its seeds; test AUC is reported
 but never used to choose.
 
@@ -121,13 +122,17 @@ def load_tune_config(source: str | Path | dict, **overrides: Any) -> TuneConfig:
         raise ConfigError(f"{where}: give a budget: trials and/or minutes")
     if cfg.protocol not in PROTOCOLS:
         raise ConfigError(f"{where}: protocol {cfg.protocol!r} unknown; known: {sorted(PROTOCOLS)}")
+    from ..baselines import estimator_defaults, is_estimator
     from ..models import hyperparameters
 
-    model = hyperparameters(cfg.model)
-    allowed = model.names
+    if is_estimator(cfg.model):  # a GBDT: its Params (docs/baselines.md)
+        allowed, open_ = sorted(estimator_defaults(cfg.model)), False
+    else:
+        model = hyperparameters(cfg.model)
+        allowed, open_ = model.names, model.open
     for name, spec in cfg.space.items():
         w = f"{where}: space.{name}"
-        if name not in allowed and not model.open:
+        if name not in allowed and not open_:
             raise ConfigError(f"{w}: {cfg.model} has no hyperparameter {name!r}; allowed: {allowed}")
         if spec.type == "categorical":
             if not spec.choices:

@@ -167,6 +167,14 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _estimator_name(run_dir: Path) -> str:
+    """The estimator a baseline run folder's ``estimator.json`` names (:mod:`ctrlab.baselines`)."""
+    try:
+        return str(json.loads((run_dir / "estimator.json").read_text()).get("estimator"))
+    except (OSError, ValueError, AttributeError):
+        return "estimator.json"
+
+
 def load_trained_run(run_dir: Path):
     """(model with its weights, feature map, dataset config, run config dict, metrics) of a finished
     run folder (``ctrlab.load_run`` and export both read runs through it)."""
@@ -174,6 +182,10 @@ def load_trained_run(run_dir: Path):
 
     from ..models import create
 
+    if (run_dir / "estimator.json").is_file() and not (run_dir / "model.safetensors").exists():
+        raise ArtifactError(f"{run_dir} is a run of a non-torch baseline ({_estimator_name(run_dir)}): only torch "
+                            "models are exported and served here (ONNX / TorchScript); score files with "
+                            f"ctrlab predict {run_dir} FILE")
     missing = [n for n in ("run_config.yaml", "feature_map.json", "dataset_config.json", "model.safetensors")
                if not (run_dir / n).exists()]
     if missing:
@@ -534,6 +546,9 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
     """
     path = Path(path)
     if not (path / "manifest.json").exists():
+        if (path / "estimator.json").is_file():
+            raise ArtifactError(f"{path} is a run of a non-torch baseline ({_estimator_name(path)}), which is not "
+                                f"exported or served here; score files with ctrlab predict {path} FILE")
         raise ArtifactError(f"{path} is not a ctrlab artifact (no manifest.json); create one with ctrlab export RUN")
     manifest_file = path / "manifest.json"
     real, size = _artifact_file(path, "manifest.json", MAX_MANIFEST_BYTES)
