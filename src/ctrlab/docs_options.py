@@ -314,7 +314,14 @@ def pages() -> list[Page]:
                 "Settings of the OptEmbed recipe: `options={...}` of `ctrlab.api.opt_embed`, or the flags "
                 "`--alpha`, `--threshold-lr`, `--supernet-epochs`, `--search-rounds`, `--search-rows`."),
     ])
-    return [training, serving, benchmark, efficiency]
+    from .baselines.tabdpt import TabDPTParams
+
+    tabdpt = Page("docs/tabdpt.md", "TabDPT", [
+        Section(TabDPTParams, "TabDPT `model_params`", "options-tabdpt",
+                "Keys of `model_params` for `model: TabDPT`; the package's own options keep the package's "
+                "defaults."),
+    ])
+    return [training, serving, benchmark, efficiency, tabdpt]
 
 
 def documented_classes() -> list[type]:
