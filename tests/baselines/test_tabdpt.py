@@ -310,3 +310,7 @@ def test_single_class_training_split_is_refused(checkpoint, criteo):
                         categorical=train.categorical, group=None)
     with pytest.raises(ValueError, match="both 0 and 1"):
         _fit(weights, ones)
+    soft = TabularSplit(X=train.X, y=train.y * 0.5, feature_names=train.feature_names,
+                        categorical=train.categorical, group=None)
+    with pytest.raises(ValueError, match=r"got the values \[0.0, 0.5\]"):
+        _fit(weights, soft)

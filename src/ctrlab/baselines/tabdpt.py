@@ -285,10 +285,11 @@ class TabDPT:
         cfg = checkpoint_config(self._weights)
         if train.y is None:
             raise ValueError("TabDPT: the training split has no labels; the context needs labelled rows")
+        labels = np.unique(np.asarray(train.y, dtype=np.float64))
+        if not set(labels.tolist()) <= {0.0, 1.0} or len(labels) < 2:
+            raise ValueError(f"TabDPT: the training labels must hold both 0 and 1 (and nothing else), got the "
+                             f"values {labels.tolist()[:10]}")
         y = np.asarray(train.y).astype(np.int64).ravel()
-        labels = np.unique(y)
-        if not set(labels.tolist()) <= {0, 1} or len(labels) < 2:
-            raise ValueError(f"TabDPT: the training labels must hold both 0 and 1, got the values {labels.tolist()}")
         X = np.asarray(train.X, dtype=np.float32)
         self._feature_names = list(train.feature_names)
         self._categorical = [int(j) for j in train.categorical]
