@@ -294,8 +294,16 @@ def test_weights_from_env_or_the_local_hf_cache(checkpoint, tmp_path, monkeypatc
     assert resolve_weights(None) == (snap / name).resolve()
 
 
+def test_registered_with_its_params():
+    from ctrlab.baselines import check_estimator_params, get_estimator, is_estimator
+
+    assert is_estimator("TabDPT") and get_estimator("tabdpt") is TabDPT
+    params = check_estimator_params("TabDPT", {"max_context_rows": 512})
+    assert params["max_context_rows"] == 512 and params["n_ensembles"] == 8 and params["weights"] is None
+
+
 def test_bad_params_are_named():
-    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['n_estimators'\].*max_context_rows"):
+    with pytest.raises(ConfigError, match=r"model_params \(TabDPT\): unknown key\(s\) \['n_estimators'\]"):
         TabDPT(n_estimators=3)
     with pytest.raises(ConfigError, match="categorical_encoding.*'onehot'"):
         TabDPT(categorical_encoding="onehot")

@@ -28,15 +28,14 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import Any, Callable, Literal
 
 import numpy as np
 
-from ..config import ConfigError, from_dict
+from ..config import ConfigError
 from . import register_estimator
-
-if TYPE_CHECKING:  # pragma: no cover
-    from .tabular import TabularSplit
+from .base import TabularEstimator
+from .tabular import TabularSplit
 
 WEIGHTS_ENV = "CTRLAB_TABDPT_WEIGHTS"
 """Environment variable holding the local path of the TabDPT checkpoint."""
@@ -230,13 +229,15 @@ def _torch_threads(threads: int | None):
 
 # ---- the estimator -------------------------------------------------------------------------------
 @register_estimator("TabDPT")
-class TabDPT:
-    """The ``tabdpt`` package's ``TabDPTClassifier`` on a stored, stratified context of training rows."""
+class TabDPT(TabularEstimator):
+    """The ``tabdpt`` package's ``TabDPTClassifier`` on a stored, stratified context of training rows.
+    Nothing is trained, so there are no rounds: ``monitor`` and ``on_round`` are ignored."""
 
-    name = "TabDPT"
+    Params = TabDPTParams
+    model_files = (CONTEXT_FILE, STATE_FILE)
 
     def __init__(self, **params):
-        self.params = from_dict(TabDPTParams, params, where="model_params")
+        super().__init__(**params)
         self._clf = None
         self._weights: Path | None = None
         self._context_X: np.ndarray | None = None
