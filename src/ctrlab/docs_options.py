@@ -324,7 +324,14 @@ def pages() -> list[Page]:
                 "Hyperparameters of the XGBoost baseline: keys under `model_params:`, on the command line "
                 "`--set model_params.KEY=VALUE`.", prefix="model_params."),
     ])
-    return [training, serving, benchmark, efficiency, baselines]
+    from .baselines.tabdpt import TabDPTParams
+
+    tabdpt = Page("docs/tabdpt.md", "TabDPT", [
+        Section(TabDPTParams, "TabDPT `model_params`", "options-tabdpt",
+                "Keys of `model_params` for `model: TabDPT`; the package's own options keep the package's "
+                "defaults."),
+    ])
+    return [training, serving, benchmark, efficiency, baselines, tabdpt]
 
 
 def documented_classes() -> list[type]:

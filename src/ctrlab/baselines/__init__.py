@@ -69,6 +69,7 @@ def check_estimator_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 
 from . import gbdt  # noqa: E402,F401  (registers LightGBM and XGBoost)
+from . import tabdpt  # noqa: E402,F401  (registers TabDPT)
 
 __all__ = ["TabularEstimator", "TabularSplit", "check_estimator_params", "estimator_defaults", "get_estimator",
            "is_estimator", "list_estimators", "register_estimator", "tabular_split"]
