@@ -322,3 +322,24 @@ def test_single_class_training_split_is_refused(checkpoint, criteo):
                         categorical=train.categorical, group=None)
     with pytest.raises(ValueError, match=r"got the values \[0.0, 0.5\]"):
         _fit(weights, soft)
+
+
+def test_a_whole_run_through_ctrlab_train_evaluate_and_predict(checkpoint, data_dir, tmp_path):
+    """`ctrlab train --model TabDPT` on criteo_head10k's encoded splits with the tiny random checkpoint:
+    the run folder holds metrics.json of the common schema, and evaluate / predict on the saved run
+    reproduce the test numbers (the context was stored, the weights were not)."""
+    import json
+
+    from ctrlab import api
+
+    out = tmp_path / "tabdpt-run"
+    res = api.train(dataset="criteo_head10k", model="TabDPT", output=str(out), log=lambda *a: None,
+                    model_params={"weights": str(checkpoint[0]), "max_context_rows": 256, "n_ensembles": 1,
+                                  "device": "cpu"})
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["model"] == "TabDPT" and saved["parameters"] == checkpoint[1]
+    assert {"AUC", "logloss"} <= set(saved["test"]) and 0.0 <= saved["test"]["AUC"] <= 1.0
+    assert (out / "estimator_tabdpt_context.npz").is_file() and not list(out.glob("*.safetensors"))
+    again = api.evaluate(out)
+    assert again["test"]["AUC"] == pytest.approx(res.metrics["test"]["AUC"], abs=1e-9)
+    assert again["test"]["logloss"] == pytest.approx(res.metrics["test"]["logloss"], rel=1e-6)
