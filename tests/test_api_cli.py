@@ -40,6 +40,20 @@ def test_run_folder_contents(trained):
     # Even 2 epochs on real Frappe give a model far better than chance.
     assert 0.85 < m["test"]["AUC"] <= 1.0
     assert 0.0 < m["test"]["logloss"] < 1.0  # finite; BN running stats lag after only 2 short epochs
+    # issue 19: the final set (no group_field on Frappe: no group metrics) and the reliability diagram
+    # of the split's predictions
+    from ctrlab.data.pipeline import prepare
+    from ctrlab.train import Trainer
+    from ctrlab.train.metrics import evaluate_metrics, reliability
+
+    model, _, dset, cfg = api.load_run(trained)
+    data = prepare(dset, log=lambda *a: None)
+    for split in ("valid", "test"):
+        assert list(m[split]) == ["AUC", "logloss", "NE", "calibration", "ECE"]
+        probs = Trainer(model, cfg.trainer, trained).predict(cfg.trainer.make_eval_loader(data.splits[split]))
+        y = data.splits[split].arrays["label"][:, 0]
+        assert m["reliability"][split] == reliability(y, probs)  # the same batches: the same floats
+        assert m[split] == evaluate_metrics(y, probs, list(m[split]))
     # The BARS preset was applied (fs context fields from the Frappe_x1 tuned config).
     cfg = (trained / "run_config.yaml").read_text()
     assert "fs1_context" in cfg and "user" in cfg
@@ -50,8 +64,12 @@ def test_evaluate_reproduces_metrics(trained, capsys):
     again = api.evaluate(trained)
     assert again["test"]["AUC"] == pytest.approx(m["test"]["AUC"], abs=1e-9)
     assert again["test"]["logloss"] == pytest.approx(m["test"]["logloss"], abs=1e-9)
-    assert main(["evaluate", str(trained)]) == 0
-    assert "test: AUC=" in capsys.readouterr().out
+    assert again["test"] == pytest.approx(m["test"], abs=1e-9)
+    assert main(["evaluate", str(trained), "--json"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[1].split() == ["metric", "valid", "test"] and out[2].split()[0] == "AUC"
+    assert float(out[2].split()[2]) == pytest.approx(m["test"]["AUC"], abs=1e-6)
+    assert json.loads(out[-1])["test"] == pytest.approx(m["test"], abs=1e-9)
 
 
 def test_predict_raw_file_matches_evaluation(trained, tmp_path):

@@ -11,7 +11,7 @@ A run folder holds everything needed to evaluate, predict or resume::
     dataset_config.json    how raw files are parsed
     feature_map.json       fitted vocabularies / statistics (the one preprocessing artefact)
     model.safetensors      best weights (restored after early stopping)
-    metrics.json           validation and test metrics, parameters, timing
+    metrics.json           validation and test metrics (the final set: calibration, group metrics), reliability, parameters, timing
     train.log, checkpoints/  per-epoch log and resumable checkpoints
     linear_warm_start.json what the first-order fit chose, with ``linear_warm_start``
     .ctrlab.lock           held by the process training in the folder (see :mod:`ctrlab.run_folder`)
@@ -558,10 +558,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     t0 = time.time()
     history = trainer.fit(loaders["train"], loaders.get("valid"), resume=resume)  # damaged checkpoint: CheckpointError
     train_seconds = time.time() - t0
-    metrics: dict[str, Any] = {}
-    for split in ("valid", "test"):
-        if split in loaders:
-            metrics[split] = trainer.evaluate(loaders[split], split=split)
+    metrics, curves = _final_evaluation(trainer, loaders)
     run_warnings = []  # checks that catch a bad run (docs/training.md, "Warnings"); rank 0 reports
     if ctx.is_main:
         run_warnings = run_checks(fmap=data.feature_map, splits=data.splits, metrics=metrics, history=history,
@@ -573,8 +570,8 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     cost = _measure_cost(served, data, cfg, log) if ctx.is_main and cfg.measure_cost else None
     if distill_info:  # the teacher as of the student's best epoch (the pair's restored checkpoint)
         teacher_trainer = Trainer(model.teacher, cfg.trainer, run_dir / distill_info["teacher_run"])
-        distill_info.update({split: teacher_trainer.evaluate(loaders[split], split=split)
-                             for split in ("valid", "test") if split in loaders})
+        teacher_metrics, teacher_curves = _final_evaluation(teacher_trainer, loaders)
+        distill_info.update(teacher_metrics)
         log("[ctrlab] distill: teacher " + distill_info["teacher"] + "".join(
             f"; {s} AUC {distill_info[s].get('AUC', float('nan')):.5f}" for s in ("valid", "test") if s in distill_info)
             + " | student " + get_model_class(cfg.model).__name__ + "".join(
@@ -599,13 +596,14 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         **({"world_size": ctx.world_size} if ctx.active else {}),
         **metrics,
         **({"cost": cost} if cost is not None else {}),
+        "reliability": curves,
         "warnings": [w.to_dict() for w in run_warnings],
     }
     if ctx.is_main:
         from safetensors.torch import save_file
 
         if distill_info:  # before the student's finished files, which are written last
-            _write_teacher_run(cfg, dcfg, data.feature_map, model.teacher, distill_info, run_dir)
+            _write_teacher_run(cfg, dcfg, data.feature_map, model.teacher, distill_info, run_dir, teacher_curves)
         save_file({k: v.detach().cpu().contiguous() for k, v in served.state_dict().items()},
                   str(run_dir / "model.safetensors"))
         (run_dir / "metrics.json").write_text(json.dumps(summary, indent=1))
@@ -670,6 +668,17 @@ def _estimator_run(run_dir: Path):
     return est, fmap, dcfg, cfg
 
 
+def _final_evaluation(trainer: Trainer, loaders: dict[str, BatchLoader]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``({split: metrics}, {split: reliability})`` of the valid and test splits: every run's final
+    metric set (:func:`~ctrlab.train.metrics.final_metric_names`), one inference pass per split."""
+    metrics: dict[str, Any] = {}
+    curves: dict[str, Any] = {}
+    for split in ("valid", "test"):
+        if split in loaders:
+            metrics[split], curves[split] = trainer.evaluate_final(loaders[split], split=split)
+    return metrics, curves
+
+
 def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, log):
     """(the teacher-student pair the trainer trains, the ``distill`` record for metrics.json) of a run
     with ``distill`` (:mod:`ctrlab.recipes.distill`). The teacher is built, and warm-started as the run
@@ -699,7 +708,7 @@ def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, l
 
 
 def _write_teacher_run(cfg: RunConfig, dcfg: DatasetConfig, fmap: FeatureMap, teacher, info: dict[str, Any],
-                       run_dir: Path) -> None:
+                       run_dir: Path, curves: dict[str, Any]) -> None:
     """The teacher of a distilled run as a run folder of its own (``RUN/teacher``): evaluate, predict and
     export take it as any run."""
     from safetensors.torch import save_file
@@ -718,7 +727,8 @@ def _write_teacher_run(cfg: RunConfig, dcfg: DatasetConfig, fmap: FeatureMap, te
     (folder / "metrics.json").write_text(json.dumps(
         {"dataset": dcfg.name, "model": info["teacher"], "seed": info["teacher_seed"],
          "parameters": info["teacher_parameters"], "model_params": info["teacher_params"],
-         "distilled_into": str(run_dir), **{s: info[s] for s in ("valid", "test") if s in info}}, indent=1))
+         "distilled_into": str(run_dir), **{s: info[s] for s in ("valid", "test") if s in info},
+         "reliability": curves}, indent=1))
 
 
 def _linear_warm_start(model, data: PreparedData, tcfg: TrainerConfig, log):
@@ -821,7 +831,10 @@ def load_run(run_dir: str | Path):
 
 
 def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
-    """Re-evaluate a finished run on its dataset's splits, encoded with the run's feature map."""
+    """Re-evaluate a finished run on its dataset's splits, encoded with the run's feature map:
+    ``{split: metrics}`` with every run's final metric set (:func:`~ctrlab.train.metrics.final_metric_names`:
+    the run's ``trainer.metrics``, NE, calibration, ECE, and the group metrics when the dataset has a
+    ``group_field``)."""
     baseline = _estimator_run(Path(run_dir))
     if baseline is not None:
         from .baselines.run import evaluate_split
@@ -836,7 +849,7 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
                    block_rows=cfg.stream_block_rows, feature_map=fmap)
     trainer = Trainer(model, cfg.trainer, Path(run_dir))
     loaders = _loaders(data, cfg.trainer)
-    return {s: trainer.evaluate(loaders[s], split=s) for s in splits if s in loaders}
+    return {s: trainer.evaluate_final(loaders[s], split=s)[0] for s in splits if s in loaders}
 
 
 def predict(
@@ -981,7 +994,7 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
                      "valid_before": trainer.start_metric}
         else:
             trainer = Trainer(model, cfg.trainer, out)
-        metrics = {s: trainer.evaluate(loaders[s], split=s) for s in ("valid", "test") if s in loaders}
+        metrics, curves = _final_evaluation(trainer, loaders)
         cost, cost_before = {}, {}
         if cfg.measure_cost:  # the source model measured beside it, in this process: the latency gained
             cost = _measure_cost(model, data, cfg, log)
@@ -998,6 +1011,7 @@ def compress(run_dir: str | Path, output: str | Path, method: str = "afm", rank:
                             **({"cost_before": cost_before} if cost_before else {})},
             **metrics,
             **({"cost": cost} if cost else {}),
+            "reliability": curves,
         }
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
                   str(out / "model.safetensors"))

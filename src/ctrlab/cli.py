@@ -55,12 +55,46 @@ def cmd_train(args) -> int:
     return 0
 
 
+_METRIC_NOTES = {
+    "AUC": "ROC AUC (higher is better)",
+    "logloss": "binary cross-entropy (lower is better)",
+    "NE": "normalized entropy: logloss / logloss of the base rate (< 1 beats it)",
+    "calibration": "mean prediction / observed positive rate (1 = calibrated)",
+    "ECE": "expected calibration error, 10 bins (lower is better)",
+    "gAUC": "AUC per group, weighted by group size",
+    "gAUC_mean": "AUC per group, plain mean over groups",
+    "MRR": "mean reciprocal rank of a group's best-ranked positive",
+    "nDCG@5": "nDCG of the top 5 per group",
+    "nDCG@10": "nDCG of the top 10 per group",
+}
+
+
+def metrics_table(res: dict[str, dict[str, float]]) -> str:
+    """``{split: {metric: value}}`` as a text table: a row per metric, a column per split, then what
+    the metric means (a multi-task model's ``<task>_<metric>`` rows after the main task's)."""
+    from .train.metrics import task_metric
+
+    splits = list(res)
+    names = list(dict.fromkeys(k for m in res.values() for k in m))
+    width = max([len("metric"), *map(len, names)])
+    lines = [f"{'metric':<{width}}  " + "  ".join(f"{s:>10}" for s in splits)]
+    for name in names:
+        cells = "  ".join(f"{res[s][name]:>10.6f}" if isinstance(res[s].get(name), float) else f"{'-':>10}"
+                          for s in splits)
+        try:
+            note = _METRIC_NOTES.get(task_metric(name)[1], "")
+        except ValueError:
+            note = ""
+        lines.append(f"{name:<{width}}  {cells}  {note}".rstrip())
+    return "\n".join(lines)
+
+
 def cmd_evaluate(args) -> int:
     from .api import evaluate
 
     res = evaluate(args.run, tuple(args.splits))
-    for split, m in res.items():
-        print(f"[ctrlab] {split}: {_fmt(m)}")
+    print(f"[ctrlab] {args.run}:")
+    print(metrics_table(res))
     if args.json:
         print(json.dumps(res))
     return 0

@@ -14,7 +14,7 @@ import yaml
 from sklearn.metrics import log_loss, roc_auc_score
 
 from ctrlab import api
-from ctrlab.baselines.run import final_metric_names
+from ctrlab.train.metrics import final_metric_names
 from ctrlab.bench import ResultsStore, expand, load_plan, run_plan
 from ctrlab.bench.plan import HparamSet, make_job
 from ctrlab.bench.runner import RunPruned, run_job

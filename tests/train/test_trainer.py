@@ -377,6 +377,70 @@ def test_predict_evaluate_and_gauc(tmp_path, capsys):
     assert set(trainer.evaluate(no_group, metrics=["AUC"])) == {"AUC"}
 
 
+def test_evaluate_final_adds_calibration_and_group_metrics_from_one_pass(tmp_path, monkeypatch):
+    """issue 19: the final evaluation computes final_metric_names (configured first, then NE,
+    calibration, ECE, then the group metrics when batches carry 'group') and the reliability
+    diagram, all from the one prediction array that evaluate_metrics would score."""
+    from ctrlab.train.metrics import final_metric_names, reliability
+
+    cfg = K.config(epochs=1)
+    seed_everything(0)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    train, valid, test = K.loaders(cfg, n_groups=20)
+    trainer.fit(train, valid)
+    prob = trainer.predict(test)
+    y = np.concatenate([b["label"][:, 0].numpy() for b in test])
+    g = np.concatenate([b["group"].numpy() for b in test])
+    passes = []
+    real = trainer._run_inference
+    monkeypatch.setattr(trainer, "_run_inference", lambda *a, **k: passes.append(1) or real(*a, **k))
+    metrics, curve = trainer.evaluate_final(test, split="test")
+    assert len(passes) == 1
+    names = final_metric_names(["AUC", "logloss"], True)
+    assert list(metrics) == names == ["AUC", "logloss", "NE", "calibration", "ECE", "gAUC", "gAUC_mean", "MRR",
+                                      "nDCG@5", "nDCG@10"]
+    assert metrics == evaluate_metrics(y, prob, names, g)
+    assert curve == reliability(y, prob)
+    log = (tmp_path / "train.log").read_text()
+    assert f"[metrics test] AUC: {metrics['AUC']:.6f} - logloss: {metrics['logloss']:.6f} - NE:" in log
+    no_group = cfg.make_eval_loader(K.make_split(100, 4))
+    assert list(trainer.evaluate_final(no_group)[0]) == ["AUC", "logloss", "NE", "calibration", "ECE"]
+    # the per-epoch set is unchanged (the BARS protocol): evaluate() keeps trainer.metrics
+    assert list(trainer.evaluate(test)) == ["AUC", "logloss"]
+
+
+def test_evaluate_final_reports_an_undefined_extra_metric_as_nan(tmp_path):
+    """A split whose groups hold no positive: the group metrics beyond trainer.metrics are NaN with a
+    warning, not a failed run (a configured metric still raises, as before)."""
+    seed_everything(0)
+    cfg = K.config(epochs=1)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    split = K.make_split(200, 4, n_groups=10)
+    split.arrays["group"] = np.arange(200)  # one row per group: no group has both classes
+    metrics, _ = trainer.evaluate_final(cfg.make_eval_loader(split), split="valid")
+    assert np.isnan(metrics["gAUC"]) and np.isnan(metrics["gAUC_mean"])
+    assert 0 < metrics["MRR"] == metrics["nDCG@10"] == 1.0  # every positive row is its group's best
+    assert "valid: the metrics ['gAUC', 'gAUC_mean'] are NaN (gAUC is undefined: no group has both" in (
+        tmp_path / "train.log").read_text()
+    with pytest.raises(ValueError, match="no group has both"):
+        Trainer(K.TinyModel(), K.config(metrics=["AUC", "gAUC"]), tmp_path / "b").evaluate_final(
+            cfg.make_eval_loader(split))
+
+
+def test_monitor_accepts_the_new_metrics_and_refuses_calibration():
+    assert parse_monitor("nDCG@10") == {"nDCG@10": 1.0}
+    assert parse_monitor("gAUC_mean-logloss") == {"gAUC_mean": 1.0, "logloss": -1.0}
+    assert parse_monitor("cvr_nDCG@5 + ctr_gAUC_mean") == {"cvr_nDCG@5": 1.0, "ctr_gAUC_mean": 1.0}
+    assert TrainerConfig(monitor="MRR", metrics=["AUC", "MRR"]).resolved_monitor_mode() == "max"
+    for lower in ("NE", "ECE", "logloss", "cvr_ECE"):
+        assert TrainerConfig(monitor=lower).resolved_monitor_mode() == "min"
+    assert TrainerConfig(monitor="AUC-ECE").resolved_monitor_mode() == "max"
+    for bad in ("calibration", "AUC-calibration", "cvr_calibration"):
+        with pytest.raises(ConfigError, match="best at 1.*monitor ECE or NE"):
+            TrainerConfig.from_dict({"monitor": bad})
+    assert TrainerConfig.from_dict({"metrics": ["AUC", "NE", "nDCG@5"]}).eval_metric_names() == ["AUC", "NE", "nDCG@5"]
+
+
 class _Saturated(K.TinyModel):
     """Every row gets logit 20: p = 1 - 2.1e-9, which float32 rounds to 1.0."""
 

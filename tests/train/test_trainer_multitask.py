@@ -65,6 +65,30 @@ def test_a_task_with_one_class_on_a_split_gives_nan_metrics_and_a_warning(tmp_pa
     assert "task 'cvr' has" in (tmp_path / "run" / "train.log").read_text()
 
 
+def test_final_evaluation_gives_every_task_the_same_metric_set(tmp_path, one_thread):
+    """issue 19: NE, calibration, ECE and (with group ids) the group metrics per task, named
+    <task>_<metric>; the reliability diagram is the main task's."""
+    from ctrlab.train.metrics import evaluate_metrics, final_metric_names, reliability
+
+    trainer = _trainer(tmp_path, epochs=1)
+    valid = _split(1500, 2)
+    valid.arrays["group"] = np.random.default_rng(0).integers(0, 60, len(valid)).astype(np.int64)
+    trainer.fit(BatchLoader(_split(3000, 1), 256, shuffle=True), BatchLoader(_split(800, 2), 800))
+    loader = BatchLoader(valid, 500)
+    logs, curve = trainer.evaluate_final(loader, split="valid")
+    names = final_metric_names(["AUC", "logloss"], True)
+    probs = trainer.predict_tasks(loader)
+    y, z, g = valid.arrays["label"][:, 0], valid.arrays["label"][:, 1], valid.arrays["group"]
+    clicked = y > 0
+    assert logs == {**evaluate_metrics(y, probs["ctr"], names, g),
+                    **{f"ctr_{k}": v for k, v in evaluate_metrics(y, probs["ctr"], names, g).items()},
+                    **{f"cvr_{k}": v for k, v in evaluate_metrics(z[clicked], probs["cvr"][clicked], names,
+                                                                   g[clicked]).items()},
+                    **{f"ctcvr_{k}": v for k, v in evaluate_metrics(y * z, probs["ctcvr"], names, g).items()}}
+    assert {"ctr_gAUC_mean", "cvr_nDCG@5", "ctcvr_ECE", "cvr_calibration"} <= set(logs)
+    assert curve == reliability(y, probs["ctr"])
+
+
 def test_monitoring_a_task_the_model_does_not_have_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"task 'cvx'.*\['ctr', 'cvr', 'ctcvr'\]"):
         _trainer(tmp_path, monitor="cvx_AUC")

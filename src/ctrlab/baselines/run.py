@@ -40,13 +40,6 @@ LATENCY_REPEATS = {1: 7, 4096: 3}
 """Timed repeats per batch size (after one untimed warm-up call); the median is reported."""
 
 
-def final_metric_names(configured: Sequence[str], has_group: bool) -> list[str]:
-    """The metrics of a run's final evaluation: :func:`ctrlab.train.metrics.final_metric_names` where
-    ctrlab has it, else the configured ones."""
-    names = getattr(metrics_module, "final_metric_names", None)
-    return list(names(list(configured), has_group)) if names is not None else list(configured)
-
-
 def early_stopping_monitor(monitor: str | Mapping[str, float], log: Callable[[str], None]) -> str:
     """The estimator's early-stopping metric for a run's ``trainer.monitor``: ``AUC`` or ``logloss``
     when the monitor is that one metric, else ``AUC`` (logged)."""
@@ -78,7 +71,7 @@ class RunLog:
 def split_metrics(est: TabularEstimator, split: TabularSplit, configured: Sequence[str]) -> tuple[dict, np.ndarray]:
     """(final metrics of ``est`` on a labelled split, its predicted probabilities)."""
     p = est.predict_proba(split)
-    names = final_metric_names(configured, split.group is not None)
+    names = metrics_module.final_metric_names(list(configured), split.group is not None)
     return metrics_module.evaluate_metrics(split.y, p, names, split.group), p
 
 
@@ -155,10 +148,8 @@ def fit_run(cfg, data, params: dict[str, Any], run_dir: Path, log: Callable[[str
         **metrics,
         "warnings": [w.to_dict() for w in warnings],
     }
-    reliability = getattr(metrics_module, "reliability", None)
-    if reliability is not None and probs:
-        summary["reliability"] = {s: reliability(tables[s].y, p) for s, p in probs.items()}
-    if getattr(cfg, "measure_cost", True):
+    summary["reliability"] = {s: metrics_module.reliability(tables[s].y, p) for s, p in probs.items()}
+    if cfg.measure_cost:
         rows = next(tables[s] for s in ("test", "valid", "train") if s in tables and len(tables[s]))
         est.threads = threads
         summary["cost"] = {"parameters": summary["parameters"], "flops_per_row": None, **measure_latency(est, rows),

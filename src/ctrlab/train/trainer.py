@@ -60,7 +60,8 @@ from .distributed import (
     gather_rows,
     rank_device,
 )
-from .metrics import METRIC_NAMES, evaluate_metrics, task_metric
+from .metrics import (GROUP_METRICS, LOWER_IS_BETTER, METRIC_NAMES, evaluate_metrics, final_metric_names, reliability,
+                      task_metric)
 from .optim import OPTIMIZERS, clip_grad_norm, make_optimizer
 
 __all__ = [
@@ -77,9 +78,6 @@ logger = logging.getLogger("ctrlab.train")
 
 TIMING_KEYS = ("train_seconds", "eval_seconds", "seconds", "samples_per_s")
 """History keys that hold wall-clock measurements (everything else in a record is deterministic)."""
-
-_LOWER_IS_BETTER = {"logloss"}
-
 
 # ---------------------------------------------------------------------------------------------
 # Seeding
@@ -107,7 +105,7 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
-_MONITOR_RE = re.compile(r"\s*([+-]?)\s*([A-Za-z][A-Za-z0-9_]*)\s*")
+_MONITOR_RE = re.compile(r"\s*([+-]?)\s*([A-Za-z][A-Za-z0-9_@]*)\s*")  # names such as nDCG@10
 
 
 def parse_monitor(monitor: str | Mapping[str, float]) -> dict[str, float]:
@@ -138,10 +136,13 @@ def parse_monitor(monitor: str | Mapping[str, float]) -> dict[str, float]:
         raise ConfigError("monitor is empty; use e.g. 'AUC'")
     for name, w in items:
         try:
-            task_metric(name)  # a metric, or <task>_<metric> of a multi-task model (checked against it by Trainer)
+            metric = task_metric(name)[1]  # a metric, or <task>_<metric> of a multi-task model (checked by Trainer)
         except ValueError:
             raise ConfigError(f"monitor uses unknown metric {name!r}; choose from {list(METRIC_NAMES)} "
                               "(a multi-task model's: <task>_<metric>, e.g. cvr_AUC)") from None
+        if metric == "calibration":
+            raise ConfigError(f"monitor uses {name!r}, which is best at 1 (neither larger nor smaller is better) "
+                              "and cannot be monitored; monitor ECE or NE (lower is better) for calibration")
         if not math.isfinite(w):
             raise ConfigError(f"monitor weight of {name} must be finite, got {w}")
         weights[name] = weights.get(name, 0.0) + w
@@ -166,9 +167,9 @@ class TrainerConfig:
     lr: float = 1e-3
     """Initial learning rate."""
     monitor: str | dict[str, float] = "AUC"
-    """Validation value to track: a metric name, a signed combination like ``"AUC-logloss"``, or weights ``{"AUC": 1, "logloss": -1}``."""
+    """Validation value to track: a metric name, a signed combination like ``"AUC-logloss"``, or weights ``{"AUC": 1, "logloss": -1}``. Any metric but ``calibration`` (best at 1, neither direction)."""
     monitor_mode: Literal["auto", "max", "min"] = "auto"
-    """Whether larger (max) or smaller (min) monitor values are better; auto = min for a loss-only monitor (``logloss``), max otherwise."""
+    """Whether larger (max) or smaller (min) monitor values are better; auto = min for a monitor of lower-is-better metrics only (``logloss``, ``NE``, ``ECE``), max otherwise."""
     patience: int = 2
     """Stop after this many consecutive epochs without improvement (FuxiCTR ``early_stop_patience``)."""
     reduce_lr_on_plateau: bool = True
@@ -192,7 +193,7 @@ class TrainerConfig:
     restore_best: bool = True
     """Load the best epoch's weights back into the model when training ends."""
     metrics: list[str] = field(default_factory=lambda: ["AUC", "logloss"])
-    """Metrics reported on validation / test data (from ``AUC``, ``logloss``, ``gAUC``)."""
+    """Metrics computed on validation data every epoch and listed first in the final valid / test evaluation, which adds ``NE``, ``calibration``, ``ECE`` and, when the dataset has a ``group_field``, ``gAUC``, ``gAUC_mean``, ``MRR``, ``nDCG@5``, ``nDCG@10`` (any of these may be listed here too; docs/training.md, "Metrics")."""
     progress: bool = True
     """Show progress: on a terminal, tqdm bars (samples/s, on stderr) during training and
     evaluation; when stdout or stderr is not a terminal (a log file, a pipe), one plain line per
@@ -240,7 +241,7 @@ class TrainerConfig:
         if self.monitor_mode in ("max", "min"):
             return self.monitor_mode
         directions = {
-            (w > 0) != (task_metric(name)[1] in _LOWER_IS_BETTER)  # True: a larger monitor value is better
+            (w > 0) != (task_metric(name)[1] in LOWER_IS_BETTER)  # True: a larger monitor value is better
             for name, w in self.monitor_weights().items()
             if w != 0
         }
@@ -694,6 +695,27 @@ class Trainer:
         self._log(f"[metrics{' ' + split if split else ''}] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
         return logs
 
+    def evaluate_final(self, loader: Iterable, split: str | None = None) -> tuple[dict[str, float], dict | None]:
+        """A run's final evaluation of a split, from one inference pass: ``(metrics, reliability)``.
+
+        ``metrics``: :func:`~ctrlab.train.metrics.final_metric_names` of ``config.metrics`` (those
+        first; then NE, calibration and ECE; then the group metrics when the loader's batches carry
+        ``group``), for a multi-task model also per task as ``<task>_<metric>``. A metric beyond
+        ``config.metrics`` that the split leaves undefined (e.g. no group with a positive) is NaN,
+        with a warning in the log. ``reliability``: :func:`~ctrlab.train.metrics.reliability` of the
+        (main task's) probabilities, None when the main task has no row on this split."""
+        desc = split or "evaluate"
+        inference = self._run_inference(loader, desc)
+        prob, y, group, tasks = inference
+        names = final_metric_names(self.config.metrics, group is not None)
+        logs = self._metrics_of(inference, names, desc, lenient=set(names) - set(self.config.metrics))
+        if tasks is not None:  # the main task on its own rows, as its plain metrics
+            rows = tasks["rows"][:, 0]
+            y, prob = tasks["label"][rows, 0], tasks["prob"][rows, 0]
+        curve = reliability(y, prob) if len(y) else None
+        self._log(f"[metrics{' ' + split if split else ''}] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
+        return logs, curve
+
     def predict(self, loader: Iterable) -> np.ndarray:
         """Predicted click probabilities ``sigmoid(logit)`` (float64, loader order)."""
         prob, _, _, _ = self._run_inference(loader, desc="predict", need_labels=False)
@@ -851,13 +873,21 @@ class Trainer:
         return prob, y, g, tasks
 
     def _evaluate_names(self, loader: Iterable, names: Sequence[str], desc: str) -> dict[str, float]:
-        prob, y, group, tasks = self._run_inference(loader, desc)
+        return self._metrics_of(self._run_inference(loader, desc), names, desc)
+
+    def _metrics_of(self, inference: tuple, names: Sequence[str], desc: str, lenient: set[str] = frozenset()):
+        """``names`` of one :meth:`_run_inference` result; the ``lenient`` ones are NaN (with a warning)
+        where the split leaves them undefined, the others raise ValueError."""
+        prob, y, group, tasks = inference
         parsed = [(n, *task_metric(n)) for n in names]
-        if any(metric == "gAUC" for _, _, metric in parsed) and group is None:
-            raise ValueError("gAUC needs a 'group' tensor in every batch (set the dataset's group_field)")
+        needs_group = [metric for _, _, metric in parsed if metric in GROUP_METRICS]
+        if needs_group and group is None:
+            raise ValueError(f"{needs_group[0]} needs a 'group' tensor in every batch (set the dataset's group_field)")
         plain = [n for n, task, _ in parsed if task is None]
         if tasks is None:
-            return evaluate_metrics(y, prob, plain, group)
+            out = evaluate_metrics(y, prob, [n for n in plain if n not in lenient], group)
+            out.update(self._defined_metrics(y, prob, [n for n in plain if n in lenient], group, desc))
+            return {n: out[n] for n in plain}
         out: dict[str, float] = {}
         for i, task in enumerate(self.task_names):  # every task on its own rows (e.g. CVR: clicked ones)
             want = list(dict.fromkeys(plain + [m for _, t, m in parsed if t == task]))
@@ -872,14 +902,29 @@ class Trainer:
     def _task_metrics(self, task: str, y: np.ndarray, prob: np.ndarray, names: list[str], group, desc: str):
         """A task's metrics on its rows. Where a split holds one class of that task only (a rare
         conversion label on a small validation split) the ranking metrics are NaN, with a warning in
-        the log, instead of failing the run (logloss is still defined; with no rows at all, NaN too);
-        a monitored NaN never counts as an improvement."""
-        if len(y) and 0 < y.sum() < len(y):
-            return evaluate_metrics(y, prob, names, group)
-        undefined = [m for m in names if m != "logloss" or not len(y)]
-        self._log(f"{desc}: task {task!r} has {len(y)} rows with {int(y.sum())} positives: its metrics {undefined} "
-                  "are NaN", level=logging.WARNING)
-        return {m: (float("nan") if m in undefined else evaluate_metrics(y, prob, [m])[m]) for m in names}
+        the log, instead of failing the run (logloss and ECE are still defined; with no rows at all,
+        NaN too); a monitored NaN never counts as an improvement."""
+        return self._defined_metrics(y, prob, names, group, desc, f"task {task!r} has {len(y)} rows with "
+                                     f"{int(y.sum())} positives: its")
+
+    def _defined_metrics(self, y: np.ndarray, prob: np.ndarray, names: list[str], group, desc: str,
+                         whose: str = "the") -> dict[str, float]:
+        """``names`` on these rows, NaN (with one warning in the log) for those the rows leave undefined."""
+        try:
+            return evaluate_metrics(y, prob, names, group)  # all at once: the group metrics share one sort
+        except ValueError:
+            pass
+        out: dict[str, float] = {}
+        why: dict[str, str] = {}
+        for m in names:
+            try:
+                out[m] = evaluate_metrics(y, prob, [m], group)[m]
+            except ValueError as exc:
+                out[m], why[m] = float("nan"), str(exc)
+        if why:
+            self._log(f"{desc}: {whose} metrics {list(why)} are NaN (" + "; ".join(dict.fromkeys(why.values())) + ")",
+                      level=logging.WARNING)
+        return out
 
     # ---- protocol pieces ---------------------------------------------------------------------
     def _seed_rank(self, *extra: int) -> None:
