@@ -75,7 +75,8 @@ def test_evaluate_and_predict_reproduce_the_run_metrics(run, tmp_path, capsys):
     m = json.loads((run / "metrics.json").read_text())
     assert api.evaluate(run) == {"valid": m["valid"], "test": m["test"]}
     assert main(["evaluate", str(run)]) == 0
-    assert f"AUC={m['test']['AUC']:.6f}" in capsys.readouterr().out
+    auc_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("AUC "))
+    assert auc_line.split()[1:3] == [f"{m['valid']['AUC']:.6f}", f"{m['test']['AUC']:.6f}"]
     dcfg = load_dataset_config(json.loads((run / "dataset_config.json").read_text()))
     raw = dcfg.resolve("test")
     scores = tmp_path / "scores.csv"
