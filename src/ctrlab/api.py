@@ -14,6 +14,7 @@ A run folder holds everything needed to evaluate, predict or resume::
     metrics.json           validation and test metrics (the final set: calibration, group metrics), reliability, parameters, timing
     train.log, checkpoints/  per-epoch log and resumable checkpoints
     linear_warm_start.json what the first-order fit chose, with ``linear_warm_start``
+    calibration.json       a post-hoc calibration (``ctrlab calibrate``), applied by predict, evaluate, export
     .ctrlab.lock           held by the process training in the folder (see :mod:`ctrlab.run_folder`)
 
 Evaluation, prediction and resume all encode raw data with the run's own ``feature_map.json``,
@@ -34,6 +35,7 @@ import yaml
 
 from .baselines import check_estimator_params, get_estimator, is_estimator
 from .config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from .data.cache import write_atomic
 from .data.datasets import get_dataset
 from .data.feature_map import FeatureMap
 from .data.loader import BatchLoader, to_batch
@@ -43,7 +45,8 @@ from .data.schema import (CategoricalSpec, CrossesConfig, DatasetConfig, Sequenc
 from .layers.low_rank import LowRankLinear, apply_low_rank
 from .layers.opt_embed import apply_opt_embed, initial_weights_digest, opt_embed_summary
 from .models import check_hparams, create, default_hparams, get_model_class
-from .run_folder import RunFolderError, check_free_space, claim, create_unique_folder
+from .run_folder import RunFolderError, RunFolderLock, check_free_space, claim, create_unique_folder
+from .serve.calibration import CALIBRATION_FILE, fit_calibration, load_calibration
 from .train import Trainer, TrainerConfig, seed_everything
 from .train import auto as auto_rules
 from .train.distributed import SINGLE, DistContext
@@ -543,6 +546,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     def write_map():
         data.feature_map.save(saved_map)
         check_free_space(run_dir, model.count_parameters())
+        (run_dir / CALIBRATION_FILE).unlink(missing_ok=True)  # fitted to the weights this training replaces
 
     _on_rank0(ctx, write_map)
 
@@ -830,11 +834,13 @@ def load_run(run_dir: str | Path):
     return model, fmap, dcfg, load_run_config(run_dir / "run_config.yaml")
 
 
-def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -> dict[str, dict[str, float]]:
+def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test"),
+             calibrated: bool = True) -> dict[str, dict[str, float]]:
     """Re-evaluate a finished run on its dataset's splits, encoded with the run's feature map:
     ``{split: metrics}`` with every run's final metric set (:func:`~ctrlab.train.metrics.final_metric_names`:
     the run's ``trainer.metrics``, NE, calibration, ECE, and the group metrics when the dataset has a
-    ``group_field``)."""
+    ``group_field``). A run calibrated with :func:`calibrate` is evaluated on its calibrated
+    probabilities (what :func:`predict` returns) unless ``calibrated`` is False."""
     baseline = _estimator_run(Path(run_dir))
     if baseline is not None:
         from .baselines.run import evaluate_split
@@ -843,13 +849,57 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test")) -
         data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
                        block_rows=cfg.stream_block_rows, feature_map=fmap)
         return {s: evaluate_split(est, fmap, data.splits[s], cfg.trainer.metrics) for s in splits if s in data.splits}
+    trainer, loaders = _run_loaders(run_dir)
+    cal = load_calibration(run_dir) if calibrated else None
+    return {s: trainer.evaluate_final(loaders[s], split=s, transform=cal.apply if cal else None)[0]
+            for s in splits if s in loaders}
+
+
+def _run_loaders(run_dir: str | Path) -> tuple[Trainer, dict[str, BatchLoader]]:
+    """A trainer holding a finished run's model, and its dataset's loaders encoded with the run's map."""
     model, fmap, dcfg, cfg = load_run(run_dir)
     # the run's own feature map, as predict uses it: never one re-fitted on today's train file
     data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
                    block_rows=cfg.stream_block_rows, feature_map=fmap)
-    trainer = Trainer(model, cfg.trainer, Path(run_dir))
-    loaders = _loaders(data, cfg.trainer)
-    return {s: trainer.evaluate_final(loaders[s], split=s)[0] for s in splits if s in loaders}
+    return Trainer(model, cfg.trainer, Path(run_dir)), _loaders(data, cfg.trainer)
+
+
+def calibrate(run_dir: str | Path, method: str = "platt", log=print) -> dict[str, Any]:
+    """Post-hoc calibration of a finished run: ``platt`` (``sigmoid(a·logit(p) + b)``) or ``isotonic``,
+    fitted on the run's **validation** predictions only (:mod:`ctrlab.serve.calibration`).
+
+    Writes ``calibration.json`` into the run folder (plain JSON: the method and its fitted parameters),
+    which :func:`predict`, :func:`evaluate`, ``ctrlab export`` and the server then apply, and adds to
+    ``metrics.json`` a ``"calibration"`` record: ``method``, ``fitted_on``, ``before`` and ``after``
+    (``{split: metrics}``, the full final metric set of the uncalibrated and calibrated probabilities)
+    and ``reliability_after``. Calibrating again replaces it (always fitted on the model's own
+    probabilities, never on an earlier calibration's). Single-task runs. Returns the record."""
+    run_dir = Path(run_dir)
+    trainer, loaders = _run_loaders(run_dir)
+    if trainer.task_names:
+        raise ValueError(f"{run_dir}: ctrlab calibrate calibrates one probability per row; "
+                         f"{type(trainer.model).__name__} predicts tasks {trainer.task_names}")
+    if "valid" not in loaders:
+        raise ValueError(f"{run_dir}: calibration is fitted on the validation split, and the run's dataset has none; "
+                         "give the dataset a valid file")
+    preds = {s: trainer.predict_with_labels(loaders[s]) for s in ("valid", "test") if s in loaders}
+    cal = fit_calibration(method, preds["valid"][1], preds["valid"][0], "valid")
+    before, after, curves = {}, {}, {}
+    for split, (prob, y, group) in preds.items():
+        before[split] = trainer.final_metrics(prob, y, group, f"{split} uncalibrated")[0]
+        after[split], curves[split] = trainer.final_metrics(cal.apply(prob), y, group, f"{split} {method}")
+    record = {"method": method, "fitted_on": cal.fitted_on, "file": CALIBRATION_FILE, "before": before,
+              "after": after, "reliability_after": curves}
+    with RunFolderLock(run_dir):  # not while a training run writes the folder
+        metrics_file = run_dir / "metrics.json"
+        summary = json.loads(metrics_file.read_text())
+        summary["calibration"] = record
+        write_atomic(run_dir / CALIBRATION_FILE, json.dumps(cal.to_dict(), indent=1))
+        write_atomic(metrics_file, json.dumps(summary, indent=1))
+    log(f"[ctrlab] calibrate {run_dir} ({method}, fitted on {cal.fitted_on['rows']:,} valid rows): " + "; ".join(
+        f"{s} logloss {before[s]['logloss']:.5f} -> {after[s]['logloss']:.5f}, ECE {before[s]['ECE']:.5f} -> "
+        f"{after[s]['ECE']:.5f}" for s in before))
+    return record
 
 
 def predict(
@@ -891,6 +941,12 @@ def predict(
     loader = BatchLoader(enc, batch_size, shuffle=False)
     tasks = trainer.predict_tasks(loader) if trainer.task_names else None
     probs = tasks[trainer.task_names[0]] if tasks else trainer.predict(loader)
+    cal = load_calibration(run_dir)
+    if cal is not None:  # the run's post-hoc calibration (ctrlab calibrate)
+        if tasks:
+            raise ValueError(f"{run_dir / CALIBRATION_FILE} calibrates one probability, but the run predicts tasks "
+                             f"{list(tasks)}; delete the file")
+        probs = cal.apply(probs)
     if output_path is not None:
         write_scores(df.select(keep), probs, Path(output_path), tasks)
     return probs

@@ -1,7 +1,8 @@
 """Command line: a thin layer over :mod:`ctrlab.api`.
 
     ctrlab train --dataset frappe_x1_subset --model FinalMLP [--config F] [--set key=value ...]
-    ctrlab evaluate RUN
+    ctrlab evaluate RUN [--json] [--uncalibrated]
+    ctrlab calibrate RUN --method platt|isotonic
     ctrlab predict RUN --input raw.csv --output scores.csv [--keep-columns id,ts]
     ctrlab export RUN [--format onnx|torch] [--output DIR]
     ctrlab optembed --dataset D --model M --output RUN [--alpha A] [--set key=value ...]
@@ -91,12 +92,29 @@ def metrics_table(res: dict[str, dict[str, float]]) -> str:
 
 def cmd_evaluate(args) -> int:
     from .api import evaluate
+    from .serve.calibration import load_calibration
 
-    res = evaluate(args.run, tuple(args.splits))
-    print(f"[ctrlab] {args.run}:")
+    res = evaluate(args.run, tuple(args.splits), calibrated=not args.uncalibrated)
+    cal = None if args.uncalibrated else load_calibration(args.run)
+    print(f"[ctrlab] {args.run}" + (f" (calibrated: {cal.method}, fitted on the valid split; --uncalibrated for the "
+                                    "model's own probabilities)" if cal else "") + ":")
     print(metrics_table(res))
     if args.json:
         print(json.dumps(res))
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from .api import calibrate
+
+    record = calibrate(args.run, args.method)
+    columns = {}
+    for split in record["before"]:
+        columns[split] = record["before"][split]
+        columns[f"{split}+cal"] = record["after"][split]
+    print(metrics_table(columns))
+    print(f"[ctrlab] columns +cal: calibrated. Wrote {record['file']} into {args.run}: predict, evaluate, export and "
+          "serve apply it (metrics.json: 'calibration')")
     return 0
 
 
@@ -341,7 +359,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("run", help="run folder")
     e.add_argument("--splits", nargs="+", default=["valid", "test"])
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.add_argument("--uncalibrated", action="store_true",
+                   help="evaluate the model's own probabilities, not those of the run's calibration.json")
     e.set_defaults(func=cmd_evaluate)
+
+    ca = sub.add_parser("calibrate", help="fit a post-hoc calibration (Platt or isotonic) of a finished run on its "
+                                          "validation predictions; predict, evaluate, export and serve apply it")
+    ca.add_argument("run", help="run folder")
+    ca.add_argument("--method", choices=["platt", "isotonic"], default="platt",
+                    help="platt: sigmoid(a*logit(p)+b), keeps the ranking; isotonic: a monotone step map "
+                         "(default %(default)s)")
+    ca.set_defaults(func=cmd_calibrate)
 
     pr = sub.add_parser("predict", help="score a raw file through the run's saved preprocessing")
     pr.add_argument("run", help="run folder")

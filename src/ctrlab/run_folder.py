@@ -29,10 +29,11 @@ from .config import ConfigError
 
 LOCK_NAME = ".ctrlab.lock"
 RUN_FILES = ("run_config.yaml", "dataset_config.json", "feature_map.json", "model.safetensors", "metrics.json",
-             "history.json", "train.log", "checkpoints", "linear_warm_start.json", "search", "teacher")
+             "history.json", "train.log", "checkpoints", "linear_warm_start.json", "search", "teacher",
+             "calibration.json")
 """What a training run writes into its folder (``checkpoints`` is a folder; so is ``search``, the
 search phase of an OptInter run, :mod:`ctrlab.recipes.opt_inter`, and ``teacher``, the teacher of a
-distilled run, :mod:`ctrlab.recipes.distill`)."""
+distilled run, :mod:`ctrlab.recipes.distill`; ``calibration.json`` is written later, by ``ctrlab calibrate``)."""
 ESTIMATOR_PREFIX = "estimator"
 """A non-torch estimator's run (:mod:`ctrlab.baselines`) writes its model as files named ``estimator*``
 (``estimator.json`` and the library's model file) in place of ``model.safetensors``."""

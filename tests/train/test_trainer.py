@@ -427,6 +427,28 @@ def test_evaluate_final_reports_an_undefined_extra_metric_as_nan(tmp_path):
             cfg.make_eval_loader(split))
 
 
+def test_final_metrics_of_transformed_probabilities(tmp_path):
+    """What post-hoc calibration uses: evaluate_final with a transform, and final_metrics of given
+    probabilities, equal evaluate_metrics of the transformed predictions."""
+    from ctrlab.train.metrics import final_metric_names, reliability
+
+    seed_everything(0)
+    cfg = K.config(epochs=1)
+    trainer = Trainer(K.TinyModel(), cfg, tmp_path)
+    _, _, test = K.loaders(cfg, n_groups=15)
+    prob, y, g = trainer.predict_with_labels(test)
+    np.testing.assert_array_equal(prob, trainer.predict(test))
+    assert np.array_equal(y, np.concatenate([b["label"][:, 0].numpy() for b in test]))
+    assert np.array_equal(g, np.concatenate([b["group"].numpy() for b in test]))
+    squash = lambda p: 0.2 + 0.5 * p  # noqa: E731  any map of probabilities
+    names = final_metric_names(["AUC", "logloss"], True)
+    metrics, curve = trainer.evaluate_final(test, split="test", transform=squash)
+    assert metrics == evaluate_metrics(y, squash(prob), names, g) and curve == reliability(y, squash(prob))
+    assert trainer.final_metrics(squash(prob), y, g) == (metrics, curve)
+    assert trainer.final_metrics(prob, y, None)[0] == evaluate_metrics(y, prob, final_metric_names(["AUC", "logloss"],
+                                                                                                  False))
+
+
 def test_monitor_accepts_the_new_metrics_and_refuses_calibration():
     assert parse_monitor("nDCG@10") == {"nDCG@10": 1.0}
     assert parse_monitor("gAUC_mean-logloss") == {"gAUC_mean": 1.0, "logloss": -1.0}

@@ -117,3 +117,11 @@ def test_a_single_task_model_predicts_one_probability_under_the_servers_name(tmp
     probs = trainer.predict_tasks(BatchLoader(valid, 100))
     assert list(probs) == ["probability"] and trainer.task_names == []
     np.testing.assert_array_equal(probs["probability"], trainer.predict(BatchLoader(valid, 100)))
+
+
+def test_final_metrics_of_given_probabilities_are_for_one_task_models(tmp_path):
+    trainer = _trainer(tmp_path)
+    with pytest.raises(ValueError, match="has tasks.*use evaluate_final"):
+        trainer.final_metrics(np.full(4, 0.5), np.array([0, 1, 0, 1.0]))
+    with pytest.raises(ValueError, match="has tasks"):
+        trainer.evaluate_final(BatchLoader(_split(200, 1), 200), transform=lambda p: p)

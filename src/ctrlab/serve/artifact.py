@@ -11,6 +11,8 @@ An artifact folder holds everything needed to score raw records, and nothing tha
     feature_map.json       fitted preprocessing: vocabularies, normaliser statistics, bucket edges,
                            sequence settings (the same file the run trained with)
     dataset_config.json    how the raw columns are parsed (splitters, sources, labels)
+    calibration.json       the run's post-hoc calibration, when it has one (``ctrlab calibrate``): the
+                           predictor applies it to the model's probabilities
 
 Formats: ``onnx`` (default; served by ONNX Runtime, no PyTorch needed to score) and ``torch``
 (safetensors weights, the model rebuilt by name: for a model ONNX cannot express). Neither uses
@@ -36,6 +38,7 @@ import numpy as np
 import yaml
 
 from ..data.cache import temp_name
+from .calibration import CALIBRATION_FILE, Calibration, CalibrationError, load_calibration
 from ..layers.low_rank import apply_low_rank
 from ..layers.opt_embed import apply_opt_embed
 from ..data.feature_map import FeatureMap
@@ -367,6 +370,12 @@ def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any
     save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
     fmap.save(tmp / "feature_map.json")
     (tmp / "dataset_config.json").write_text(json.dumps(dcfg.to_dict(), indent=1))
+    calibration = load_calibration(run_dir)  # checked before it is copied
+    if calibration is not None:
+        if getattr(model, "task_names", None):
+            raise ArtifactError(f"{run_dir / CALIBRATION_FILE} calibrates one probability, but {type(model).__name__} "
+                                "predicts several tasks; delete the file")
+        calibration.save(tmp / CALIBRATION_FILE)
     files = {p.name: _sha256(p) for p in sorted(tmp.iterdir())}
     manifest = {
         "ctrlab_artifact": ARTIFACT_VERSION,
@@ -387,6 +396,8 @@ def _write_artifact(tmp: Path, model, fmap: FeatureMap, dcfg, cfg: dict[str, Any
         "opset": opset if format == "onnx" else None,
         "parity": parity,
         "metrics": {k: metrics[k] for k in ("valid", "test", "epochs", "seed") if k in metrics},
+        **({"calibration": {"method": calibration.method, "file": CALIBRATION_FILE, "fitted_on": calibration.fitted_on,
+                            "metrics_after": (metrics.get("calibration") or {}).get("after")}} if calibration else {}),
         "versions": _versions(),
         "files": files,
     }
@@ -443,6 +454,8 @@ class Artifact:
     manifest: dict[str, Any]
     feature_map: FeatureMap
     dataset_config: DatasetConfig
+    calibration: Calibration | None = None
+    """The run's post-hoc calibration (``calibration.json``), applied to the model's probabilities."""
 
     @property
     def format(self) -> str:
@@ -464,6 +477,9 @@ REQUIRED_FILES = {
 }
 """The files an artifact of each format holds besides ``manifest.json``: fixed by the format, not by
 the manifest, so that a manifest with an entry removed (or no ``files`` at all) cannot skip a check."""
+OPTIONAL_FILES = (CALIBRATION_FILE,)
+"""Files an artifact holds when its run has them, checked like the others; the manifest's
+``calibration`` entry and the file must come together (:func:`load_artifact`)."""
 MAX_MANIFEST_BYTES = 64 << 20
 """Largest ``manifest.json`` read (it holds the schema and metrics: kilobytes)."""
 MAX_FILE_BYTES = 64 << 30
@@ -523,9 +539,10 @@ def _check_file_list(manifest_file: Path, manifest: dict[str, Any]) -> dict[str,
         if not isinstance(name, str) or Path(name).is_absolute() or Path(name).name != name or name in (".", ".."):
             raise ArtifactError(f"{manifest_file}: 'files' entry {name!r} is not a file name inside the artifact "
                                 "folder; export the run again")
-        if name not in required:
+        if name not in required and name not in OPTIONAL_FILES:
             raise ArtifactError(f"{manifest_file}: 'files' has an unknown entry {name!r}; a {fmt} artifact holds "
-                                f"exactly {list(required)}; export the run again")
+                                f"exactly {list(required)} (and {list(OPTIONAL_FILES)} when it has them); export the "
+                                "run again")
     missing = [n for n in required if n not in files]
     if missing:
         raise ArtifactError(f"{manifest_file}: 'files' lacks {missing} (a {fmt} artifact holds exactly "
@@ -584,4 +601,23 @@ def load_artifact(path: str | Path, verify: bool = True) -> Artifact:
         if manifest.get(key) != expected:
             raise ArtifactError(f"{manifest_file}: '{key}' does not match the artifact's "
                                 f"{'dataset_config.json' if key == 'schema' else 'feature_map.json'}; export the run again")
-    return Artifact(path, manifest, fmap, dcfg)
+    return Artifact(path, manifest, fmap, dcfg, _artifact_calibration(path, manifest, contents))
+
+
+def _artifact_calibration(path: Path, manifest: dict[str, Any], contents: dict[str, bytes]) -> Calibration | None:
+    """The artifact's checked calibration: in the files (hashed) exactly when the manifest names one."""
+    named = (manifest.get("calibration") or {}).get("method")
+    if CALIBRATION_FILE not in contents:
+        if named:
+            raise ArtifactError(f"{path / 'manifest.json'} names a {named} calibration but does not list "
+                                f"{CALIBRATION_FILE}; export the run again")
+        return None
+    try:
+        calibration = Calibration.from_dict(json.loads(contents[CALIBRATION_FILE]), str(path / CALIBRATION_FILE))
+    except (CalibrationError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(f"{exc}; export the run again") from None
+    if named != calibration.method or manifest.get("tasks"):
+        raise ArtifactError(f"{path / CALIBRATION_FILE} ({calibration.method}) does not match the manifest "
+                            f"(calibration {named!r}{', a multi-task model' if manifest.get('tasks') else ''}); "
+                            "export the run again")
+    return calibration

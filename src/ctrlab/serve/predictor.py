@@ -87,7 +87,8 @@ class _ONNXBackend:
         self.session = ort.InferenceSession(str(artifact.path / "model.onnx"), opts, providers=["CPUExecutionProvider"])
         # the exporter drops inputs the model never reads (e.g. a numseq: sequence a model ignores)
         self.names = frozenset(i.name for i in self.session.get_inputs())
-        self.output = "task_probabilities" if artifact.tasks else "probability"
+        # a calibrated artifact is calibrated from the logit (Predictor._calibrated)
+        self.output = "task_probabilities" if artifact.tasks else "logit" if artifact.calibration else "probability"
 
     def __call__(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if not self.names.issuperset(feeds):
@@ -124,6 +125,7 @@ class _TorchBackend:
         self.model.eval()
         self.inputs = artifact.inputs
         self.tasks = artifact.tasks
+        self.logits = artifact.calibration is not None  # calibrated from the logit (Predictor._calibrated)
         self.torch = torch
 
     def batch(self, feeds: dict[str, np.ndarray]) -> dict:
@@ -133,6 +135,8 @@ class _TorchBackend:
         torch = self.torch
         with torch.inference_mode():
             out = self.model(self.batch(feeds))
+            if self.logits:
+                return out["logit"].float().numpy()
             return torch.sigmoid(out["task_logits"] if self.tasks else out["logit"]).float().numpy()
 
     def encode_user(self, feeds: dict[str, np.ndarray]) -> Any:
@@ -142,7 +146,8 @@ class _TorchBackend:
     def score_with_user(self, state: Any, feeds: dict[str, np.ndarray]) -> np.ndarray:
         torch = self.torch
         with torch.inference_mode():
-            return torch.sigmoid(self.model.score_with_user(state, self.batch(feeds))).float().numpy()
+            logit = self.model.score_with_user(state, self.batch(feeds))
+            return (logit if self.logits else torch.sigmoid(logit)).float().numpy()
 
 
 BACKENDS = ("auto", "onnx", "torch", "none")
@@ -349,9 +354,15 @@ class Predictor:
         with rows·L²)."""
         rows = len(next(iter(feeds.values()))) if feeds else 0
         if rows <= self._chunk:
-            return self.backend(feeds)
-        return np.concatenate([self.backend({k: v[lo:lo + self._chunk] for k, v in feeds.items()})
-                               for lo in range(0, rows, self._chunk)])
+            return self._calibrated(self.backend(feeds))
+        return self._calibrated(np.concatenate([self.backend({k: v[lo:lo + self._chunk] for k, v in feeds.items()})
+                                                for lo in range(0, rows, self._chunk)]))
+
+    def _calibrated(self, out: np.ndarray) -> np.ndarray:
+        """The backend's probabilities; with a post-hoc calibration (``calibration.json``) the backend
+        gave logits, calibrated here (float32, as the probabilities)."""
+        cal = self.artifact.calibration
+        return out if cal is None else cal.apply_logit(out).astype(np.float32)
 
     def _score(self, arrays: dict[str, np.ndarray]) -> np.ndarray:
         """Probabilities of encoded ``arrays``, or a RequestError for the first row whose probability
@@ -429,7 +440,7 @@ class Predictor:
                     raise RequestError("a candidate carries a behaviour-sequence column; the stored user state "
                                        "stands for it (leave it out, or PUT the user again)", field=seq, row=i)
             records = [{**dict.fromkeys(self.user_columns), **r} if isinstance(r, dict) else r for r in records]
-        probs = self.backend.score_with_user(state, self.encode(self.records_to_frame(records)))
+        probs = self._calibrated(self.backend.score_with_user(state, self.encode(self.records_to_frame(records))))
         if not np.isfinite(probs).all():
             raise RequestError("the model's output is not a number for a candidate", row=int(np.argmax(~np.isfinite(probs))))
         return probs
@@ -472,6 +483,7 @@ class Predictor:
             "backend": self.backend_name,
             "schema": self.schema,
             "metrics": m.get("metrics", {}),
+            **({"calibration": m["calibration"]} if m.get("calibration") else {}),
             **({"tasks": self.tasks} if self.tasks else {}),
             "versions": m.get("versions", {}),
             "created": m.get("created"),

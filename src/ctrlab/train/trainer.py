@@ -695,7 +695,8 @@ class Trainer:
         self._log(f"[metrics{' ' + split if split else ''}] " + " - ".join(f"{k}: {_fmt(v)}" for k, v in logs.items()))
         return logs
 
-    def evaluate_final(self, loader: Iterable, split: str | None = None) -> tuple[dict[str, float], dict | None]:
+    def evaluate_final(self, loader: Iterable, split: str | None = None,
+                       transform: Callable[[np.ndarray], np.ndarray] | None = None) -> tuple[dict[str, float], dict | None]:
         """A run's final evaluation of a split, from one inference pass: ``(metrics, reliability)``.
 
         ``metrics``: :func:`~ctrlab.train.metrics.final_metric_names` of ``config.metrics`` (those
@@ -703,9 +704,32 @@ class Trainer:
         ``group``), for a multi-task model also per task as ``<task>_<metric>``. A metric beyond
         ``config.metrics`` that the split leaves undefined (e.g. no group with a positive) is NaN,
         with a warning in the log. ``reliability``: :func:`~ctrlab.train.metrics.reliability` of the
-        (main task's) probabilities, None when the main task has no row on this split."""
+        (main task's) probabilities, None when the main task has no row on this split.
+        ``transform``: applied to a single-task model's probabilities first (a post-hoc calibration)."""
         desc = split or "evaluate"
         inference = self._run_inference(loader, desc)
+        if transform is not None:
+            return self.final_metrics(transform(inference[0]), inference[1], inference[2], split)
+        return self._final_of(inference, split)
+
+    def predict_with_labels(self, loader: Iterable) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(probability, label, group)`` per row of a labelled loader, one inference pass: the main
+        probability (float64), the first label column, and the group ids (None when the batches carry
+        none). For :meth:`final_metrics` of transformed probabilities."""
+        prob, y, group, _ = self._run_inference(loader, "predict")
+        return prob, y, group
+
+    def final_metrics(self, prob: np.ndarray, y: np.ndarray, group: np.ndarray | None = None,
+                      split: str | None = None) -> tuple[dict[str, float], dict | None]:
+        """:meth:`evaluate_final` of given probabilities of a single-task model (e.g. calibrated ones)
+        with their labels and group ids; ``split`` labels the ``[metrics]`` line in ``train.log``."""
+        if self.task_names:
+            raise ValueError(f"final_metrics takes one probability per row; {type(self.model).__name__} has tasks "
+                             f"{self.task_names}: use evaluate_final")
+        return self._final_of((np.asarray(prob, dtype=np.float64), y, group, None), split)
+
+    def _final_of(self, inference: tuple, split: str | None) -> tuple[dict[str, float], dict | None]:
+        desc = split or "evaluate"
         prob, y, group, tasks = inference
         names = final_metric_names(self.config.metrics, group is not None)
         logs = self._metrics_of(inference, names, desc, lenient=set(names) - set(self.config.metrics))
