@@ -497,6 +497,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         torch.set_num_threads(cfg.trainer.num_threads)
     model = apply_low_rank(_build(cfg.model, data.feature_map, params), cfg.low_rank)
     opt_tables = _apply_opt_embed(model, cfg, ctx)
+    model.attach_training_data(data.splits["train"].arrays, seed=cfg.trainer.seed)  # TabR's candidates; else a no-op
     # what OptEmbed's retraining checks: it starts from the supernet's initial (seeded, random) weights;
     # the warm starts below are then fitted through each run's own masks
     initial_digest = initial_weights_digest(model) if opt_tables else None
