@@ -154,11 +154,11 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: torch.Te
     if not 1 <= k <= n - (0 if exclude is None else int((exclude >= 0).any())):
         raise ValueError(f"cannot retrieve {k} neighbours from {n} keys" + ("" if exclude is None else " minus the excluded one"))
     chunk = int(chunk_rows or max(1024, SEARCH_BLOCK // max(b, 1)))
-    q2 = q.pow(2).sum(-1, keepdim=True)
     best_s = best_i = None
     for start in range(0, n, chunk):
         block = keys[start:start + chunk]
-        s = 2.0 * (q @ block.T) - q2 - block.pow(2).sum(-1)
+        # 2 q·key - ||key||² ranks as -||q - key||² (the query's own ||q||² is added to the k best only)
+        s = torch.addmm(block.pow(2).sum(-1), q, block.T, beta=-1.0, alpha=2.0)
         if exclude is not None:
             local = exclude - start
             hit = ((local >= 0) & (local < block.shape[0])).nonzero().squeeze(-1)
@@ -172,7 +172,7 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: torch.Te
             both = torch.cat([best_s, v], 1)
             v, pick = both.topk(min(k, both.shape[1]), dim=1)
             best_s, best_i = v, torch.cat([best_i, i], 1).gather(1, pick)
-    return best_s, best_i
+    return best_s - q.pow(2).sum(-1, keepdim=True), best_i
 
 
 class FaissSearch:

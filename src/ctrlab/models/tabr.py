@@ -158,8 +158,10 @@ class TabR(CTRModel):
         self._faiss = self._faiss_keys = None
 
     def _stamp(self) -> tuple:
-        """What the search keys depend on: every tensor of the encoder and of the candidates, by
-        storage and in-place version (an optimizer step, ``load_state_dict`` or ``.to()`` changes it)."""
+        """What the search keys depend on: the encoder's and the candidates' tensors, by storage and
+        in-place version (``.to()``, ``load_state_dict`` and in-place edits change it). Not every
+        update does: torch's fused Adam (ctrlab's default) leaves the version as it is, which is why
+        training steps refresh by count and the switch to evaluation always recomputes."""
         tensors = [*self.encoder.parameters(), *self.encoder.buffers(), *self.candidates.buffers()]
         return tuple((t.data_ptr(), t._version) for t in tensors)
 
@@ -173,12 +175,17 @@ class TabR(CTRModel):
             self.encoder.train(was)
         return torch.cat(keys)
 
-    def candidate_keys(self) -> torch.Tensor:
-        """The candidates' search keys (N, d_main), computed without gradients and cached: recomputed
-        when a weight changed (in training, at most every ``candidate_refresh_steps`` steps)."""
+    def candidate_keys(self, refresh: bool = False) -> torch.Tensor:
+        """The candidates' search keys (N, d_main), computed without gradients and cached. A training
+        step (training mode, gradients on) recomputes them when they are ``candidate_refresh_steps``
+        steps old; scoring recomputes them when the weights or candidates were replaced or edited (the
+        switch to evaluation mode, :meth:`train` ``(False)``, always does: ``refresh=True``)."""
         step = self.training and torch.is_grad_enabled()
-        stale = self.search_keys is None or self._keys_stamp != self._stamp()
-        if stale and (not step or self.search_keys is None or self._keys_age >= self.candidate_refresh_steps):
+        if step:
+            due = self._keys_age >= self.candidate_refresh_steps
+        else:
+            due = refresh or self._keys_stamp != self._stamp()
+        if self.search_keys is None or due:
             with torch.inference_mode(False):  # a normal tensor even when called under inference_mode
                 keys = self._compute_keys()
             self._drop_keys()
@@ -190,10 +197,17 @@ class TabR(CTRModel):
         return self.search_keys
 
     def train(self, mode: bool = True):
+        leaving_training = self.training and not mode
         super().train(mode)
         if not mode and self.candidates.num_rows:
-            self.candidate_keys()  # fresh keys before scoring: an ONNX export reads them as a constant
+            # fresh keys before scoring (an ONNX export then reads them as a constant); after training
+            # always, as an optimizer step may not show in the stamp
+            self.candidate_keys(refresh=leaving_training)
         return self
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._drop_keys()  # new weights or candidates: new keys
+        super()._load_from_state_dict(*args, **kwargs)
 
     def _faiss_index(self, keys: torch.Tensor) -> FaissSearch:
         if self._faiss is None or self._faiss_keys is not keys:
