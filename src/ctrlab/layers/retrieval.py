@@ -140,10 +140,45 @@ class RowStore(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
+def top_k_lowest_index_ties(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest scores of each row, ties at the cut going to the lowest positions:
+    ``(values, positions)``, positions ascending. Duplicate training rows have equal keys, so equal
+    similarities are common on real data, and ``topk`` picks among them in no defined order (torch
+    and ONNX Runtime differ): this choice is the same in every runtime, so an exported graph
+    retrieves what PyTorch does. Eagerly, when no row's best score left out equals its k-th,
+    ``topk``'s answer is kept (the same set); the ranking of ties (a cumulative count over the row)
+    runs otherwise, and always in a traced graph."""
+    c = scores.shape[1]
+    v, positions = scores.topk(min(k + 1, c), dim=1)
+    cut = v[:, k - 1:k]
+    # no tie straddles the cut when the best score left out is below it
+    if not torch.jit.is_tracing() and (k == c or not bool((v[:, k] == v[:, k - 1]).any())):
+        positions = positions[:, :k].sort(dim=1).values
+        return scores.gather(1, positions), positions
+    tied = scores == cut
+    room = k - (scores > cut).sum(dim=1, keepdim=True)  # how many of the tied scores are kept
+    keep = (scores > cut) | (tied & (tied.long().cumsum(dim=1) <= room))
+    positions = keep.nonzero()[:, 1].reshape(-1, k)  # row-major: each row's k positions, ascending
+    return scores.gather(1, positions), positions
+
+
+def best_first(values: torch.Tensor) -> torch.Tensor:
+    """The permutation (B, k) that orders each row's values from largest to smallest, equal values
+    in their order in the row (a rank by pairwise comparison: exact and the same in every runtime,
+    unlike an unstable sort; for the k ≤ a few hundred neighbours of a row)."""
+    k = values.shape[1]
+    pos = torch.arange(k, device=values.device)
+    other, this = values.unsqueeze(1), values.unsqueeze(2)  # [b, i, j]: element j against element i
+    ahead = (other > this) | ((other == this) & (pos.view(1, 1, k) < pos.view(1, k, 1)))
+    rank = ahead.sum(dim=2)  # (B, k): elements ahead of each one, 0..k-1 without repeats
+    return torch.zeros_like(rank).scatter(1, rank, pos.expand_as(rank))
+
+
 def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: torch.Tensor | None = None,
             chunk_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact search: for each query (B, d), the ``k`` keys (N, d) of largest similarity
-    ``-||q - key||²``, best first: ``(similarities (B, k), indices (B, k))``.
+    ``-||q - key||²``, best first: ``(similarities (B, k), indices (B, k))``; among equal
+    similarities the lower key index is taken first (:func:`top_k_lowest_index_ties`).
 
     ``exclude``: (B,) int64, a key position each query must not retrieve (-1: none), e.g. the query's
     own row. Keys are scanned in chunks (``chunk_rows``, default from :data:`SEARCH_BLOCK`), each
@@ -164,15 +199,16 @@ def nearest(queries: torch.Tensor, keys: torch.Tensor, k: int, exclude: torch.Te
             hit = ((local >= 0) & (local < block.shape[0])).nonzero().squeeze(-1)
             if hit.numel():
                 s[hit, local[hit]] = float("-inf")
-        v, i = s.topk(min(k, block.shape[0]), dim=1)
+        v, i = top_k_lowest_index_ties(s, min(k, block.shape[0]))
         i = i + start
         if best_s is None:
             best_s, best_i = v, i
-        else:
+        else:  # earlier chunks' indices come first, each part ascending: positions order as indices do
             both = torch.cat([best_s, v], 1)
-            v, pick = both.topk(min(k, both.shape[1]), dim=1)
+            v, pick = top_k_lowest_index_ties(both, min(k, both.shape[1]))
             best_s, best_i = v, torch.cat([best_i, i], 1).gather(1, pick)
-    return best_s - q.pow(2).sum(-1, keepdim=True), best_i
+    order = best_first(best_s)  # best first, equal ones by index (the indices are ascending here)
+    return best_s.gather(1, order) - q.pow(2).sum(-1, keepdim=True), best_i.gather(1, order)
 
 
 class FaissSearch:

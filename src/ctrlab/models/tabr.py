@@ -233,14 +233,13 @@ class TabR(CTRModel):
         keys = self.candidate_keys()
         queries = query_keys.detach()
         if self.search == "faiss":
-            index = self._faiss_index(keys)
             if torch.jit.is_tracing():
-                if index.approximate:
-                    raise ValueError("TabR with search='faiss' over an HNSW index (candidates >= "
-                                     f"faiss_approximate_above={self.faiss_approximate_above}) cannot be exported to "
-                                     "ONNX: the graph's exact search would not match it; export with --format torch")
-                return nearest(queries, keys, m)[1]  # the flat index's neighbours, as a graph op
-            return index.search(queries, m, exclude)
+                raise ValueError(
+                    "TabR with search='faiss' cannot be exported to ONNX: faiss's search is not a graph op, and the "
+                    "graph's exact search breaks ties between equal distances (duplicate rows) its own way; export "
+                    "with --format torch, or set model_params.search to exact in the run's run_config.yaml (a flat "
+                    "index finds the same neighbours up to ties; an HNSW index approximates them)")
+            return self._faiss_index(keys).search(queries, m, exclude)
         return nearest(queries, keys, m, exclude)[1]
 
     # ---- forward -------------------------------------------------------------------------------
