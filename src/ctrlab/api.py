@@ -601,6 +601,7 @@ def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, l
             teacher = _build(opts.teacher, data.feature_map, teacher_params)
         except ConfigError as exc:
             raise ConfigError(f"distill.teacher_params: {str(exc).removeprefix('model_params: ')}") from exc
+        teacher.attach_training_data(data.splits["train"].arrays, seed=cfg.trainer.seed)  # a TabR teacher's candidates
         if not resume:  # a resumed run restores the teacher's weights from the pair's checkpoint
             if cfg.small_numeric_init:
                 num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)
