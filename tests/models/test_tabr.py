@@ -13,7 +13,6 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from ctrlab.data.feature_map import FeatureMap
-from ctrlab.layers.retrieval import FaissSearch, RowStore, nearest
 from ctrlab.models import create
 
 from .synthetic import random_batch
@@ -92,36 +91,6 @@ def test_training_rows_that_do_not_fit_the_feature_map_are_named(mixed_map):
 
 
 # ---- retrieval -------------------------------------------------------------------------------------
-def test_nearest_is_brute_force_top_k_with_exclusion_over_chunks():
-    g = torch.Generator().manual_seed(0)
-    keys, queries = torch.randn(500, 6, generator=g), torch.randn(40, 6, generator=g)
-    exclude = torch.randint(-1, 500, (40,), generator=g)
-    dist = torch.cdist(queries, keys).pow(2)
-    dist[torch.arange(40)[exclude >= 0], exclude[exclude >= 0]] = float("inf")
-    want = dist.topk(7, largest=False)
-    for chunk in (None, 64, 7):  # one chunk, several, chunks smaller than k
-        sims, idx = nearest(queries, keys, 7, exclude, chunk_rows=chunk)
-        torch.testing.assert_close(idx, want.indices, rtol=0, atol=0)
-        torch.testing.assert_close(sims, -want.values, rtol=1e-4, atol=1e-4)
-    with pytest.raises(ValueError, match="cannot retrieve 500 neighbours"):
-        nearest(queries, keys, 500, exclude)
-
-
-def test_ties_at_the_cut_go_to_the_lowest_indices():
-    """Duplicate rows have equal keys: of equal similarities at the k-th place, the lowest key indices
-    are taken (one rule in torch and in an exported graph), in every chunking."""
-    g = torch.Generator().manual_seed(3)
-    distinct = torch.randn(20, 4, generator=g)
-    keys = distinct[torch.randint(0, 20, (300,), generator=g)]  # each key ~15 times
-    queries = torch.randn(30, 4, generator=g)
-    dist = torch.cdist(queries, keys).pow(2)
-    for chunk in (None, 50, 7):
-        sims, idx = nearest(queries, keys, 10, chunk_rows=chunk)
-        for q in range(30):  # brute force: by distance, then by index
-            order = sorted(range(300), key=lambda j: (round(dist[q, j].item(), 4), j))[:10]
-            assert idx[q].tolist() == order, (chunk, q)
-
-
 def test_a_row_never_retrieves_itself_in_training_and_does_at_evaluation():
     train = _points(400, 0)
     model = create("TabR", NUM_MAP, **SMALL)
@@ -149,15 +118,8 @@ def test_a_row_never_retrieves_itself_in_training_and_does_at_evaluation():
     assert not (sampled.candidates.rows[idx] == batch["row_index"][:, None]).any()
 
 
-def test_faiss_flat_index_finds_the_exact_neighbours():
-    g = torch.Generator().manual_seed(1)
-    keys, queries = torch.randn(3000, 16, generator=g), torch.randn(64, 16, generator=g)
-    exclude = torch.randint(-1, 3000, (64,), generator=g)
-    index = FaissSearch(keys, approximate_above=10_000)
-    assert not index.approximate
-    for ex in (None, exclude):
-        torch.testing.assert_close(index.search(queries, 12, ex), nearest(queries, keys, 12, ex)[1], rtol=0, atol=0)
-    # the model with search="faiss" retrieves what search="exact" does, in training and at evaluation
+def test_search_faiss_retrieves_what_search_exact_does():
+    """In training (self excluded) and at evaluation; the index itself: tests/layers/test_retrieval.py."""
     train = _points(500, 2)
     exact = create("TabR", NUM_MAP, **SMALL)
     with_faiss = create("TabR", NUM_MAP, **SMALL, search="faiss")
@@ -168,16 +130,6 @@ def test_faiss_flat_index_finds_the_exact_neighbours():
     for mode in (True, False):
         exact.train(mode), with_faiss.train(mode)
         assert torch.equal(with_faiss.context_indices(batch), exact.context_indices(batch))
-
-
-def test_faiss_hnsw_index_is_a_close_approximation():
-    g = torch.Generator().manual_seed(2)
-    keys, queries = torch.randn(4000, 16, generator=g), torch.randn(64, 16, generator=g)
-    index = FaissSearch(keys, approximate_above=1000)
-    assert index.approximate
-    found, exact = index.search(queries, 10), nearest(queries, keys, 10)[1]
-    recall = np.mean([len(set(a.tolist()) & set(b.tolist())) / 10 for a, b in zip(found, exact)])
-    assert recall >= 0.9, recall
 
 
 # ---- the search keys follow the weights -----------------------------------------------------------
@@ -330,17 +282,6 @@ def test_onnx_graph_with_candidates_matches_torch(mixed_map, tmp_path):
     with_faiss.attach_training_data(train)
     with pytest.raises(ArtifactError, match="search='faiss' cannot be exported to ONNX"):
         export_onnx(with_faiss, mixed_map, tmp_path / "faiss.onnx")
-
-
-def test_row_store_keeps_ids_narrow_and_reads_them_as_int64(mixed_map):
-    store = RowStore(mixed_map)
-    arrays = _numpy(random_batch(mixed_map, batch_size=30, seed=2))
-    store.fill(arrays)
-    assert store.cat.dtype == torch.int32 and store.seq__hist.dtype == torch.int32
-    batch = store.take(torch.tensor([3, 0, 3]))
-    assert batch["cat"].dtype == torch.int64 and batch["num"].dtype == torch.float32
-    np.testing.assert_array_equal(batch["cat"].numpy(), arrays["cat"][[3, 0, 3]])
-    np.testing.assert_array_equal(batch["seq:tags"].numpy(), arrays["seq:tags"][[3, 0, 3]])
 
 
 # ---- a real run -------------------------------------------------------------------------------------

@@ -237,6 +237,8 @@ class FaissSearch:
         """Indices (B, k) of each query's ``k`` nearest keys, best first, without the ``exclude`` (B,)
         position of each query (-1: none): ``k + 1`` are searched and the excluded one (or the last)
         is dropped."""
+        if exclude is not None and not bool((exclude >= 0).any()):
+            exclude = None  # nothing to leave out
         extra = 0 if exclude is None else 1
         want = k + extra
         if want > self.num_keys:
