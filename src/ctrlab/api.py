@@ -524,6 +524,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
         torch.set_num_threads(cfg.trainer.num_threads)
     model = apply_low_rank(_build(cfg.model, data.feature_map, params), cfg.low_rank)
     opt_tables = _apply_opt_embed(model, cfg, ctx)
+    model.attach_training_data(data.splits["train"].arrays, seed=cfg.trainer.seed)  # TabR's candidates; else a no-op
     # what OptEmbed's retraining checks: it starts from the supernet's initial (seeded, random) weights;
     # the warm starts below are then fitted through each run's own masks
     initial_digest = initial_weights_digest(model) if opt_tables else None
@@ -696,6 +697,7 @@ def _attach_teacher(student, cfg: RunConfig, data: PreparedData, resume: bool, l
             teacher = _build(opts.teacher, data.feature_map, teacher_params)
         except ConfigError as exc:
             raise ConfigError(f"distill.teacher_params: {str(exc).removeprefix('model_params: ')}") from exc
+        teacher.attach_training_data(data.splits["train"].arrays, seed=cfg.trainer.seed)  # a TabR teacher's candidates
         if not resume:  # a resumed run restores the teacher's weights from the pair's checkpoint
             if cfg.small_numeric_init:
                 num = np.asarray(data.splits["train"].arrays.get("num", np.zeros((0, 0))), dtype=np.float64)

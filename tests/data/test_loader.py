@@ -236,3 +236,21 @@ def test_save_never_touches_another_writers_temporary_file(tmp_path):
     for k, v in split.arrays.items():
         np.testing.assert_array_equal(back.arrays[k], v)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp.npy")) == ["cat.tmp.npy"]
+
+
+@pytest.mark.parametrize("shuffle, shard", [(False, (0, 1)), (True, (0, 1)), (True, (1, 3))])
+def test_row_index_names_each_batch_rows_position_in_the_split(shuffle, shard):
+    """``row_index=True`` (TabR's self-exclusion) adds each row's index in the split; without it the
+    batches have no such key (other models' batches are unchanged)."""
+    split = make_split()
+    plain = BatchLoader(split, batch_size=64, shuffle=shuffle, seed=3, shard=shard, pad_shards=True)
+    loader = BatchLoader(split, batch_size=64, shuffle=shuffle, seed=3, shard=shard, pad_shards=True, row_index=True)
+    assert all("row_index" not in b for b in plain)
+    seen = []
+    for b, p in zip(loader, plain):
+        assert b["row_index"].dtype == torch.int64
+        # the first cat column is the row number: the index points at the very row in the batch
+        np.testing.assert_array_equal(b["row_index"].numpy(), b["cat"][:, 0].numpy())
+        assert_batches_equal([{k: v for k, v in b.items() if k != "row_index"}], [p])
+        seen.append(b["row_index"].numpy())
+    assert len(np.concatenate(seen)) == sum(len(b["label"]) for b in plain)

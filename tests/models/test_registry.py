@@ -4,7 +4,7 @@ import pytest
 
 from ctrlab.models import CTRModel, create, default_hparams, get_model_class, list_models
 
-MODELS = ["LR", "FM", "DNN", "DeepFM", "DCNv2", "FinalMLP", "WideDeep", "DCN", "xDeepFM", "IPNN", "AutoInt", "AutoIntPlus", "FCN", "DCNv3", "ECN", "LCN", "FGCNN", "SDIM", "SharedBottom", "MMoE", "ESMM", "QIN"]
+MODELS = ["LR", "FM", "DNN", "DeepFM", "DCNv2", "FinalMLP", "WideDeep", "DCN", "xDeepFM", "IPNN", "AutoInt", "AutoIntPlus", "FCN", "DCNv3", "ECN", "LCN", "FGCNN", "SDIM", "SharedBottom", "MMoE", "ESMM", "QIN", "TabR"]
 
 
 def test_all_registered():
@@ -53,6 +53,9 @@ def test_state_dict_roundtrip_through_safetensors(mixed_map, name):
 
     mixed_map = with_labels_for(get_model_class(name), mixed_map)  # ESMM: clicks and conversions
     a, b = create(name, mixed_map), create(name, mixed_map)
+    # training rows (TabR keeps them as retrieval candidates, in buffers the fresh model `b` lacks); a no-op
+    # for the other models
+    a.attach_training_data({k: v.numpy() for k, v in random_batch(mixed_map, batch_size=64, seed=3).items()})
     blob = st.save({k: v.contiguous() for k, v in a.state_dict().items()})
     b.load_state_dict(st.load(blob))
     a.eval()

@@ -283,6 +283,10 @@ class BatchLoader:
             instead of from anywhere in the file. Still seeded by ``(seed, epoch)``. None: a full
             shuffle.
         shuffle_window_blocks: blocks mixed together by the bounded shuffle.
+        row_index: add ``batch["row_index"]`` (int64 ``(B,)``): each row's index in ``split``, for
+            models that must know which train row they see (TabR leaves a row out of its own
+            retrieved context; :attr:`ctrlab.models.CTRModel.needs_row_index`). Off by default, so
+            other models' batches are unchanged; the trainer turns it on for models that need it.
     """
 
     def __init__(
@@ -296,6 +300,7 @@ class BatchLoader:
         pad_shards: bool = False,
         shuffle_block_rows: int | None = None,
         shuffle_window_blocks: int = 8,
+        row_index: bool = False,
     ):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -313,6 +318,7 @@ class BatchLoader:
             raise ValueError("shuffle_block_rows and shuffle_window_blocks must be >= 1")
         self.shuffle_block_rows = shuffle_block_rows
         self.shuffle_window_blocks = shuffle_window_blocks
+        self.row_index = bool(row_index)
         self.epoch = 0
 
     @property
@@ -369,4 +375,10 @@ class BatchLoader:
             else:
                 idx = rows[lo:hi]
                 part = {k: v[idx] for k, v in self.split.arrays.items()}
-            yield to_batch(part)
+            batch = to_batch(part)
+            if self.row_index:
+                import torch
+
+                batch["row_index"] = torch.from_numpy(np.arange(lo, hi, dtype=np.int64) if rows is None
+                                                      else idx.astype(np.int64))
+            yield batch

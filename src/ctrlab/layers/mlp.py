@@ -93,3 +93,24 @@ class MLPBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.hidden(x)
         return self.out(x) if self.out is not None else x
+
+
+class ResidualMLPBlock(nn.Module):
+    """``x + Dropout1(Linear(Dropout0(act(Linear([LayerNorm](x))))))``: a two-layer residual block
+    ``d -> hidden -> d`` (TabR's encoder and predictor blocks, Gorishniy et al. 2024). ``prenorm``:
+    a LayerNorm on the block's input (TabR: every block but the encoder's first). Linear layers keep
+    PyTorch's default initialisation, as in TabR's code."""
+
+    def __init__(self, dim: int, hidden: int, activation: str = "relu", dropout0: float = 0.0,
+                 dropout1: float = 0.0, prenorm: bool = True):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim) if prenorm else None
+        self.up = nn.Linear(dim, hidden)
+        self.act = get_activation(activation)
+        self.drop0 = nn.Dropout(dropout0)
+        self.down = nn.Linear(hidden, dim)
+        self.drop1 = nn.Dropout(dropout1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.norm(x) if self.norm is not None else x
+        return x + self.drop1(self.down(self.drop0(self.act(self.up(h)))))

@@ -19,7 +19,7 @@ from .registry import (
 )
 
 # Importing the model modules registers them.
-from . import lr, fm, dnn, deepfm, dcnv2, finalmlp, widedeep, dcn, xdeepfm, ipnn, autoint, din, fcn, fgcnn, optinter, sdim, suan, diffumin, qin, shared_bottom, mmoe, esmm  # noqa: E402,F401
+from . import lr, fm, dnn, deepfm, dcnv2, finalmlp, widedeep, dcn, xdeepfm, ipnn, autoint, din, fcn, fgcnn, optinter, sdim, suan, diffumin, qin, shared_bottom, mmoe, esmm, tabr  # noqa: E402,F401
 
 __all__ = ["CTRModel", "ENTRY_POINT_GROUP", "Hyperparameters", "PLUGINS_ENV", "PluginError", "add_plugins", "check_hparams",
            "create", "default_hparams", "get_model_class", "hyperparameters", "import_plugins", "list_models",

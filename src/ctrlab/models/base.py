@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -81,6 +82,12 @@ class CTRModel(nn.Module):
     """Tasks whose logit is computed from the other tasks' (ESMM's CTCVR = CTR × CVR): they have no
     output bias of their own, so starting biases at base rates (``init_output_bias``) skips them."""
 
+    needs_row_index: bool = False
+    """True for models whose training step reads each row's index in the train split (TabR leaves a
+    row out of its own retrieved context): the trainer then asks the train loader for it
+    (:class:`~ctrlab.data.loader.BatchLoader` ``row_index=True``: ``batch["row_index"]``, int64
+    ``(B,)``). Other models' batches do not have it."""
+
     def __init__(self, feature_map: FeatureMap, embedding_regularizer: float | str | None = 0.0,
                  net_regularizer: float | str | None = 0.0):
         super().__init__()
@@ -88,6 +95,14 @@ class CTRModel(nn.Module):
         self.embedding_l1, self.embedding_regularizer = parse_regularizer(embedding_regularizer,
                                                                           "embedding_regularizer")
         self.net_l1, self.net_regularizer = parse_regularizer(net_regularizer, "net_regularizer")
+
+    # ---- training data -----------------------------------------------------------------------
+    def attach_training_data(self, arrays: Mapping[str, Any], seed: int = 0) -> None:
+        """Called by ``ctrlab train`` with the train split's encoded arrays (``cat``, ``num``,
+        ``seq:<name>``, ``dense:<name>``, ``label``; numpy arrays, memory maps or tensors) before
+        training. Nothing by default; a model that reads training rows at prediction time (TabR's
+        retrieval candidates) keeps what it needs in buffers, so that its saved weights carry it and a
+        finished run scores without the training file. ``seed``: the run's seed, for any sampling."""
 
     # ---- parameters ------------------------------------------------------------------------
     def embedding_parameters(self) -> list[nn.Parameter]:

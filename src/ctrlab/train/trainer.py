@@ -571,6 +571,8 @@ class Trainer:
         the model's current weights with a new optimizer and deletes old checkpoints in ``run_dir``.
         """
         cfg = self.config
+        if hasattr(train_loader, "row_index") and any(getattr(m, "needs_row_index", False) for m in self.model.modules()):
+            train_loader.row_index = True  # batch["row_index"]: TabR leaves each train row out of its own context
         if self.dist.is_main:
             self.checkpoint.check_writable()  # a read-only or misplaced folder fails now, not after an epoch
             if resume and self.checkpoint.roll_forward():
