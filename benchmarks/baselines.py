@@ -77,20 +77,24 @@ def welch(a: list[float], b: list[float]) -> tuple[float, float]:
     return statistics.mean(a) - statistics.mean(b), math.sqrt(va / len(a) + vb / len(b))
 
 
-def verdict(by_model: dict[str, list[dict]]) -> dict | None:
-    """The better tree model against the best other model by mean test AUC, or None when a side is missing."""
+def verdict(by_model: dict[str, list[dict]], metric: str = "AUC") -> dict | None:
+    """The better tree model against the best other model by mean test ``metric`` (AUC: higher is better;
+    logloss: lower), or None when a side is missing. ``diff`` is signed so that > 0 favours the trees."""
+    sign = -1.0 if metric == "logloss" else 1.0
+
     def best(names):
-        scored = [(statistics.mean(_values(by_model[m], "test", "AUC")), m) for m in names
-                  if _values(by_model.get(m, []), "test", "AUC")]
+        scored = [(sign * statistics.mean(_values(by_model[m], "test", metric)), m) for m in names
+                  if _values(by_model.get(m, []), "test", metric)]
         return max(scored)[1] if scored else None
 
     tree = best([m for m in by_model if m in TREES])
     other = best([m for m in by_model if m not in TREES])
     if tree is None or other is None:
         return None
-    diff, se = welch(_values(by_model[tree], "test", "AUC"), _values(by_model[other], "test", "AUC"))
+    diff, se = welch(_values(by_model[tree], "test", metric), _values(by_model[other], "test", metric))
+    diff *= sign
     outcome = "trees win" if diff - 2 * se > 0 else "trees lose" if diff + 2 * se < 0 else "tie"
-    return {"tree": tree, "other": other, "diff": diff, "se": se, "outcome": outcome}
+    return {"metric": metric, "tree": tree, "other": other, "diff": diff, "se": se, "outcome": outcome}
 
 
 def dataset_section(dataset: str, rs: list[dict], models: list[str]) -> tuple[str, dict | None]:
@@ -113,14 +117,17 @@ def dataset_section(dataset: str, rs: list[dict], models: list[str]) -> tuple[st
         gl = ["| model | " + " | ".join(GROUP_METRICS) + " |", "|" + "|".join(["---"] * (len(GROUP_METRICS) + 1)) + "|"]
         gl += [f"| {m} | " + " | ".join(_stat(mr, g) for g in GROUP_METRICS) + " |" for m, mr in grouped.items()]
         parts.append("Per-group ranking metrics on test (groups: the dataset's `group_field`):\n\n" + "\n".join(gl))
-    v = verdict(by_model)
-    if v:
-        parts.append(f"Trees vs the rest: best tree {v['tree']} − best other {v['other']} test AUC "
-                     f"Δ {v['diff']:+.4f} ± {v['se']:.4f} (Welch SE): **{v['outcome']}**.")
+    found = {m: verdict(by_model, m) for m in ("AUC", "logloss")}
+    found = {m: v for m, v in found.items() if v}
+    if found:
+        parts.append("Trees vs the rest: " + "; ".join(
+            f"test {m}: best tree {v['tree']} vs best other {v['other']}, Δ {v['diff']:+.4f} ± {v['se']:.4f} "
+            f"({'higher' if m == 'AUC' else 'lower'} is better; Δ > 0 favours the trees; Welch SE): **{v['outcome']}**"
+            for m, v in found.items()) + ".")
     bad = [m for m, mr in by_model.items() if _values(mr, "test", "NE") and statistics.mean(_values(mr, "test", "NE")) >= 1]
     if bad:
         parts.append("⚠ NE ≥ 1 (test logloss no better than predicting the base rate): " + ", ".join(bad) + ".")
-    return "\n\n".join(parts), ({"dataset": dataset, **v} if v else None)
+    return "\n\n".join(parts), [{"dataset": dataset, **v} for v in found.values()]
 
 
 def render(runs: list[dict], plan) -> str:
@@ -132,17 +139,17 @@ def render(runs: list[dict], plan) -> str:
     for d in datasets:
         rs = [r for r in runs if r["dataset"] == d]
         if rs:
-            text, v = dataset_section(d, rs, models)
+            text, found = dataset_section(d, rs, models)
             sections.append(text)
-            if v:
-                verdicts.append(v)
-    win = [v["dataset"] for v in verdicts if v["outcome"] == "trees win"]
-    lose = [v["dataset"] for v in verdicts if v["outcome"] == "trees lose"]
-    tie = [v["dataset"] for v in verdicts if v["outcome"] == "tie"]
-    summary = (f"**Where trees win** (better of LightGBM / XGBoost vs the best of the other models, test AUC, "
-               f"Δ beyond 2 Welch SE): {', '.join(f'`{d}`' for d in win) or 'nowhere'}; trees lose on "
-               f"{', '.join(f'`{d}`' for d in lose) or 'no dataset'}; within 2 SE on "
-               f"{', '.join(f'`{d}`' for d in tie) or 'no dataset'}.")
+            verdicts += found
+
+    def listed(metric, outcome, none):
+        return ", ".join(f"`{v['dataset']}`" for v in verdicts if v["metric"] == metric and v["outcome"] == outcome) or none
+
+    summary = "**Where trees win** (the better of LightGBM / XGBoost against the best of the other models, Δ beyond " \
+              "2 Welch SE):\n" + "\n".join(
+        f"* test {m}: trees win on {listed(m, 'trees win', 'no dataset')}; lose on {listed(m, 'trees lose', 'no dataset')}; "
+        f"within 2 SE on {listed(m, 'tie', 'no dataset')}." for m in ("AUC", "logloss"))
     missing = [d for d in datasets if not any(r["dataset"] == d for r in runs)]
     begin, end = markers("baselines")
     n_train = sum(r.get("train_seconds", 0) for r in runs) / 60
@@ -152,8 +159,11 @@ def render(runs: list[dict], plan) -> str:
 `benchmarks/plans/baselines.yaml` through `ctrlab bench` (one command: `make baselines`; rendering:
 `benchmarks/baselines.py`): every model on the same encoded splits (vocabularies fitted on train only),
 `preset: auto` where a dataset has no BARS preset, seeds 2021–2023, 1 thread per run. LightGBM and XGBoost use
-native categorical features and stop early on the validation split (docs/baselines.md); with no row or column
-sampling they are deterministic, so their seeds agree. NE: test logloss / the logloss of predicting the test base
+native categorical features, their default hyperparameters (not tuned: `ctrlab tune
+benchmarks/plans/tune_lightgbm_frappe.yaml` searches them) and stop early on the validation split; a behaviour
+sequence reaches them only as its length and latest id (docs/baselines.md). With no row or column sampling they
+are deterministic, so their seeds agree. TabR runs on the two smallest datasets only (about 30 s per epoch per
+7,200 training rows on one thread). NE: test logloss / the logloss of predicting the test base
 rate (below 1 = better; ⚠ at or above 1). Calibration: mean prediction / observed rate (1 = calibrated). ECE: 10
 equal-width bins. Cost (median over the seeds): parameters (trees: tree nodes), FLOPs per row counted by
 PyTorch's FLOP counter (matmuls; gathers are free; — for trees), eval-mode latency of one row and of 4,096

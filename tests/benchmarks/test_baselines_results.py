@@ -57,6 +57,20 @@ def test_verdict_takes_the_better_tree_and_the_best_other_model():
     assert (v["tree"], v["other"]) == ("XGBoost", "TabR") and math.isclose(v["diff"], 0.01)
 
 
+def test_logloss_verdict_is_lower_is_better():
+    def with_loss(model, seed, loss):
+        r = _run(model, seed, 0.8)
+        r["test"]["logloss"] = loss
+        return r
+
+    trees = [with_loss("LightGBM", s, 0.30 + 0.001 * s) for s in (1, 2, 3)]
+    deep = [with_loss("DNN", s, 0.40 + 0.001 * s) for s in (1, 2, 3)]
+    v = bl.verdict({"LightGBM": trees, "DNN": deep}, "logloss")
+    assert v["outcome"] == "trees win" and math.isclose(v["diff"], 0.10)
+    text = bl.render(trees + deep, _plan(["LightGBM", "DNN"]))
+    assert "* test logloss: trees win on `d`;" in text and "* test AUC: trees win on no dataset;" in text
+
+
 def test_section_renders_numbers_flags_bad_ne_and_dashes_for_missing_keys():
     runs = ([_run("LightGBM", s, 0.80) for s in (1, 2, 3)]
             + [_run("DNN", s, 0.70, ne=1.02, cost=False) for s in (1, 2, 3)])
@@ -66,7 +80,7 @@ def test_section_renders_numbers_flags_bad_ne_and_dashes_for_missing_keys():
     assert "| 3 | 0.8000 ± 0.0000 (0.0000) |" in lgb and "| 1,002 |" in lgb and "| — |" in lgb  # median params; no FLOPs
     dnn = next(line for line in text.splitlines() if line.startswith("| DNN |"))
     assert "1.0200 ± 0.0000 ⚠" in dnn and dnn.endswith("| — | — | — | — |")
-    assert "**Where trees win**" in text and "`d`" in text.split("**Where trees win**")[1].split(";")[0]
+    assert "* test AUC: trees win on `d`;" in text
     assert "NE ≥ 1" in text and "not yet run: `e`" in text
 
 
