@@ -850,7 +850,9 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test"),
         est, fmap, dcfg, cfg = baseline
         data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
                        block_rows=cfg.stream_block_rows, feature_map=fmap)
-        return {s: evaluate_split(est, fmap, data.splits[s], cfg.trainer.metrics) for s in splits if s in data.splits}
+        cal = load_calibration(run_dir) if calibrated else None
+        return {s: evaluate_split(est, fmap, data.splits[s], cfg.trainer.metrics, transform=cal.apply if cal else None)
+                for s in splits if s in data.splits}
     trainer, loaders = _run_loaders(run_dir)
     cal = load_calibration(run_dir) if calibrated else None
     return {s: trainer.evaluate_final(loaders[s], split=s, transform=cal.apply if cal else None)[0]
@@ -877,6 +879,8 @@ def calibrate(run_dir: str | Path, method: str = "platt", log=print) -> dict[str
     and ``reliability_after``. Calibrating again replaces it (always fitted on the model's own
     probabilities, never on an earlier calibration's). Single-task runs. Returns the record."""
     run_dir = Path(run_dir)
+    if _is_estimator_run(run_dir):
+        return _calibrate_estimator(run_dir, method, log)
     trainer, loaders = _run_loaders(run_dir)
     if trainer.task_names:
         raise ValueError(f"{run_dir}: ctrlab calibrate calibrates one probability per row; "
@@ -890,6 +894,37 @@ def calibrate(run_dir: str | Path, method: str = "platt", log=print) -> dict[str
     for split, (prob, y, group) in preds.items():
         before[split] = trainer.final_metrics(prob, y, group, f"{split} uncalibrated")[0]
         after[split], curves[split] = trainer.final_metrics(cal.apply(prob), y, group, f"{split} {method}")
+    return _write_calibration(run_dir, method, cal, before, after, curves, log)
+
+
+def _calibrate_estimator(run_dir: Path, method: str, log) -> dict[str, Any]:
+    """:func:`calibrate` of a non-torch estimator's run: the same fit on its validation probabilities."""
+    from .baselines.run import split_metrics
+    from .baselines.tabular import tabular_split
+    from .train.metrics import evaluate_metrics, final_metric_names, reliability
+
+    est, fmap, dcfg, cfg = _estimator_run(run_dir)
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows, feature_map=fmap)
+    if "valid" not in data.splits:
+        raise ValueError(f"{run_dir}: calibration is fitted on the validation split, and the run's dataset has none; "
+                         "give the dataset a valid file")
+    tables = {s: tabular_split(fmap, data.splits[s]) for s in ("valid", "test") if s in data.splits}
+    before, probs = {}, {}
+    for split, table in tables.items():
+        before[split], probs[split] = split_metrics(est, table, cfg.trainer.metrics)
+    cal = fit_calibration(method, tables["valid"].y, probs["valid"], "valid")
+    after, curves = {}, {}
+    for split, table in tables.items():
+        calibrated = cal.apply(probs[split])
+        names = final_metric_names(cfg.trainer.metrics, table.group is not None)
+        after[split] = evaluate_metrics(table.y, calibrated, names, table.group)
+        curves[split] = reliability(table.y, calibrated)
+    return _write_calibration(run_dir, method, cal, before, after, curves, log)
+
+
+def _write_calibration(run_dir: Path, method: str, cal, before: dict, after: dict, curves: dict, log) -> dict[str, Any]:
+    """``calibration.json`` and ``metrics.json["calibration"]`` of :func:`calibrate`; returns the record."""
     record = {"method": method, "fitted_on": cal.fitted_on, "file": CALIBRATION_FILE, "before": before,
               "after": after, "reliability_after": curves}
     with RunFolderLock(run_dir):  # not while a training run writes the folder
@@ -936,6 +971,9 @@ def predict(
         from .baselines.run import predict_encoded
 
         probs = predict_encoded(baseline[0], fmap, enc)
+        cal = load_calibration(run_dir)
+        if cal is not None:
+            probs = cal.apply(probs)
         if output_path is not None:
             write_scores(df.select(keep), probs, Path(output_path), None)
         return probs

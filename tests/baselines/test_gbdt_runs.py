@@ -228,3 +228,36 @@ def test_any_registered_estimator_runs_through_train_and_a_worse_than_base_rate_
     assert {w["message"].split()[0] for w in flagged} == {"valid", "test"}
     assert flagged[0]["fix"].startswith("Check the estimator's model_params")  # not the optimiser's fix
     assert api.evaluate(out) == {"valid": m["valid"], "test": m["test"]}
+
+
+@pytest.mark.filterwarnings("ignore::ctrlab.data.errors.DataWarning")  # criteo test ids unseen in 7,200 rows
+def test_calibrate_a_gbdt_run_fits_on_valid_and_predict_evaluate_apply_it(run, tmp_path):
+    """`ctrlab calibrate` on a LightGBM run (a copy of it): isotonic fitted on the validation split's
+    probabilities only; evaluate and predict then return the calibrated probabilities, whose metrics
+    are the record's "after"; --uncalibrated still gives the model's own."""
+    import shutil
+
+    from ctrlab.baselines.run import predict_encoded
+    from ctrlab.serve.calibration import fit_calibration, load_calibration
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy, ignore=shutil.ignore_patterns(".ctrlab.lock"))
+    own = json.loads((copy / "metrics.json").read_text())
+    assert main(["calibrate", str(copy), "--method", "isotonic"]) == 0
+    record = json.loads((copy / "metrics.json").read_text())["calibration"]
+    assert record["method"] == "isotonic" and record["fitted_on"]["split"] == "valid"
+    assert record["before"]["test"] == own["test"]
+    # isotonic on valid: the valid logloss cannot get worse (it is the fit's own objective's data)
+    assert record["after"]["valid"]["logloss"] <= record["before"]["valid"]["logloss"]
+    assert api.evaluate(copy) == record["after"] and api.evaluate(copy, calibrated=False) == {
+        "valid": own["valid"], "test": own["test"]}
+    est, fmap, dcfg, cfg = api._estimator_run(copy)
+    data = prepare(dcfg, cache_dir=cfg.cache_dir, log=lambda *_: None, feature_map=fmap)
+    own_valid = predict_encoded(est, fmap, data.splits["valid"])
+    cal = load_calibration(copy)
+    refit = fit_calibration("isotonic", np.asarray(data.splits["valid"].arrays["label"]).reshape(-1), own_valid)
+    probe = np.linspace(0.0, 1.0, 101)
+    np.testing.assert_allclose(cal.apply(probe), refit.apply(probe))  # fitted on valid, nothing else
+    raw = dcfg.resolve("test")
+    scores = api.predict(copy, raw, log=lambda *a: None)
+    np.testing.assert_allclose(scores, cal.apply(predict_encoded(est, fmap, data.splits["test"])), rtol=1e-12)

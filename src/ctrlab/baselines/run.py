@@ -192,9 +192,15 @@ def load_estimator(run_dir: Path, model: str, params: dict[str, Any], threads: i
     return est
 
 
-def evaluate_split(est: TabularEstimator, fmap: FeatureMap, enc: EncodedSplit, configured: Sequence[str]) -> dict:
-    """Final metrics of a finished run's estimator on an encoded, labelled split."""
-    return split_metrics(est, tabular_split(fmap, enc), configured)[0]
+def evaluate_split(est: TabularEstimator, fmap: FeatureMap, enc: EncodedSplit, configured: Sequence[str],
+                   transform: Callable[[np.ndarray], np.ndarray] | None = None) -> dict:
+    """Final metrics of a finished run's estimator on an encoded, labelled split; ``transform`` maps its
+    probabilities first (a post-hoc calibration)."""
+    if transform is None:
+        return split_metrics(est, tabular_split(fmap, enc), configured)[0]
+    split = tabular_split(fmap, enc)
+    names = metrics_module.final_metric_names(list(configured), split.group is not None)
+    return metrics_module.evaluate_metrics(split.y, transform(est.predict_proba(split)), names, split.group)
 
 
 def predict_encoded(est: TabularEstimator, fmap: FeatureMap, enc: EncodedSplit) -> np.ndarray:
