@@ -114,6 +114,8 @@ qin: $(BIN)/.installed
 ## dataset (benchmarks/plans/baselines.yaml through ctrlab bench; resumable), with NE, calibration, ECE and cost.
 baselines: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/baselines.py --output docs/results.md --json docs/baselines.json
+	$(BIN)/ctrlab report --db runs/baselines/results.sqlite --plan benchmarks/plans/baselines.yaml --output docs/report/baselines \
+	  --title "Trees, TabR and the deep models on the real datasets"
 
 efficiency-optembed: $(BIN)/.installed
 	OMP_NUM_THREADS=1 OMP_WAIT_POLICY=passive $(BIN)/python benchmarks/efficiency_optembed.py --output docs/efficiency.md --json docs/efficiency_optembed.json
