@@ -40,7 +40,8 @@ def store_runs(plan, store) -> list[dict]:
     for job in expand(plan):
         row = store.get(job.key)
         if row is not None and row["status"] == "finished":
-            runs.append({"dataset": job.dataset, "model": job.model, "seed": job.seed, **row["metrics"]})
+            label = job.model if job.hparam_set == "preset" else f"{job.model}-{job.hparam_set}"
+            runs.append({**row["metrics"], "dataset": job.dataset, "model": label, "seed": job.seed})
     return runs
 
 
@@ -134,7 +135,8 @@ def render(runs: list[dict], plan) -> str:
     from script_io import markers
 
     datasets = list(dict.fromkeys(d for g in plan.grids for d in g.datasets))
-    models = list(dict.fromkeys(m for g in plan.grids for m in g.models))
+    models = list(dict.fromkeys(m if h.name == "preset" else f"{m}-{h.name}" for g in plan.grids for m in g.models
+                                for h in g.hparam_sets if h.models is None or m in h.models))
     sections, verdicts = [], []
     for d in datasets:
         rs = [r for r in runs if r["dataset"] == d]
@@ -162,8 +164,9 @@ def render(runs: list[dict], plan) -> str:
 native categorical features, their default hyperparameters (not tuned: `ctrlab tune
 benchmarks/plans/tune_lightgbm_frappe.yaml` searches them) and stop early on the validation split; a behaviour
 sequence reaches them only as its length and latest id (docs/baselines.md). With no row or column sampling they
-are deterministic, so their seeds agree. TabR runs on the two smallest datasets only (about 30 s per epoch per
-7,200 training rows on one thread). NE: test logloss / the logloss of predicting the test base
+are deterministic, so their seeds agree. TabR with its paper's TabR-S defaults runs on the two smallest datasets
+(about 30 s per epoch per 7,200 training rows on one thread); TabR-small (`d_main` 64, 32 context rows) on the
+others. NE: test logloss / the logloss of predicting the test base
 rate (below 1 = better; ⚠ at or above 1). Calibration: mean prediction / observed rate (1 = calibrated). ECE: 10
 equal-width bins. Cost (median over the seeds): parameters (trees: tree nodes), FLOPs per row counted by
 PyTorch's FLOP counter (matmuls; gathers are free; — for trees), eval-mode latency of one row and of 4,096

@@ -26,8 +26,9 @@ def _run(model: str, seed: int, auc: float, ne: float = 0.9, cost: bool = True, 
     return r
 
 
-def _plan(models, datasets=("d",)):
-    return SimpleNamespace(grids=[SimpleNamespace(datasets=list(datasets), models=list(models))])
+def _plan(models, datasets=("d",), sets=("preset",)):
+    hsets = [SimpleNamespace(name=n, models=None) for n in sets]
+    return SimpleNamespace(grids=[SimpleNamespace(datasets=list(datasets), models=list(models), hparam_sets=hsets)])
 
 
 def test_welch_matches_the_formula():
@@ -91,3 +92,12 @@ def test_group_metrics_table_only_when_runs_have_them():
     r["test"].update({"gAUC": 0.61, "gAUC_mean": 0.6, "MRR": 0.5, "nDCG@5": 0.4, "nDCG@10": 0.45})
     grouped = bl.render([r], _plan(["DNN"]))
     assert "| DNN | 0.6100 ± 0.0000 | 0.6000 ± 0.0000 | 0.5000 ± 0.0000 | 0.4000 ± 0.0000 | 0.4500 ± 0.0000 |" in grouped
+
+
+def test_a_named_hyperparameter_set_is_its_own_row():
+    runs = [_run("TabR-small", 1, 0.7), _run("TabR", 1, 0.72)]
+    plan = SimpleNamespace(grids=[
+        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="preset", models=None)]),
+        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="small", models=None)])])
+    text = bl.render(runs, plan)
+    assert "| TabR | 1 | 0.7200" in text and "| TabR-small | 1 | 0.7000" in text
