@@ -4,6 +4,7 @@ keys render as "—"."""
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import statistics
 import sys
@@ -21,14 +22,15 @@ def _run(model: str, seed: int, auc: float, ne: float = 0.9, cost: bool = True, 
     r = {"dataset": dataset, "model": model, "seed": seed, "train_seconds": 60.0,
          "test": {"AUC": auc, "logloss": 0.4, "NE": ne, "calibration": 1.01, "ECE": 0.01}}
     if cost:
-        r["cost"] = {"parameters": 1000 + seed, "flops_per_row": None if model in bl.TREES else 5000.0,
+        r["cost"] = {"parameters": 1000 + seed, "flops_per_row": None if bl.is_tree(model) else 5000.0,
                      "latency_ms_1_row": 0.2, "latency_ms_4096_rows": 7.5, "threads": 1}
     return r
 
 
 def _plan(models, datasets=("d",), sets=("preset",)):
     hsets = [SimpleNamespace(name=n, models=None) for n in sets]
-    return SimpleNamespace(grids=[SimpleNamespace(datasets=list(datasets), models=list(models), hparam_sets=hsets)])
+    return SimpleNamespace(grids=[SimpleNamespace(datasets=list(datasets), models=list(models), hparam_sets=hsets,
+                                                  seeds=[1])])
 
 
 def test_welch_matches_the_formula():
@@ -56,6 +58,14 @@ def test_verdict_takes_the_better_tree_and_the_best_other_model():
             "TabR": [_run("TabR", 1, 0.74), _run("TabR", 2, 0.74)]}
     v = bl.verdict(runs)
     assert (v["tree"], v["other"]) == ("XGBoost", "TabR") and math.isclose(v["diff"], 0.01)
+
+
+def test_a_tuned_tree_counts_as_a_tree():
+    runs = {"LightGBM-tuned": [_run("LightGBM-tuned", s, 0.80) for s in (1, 2)],
+            "LightGBM": [_run("LightGBM", s, 0.70) for s in (1, 2)],
+            "DNN": [_run("DNN", s, 0.75) for s in (1, 2)]}
+    v = bl.verdict(runs)
+    assert (v["tree"], v["other"], v["outcome"]) == ("LightGBM-tuned", "DNN", "trees win")
 
 
 def test_logloss_verdict_is_lower_is_better():
@@ -97,7 +107,31 @@ def test_group_metrics_table_only_when_runs_have_them():
 def test_a_named_hyperparameter_set_is_its_own_row():
     runs = [_run("TabR-small", 1, 0.7), _run("TabR", 1, 0.72)]
     plan = SimpleNamespace(grids=[
-        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="preset", models=None)]),
-        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="small", models=None)])])
+        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="preset", models=None)],
+                        seeds=[1]),
+        SimpleNamespace(datasets=["d"], models=["TabR"], hparam_sets=[SimpleNamespace(name="small", models=None)],
+                        seeds=[1])])
     text = bl.render(runs, plan)
     assert "| TabR | 1 | 0.7200" in text and "| TabR-small | 1 | 0.7000" in text
+
+
+def test_the_docs_section_is_the_rendering_of_the_recorded_runs():
+    """docs/results.md's baselines section is what benchmarks/baselines.py renders from docs/baselines.json
+    (no hand edits): re-rendered here from the recorded runs and the shipped plan."""
+    from ctrlab.bench import load_plan
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    from script_io import sections
+
+    raw = json.loads((REPO / "docs" / "baselines.json").read_text())
+    plan = load_plan(REPO / "benchmarks" / "plans" / "baselines.yaml")
+    assert raw["runs"] and sections((REPO / "docs" / "results.md").read_text())["baselines"] == bl.render(
+        raw["runs"], plan).strip()
+
+
+def test_unfinished_planned_runs_are_listed():
+    plan = _plan(["LightGBM", "DNN"])
+    plan.grids[0].seeds = [1, 2, 3]
+    text = bl.render([_run("LightGBM", s, 0.8) for s in (1, 2, 3)] + [_run("DNN", 1, 0.7)], plan)
+    assert "Runs of the plan not finished yet" in text and "DNN on `d` (1 of 3 seeds)" in text
+    assert "LightGBM on `d`" not in text
