@@ -216,8 +216,10 @@ def main() -> int:
     keep = ("dataset", "model", "seed", "parameters", "epochs", "best_epoch", "train_seconds", "valid", "test",
             "cost", "reliability", "warnings")
     slim = [{k: r[k] for k in keep if k in r} for r in runs]
+    plan_path = Path(args.plan).resolve()  # recorded relative to the repository: no machine's paths in docs
+    plan_label = str(plan_path.relative_to(REPO)) if plan_path.is_relative_to(REPO) else str(args.plan)
     publish(render(slim, plan), args.output, None if args.from_json else args.json,
-            {"plan": str(args.plan), "seconds": round(time.time() - t0, 1), "runs": slim})
+            {"plan": plan_label, "seconds": round(time.time() - t0, 1), "runs": slim})
     return 0
 
 
