@@ -65,6 +65,30 @@ def ml100k_rating_splits(data_dir):
     return write_splits
 
 
+ML100K_GROUPED = """
+name: ml100k_grouped
+format: csv
+files: {train: train.csv, valid: valid.csv, test: test.csv}
+labels: [label]
+group_field: user
+features:
+  - {name: user, kind: categorical}
+  - {name: item, kind: categorical}
+"""
+
+
+@pytest.fixture(scope="session")
+def ml100k_grouped_dataset(ml100k_rating_splits):
+    """``write_dataset(folder)``: :func:`ml100k_rating_splits`' files plus ``ml100k_grouped.yaml`` (user and
+    item ids, ``group_field: user``) in ``folder``; returns the YAML's path."""
+    def write_dataset(folder: Path) -> Path:
+        path = ml100k_rating_splits(folder) / "ml100k_grouped.yaml"
+        path.write_text(ML100K_GROUPED)
+        return path
+
+    return write_dataset
+
+
 @pytest.fixture
 def write(tmp_path):
     """``write(name, text)`` -> path of a small hand-written fixture file in tmp_path."""

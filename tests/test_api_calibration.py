@@ -23,21 +23,11 @@ from ctrlab.serve.server import create_app
 from ctrlab.train import Trainer
 from ctrlab.train.metrics import final_metric_names
 
-DATASET = """
-name: ml100k_calib
-format: csv
-files: {train: train.csv, valid: valid.csv, test: test.csv}
-labels: [label]
-group_field: user
-features:
-  - {name: user, kind: categorical}
-  - {name: item, kind: categorical}
-"""
 QUIET = lambda *a: None  # noqa: E731
 
 
 def _train(data, run, **kw):
-    api.train(dataset=str(data / "ml100k_calib.yaml"), model="LR", preset="none", output=str(run), log=QUIET,
+    api.train(dataset=str(data / "ml100k_grouped.yaml"), model="LR", preset="none", output=str(run), log=QUIET,
               overrides=["trainer.epochs=3", "trainer.progress=false", "trainer.batch_size=256",
                          "trainer.lr=0.01"], **kw)
 
@@ -55,14 +45,13 @@ def _mis_scale(run) -> tuple[float, float]:
 
 
 @pytest.fixture(scope="module")
-def made(ml100k_rating_splits, tmp_path_factory):
+def made(ml100k_grouped_dataset, tmp_path_factory):
     """``make(name)``: a fresh (data folder, run, Platt's (a0, b0) before) of LR trained on 4,000 ratings,
     then made 3x overconfident."""
     tmp = tmp_path_factory.mktemp("calib")
 
     def make(name: str):
-        data = ml100k_rating_splits(tmp / name / "data")
-        (data / "ml100k_calib.yaml").write_text(DATASET)
+        data = ml100k_grouped_dataset(tmp / name / "data").parent
         run = tmp / name / "run"
         _train(data, run)
         return data, run, _mis_scale(run)

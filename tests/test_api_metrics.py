@@ -14,25 +14,12 @@ from ctrlab.data.pipeline import prepare
 from ctrlab.train import Trainer
 from ctrlab.train.metrics import evaluate_metrics, final_metric_names, reliability
 
-DATASET = """
-name: ml100k_grouped
-format: csv
-files: {train: train.csv, valid: valid.csv, test: test.csv}
-labels: [label]
-group_field: user
-features:
-  - {name: user, kind: categorical}
-  - {name: item, kind: categorical}
-"""
-
-
 @pytest.fixture(scope="module")
-def grouped_run(ml100k_rating_splits, tmp_path_factory):
+def grouped_run(ml100k_grouped_dataset, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("grouped")
-    data = ml100k_rating_splits(tmp / "data")
-    (data / "ml100k_grouped.yaml").write_text(DATASET)
+    dataset = ml100k_grouped_dataset(tmp / "data")
     run = tmp / "run"
-    api.train(dataset=str(data / "ml100k_grouped.yaml"), model="DNN", preset="none", output=str(run),
+    api.train(dataset=str(dataset), model="DNN", preset="none", output=str(run),
               log=lambda *a: None, overrides=["trainer.epochs=2", "trainer.progress=false", "trainer.batch_size=512"])
     return run
 
