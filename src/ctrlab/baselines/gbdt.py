@@ -80,16 +80,29 @@ class _RoundRecords:
 
 
 @dataclass
-class LightGBMParams:
-    """LightGBM's hyperparameters in ctrlab (names as in LightGBM's documentation)."""
+class BoostingParams:
+    """The boosting schedule both GBDT baselines share."""
 
     learning_rate: float = 0.05
-    """Shrinkage of every tree's contribution."""
+    """Shrinkage of every tree's contribution (XGBoost's ``eta``)."""
     num_boost_round: int = 2000
     """Most boosting rounds (trees); early stopping on the validation split usually ends far sooner."""
     early_stopping_rounds: int = 50
     """Patience: stop when the monitored validation metric has not improved for this many rounds
     (the best round's trees are kept)."""
+
+    def check_rounds(self, where: str) -> None:
+        for key in ("num_boost_round", "early_stopping_rounds"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(self, key)}")
+        if not self.learning_rate > 0:
+            raise ConfigError(f"{where}.learning_rate: must be > 0, got {self.learning_rate}")
+
+
+@dataclass
+class LightGBMParams(BoostingParams):
+    """LightGBM's hyperparameters in ctrlab (names as in LightGBM's documentation)."""
+
     num_leaves: int = 31
     """Most leaves per tree (LightGBM grows trees leaf-wise)."""
     max_depth: int = -1
@@ -120,7 +133,7 @@ class LightGBMParams:
     nor ``objective``, ``metric``, ``seed``, ``num_threads``, ``deterministic``."""
 
     def validate(self, where: str) -> None:
-        _check_rounds(self, where)
+        self.check_rounds(where)
         reserved = {"objective", "metric", "seed", "num_threads", "deterministic", "num_iterations",
                     "early_stopping_round", *vars(self)} & set(self.extra)
         if reserved:
@@ -129,16 +142,9 @@ class LightGBMParams:
 
 
 @dataclass
-class XGBoostParams:
+class XGBoostParams(BoostingParams):
     """XGBoost's hyperparameters in ctrlab (names as in XGBoost's documentation)."""
 
-    learning_rate: float = 0.05
-    """Shrinkage of every tree's contribution (``eta``)."""
-    num_boost_round: int = 2000
-    """Most boosting rounds (trees); early stopping on the validation split usually ends far sooner."""
-    early_stopping_rounds: int = 50
-    """Patience: stop when the monitored validation metric has not improved for this many rounds
-    (the best round's trees are kept)."""
     max_depth: int = 6
     """Most depth per tree (XGBoost grows trees depth-wise)."""
     min_child_weight: float = 1.0
@@ -163,20 +169,12 @@ class XGBoostParams:
     nor ``objective``, ``eval_metric``, ``seed``, ``nthread``, ``tree_method``."""
 
     def validate(self, where: str) -> None:
-        _check_rounds(self, where)
+        self.check_rounds(where)
         reserved = {"objective", "eval_metric", "seed", "nthread", "tree_method", "eta", "lambda", "alpha",
                     *vars(self)} & set(self.extra)
         if reserved:
             raise ConfigError(f"{where}.extra: {sorted(reserved)} are set by ctrlab (or are options of their own: "
                               "set them directly in model_params)")
-
-
-def _check_rounds(p, where: str) -> None:
-    for key in ("num_boost_round", "early_stopping_rounds"):
-        if getattr(p, key) < 1:
-            raise ConfigError(f"{where}.{key}: must be >= 1, got {getattr(p, key)}")
-    if not p.learning_rate > 0:
-        raise ConfigError(f"{where}.learning_rate: must be > 0, got {p.learning_rate}")
 
 
 class _GBDT(TabularEstimator):
