@@ -401,6 +401,14 @@ def _on_rank0(ctx: DistContext, fn):
     return result
 
 
+def _prepare_run_data(dcfg: DatasetConfig, cfg: RunConfig, feature_map: FeatureMap | None = None,
+                      log=lambda *_: None) -> PreparedData:
+    """The run's encoded splits, with the run's cache, memory-map and streaming settings (and its own
+    feature map when given: a finished run is never re-encoded with a map re-fitted on today's files)."""
+    return prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
+                   block_rows=cfg.stream_block_rows, feature_map=feature_map)
+
+
 def _loaders(data: PreparedData, tcfg: TrainerConfig, ctx: DistContext = SINGLE) -> dict[str, BatchLoader]:
     """Shuffled (seeded) loader for train, ordered loaders for the other splits. In a data-parallel
     job each rank gets its shard of every split, and ``batch_size`` stays the global batch."""
@@ -513,8 +521,7 @@ def _fit_and_evaluate(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any
     seed_everything(cfg.trainer.seed)
     if not ctx.is_main:
         ctx.barrier()  # rank 0 encodes (or finds) the cache first; the others then read it
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows, feature_map=run_map)
+    data = _prepare_run_data(dcfg, cfg, feature_map=run_map, log=log)
     if ctx.is_main:
         ctx.barrier()
     seed_everything(cfg.trainer.seed)  # model init does not depend on whether the cache existed
@@ -646,8 +653,7 @@ def _fit_estimator(cfg: RunConfig, dcfg: DatasetConfig, params: dict[str, Any], 
     (cache) a torch run of the dataset reads; ``callbacks`` are called after every boosting round."""
     from .baselines.run import fit_run
 
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=log, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows)
+    data = _prepare_run_data(dcfg, cfg, log=log)
     summary, history = fit_run(cfg, data, params, run_dir, log, callbacks, preset_source)
     return RunResult(run_dir, summary, history)
 
@@ -848,8 +854,7 @@ def evaluate(run_dir: str | Path, splits: tuple[str, ...] = ("valid", "test"),
         from .baselines.run import evaluate_split
 
         est, fmap, dcfg, cfg = baseline
-        data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
-                       block_rows=cfg.stream_block_rows, feature_map=fmap)
+        data = _prepare_run_data(dcfg, cfg, feature_map=fmap)
         cal = load_calibration(run_dir) if calibrated else None
         return {s: evaluate_split(est, fmap, data.splits[s], cfg.trainer.metrics, transform=cal.apply if cal else None)
                 for s in splits if s in data.splits}
@@ -863,8 +868,7 @@ def _run_loaders(run_dir: str | Path) -> tuple[Trainer, dict[str, BatchLoader]]:
     """A trainer holding a finished run's model, and its dataset's loaders encoded with the run's map."""
     model, fmap, dcfg, cfg = load_run(run_dir)
     # the run's own feature map, as predict uses it: never one re-fitted on today's train file
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows, feature_map=fmap)
+    data = _prepare_run_data(dcfg, cfg, feature_map=fmap)
     return Trainer(model, cfg.trainer, Path(run_dir)), _loaders(data, cfg.trainer)
 
 
@@ -904,8 +908,7 @@ def _calibrate_estimator(run_dir: Path, method: str, log) -> dict[str, Any]:
     from .train.metrics import evaluate_metrics, final_metric_names, reliability
 
     est, fmap, dcfg, cfg = _estimator_run(run_dir)
-    data = prepare(dcfg, cache_dir=cfg.cache_dir, mmap=cfg.mmap, log=lambda *_: None, streaming=cfg.streaming,
-                   block_rows=cfg.stream_block_rows, feature_map=fmap)
+    data = _prepare_run_data(dcfg, cfg, feature_map=fmap)
     if "valid" not in data.splits:
         raise ValueError(f"{run_dir}: calibration is fitted on the validation split, and the run's dataset has none; "
                          "give the dataset a valid file")
